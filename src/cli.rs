@@ -1,0 +1,53 @@
+//! The command line (clap). Every command takes `--data-dir`, `--config` and `--json`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// sremp: secure relay-enhanced messaging node, relay and rendezvous server.
+#[derive(Debug, Parser)]
+#[command(name = "sremp", version, about)]
+pub struct Cli {
+    /// Options shared by every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Configuration file (node-config.toml). Optional: defaults apply without one.
+    #[arg(long, global = true, env = "SREMP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (overrides the config file's `data_dir`).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new identity in the data directory (refuses to overwrite one).
+    Init {
+        /// Username (1 to 40 characters).
+        #[arg(long)]
+        username: String,
+    },
+    /// Print this node's contact id, contact card and its QR code.
+    Id {
+        /// Do not draw the QR code.
+        #[arg(long)]
+        no_qr: bool,
+    },
+    /// Run the personal node (creates an identity on first start).
+    Run,
+    /// Run relay-only mode: a store-and-forward relay for other people's messages.
+    Relay,
+    /// Run a rendezvous (discovery) server over TLS 1.3.
+    Rendezvous,
+}

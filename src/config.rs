@@ -1,0 +1,250 @@
+//! `node-config.toml` → typed configuration. Every field documents its default, and every
+//! default is what `sremp run` uses with no config file at all.
+//!
+//! The file is optional; unknown keys are an error (a typo must not silently fall back to a
+//! default). Paths may start with `~/`.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config value {key}: {why}")]
+    Value {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Log output settings (`[log]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level filter in `RUST_LOG` syntax. Default `"info"`. `RUST_LOG` overrides it.
+    pub level: String,
+    /// `"text"` (default) or `"json"`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log format.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The direct-connection listener (`[listen]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Where to accept Noise connections. Default `"0.0.0.0:7480"`. Port 0 picks a free port.
+    pub address: SocketAddr,
+    /// Endpoints advertised to contacts and rendezvous servers (`"host:port"`), when they differ
+    /// from the listen address (NAT, port forwarding, tests). Default: empty, meaning the
+    /// listen address (with the actual port when it was 0).
+    pub advertise: Vec<String>,
+    /// Concurrent connections. Default 1024.
+    pub max_connections: usize,
+    /// Deadline for the version exchange and Noise handshake, in milliseconds. Default 10000.
+    pub handshake_timeout_ms: u64,
+    /// An authenticated connection with no traffic for this long is closed, in seconds.
+    /// Default 300.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            address: SocketAddr::from(([0, 0, 0, 0], 7480)),
+            advertise: Vec::new(),
+            max_connections: 1024,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_secs: 300,
+        }
+    }
+}
+
+impl ListenConfig {
+    /// The handshake deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+/// The whole `node-config.toml`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the identity, database and control socket live. Default: `$SREMP_DATA_DIR`, else
+    /// `$XDG_DATA_HOME/sremp`, else `~/.local/share/sremp`.
+    pub data_dir: Option<PathBuf>,
+    /// Username for the identity created on first start when none exists. Default: `$USER`,
+    /// else `"sremp-user"`.
+    pub username: Option<String>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Direct connections.
+    pub listen: ListenConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: None,
+            username: None,
+            log: LogConfig::default(),
+            listen: ListenConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text (`path` is for messages only).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.data_dir = cfg.data_dir.map(|p| expand_home(&p));
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.max_connections == 0 {
+            return Err(ConfigError::Value {
+                key: "listen.max_connections",
+                why: "must be at least 1".into(),
+            });
+        }
+        if self.listen.handshake_timeout_ms == 0 {
+            return Err(ConfigError::Value {
+                key: "listen.handshake_timeout_ms",
+                why: "must be at least 1".into(),
+            });
+        }
+        for a in &self.listen.advertise {
+            a.parse::<crate::wire::Endpoint>().map_err(|e| ConfigError::Value {
+                key: "listen.advertise",
+                why: format!("{a}: {e}"),
+            })?;
+        }
+        if let Some(u) = &self.username {
+            crate::identity::Username::new(u.clone()).map_err(|e| ConfigError::Value {
+                key: "username",
+                why: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The data directory: the configured one or the platform default.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+
+    /// The username for a first-start identity.
+    pub fn username(&self) -> String {
+        self.username
+            .clone()
+            .or_else(|| std::env::var("USER").ok().filter(|u| crate::identity::Username::new(u.clone()).is_ok()))
+            .unwrap_or_else(|| "sremp-user".into())
+    }
+}
+
+/// `$SREMP_DATA_DIR`, else `$XDG_DATA_HOME/sremp`, else `~/.local/share/sremp`, else
+/// `./sremp-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SREMP_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("sremp");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/share/sremp");
+    }
+    PathBuf::from("sremp-data")
+}
+
+/// Expands a leading `~/`.
+pub fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_example_file_parse() {
+        let example = include_str!("../node-config.toml");
+        let cfg = Config::parse(example, Path::new("node-config.toml")).unwrap();
+        assert_eq!(cfg.listen, ListenConfig::default());
+        assert_eq!(cfg.log, LogConfig::default());
+        let empty = Config::parse("", Path::new("x")).unwrap();
+        assert_eq!(empty, Config::default());
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused() {
+        assert!(matches!(Config::parse("lisen = 1", Path::new("x")), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            Config::parse("[listen]\nmax_connections = 0", Path::new("x")),
+            Err(ConfigError::Value { .. })
+        ));
+        assert!(Config::parse("[listen]\nadvertise = [\"nope\"]", Path::new("x")).is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! The crate-level error: every module's error, gathered for callers that handle them alike.
+
+use crate::identity::contact::ContactError;
+use crate::identity::keys::KeyFileError;
+use crate::identity::IdentityError;
+use crate::noise::{ConnectionError, HandshakeError};
+use crate::store::StoreError;
+use crate::wire::DecodeError;
+
+/// Any sremp error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad bytes from a peer or a file.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// An identity was refused.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Key file problem.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    /// Contacts.
+    #[error(transparent)]
+    Contact(#[from] ContactError),
+    /// Noise handshake.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// Connection.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// Storage.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Local I/O (sockets we bind, files we write).
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+

@@ -1,0 +1,126 @@
+//! The `sremp` binary: parse the command line, set up tracing, call into the library.
+
+use clap::Parser;
+use sremp::cli::{Cli, Command, GlobalArgs};
+use sremp::config::Config;
+use sremp::identity::{ContactCard, Flags, UserIdentity};
+use sremp::time::Timestamp;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(g: &GlobalArgs) -> Result<Config, sremp::Error> {
+    let mut cfg = match &g.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(d) = &g.data_dir {
+        cfg.data_dir = Some(d.clone());
+    }
+    Ok(cfg)
+}
+
+fn run(cli: Cli) -> Result<(), sremp::Error> {
+    let cfg = load_config(&cli.global)?;
+    match cli.command {
+        Command::Init { username } => {
+            let dir = cfg.data_dir();
+            if UserIdentity::exists(&dir) {
+                return Err(sremp::identity::keys::KeyFileError::AlreadyExists(UserIdentity::path(&dir)).into());
+            }
+            let user = UserIdentity::generate(&username, Flags::default(), Timestamp::now(), &mut rand::rngs::OsRng)?;
+            sremp::node::create_private_dir(&dir)?;
+            user.create_file(&dir)?;
+            if cli.global.json {
+                println!("{}", serde_json::json!({ "id": user.key().to_string(), "data_dir": dir }));
+            } else {
+                println!("created identity {} for {}", user.key(), user.identity().username());
+                println!("data directory: {}", dir.display());
+            }
+            Ok(())
+        }
+        Command::Id { no_qr } => {
+            let dir = cfg.data_dir();
+            let user = UserIdentity::load_file(&dir)?;
+            let endpoints = if cfg.listen.advertise.is_empty() {
+                vec![sremp::wire::Endpoint::from_socket_addr(cfg.listen.address)]
+            } else {
+                cfg.listen.advertise.iter().filter_map(|a| a.parse().ok()).collect()
+            };
+            let card = ContactCard {
+                identity: user.identity().clone(),
+                endpoints,
+                relays: Vec::new(),
+            };
+            if cli.global.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "id": user.key().to_string(),
+                        "username": user.identity().username().as_str(),
+                        "version": user.identity().version(),
+                        "card": card.to_text(),
+                    })
+                );
+            } else {
+                println!("id:   {}", user.key());
+                println!("name: {}", user.identity().username());
+                println!("card: {}", card.to_text());
+                if !no_qr {
+                    match card.to_qr() {
+                        Ok(qr) => println!("{qr}"),
+                        Err(e) => println!("(no QR code: {e})"),
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Relay => sremp::relay::run_cli(&cfg),
+        Command::Rendezvous => sremp::rendezvous::run_cli(&cfg),
+        Command::Run => {
+            sremp::logging::init(&cfg.log);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| sremp::Error::Io { context: "starting the runtime".into(), source })?;
+            rt.block_on(async {
+                let node = sremp::node::Node::start(&cfg).await?;
+                wait_for_signal().await;
+                tracing::info!("shutting down");
+                node.shutdown().await;
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,44 @@
+//! Noise: the authenticated, encrypted channel between two SREMP participants.
+//!
+//! Pattern `Noise_XX_25519_ChaChaPoly_BLAKE2s` (through snow), over TCP:
+//! 1. Both sides send their 7-byte version header at once ([`crate::wire::version`]); a
+//!    different major version ends the connection, otherwise both continue at the lower minor.
+//! 2. The prologue is `"SREMP-1 noise-prologue\0" || initiator header || responder header`,
+//!    so a tampered header breaks the handshake.
+//! 3. `-> e` (empty payload), `<- e, ee, s, es` (payload: responder's `Identity`),
+//!    `-> s, se` (payload: initiator's `Identity`), each framed by the one frame codec.
+//! 4. Each side verifies the peer's identity signature, then that the Noise remote static key
+//!    is not of low order and equals the identity's `noise_key` (and, when dialling a known
+//!    contact, that the identity key is the one expected). Any failure closes the connection.
+//!
+//! - [`handshake`]: the handshake core (no I/O, no clock).
+//! - [`transport`]: send/receive cipher halves with explicit nonces (so reading and writing can
+//!   run in separate tasks), plus chunking and reassembly of envelopes.
+//! - [`stream`]: the async shell: dial/accept with a deadline, and framed envelope I/O.
+
+pub mod handshake;
+pub mod listener;
+pub mod stream;
+pub mod transport;
+
+pub use handshake::{Handshake, HandshakeError};
+pub use stream::{Connection, ConnectionError, HandshakeLimits};
+pub use transport::{RecvHalf, SendHalf};
+
+/// The Noise protocol name.
+pub const PATTERN: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+
+/// Label that starts the prologue.
+pub const PROLOGUE_LABEL: &[u8] = b"SREMP-1 noise-prologue\0";
+
+/// The prologue both sides feed into the handshake.
+pub fn prologue(
+    initiator: crate::wire::VersionHeader,
+    responder: crate::wire::VersionHeader,
+) -> Vec<u8> {
+    let mut p = Vec::with_capacity(PROLOGUE_LABEL.len() + 14);
+    p.extend_from_slice(PROLOGUE_LABEL);
+    p.extend_from_slice(&initiator.encode());
+    p.extend_from_slice(&responder.encode());
+    p
+}

@@ -1,0 +1,262 @@
+//! The async shell around the handshake core and transport halves.
+//!
+//! [`Connection::handshake`] runs version exchange and the XX handshake over any pair of async
+//! read/write halves under one deadline; [`Connection::connect`] dials TCP and does the same.
+//! After it, [`Reader::recv`] and [`Writer::send`] move envelopes; the two halves can be used
+//! from different tasks. Protocol decisions live in the cores; this file only moves bytes.
+
+use super::handshake::{Handshake, HandshakeError};
+use super::transport::{RecvHalf, SendHalf, TransportError};
+use crate::identity::{Identity, IdentityKey, UserIdentity};
+use crate::wire::frame::{FrameError, FrameReader, MAX_FRAME};
+use crate::wire::version::{self, VersionError, HEADER_LEN};
+use crate::wire::{Envelope, Version, VersionHeader};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Limits applied while a connection is being set up.
+#[derive(Clone, Copy, Debug)]
+pub struct HandshakeLimits {
+    /// Deadline for TCP connect (when dialling), version exchange and the whole handshake.
+    pub timeout: Duration,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        HandshakeLimits {
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a connection could not be set up or broke.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The deadline passed.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// Socket error.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Framing error (oversized frame, closed mid-frame).
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    /// The version header was refused.
+    #[error("{0}")]
+    Version(#[from] VersionError),
+    /// The handshake failed.
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    /// A transport message was refused.
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+}
+
+impl ConnectionError {
+    /// True when the peer simply went away (not misbehaviour).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, ConnectionError::Frame(FrameError::Closed))
+    }
+}
+
+/// The receiving side of an established connection.
+#[derive(Debug)]
+pub struct Reader<R> {
+    frames: FrameReader<R>,
+    recv: RecvHalf,
+}
+
+/// The sending side of an established connection.
+#[derive(Debug)]
+pub struct Writer<W> {
+    inner: W,
+    send: SendHalf,
+    buf: Vec<u8>,
+}
+
+/// An established, authenticated connection.
+#[derive(Debug)]
+pub struct Connection<R, W> {
+    /// The verified peer.
+    pub peer: Identity,
+    /// The negotiated version.
+    pub version: Version,
+    /// The Noise handshake hash (channel binding for relay authentication).
+    pub handshake_hash: [u8; 32],
+    /// Receiving half.
+    pub reader: Reader<R>,
+    /// Sending half.
+    pub writer: Writer<W>,
+}
+
+/// A TCP connection.
+pub type TcpConnection = Connection<OwnedReadHalf, OwnedWriteHalf>;
+
+impl TcpConnection {
+    /// Dials `addr` and runs the handshake as initiator, all within `limits.timeout`.
+    pub async fn connect(
+        addr: &str,
+        local: &UserIdentity,
+        expected: Option<IdentityKey>,
+        limits: HandshakeLimits,
+    ) -> Result<TcpConnection, ConnectionError> {
+        let fut = async {
+            let stream = TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            let (r, w) = stream.into_split();
+            Connection::run_handshake(r, w, local, true, expected).await
+        };
+        tokio::time::timeout(limits.timeout, fut)
+            .await
+            .map_err(|_| ConnectionError::Timeout(limits.timeout))?
+    }
+
+    /// Runs the responder side on an accepted TCP stream within `limits.timeout`.
+    pub async fn accept(
+        stream: TcpStream,
+        local: &UserIdentity,
+        limits: HandshakeLimits,
+    ) -> Result<TcpConnection, ConnectionError> {
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        Connection::handshake(r, w, local, false, None, limits).await
+    }
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
+    /// Version exchange and XX handshake over `r`/`w`, within `limits.timeout`.
+    pub async fn handshake(
+        r: R,
+        w: W,
+        local: &UserIdentity,
+        initiator: bool,
+        expected: Option<IdentityKey>,
+        limits: HandshakeLimits,
+    ) -> Result<Self, ConnectionError> {
+        tokio::time::timeout(
+            limits.timeout,
+            Self::run_handshake(r, w, local, initiator, expected),
+        )
+        .await
+        .map_err(|_| ConnectionError::Timeout(limits.timeout))?
+    }
+
+    async fn run_handshake(
+        mut r: R,
+        mut w: W,
+        local: &UserIdentity,
+        initiator: bool,
+        expected: Option<IdentityKey>,
+    ) -> Result<Self, ConnectionError> {
+        let ours = VersionHeader(Version::CURRENT);
+        w.write_all(&ours.encode()).await?;
+        let mut theirs = [0u8; HEADER_LEN];
+        r.read_exact(&mut theirs).await?;
+        let theirs = VersionHeader::decode(&theirs)?;
+        let version = version::negotiate(Version::CURRENT, theirs.0)?;
+        let prologue = if initiator {
+            super::prologue(ours, theirs)
+        } else {
+            super::prologue(theirs, ours)
+        };
+        let mut hs = if initiator {
+            Handshake::initiator(local, &prologue, expected)?
+        } else {
+            Handshake::responder(local, &prologue)?
+        };
+        let mut frames = FrameReader::new(r);
+        let mut scratch = Vec::new();
+        while !hs.is_finished() {
+            if hs.is_my_turn() {
+                let msg = hs.write_message()?;
+                crate::wire::frame::write(&mut w, &msg, &mut scratch).await?;
+            } else {
+                let max = hs.max_incoming();
+                let msg = frames.read(max).await?;
+                hs.read_message(msg)?;
+            }
+        }
+        w.flush().await?;
+        let handshake_hash = hs.handshake_hash();
+        let (send, recv, peer) = hs.finish()?;
+        Ok(Connection {
+            peer,
+            version,
+            handshake_hash,
+            reader: Reader { frames, recv },
+            writer: Writer {
+                inner: w,
+                send,
+                buf: Vec::new(),
+            },
+        })
+    }
+
+    /// Sends one envelope.
+    pub async fn send(&mut self, env: &Envelope) -> Result<(), ConnectionError> {
+        self.writer.send(env).await
+    }
+
+    /// Receives the next envelope.
+    pub async fn recv(&mut self) -> Result<Envelope, ConnectionError> {
+        self.reader.recv().await
+    }
+
+    /// Splits into independently usable halves.
+    pub fn split(self) -> (Identity, Reader<R>, Writer<W>) {
+        (self.peer, self.reader, self.writer)
+    }
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    /// Receives the next complete envelope (reassembling chunks).
+    pub async fn recv(&mut self) -> Result<Envelope, ConnectionError> {
+        loop {
+            let frame = self.frames.read(MAX_FRAME).await?;
+            if let Some(env) = self.recv.open(frame, Instant::now())? {
+                return Ok(env);
+            }
+        }
+    }
+
+    /// The transport half (limits, statistics).
+    pub fn transport(&mut self) -> &mut RecvHalf {
+        &mut self.recv
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    /// Sends one envelope (chunked when larger than a frame) with one write.
+    pub async fn send(&mut self, env: &Envelope) -> Result<(), ConnectionError> {
+        self.buf.clear();
+        self.send.seal(env, &mut self.buf)?;
+        self.inner.write_all(&self.buf).await?;
+        if self.buf.capacity() > 4 * MAX_FRAME {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Sends several envelopes with one write.
+    pub async fn send_all(&mut self, envs: &[Envelope]) -> Result<(), ConnectionError> {
+        self.buf.clear();
+        for env in envs {
+            self.send.seal(env, &mut self.buf)?;
+        }
+        self.inner.write_all(&self.buf).await?;
+        Ok(())
+    }
+
+    /// The transport half (limits).
+    pub fn transport(&mut self) -> &mut SendHalf {
+        &mut self.send
+    }
+
+    /// Shuts the write side down.
+    pub async fn shutdown(&mut self) -> Result<(), ConnectionError> {
+        self.inner.shutdown().await?;
+        Ok(())
+    }
+}

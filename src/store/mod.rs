@@ -1,0 +1,133 @@
+//! Durable storage behind one narrow trait.
+//!
+//! Everything the node, relay and ratchet persist goes through [`Store`]: a sorted key-value
+//! space split into [`Tree`] namespaces, atomic multi-key [`Batch`]es, and an explicit
+//! [`Store::flush`] that makes every batch applied so far durable. Callers that acknowledge
+//! anything to a peer ("stored", "delivered") call [`Store::commit`] (apply + flush) or apply
+//! several batches and share one flush (group commit) before answering.
+//!
+//! The only implementation is [`SledStore`]; this module is the only place that knows sled.
+//! The trait is synchronous (sled is); async callers run it on `spawn_blocking` or accept that
+//! a single small write is cheap.
+//!
+//! Keys inside a tree are opaque bytes; callers that need ordering use big-endian integers.
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+/// A namespace. The byte is the first byte of every physical key, so trees never overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Tree {
+    /// Node metadata (schema version, counters).
+    Meta = 0,
+    /// TOFU contacts, keyed by identity key.
+    Contacts = 1,
+    /// Double Ratchet sessions, keyed by peer identity key.
+    Sessions = 2,
+    /// Messages waiting to leave this node.
+    Outbox = 3,
+    /// Message history shown to the user.
+    History = 4,
+    /// De-duplication keys for received messages: (sender, message id).
+    Seen = 5,
+    /// Relay: stored blobs.
+    RelayMessages = 6,
+    /// Relay: secondary indexes (per-recipient, per-sender id, expiry).
+    RelayIndex = 7,
+    /// Relay: delivery confirmations waiting for their sender.
+    RelayConfirmations = 8,
+    /// Rendezvous client: remembered servers.
+    Servers = 9,
+}
+
+impl Tree {
+    fn key(self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(key.len() + 1);
+        k.push(self as u8);
+        k.extend_from_slice(key);
+        k
+    }
+}
+
+/// An atomic set of writes.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    ops: Vec<(Tree, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Batch::default()
+    }
+    /// Sets `tree[key] = value`.
+    pub fn put(&mut self, tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((tree, key.into(), Some(value.into())));
+    }
+    /// Removes `tree[key]`.
+    pub fn delete(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
+        self.ops.push((tree, key.into(), None));
+    }
+    /// Appends every operation of `other`.
+    pub fn extend(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
+    }
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A local storage failure. Never caused by a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The underlying database reported an error (disk full, I/O error, corruption).
+    #[error("storage I/O error: {0}")]
+    Io(String),
+    /// The store is already opened by another process.
+    #[error("store at {0} is locked by another process")]
+    Locked(String),
+    /// A stored value did not decode.
+    #[error("corrupt record in {tree:?}: {detail}")]
+    Corrupt {
+        /// Where.
+        tree: Tree,
+        /// What.
+        detail: String,
+    },
+}
+
+/// Key-value pairs returned by a scan, keys without the tree byte.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The storage trait. See the module docs.
+pub trait Store: Send + Sync + 'static {
+    /// Reads one key.
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Up to `limit` entries of `tree` whose key starts with `prefix` and is strictly greater
+    /// than `after` (when given), in key order.
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError>;
+    /// Applies a batch atomically. Not durable until [`Store::flush`] returns.
+    fn apply(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Makes every batch applied so far durable (fsync).
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Applies and flushes: when this returns Ok the batch survives a crash.
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.apply(batch)?;
+        self.flush()
+    }
+    /// Approximate bytes on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+}

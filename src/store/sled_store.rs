@@ -1,0 +1,125 @@
+//! The sled implementation of [`Store`](super::Store).
+
+use super::{Batch, Entries, Store, StoreError, Tree};
+use std::path::Path;
+
+/// A [`Store`] on a sled database in one directory.
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref ioe) if ioe.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked(dir.display().to_string())
+                }
+                sled::Error::Io(ref ioe) if ioe.to_string().contains("lock") => {
+                    StoreError::Locked(dir.display().to_string())
+                }
+                other => io(other),
+            })?;
+        Ok(SledStore { db })
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(tree.key(key)).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        let full_prefix = tree.key(prefix);
+        let mut out = Vec::new();
+        let iter = match after {
+            Some(a) if tree.key(a) >= full_prefix => self.db.range((
+                std::ops::Bound::Excluded(tree.key(a)),
+                std::ops::Bound::Unbounded,
+            )),
+            Some(_) => self.db.range(full_prefix.clone()..),
+            None => self.db.range(full_prefix.clone()..),
+        };
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(io)?;
+            if !k.starts_with(&full_prefix) {
+                break;
+            }
+            out.push((k.get(1..).unwrap_or_default().to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (tree, key, value) in batch.ops {
+            match value {
+                Some(v) => b.insert(tree.key(&key), v),
+                None => b.remove(tree.key(&key)),
+            }
+        }
+        self.db.apply_batch(b).map_err(io)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(io)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_scan_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            b.put(Tree::Contacts, b"a1".to_vec(), b"x".to_vec());
+            b.put(Tree::Contacts, b"a2".to_vec(), b"y".to_vec());
+            b.put(Tree::Sessions, b"a1".to_vec(), b"z".to_vec());
+            s.commit(b).unwrap();
+            let all = s.scan(Tree::Contacts, b"", None, 10).unwrap();
+            assert_eq!(all.len(), 2);
+            let after = s.scan(Tree::Contacts, b"a", Some(b"a1"), 10).unwrap();
+            assert_eq!(after, vec![(b"a2".to_vec(), b"y".to_vec())]);
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(Tree::Sessions, b"a1").unwrap(), Some(b"z".to_vec()));
+        assert_eq!(s.get(Tree::Contacts, b"zz").unwrap(), None);
+        let mut b = Batch::new();
+        b.delete(Tree::Contacts, b"a1".to_vec());
+        s.commit(b).unwrap();
+        assert_eq!(s.get(Tree::Contacts, b"a1").unwrap(), None);
+    }
+}

@@ -1,0 +1,225 @@
+//! The envelope: every frame's plaintext is one `[kind: uint, body]` MessagePack array.
+//!
+//! `kind` says how to read `body` (a MessagePack array of the message's fields). Kinds this
+//! implementation does not know decode as [`Envelope::Unknown`] so that newer peers can add
+//! kinds without breaking older ones; the receiving shell decides whether to ignore them.
+//!
+//! Kind numbers (**[gap]**): `0x01..` transport, `0x10..` rendezvous, `0x20..` relay,
+//! `0x40..` direct node-to-node.
+
+use super::direct::{DirectAck, DirectMessage};
+use super::msgpack;
+use super::relay::*;
+use super::rendezvous::*;
+use super::{chunk::Chunk, DecodeError, MAX_DEPTH};
+use serde::{Deserialize, Serialize};
+
+/// A protocol-level error reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// An `ErrorCode` value (see docs/PROTOCOL.md).
+    pub code: u16,
+    /// Human-readable detail (never secret material).
+    pub message: String,
+}
+
+macro_rules! envelope {
+    ($( $(#[$doc:meta])* $name:ident = $kind:literal ),* $(,)?) => {
+        /// Every message kind.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        #[allow(clippy::large_enum_variant)]
+        pub enum Envelope {
+            $( $(#[$doc])* $name($name), )*
+            /// A kind this implementation does not know.
+            Unknown {
+                /// Its number.
+                kind: u16,
+            },
+        }
+
+        /// Kind numbers.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum Kind {
+            $( $(#[$doc])* $name = $kind, )*
+        }
+
+        impl Envelope {
+            /// The kind number.
+            pub fn kind(&self) -> u16 {
+                match self {
+                    $( Envelope::$name(_) => $kind, )*
+                    Envelope::Unknown { kind } => *kind,
+                }
+            }
+
+            /// Appends the encoding to `out`.
+            pub fn encode_into(&self, out: &mut Vec<u8>) {
+                match self {
+                    $( Envelope::$name(body) => {
+                        write_head(out, $kind);
+                        msgpack::encode_into(body, out);
+                    } )*
+                    Envelope::Unknown { kind } => {
+                        write_head(out, *kind);
+                        out.push(0xc0);
+                    }
+                }
+            }
+
+            fn decode_body(kind: u16, body: &[u8]) -> Result<Envelope, DecodeError> {
+                Ok(match kind {
+                    $( $kind => Envelope::$name(rmp_serde::from_slice(body)?), )*
+                    other => Envelope::Unknown { kind: other },
+                })
+            }
+        }
+
+        $(
+            impl From<$name> for Envelope {
+                fn from(v: $name) -> Self { Envelope::$name(v) }
+            }
+        )*
+    };
+}
+
+envelope! {
+    /// A piece of an envelope too large for one frame.
+    Chunk = 0x01,
+    /// A protocol error reply.
+    ErrorMsg = 0x02,
+    /// `REGISTER_REQUEST`.
+    RegisterRequest = 0x10,
+    /// `REGISTER_RESPONSE`.
+    RegisterResponse = 0x11,
+    /// `LOOKUP_REQUEST`.
+    LookupRequest = 0x12,
+    /// `LOOKUP_RESPONSE`.
+    LookupResponse = 0x13,
+    /// `LIST_SERVERS_REQUEST`.
+    ListServersRequest = 0x14,
+    /// `LIST_SERVERS_RESPONSE`.
+    ListServersResponse = 0x15,
+    /// Relay challenge (first relay message).
+    RelayChallenge = 0x20,
+    /// `RELAY_REGISTER`.
+    RelayRegister = 0x21,
+    /// Registration accepted.
+    RelayRegistered = 0x22,
+    /// `STORE_MESSAGE`.
+    StoreMessage = 0x23,
+    /// `STORE_RESPONSE`.
+    StoreResponse = 0x24,
+    /// `RETRIEVE_MESSAGES`.
+    RetrieveMessages = 0x25,
+    /// `MESSAGE_BATCH`.
+    MessageBatch = 0x26,
+    /// `DELIVERY_CONFIRMATION`.
+    DeliveryConfirmation = 0x27,
+    /// An end-to-end message sent directly.
+    DirectMessage = 0x40,
+    /// Its durable acknowledgement.
+    DirectAck = 0x41,
+}
+
+fn write_head(out: &mut Vec<u8>, kind: u16) {
+    out.push(0x92); // fixarray of 2
+    // Writing into a Vec cannot fail.
+    let _ = rmp::encode::write_uint(out, u64::from(kind));
+}
+
+impl Envelope {
+    /// The encoding as a new vector.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Decodes one envelope spanning all of `bytes` (sizes and depth checked first).
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        let n = msgpack::value_len(bytes, MAX_DEPTH)?;
+        if n != bytes.len() {
+            return Err(DecodeError::TrailingData {
+                extra: bytes.len() - n,
+            });
+        }
+        let mut rd = bytes;
+        let len = rmp::decode::read_array_len(&mut rd).map_err(|_| DecodeError::Invalid {
+            what: "envelope",
+            why: "not an array",
+        })?;
+        if len != 2 {
+            return Err(DecodeError::Invalid {
+                what: "envelope",
+                why: "must have exactly two elements",
+            });
+        }
+        let kind: u16 = rmp::decode::read_int(&mut rd).map_err(|_| DecodeError::Invalid {
+            what: "envelope kind",
+            why: "not an integer from 0 to 65535",
+        })?;
+        Envelope::decode_body(kind, rd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::chunk::ChunkHeader;
+    use proptest::prelude::*;
+
+    #[test]
+    fn known_bytes() {
+        let e = Envelope::DirectAck(DirectAck { message_id: 5 });
+        assert_eq!(e.encode(), vec![0x92, 0x41, 0x91, 0x05]);
+        assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn unknown_kind_is_kept_apart() {
+        let bytes = [0x92, 0xcd, 0x12, 0x34, 0x93, 1, 2, 3];
+        assert_eq!(Envelope::decode(&bytes).unwrap(), Envelope::Unknown { kind: 0x1234 });
+    }
+
+    #[test]
+    fn malformed_envelopes() {
+        assert!(Envelope::decode(&[]).is_err());
+        assert!(Envelope::decode(&[0x93, 1, 2, 3]).is_err());
+        assert!(Envelope::decode(&[0x92, 0x40, 0x91, 0x05, 0x00]).is_err());
+        assert!(Envelope::decode(&[0x92, 0x40, 0x91, 0xa1, b'x']).is_err());
+        assert!(Envelope::decode(&[0x92, 0xa1, b'x', 0x90]).is_err());
+    }
+
+    #[test]
+    fn chunk_round_trip() {
+        let e = Envelope::Chunk(Chunk {
+            header: ChunkHeader { message_id: 9, chunk_index: 1, total_chunks: 3, chunk_size: 2 },
+            payload: vec![0xaa, 0xbb],
+        });
+        assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = Envelope::decode(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_bodies_behind_every_kind_never_panic(kind in 0u16..0x50, body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut bytes = Vec::new();
+            write_head(&mut bytes, kind);
+            bytes.extend_from_slice(&body);
+            let _ = Envelope::decode(&bytes);
+        }
+
+        #[test]
+        fn store_message_round_trip(id in any::<u64>(), blob in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let e = Envelope::StoreMessage(StoreMessage {
+                recipient: [3; 32], encrypted_blob: blob, sender_signature: [4; 64], message_id: id,
+            });
+            prop_assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+        }
+    }
+}
