@@ -127,9 +127,10 @@ impl Node {
         let idle = cfg.listen.idle_timeout();
         let book = contacts.clone();
         let id_for_task = identity.clone();
+        let stop = rx.clone();
         let task = tokio::spawn(async move {
             listener::serve(listener, id_for_task, lcfg, rx, move |conn, addr| {
-                serve_peer(conn, addr, book.clone(), idle)
+                serve_peer(conn, addr, book.clone(), idle, stop.clone())
             })
             .await;
         });
@@ -145,7 +146,13 @@ impl Node {
 }
 
 /// Serves one authenticated peer: TOFU, refuse Rejected contacts, then read until close/idle.
-async fn serve_peer(mut conn: TcpConnection, addr: SocketAddr, book: ContactBook, idle: Duration) {
+async fn serve_peer(
+    mut conn: TcpConnection,
+    addr: SocketAddr,
+    book: ContactBook,
+    idle: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let peer = conn.peer.clone();
     let short = peer.key().short();
     let book2 = book.clone();
@@ -174,7 +181,11 @@ async fn serve_peer(mut conn: TcpConnection, addr: SocketAddr, book: ContactBook
         Err(_) => return,
     }
     loop {
-        match tokio::time::timeout(idle, conn.recv()).await {
+        let next = tokio::select! {
+            r = tokio::time::timeout(idle, conn.recv()) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match next {
             Err(_) => {
                 tracing::debug!(%addr, peer = %short, "idle timeout; closing");
                 return;

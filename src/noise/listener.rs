@@ -32,7 +32,12 @@ impl Default for ListenerConfig {
     }
 }
 
-/// Runs until `shutdown` becomes true; then stops accepting and waits for handlers to finish.
+/// How long handlers get to finish after shutdown before they are aborted.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs until `shutdown` becomes true; then stops accepting, gives handlers
+/// [`SHUTDOWN_GRACE`] to finish (handlers that hold a clone of `shutdown` should return
+/// promptly), and aborts the rest.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     local: Arc<UserIdentity>,
@@ -81,5 +86,13 @@ pub async fn serve<H, Fut>(
         });
     }
     drop(listener);
-    while tasks.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(remaining = tasks.len(), "handlers still running after the grace period; aborting");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
 }
