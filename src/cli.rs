@@ -50,4 +50,14 @@ pub enum Command {
     Relay,
     /// Run a rendezvous (discovery) server over TLS 1.3.
     Rendezvous,
+    /// Make a localnet CA (`ca.pem`, reused if present) and a certificate and key per
+    /// rendezvous server name (`NAME.pem`, `NAME-key.pem`, also valid for 127.0.0.1 and ::1).
+    Certs {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// A server name (repeatable).
+        #[arg(long)]
+        name: Vec<String>,
+    },
 }

@@ -124,6 +124,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Direct connections.
     pub listen: ListenConfig,
+    /// Rendezvous servers to use and, in `[rendezvous.server]`, `sremp rendezvous` settings.
+    pub rendezvous: crate::rendezvous::RendezvousConfig,
 }
 
 impl Default for Config {
@@ -133,6 +135,7 @@ impl Default for Config {
             username: None,
             log: LogConfig::default(),
             listen: ListenConfig::default(),
+            rendezvous: crate::rendezvous::RendezvousConfig::default(),
         }
     }
 }

@@ -34,6 +34,9 @@ pub enum Error {
     /// Configuration.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// Rendezvous.
+    #[error(transparent)]
+    Rendezvous(#[from] crate::rendezvous::RendezvousError),
     /// Local I/O (sockets we bind, files we write).
     #[error("{context}: {source}")]
     Io {

@@ -86,6 +86,7 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
         }
         Command::Relay => sremp::relay::run_cli(&cfg),
         Command::Rendezvous => sremp::rendezvous::run_cli(&cfg),
+        Command::Certs { out, name } => sremp::rendezvous::run_certs_cli(&out, &name),
         Command::Run => {
             sremp::logging::init(&cfg.log);
             let rt = tokio::runtime::Builder::new_multi_thread()
