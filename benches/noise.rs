@@ -25,8 +25,10 @@ fn user(name: &str) -> UserIdentity {
     UserIdentity::generate(name, Flags::default(), Timestamp(1), &mut rand::rngs::OsRng).unwrap()
 }
 
+/// Both ends run on one thread, like snow's in-memory baseline (which also runs both sides
+/// serially); real peers are separate processes.
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 fn snow_pair() -> (snow::HandshakeState, snow::HandshakeState) {
@@ -85,11 +87,16 @@ fn setup(c: &mut Criterion) {
         (addr, rx)
     });
     let expected = Some(server_id.key());
-    g.bench_function("sremp_tcp", |b| {
+    for cached in [true, false] {
+    let name = if cached { "sremp_tcp" } else { "sremp_tcp_uncached" };
+    g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = std::time::Instant::now();
                 for _ in 0..iters {
+                    if !cached {
+                        sremp::identity::verified_cache::clear();
+                    }
                     let conn = TcpConnection::connect(&addr, &client_id, expected, HandshakeLimits::default())
                         .await
                         .unwrap();
@@ -101,6 +108,7 @@ fn setup(c: &mut Criterion) {
             })
         })
     });
+    }
     g.finish();
 }
 

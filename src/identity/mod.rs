@@ -345,9 +345,14 @@ impl Identity {
         }
         let data: IdentityVerifiedData = msgpack::decode(&data_bytes)?;
         data.validate()?;
-        let vk = sig::verifying_key(&data.identity_key.0).map_err(|_| IdentityError::BadSignature)?;
-        sig::verify(&vk, SigContext::Identity, &[&data_bytes], &signature)
-            .map_err(|_| IdentityError::BadSignature)?;
+        let digest = verified_cache::digest(&data_bytes, &signature);
+        if !verified_cache::contains(&digest) {
+            let vk = sig::verifying_key(&data.identity_key.0)
+                .map_err(|_| IdentityError::BadSignature)?;
+            sig::verify(&vk, SigContext::Identity, &[&data_bytes], &signature)
+                .map_err(|_| IdentityError::BadSignature)?;
+            verified_cache::insert(digest);
+        }
         Ok(Identity {
             data,
             data_bytes,
@@ -397,6 +402,71 @@ impl Identity {
     /// The Ed25519 verifying key.
     pub fn verifying_key(&self) -> Result<ed25519_dalek::VerifyingKey, IdentityError> {
         sig::verifying_key(&self.data.identity_key.0).map_err(|_| IdentityError::BadSignature)
+    }
+}
+
+/// A bounded, process-wide memory of identities whose signatures already verified.
+///
+/// Nodes and relays see the same identities again and again (every reconnect carries the
+/// peer's identity). The key is SHA-256 over `len(data) || data || signature`, so a hit means
+/// these exact bytes and this exact signature verified before in this process; anything else
+/// is verified in full. Entries are only ever added after a successful strict verification, so
+/// the cache can skip work but never accept a forgery. FIFO eviction bounds it to
+/// [`verified_cache::CAPACITY`] entries.
+pub mod verified_cache {
+    use sha2::{Digest, Sha256};
+    use std::collections::{HashSet, VecDeque};
+    use std::sync::{Mutex, OnceLock};
+
+    /// Most identities remembered.
+    pub const CAPACITY: usize = 4096;
+
+    struct Cache {
+        set: HashSet<[u8; 32]>,
+        order: VecDeque<[u8; 32]>,
+    }
+
+    fn cache() -> &'static Mutex<Cache> {
+        static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+        CACHE.get_or_init(|| {
+            Mutex::new(Cache {
+                set: HashSet::new(),
+                order: VecDeque::new(),
+            })
+        })
+    }
+
+    pub(super) fn digest(data: &[u8], signature: &[u8; 64]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((data.len() as u64).to_be_bytes());
+        h.update(data);
+        h.update(signature);
+        h.finalize().into()
+    }
+
+    pub(super) fn contains(d: &[u8; 32]) -> bool {
+        cache().lock().map(|c| c.set.contains(d)).unwrap_or(false)
+    }
+
+    pub(super) fn insert(d: [u8; 32]) {
+        if let Ok(mut c) = cache().lock() {
+            if c.set.insert(d) {
+                c.order.push_back(d);
+                if c.order.len() > CAPACITY {
+                    if let Some(old) = c.order.pop_front() {
+                        c.set.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets everything (benchmarks measure the uncached path with it).
+    pub fn clear() {
+        if let Ok(mut c) = cache().lock() {
+            c.set.clear();
+            c.order.clear();
+        }
     }
 }
 
