@@ -124,6 +124,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Direct connections.
     pub listen: ListenConfig,
+    /// Relay policies (`[relay]`): relay-only mode and the integrated relay.
+    pub relay: crate::relay::RelayConfig,
     /// Rendezvous servers to use and, in `[rendezvous.server]`, `sremp rendezvous` settings.
     pub rendezvous: crate::rendezvous::RendezvousConfig,
 }
@@ -135,6 +137,7 @@ impl Default for Config {
             username: None,
             log: LogConfig::default(),
             listen: ListenConfig::default(),
+            relay: crate::relay::RelayConfig::default(),
             rendezvous: crate::rendezvous::RendezvousConfig::default(),
         }
     }

@@ -34,6 +34,9 @@ pub enum Error {
     /// Configuration.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// Relay.
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
     /// Rendezvous.
     #[error(transparent)]
     Rendezvous(#[from] crate::rendezvous::RendezvousError),

@@ -1,9 +1,201 @@
-//! relay (under construction).
+//! The store-and-forward relay: protocol, durable records, policies, service and client.
+//!
+//! A relay keeps end-to-end encrypted blobs for recipients who are offline, pushes them to
+//! recipients who are connected, and routes delivery confirmations back to senders. It runs
+//! either alone (`sremp relay`, [`RelayMode::Open`]: stores for anyone) or inside a node
+//! (`sremp run`, [`RelayMode::Integrated`]: stores only for the local user and is not
+//! advertised).
+//!
+//! Flow on one authenticated Noise connection (byte-exact in docs/PROTOCOL.md, "Relay"):
+//! 1. client `RELAY_HELLO` → relay `RELAY_CHALLENGE` (32 fresh random bytes + capabilities);
+//! 2. client `RELAY_REGISTER`, signed over the challenge *and* the Noise handshake hash, so it
+//!    is useless on any other connection → `RELAY_REGISTERED` (granted capabilities);
+//! 3. `STORE_MESSAGE` (sender signature verified) → `STORE_RESPONSE` after the group commit
+//!    that made it durable; a connected recipient gets it pushed at once;
+//! 4. `RETRIEVE_MESSAGES` → `MESSAGE_BATCH` pages (`has_more`, continue `after` the last);
+//! 5. recipient `DELIVERY_CONFIRMATION` → the message is deleted and the confirmation is pushed
+//!    to the sender if connected, otherwise kept until the sender registers and acknowledges it
+//!    with `CONFIRMATION_ACK`.
+//!
+//! Modules:
+//! - [`auth`] — the signed byte strings (pure).
+//! - [`policy`] — `[relay]` config, quotas, token-bucket rate limits, capability grant (pure).
+//! - [`store`] — records over [`crate::store::Store`] and the group-commit thread.
+//! - [`service`] — the async shell ([`Relay`]).
+//! - [`client`] — [`client::RelayClient`].
+//! - [`stats`] — operator counters.
+//!
+//! Invariants: a successful `STORE_RESPONSE` is sent only after the flush covering the message
+//! returned; `(recipient, sender, message_id)` is stored at most once (a retry is answered with
+//! the first `stored_at`); a confirmation deletes only the confirmer's own message; a refusal
+//! (typed [`RelayErrorCode`](crate::wire::relay::RelayErrorCode)) concerns only the request
+//! that caused it. The relay never logs blobs, signatures or keys (only short key ids).
+//!
+//! Not done here: the relay never decrypts anything, keeps no tombstones of confirmed messages
+//! (recipients de-duplicate on `(sender, message_id)`), and does not forward to other relays.
+//!
+//! ```no_run
+//! # async fn f(store: std::sync::Arc<dyn sremp::store::Store>, me: sremp::identity::IdentityKey) -> Result<(), sremp::Error> {
+//! use sremp::relay::{Relay, RelayOptions, RelayMode, RelayConfig};
+//! let relay = Relay::start(store, RelayOptions {
+//!     policy: RelayConfig::default(),
+//!     mode: RelayMode::Integrated { owner: me },
+//!     relay_key: me,
+//!     idle_timeout: std::time::Duration::from_secs(300),
+//!     stats_path: None,
+//! }).await?;
+//! // For each authenticated connection whose first envelope is RELAY_HELLO:
+//! // relay.serve_connection(conn, Some(first)).await;
+//! relay.shutdown(std::time::Duration::from_secs(5)).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod client;
+pub mod policy;
+pub mod service;
+pub mod stats;
+pub mod store;
+
+pub use client::{RelayClient, RelayClientError, RelayEvent};
+pub use policy::RelayConfig;
+pub use service::{Relay, RelayMode, RelayOptions};
+pub use store::RelayStoreError;
+
+use crate::config::Config;
+use crate::noise::listener::{self, ListenerConfig};
+use crate::noise::stream::HandshakeLimits;
+use crate::store::{SledStore, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Name of the file (in the data dir) where `sremp relay` writes its address and id at start:
+/// one line `<listen address> <relay id hex>`.
+pub const ADDR_FILE: &str = "relay.addr";
+/// Name of the counters file (in the data dir), rewritten every `stats_interval_secs`.
+pub const STATS_FILE: &str = "relay-stats.json";
+/// Directory of the relay's database inside the data dir.
+pub const DB_DIR: &str = "relay-db";
+
+/// A relay failure (local; peers' misbehaviour is answered on the wire, never an error here).
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The relay's records.
+    #[error(transparent)]
+    Store(#[from] RelayStoreError),
+    /// A policy value out of range.
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    /// The async runtime failed a task.
+    #[error("relay runtime: {0}")]
+    Runtime(String),
+}
 
 /// Runs relay-only mode with `cfg` until SIGTERM or Ctrl-C (the `sremp relay` command).
-pub fn run_cli(_cfg: &crate::config::Config) -> Result<(), crate::Error> {
-    Err(crate::Error::Io {
-        context: "sremp relay".into(),
-        source: std::io::Error::new(std::io::ErrorKind::Unsupported, "not built yet"),
-    })
+///
+/// Data dir: `identity.key` (the relay's own identity, created on first start), `relay-db/`,
+/// `relay.addr` (address and id, written once listening) and `relay-stats.json`.
+pub fn run_cli(cfg: &Config) -> Result<(), crate::Error> {
+    crate::logging::init(&cfg.log);
+    cfg.relay.validate().map_err(RelayError::from)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| crate::Error::Io {
+            context: "starting the runtime".into(),
+            source,
+        })?;
+    rt.block_on(run(cfg))
+}
+
+async fn run(cfg: &Config) -> Result<(), crate::Error> {
+    let dir = cfg.data_dir();
+    let (user, created) = crate::node::load_or_create_identity(&dir, &cfg.username())?;
+    let user = Arc::new(user);
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join(DB_DIR))?);
+    let relay = Relay::start(
+        store,
+        RelayOptions {
+            policy: cfg.relay.clone(),
+            mode: RelayMode::Open,
+            relay_key: user.key(),
+            idle_timeout: cfg.listen.idle_timeout(),
+            stats_path: Some(dir.join(STATS_FILE)),
+        },
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen.address)
+        .await
+        .map_err(|source| crate::Error::Io {
+            context: format!("binding {}", cfg.listen.address),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| crate::Error::Io {
+        context: "reading the listen address".into(),
+        source,
+    })?;
+    let id = user.key();
+    let addr_file = dir.join(ADDR_FILE);
+    let tmp = dir.join("relay.addr.tmp");
+    std::fs::write(&tmp, format!("{addr} {id}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &addr_file))
+        .map_err(|source| crate::Error::Io {
+            context: format!("writing {}", addr_file.display()),
+            source,
+        })?;
+    tracing::info!(%addr, relay_id = %id, new_identity = created, "relay listening");
+    let (stop_tx, stop_rx) = watch_pair();
+    let lc = ListenerConfig {
+        max_connections: cfg.listen.max_connections,
+        handshake: HandshakeLimits {
+            timeout: cfg.listen.handshake_timeout(),
+        },
+    };
+    let r = relay.clone();
+    let server = tokio::spawn(listener::serve(
+        listener,
+        user,
+        lc,
+        stop_rx,
+        move |conn, _addr| {
+            let r = r.clone();
+            async move { r.serve_connection(conn, None).await }
+        },
+    ));
+    wait_for_signal().await;
+    tracing::info!("signal received; finishing in-flight commits");
+    let _ = stop_tx.send(true);
+    let shutdown = relay.shutdown(Duration::from_secs(10)).await;
+    let _ = server.await;
+    shutdown?;
+    Ok(())
+}
+
+fn watch_pair() -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::sync::watch::channel(false)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -116,6 +116,12 @@ envelope! {
     MessageBatch = 0x26,
     /// `DELIVERY_CONFIRMATION`.
     DeliveryConfirmation = 0x27,
+    /// Relay client hello (first relay message from the client).
+    RelayHello = 0x28,
+    /// A stored message pushed to its connected recipient.
+    StoredMessage = 0x29,
+    /// The sender received a forwarded delivery confirmation.
+    ConfirmationAck = 0x2a,
     /// An end-to-end message sent directly.
     DirectMessage = 0x40,
     /// Its durable acknowledgement.

@@ -1,8 +1,90 @@
 //! Relay protocol messages (draft section "Relay Protocol"), carried in envelopes over an
 //! authenticated Noise connection between a client and a relay.
+//!
+//! Flow (details and the exact signed bytes in docs/PROTOCOL.md, section "Relay"):
+//! 1. client → relay [`RelayHello`]; relay → client [`RelayChallenge`] (fresh nonce + offer).
+//! 2. client → relay [`RelayRegister`] (signature over the nonce and the Noise handshake hash);
+//!    relay → client [`RelayRegistered`] or an `ErrorMsg` with a [`RelayErrorCode`].
+//! 3. Any number of [`StoreMessage`] → [`StoreResponse`], [`RetrieveMessages`] →
+//!    [`MessageBatch`], [`DeliveryConfirmation`] (recipient → relay, and relay → sender), and
+//!    [`ConfirmationAck`] (sender → relay). The relay pushes [`StoredMessage`]s to a connected
+//!    recipient as they are stored.
+//!
+//! Nothing here does I/O; sizes are bounded by the frame/chunk limits of the transport and by
+//! the relay's [`RelayCapabilities`].
 
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
+
+/// Most messages a relay puts in one [`MessageBatch`], whatever the client asks for.
+pub const MAX_BATCH_MESSAGES: u32 = 1000;
+
+/// **[gap]** Error codes of relay refusals: the `code` of an `ErrorMsg`, or the `error` of a
+/// failed [`StoreResponse`]. Each refusal concerns only the request (and, for `Unauthorized`
+/// during registration, the connection) that caused it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum RelayErrorCode {
+    /// A request other than `RELAY_HELLO`/`RELAY_REGISTER` before registration.
+    NotRegistered = 0x2001,
+    /// Bad registration signature (replayed, other session, wrong key), an identity that is not
+    /// the Noise peer, a retrieval for someone else, or a stranger at an integrated relay.
+    Unauthorized = 0x2002,
+    /// A sender or confirmation signature does not verify.
+    BadSignature = 0x2003,
+    /// The blob is larger than `max_message_size`.
+    TooLarge = 0x2004,
+    /// The recipient's quota (messages or bytes) is full.
+    QuotaFull = 0x2005,
+    /// The identity's request rate is over its limit; retry later.
+    RateLimited = 0x2006,
+    /// A message that is not valid in the connection's current state.
+    UnexpectedMessage = 0x2007,
+    /// The relay could not write to its disk. Not the client's fault; retry later.
+    StorageFailure = 0x2008,
+    /// The relay is shutting down.
+    ShuttingDown = 0x2009,
+}
+
+impl RelayErrorCode {
+    /// All codes.
+    pub const ALL: [RelayErrorCode; 9] = [
+        RelayErrorCode::NotRegistered,
+        RelayErrorCode::Unauthorized,
+        RelayErrorCode::BadSignature,
+        RelayErrorCode::TooLarge,
+        RelayErrorCode::QuotaFull,
+        RelayErrorCode::RateLimited,
+        RelayErrorCode::UnexpectedMessage,
+        RelayErrorCode::StorageFailure,
+        RelayErrorCode::ShuttingDown,
+    ];
+
+    /// The number on the wire.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The code for a wire number, if known.
+    pub fn from_code(code: u16) -> Option<RelayErrorCode> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// A stable lower-case name (logs, counters).
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayErrorCode::NotRegistered => "not_registered",
+            RelayErrorCode::Unauthorized => "unauthorized",
+            RelayErrorCode::BadSignature => "bad_signature",
+            RelayErrorCode::TooLarge => "too_large",
+            RelayErrorCode::QuotaFull => "quota_full",
+            RelayErrorCode::RateLimited => "rate_limited",
+            RelayErrorCode::UnexpectedMessage => "unexpected_message",
+            RelayErrorCode::StorageFailure => "storage_failure",
+            RelayErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
 
 /// What a relay offers, sent to the client in [`RelayChallenge`] and [`RelayRegistered`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,7 +99,15 @@ pub struct RelayCapabilities {
     pub quota_bytes: u64,
 }
 
-/// **[gap]** First message from the relay after the Noise handshake: a fresh challenge.
+/// **[gap]** First message of a relay client after the Noise handshake. It lets a node that
+/// serves both direct and relay traffic on one port tell the two apart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayHello {
+    /// Reserved feature bits; 0 in this version, ignored by the relay.
+    pub features: u64,
+}
+
+/// **[gap]** The relay's answer to [`RelayHello`]: a fresh challenge and its offer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayChallenge {
     /// 32 random bytes, never reused.
@@ -30,7 +120,7 @@ pub struct RelayChallenge {
 /// `RELAY_REGISTER`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayRegister {
-    /// The client's identity key.
+    /// The client's identity key (must be the Noise peer's).
     #[serde(with = "crate::wire::bytes::fixed")]
     pub identity: [u8; 32],
     /// Signature (relay-auth context) over the challenge bound to the Noise session.
@@ -47,7 +137,7 @@ pub struct RelayRegistered {
     pub capabilities: RelayCapabilities,
 }
 
-/// `STORE_MESSAGE`.
+/// `STORE_MESSAGE`. The sender is the registered identity of the connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreMessage {
     /// Who the blob is for.
@@ -66,30 +156,44 @@ pub struct StoreMessage {
 /// `STORE_RESPONSE`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreResponse {
-    /// Stored durably.
+    /// Stored durably (on disk, flushed) — or already stored earlier (a duplicate).
     pub success: bool,
-    /// When.
+    /// When the relay stored it (the first time, for a duplicate); 0 on failure.
     pub stored_at: Timestamp,
     /// Which message.
     pub message_id: u64,
-    /// **[gap]** Why not, when `success` is false (an `ErrorCode` value).
+    /// **[gap]** Why not, when `success` is false (a [`RelayErrorCode`] value).
     pub error: Option<u16>,
+}
+
+/// **[gap]** Position after which a retrieval continues (the last message of the previous page).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetrieveCursor {
+    /// Sender of the last message seen.
+    #[serde(with = "crate::wire::bytes::fixed")]
+    pub sender: [u8; 32],
+    /// Its id.
+    pub message_id: u64,
 }
 
 /// `RETRIEVE_MESSAGES`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetrieveMessages {
-    /// Whose messages.
+    /// Whose messages (must be the registered identity).
     #[serde(with = "crate::wire::bytes::fixed")]
     pub identity: [u8; 32],
     /// Signature (relay-auth context) bound to the session.
     #[serde(with = "crate::wire::bytes::fixed")]
     pub auth_signature: [u8; 64],
-    /// Only messages stored after this time.
+    /// Only messages stored at or after this time.
     pub since: Option<Timestamp>,
+    /// **[gap]** Continue after this message (paging); `nil` for the first page.
+    pub after: Option<RetrieveCursor>,
+    /// **[gap]** Most messages wanted; 0 or more than the relay's maximum means the maximum.
+    pub limit: u32,
 }
 
-/// One stored message in a [`MessageBatch`].
+/// One stored message in a [`MessageBatch`], or pushed alone to a connected recipient.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
     /// The sender's id.
@@ -102,18 +206,21 @@ pub struct StoredMessage {
     /// The blob.
     #[serde(with = "serde_bytes")]
     pub encrypted_blob: Vec<u8>,
+    /// **[gap]** The sender's `STORE_MESSAGE` signature, so the recipient can check it too.
+    #[serde(with = "crate::wire::bytes::fixed")]
+    pub sender_signature: [u8; 64],
 }
 
 /// `MESSAGE_BATCH`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageBatch {
-    /// Messages in storage order.
+    /// Messages in key order (sender, then message id).
     pub messages: Vec<StoredMessage>,
-    /// More are waiting.
+    /// More are waiting: ask again with `after` = the last message here.
     pub has_more: bool,
 }
 
-/// `DELIVERY_CONFIRMATION`.
+/// `DELIVERY_CONFIRMATION`, from the recipient to the relay and from the relay to the sender.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryConfirmation {
     /// The confirmed message.
@@ -129,4 +236,55 @@ pub struct DeliveryConfirmation {
     /// The recipient's signature (delivery-confirmation context).
     #[serde(with = "crate::wire::bytes::fixed")]
     pub signature: [u8; 64],
+}
+
+/// **[gap]** The sender received a forwarded [`DeliveryConfirmation`]; the relay may forget it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmationAck {
+    /// The `delivered_to` of the confirmation.
+    #[serde(with = "crate::wire::bytes::fixed")]
+    pub delivered_to: [u8; 32],
+    /// Its `message_id`.
+    pub message_id: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Envelope;
+    use proptest::prelude::*;
+
+    #[test]
+    fn error_codes_round_trip() {
+        for c in RelayErrorCode::ALL {
+            assert_eq!(RelayErrorCode::from_code(c.code()), Some(c));
+        }
+        assert_eq!(RelayErrorCode::from_code(7), None);
+    }
+
+    proptest! {
+        #[test]
+        fn relay_kinds_round_trip(id in any::<u64>(), t in any::<u64>(), blob in proptest::collection::vec(any::<u8>(), 0..200), lim in any::<u32>()) {
+            let envs = vec![
+                Envelope::RelayHello(RelayHello { features: t }),
+                Envelope::RetrieveMessages(RetrieveMessages {
+                    identity: [1; 32], auth_signature: [2; 64], since: Some(Timestamp(t)),
+                    after: Some(RetrieveCursor { sender: [3; 32], message_id: id }), limit: lim,
+                }),
+                Envelope::MessageBatch(MessageBatch { messages: vec![StoredMessage {
+                    message_id: id, sender: [4; 32], timestamp: Timestamp(t),
+                    encrypted_blob: blob.clone(), sender_signature: [5; 64],
+                }], has_more: true }),
+                Envelope::StoredMessage(StoredMessage {
+                    message_id: id, sender: [4; 32], timestamp: Timestamp(t),
+                    encrypted_blob: blob, sender_signature: [5; 64],
+                }),
+                Envelope::ConfirmationAck(ConfirmationAck { delivered_to: [6; 32], message_id: id }),
+                Envelope::StoreResponse(StoreResponse { success: false, stored_at: Timestamp(t), message_id: id, error: Some(0x2005) }),
+            ];
+            for e in envs {
+                prop_assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+            }
+        }
+    }
 }

@@ -1,0 +1,243 @@
+//! The relay's signed byte strings, and their signing and verification. Pure: no I/O, no clock.
+//!
+//! Every signature is `sig::sign(key, context, parts)`, i.e. Ed25519 over
+//! `context_prefix || parts...` (see [`crate::sig`]). The parts are:
+//!
+//! | what | context | parts |
+//! | --- | --- | --- |
+//! | `RELAY_REGISTER` | relay-auth | `0x01 \|\| handshake_hash[32] \|\| nonce[32] \|\| relay_key[32] \|\| client_key[32]` |
+//! | `RETRIEVE_MESSAGES` | relay-auth | `0x02 \|\| handshake_hash[32] \|\| nonce[32] \|\| client_key[32] \|\| u64be(since or 0) \|\| cursor_sender[32] \|\| u64be(cursor_id) \|\| u32be(limit)` (absent cursor: 40 zero bytes) |
+//! | `STORE_MESSAGE` | store-message | `sender[32] \|\| recipient[32] \|\| u64be(message_id) \|\| blob` |
+//! | `DELIVERY_CONFIRMATION` | delivery-confirmation | `sender[32] \|\| delivered_to[32] \|\| u64be(message_id) \|\| u64be(timestamp)` |
+//!
+//! `handshake_hash` is the Noise handshake hash of the connection (identical on both sides and
+//! unique per session) and `nonce` the relay's fresh challenge, so a registration or retrieval
+//! signature is worthless on any other connection.
+
+use crate::sig::{self, SigContext};
+use crate::wire::relay::{DeliveryConfirmation, RetrieveMessages, StoreMessage};
+use ed25519_dalek::SigningKey;
+
+/// Tag byte of a registration signature.
+pub const TAG_REGISTER: u8 = 0x01;
+/// Tag byte of a retrieval signature.
+pub const TAG_RETRIEVE: u8 = 0x02;
+
+/// The session binding: the Noise handshake hash and the relay's challenge nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionBinding {
+    /// Noise handshake hash.
+    pub handshake_hash: [u8; 32],
+    /// The relay's challenge.
+    pub nonce: [u8; 32],
+}
+
+/// The signed bytes of a registration (without the context prefix).
+pub fn register_bytes(b: &SessionBinding, relay: &[u8; 32], client: &[u8; 32]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(129);
+    v.push(TAG_REGISTER);
+    v.extend_from_slice(&b.handshake_hash);
+    v.extend_from_slice(&b.nonce);
+    v.extend_from_slice(relay);
+    v.extend_from_slice(client);
+    v
+}
+
+/// Signs a registration.
+pub fn sign_register(key: &SigningKey, b: &SessionBinding, relay: &[u8; 32]) -> [u8; 64] {
+    let me = key.verifying_key().to_bytes();
+    sig::sign(
+        key,
+        SigContext::RelayAuth,
+        &[&register_bytes(b, relay, &me)],
+    )
+}
+
+/// Verifies a registration by `client`.
+pub fn verify_register(
+    b: &SessionBinding,
+    relay: &[u8; 32],
+    client: &[u8; 32],
+    signature: &[u8; 64],
+) -> Result<(), sig::BadSignature> {
+    let vk = sig::verifying_key(client)?;
+    sig::verify(
+        &vk,
+        SigContext::RelayAuth,
+        &[&register_bytes(b, relay, client)],
+        signature,
+    )
+}
+
+/// The signed bytes of a retrieval (without the context prefix).
+pub fn retrieve_bytes(b: &SessionBinding, r: &RetrieveMessages) -> Vec<u8> {
+    let mut v = Vec::with_capacity(149);
+    v.push(TAG_RETRIEVE);
+    v.extend_from_slice(&b.handshake_hash);
+    v.extend_from_slice(&b.nonce);
+    v.extend_from_slice(&r.identity);
+    v.extend_from_slice(&r.since.map(|t| t.0).unwrap_or(0).to_be_bytes());
+    match &r.after {
+        Some(c) => {
+            v.extend_from_slice(&c.sender);
+            v.extend_from_slice(&c.message_id.to_be_bytes());
+        }
+        None => v.extend_from_slice(&[0u8; 40]),
+    }
+    v.extend_from_slice(&r.limit.to_be_bytes());
+    v
+}
+
+/// Fills in `r.identity` and `r.auth_signature`.
+pub fn sign_retrieve(key: &SigningKey, b: &SessionBinding, r: &mut RetrieveMessages) {
+    r.identity = key.verifying_key().to_bytes();
+    r.auth_signature = sig::sign(key, SigContext::RelayAuth, &[&retrieve_bytes(b, r)]);
+}
+
+/// Verifies a retrieval signature by `r.identity`.
+pub fn verify_retrieve(b: &SessionBinding, r: &RetrieveMessages) -> Result<(), sig::BadSignature> {
+    let vk = sig::verifying_key(&r.identity)?;
+    sig::verify(
+        &vk,
+        SigContext::RelayAuth,
+        &[&retrieve_bytes(b, r)],
+        &r.auth_signature,
+    )
+}
+
+/// Signs a `STORE_MESSAGE` as `key` (the sender).
+pub fn sign_store(
+    key: &SigningKey,
+    recipient: &[u8; 32],
+    message_id: u64,
+    blob: &[u8],
+) -> [u8; 64] {
+    let me = key.verifying_key().to_bytes();
+    sig::sign(
+        key,
+        SigContext::StoreMessage,
+        &[&me, recipient, &message_id.to_be_bytes(), blob],
+    )
+}
+
+/// Verifies the sender signature of a `STORE_MESSAGE` sent by `sender`.
+pub fn verify_store(sender: &[u8; 32], m: &StoreMessage) -> Result<(), sig::BadSignature> {
+    verify_store_parts(
+        sender,
+        &m.recipient,
+        m.message_id,
+        &m.encrypted_blob,
+        &m.sender_signature,
+    )
+}
+
+/// Verifies a store signature from its parts (used by recipients on a `StoredMessage`).
+pub fn verify_store_parts(
+    sender: &[u8; 32],
+    recipient: &[u8; 32],
+    message_id: u64,
+    blob: &[u8],
+    signature: &[u8; 64],
+) -> Result<(), sig::BadSignature> {
+    let vk = sig::verifying_key(sender)?;
+    sig::verify(
+        &vk,
+        SigContext::StoreMessage,
+        &[sender, recipient, &message_id.to_be_bytes(), blob],
+        signature,
+    )
+}
+
+fn confirmation_bytes(c: &DeliveryConfirmation) -> Vec<u8> {
+    let mut v = Vec::with_capacity(80);
+    v.extend_from_slice(&c.sender);
+    v.extend_from_slice(&c.delivered_to);
+    v.extend_from_slice(&c.message_id.to_be_bytes());
+    v.extend_from_slice(&c.timestamp.0.to_be_bytes());
+    v
+}
+
+/// Fills in `c.delivered_to` and `c.signature`.
+pub fn sign_confirmation(key: &SigningKey, c: &mut DeliveryConfirmation) {
+    c.delivered_to = key.verifying_key().to_bytes();
+    c.signature = sig::sign(
+        key,
+        SigContext::DeliveryConfirmation,
+        &[&confirmation_bytes(c)],
+    );
+}
+
+/// Verifies a confirmation's signature by `c.delivered_to`.
+pub fn verify_confirmation(c: &DeliveryConfirmation) -> Result<(), sig::BadSignature> {
+    let vk = sig::verifying_key(&c.delivered_to)?;
+    sig::verify(
+        &vk,
+        SigContext::DeliveryConfirmation,
+        &[&confirmation_bytes(c)],
+        &c.signature,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+
+    fn key(b: u8) -> SigningKey {
+        SigningKey::from_bytes(&[b; 32])
+    }
+
+    #[test]
+    fn register_is_bound_to_session_and_relay() {
+        let c = key(1);
+        let relay = key(2).verifying_key().to_bytes();
+        let b = SessionBinding {
+            handshake_hash: [3; 32],
+            nonce: [4; 32],
+        };
+        let s = sign_register(&c, &b, &relay);
+        let me = c.verifying_key().to_bytes();
+        verify_register(&b, &relay, &me, &s).unwrap();
+        let other = SessionBinding {
+            handshake_hash: [5; 32],
+            ..b
+        };
+        assert!(verify_register(&other, &relay, &me, &s).is_err());
+        let other = SessionBinding {
+            nonce: [5; 32],
+            ..b
+        };
+        assert!(verify_register(&other, &relay, &me, &s).is_err());
+        assert!(verify_register(&b, &[9; 32], &me, &s).is_err());
+    }
+
+    #[test]
+    fn store_and_confirmation() {
+        let s = key(1);
+        let r = key(2).verifying_key().to_bytes();
+        let sig = sign_store(&s, &r, 7, b"blob");
+        let m = StoreMessage {
+            recipient: r,
+            encrypted_blob: b"blob".to_vec(),
+            sender_signature: sig,
+            message_id: 7,
+        };
+        verify_store(&s.verifying_key().to_bytes(), &m).unwrap();
+        let mut forged = m.clone();
+        forged.message_id = 8;
+        assert!(verify_store(&s.verifying_key().to_bytes(), &forged).is_err());
+        assert!(verify_store(&r, &m).is_err());
+
+        let mut c = DeliveryConfirmation {
+            message_id: 7,
+            sender: s.verifying_key().to_bytes(),
+            delivered_to: [0; 32],
+            timestamp: Timestamp(5),
+            signature: [0; 64],
+        };
+        sign_confirmation(&key(2), &mut c);
+        verify_confirmation(&c).unwrap();
+        c.message_id = 6;
+        assert!(verify_confirmation(&c).is_err());
+    }
+}

@@ -1,0 +1,391 @@
+//! The relay client: connect, register, store, retrieve, confirm, and receive pushes.
+//!
+//! One background task reads the connection and dispatches: `STORE_RESPONSE`s to the waiting
+//! [`RelayClient::store`] call (by message id), `MESSAGE_BATCH` and `ErrorMsg` to the waiting
+//! [`RelayClient::retrieve`], and pushed messages, forwarded confirmations and unsolicited
+//! errors to the [`RelayEvent`] channel returned by [`RelayClient::connect`].
+//!
+//! Limits: one retrieval at a time per client (calls are serialised); message ids must be
+//! unique per sender (two concurrent stores with the same id on one client are refused locally).
+
+use super::auth::{self, SessionBinding};
+use crate::identity::{IdentityKey, UserIdentity};
+use crate::noise::stream::{ConnectionError, HandshakeLimits, TcpConnection, Writer};
+use crate::time::Timestamp;
+use crate::wire::envelope::ErrorMsg;
+use crate::wire::relay::*;
+use crate::wire::Envelope;
+use ed25519_dalek::SigningKey;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+
+/// Events queued for the application before the reader waits.
+const EVENT_QUEUE: usize = 1024;
+
+/// Why a relay request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayClientError {
+    /// The connection failed or closed.
+    #[error("relay connection: {0}")]
+    Connection(#[from] ConnectionError),
+    /// The relay refused (the code says why).
+    #[error("relay refused: {code:?} ({message})")]
+    Refused {
+        /// The refusal code (`None` when the relay sent a code this version does not know).
+        code: Option<RelayErrorCode>,
+        /// The raw code.
+        raw: u16,
+        /// The relay's detail text.
+        message: String,
+    },
+    /// The relay broke the protocol (unexpected reply).
+    #[error("relay protocol violation: {0}")]
+    Protocol(&'static str),
+    /// The connection is gone.
+    #[error("relay connection closed")]
+    Closed,
+    /// A store with this message id is already waiting for its response.
+    #[error("message id {0} already in flight")]
+    DuplicateInFlight(u64),
+}
+
+impl RelayClientError {
+    /// The refusal code, when the relay refused.
+    pub fn code(&self) -> Option<RelayErrorCode> {
+        match self {
+            RelayClientError::Refused { code, .. } => *code,
+            _ => None,
+        }
+    }
+
+    fn refused(raw: u16, message: String) -> Self {
+        RelayClientError::Refused {
+            code: RelayErrorCode::from_code(raw),
+            raw,
+            message,
+        }
+    }
+}
+
+/// Something the relay sent without being asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// A message pushed as it was stored (confirm it with [`RelayClient::confirm`]).
+    Message(StoredMessage),
+    /// A confirmation that a message we stored was delivered (acknowledge it with
+    /// [`RelayClient::ack_confirmation`]).
+    Confirmation(DeliveryConfirmation),
+    /// An error not tied to a waiting request.
+    Error(ErrorMsg),
+}
+
+type Pending<T> = Arc<Mutex<HashMap<u64, oneshot::Sender<T>>>>;
+type Waiter = Arc<Mutex<Option<oneshot::Sender<Result<MessageBatch, RelayClientError>>>>>;
+
+/// A registered relay connection. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct RelayClient {
+    key: SigningKey,
+    relay: IdentityKey,
+    binding: SessionBinding,
+    capabilities: RelayCapabilities,
+    writer: tokio::sync::Mutex<Writer<OwnedWriteHalf>>,
+    stores: Pending<StoreResponse>,
+    batch: Waiter,
+    retrieve_lock: tokio::sync::Mutex<()>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RelayClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayClient")
+            .field("relay", &self.relay.short())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RelayClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl RelayClient {
+    /// Dials `addr`, runs the Noise handshake (checking the relay's identity when `relay` is
+    /// given), then hello → challenge → register. Returns the client and its event stream.
+    pub async fn connect(
+        addr: &str,
+        me: &UserIdentity,
+        relay: Option<IdentityKey>,
+        limits: HandshakeLimits,
+    ) -> Result<(RelayClient, mpsc::Receiver<RelayEvent>), RelayClientError> {
+        let conn = TcpConnection::connect(addr, me, relay, limits).await?;
+        Self::register(
+            conn,
+            me,
+            RelayCapabilities {
+                max_message_size: 0,
+                max_storage_duration: 0,
+                quota_messages: 0,
+                quota_bytes: 0,
+            },
+        )
+        .await
+    }
+
+    /// Registers on an established connection, asking for `asked` (zeros: whatever the relay
+    /// offers).
+    pub async fn register(
+        mut conn: TcpConnection,
+        me: &UserIdentity,
+        asked: RelayCapabilities,
+    ) -> Result<(RelayClient, mpsc::Receiver<RelayEvent>), RelayClientError> {
+        let relay = conn.peer.key();
+        conn.send(&Envelope::RelayHello(RelayHello { features: 0 }))
+            .await?;
+        let challenge = match conn.recv().await? {
+            Envelope::RelayChallenge(c) => c,
+            Envelope::ErrorMsg(e) => return Err(RelayClientError::refused(e.code, e.message)),
+            _ => return Err(RelayClientError::Protocol("expected RELAY_CHALLENGE")),
+        };
+        let binding = SessionBinding {
+            handshake_hash: conn.handshake_hash,
+            nonce: challenge.nonce,
+        };
+        let key = me.signing_key().clone();
+        let reg = RelayRegister {
+            identity: me.key().0,
+            auth_signature: auth::sign_register(&key, &binding, &relay.0),
+            capabilities: asked,
+        };
+        conn.send(&Envelope::RelayRegister(reg)).await?;
+        let capabilities = match conn.recv().await? {
+            Envelope::RelayRegistered(r) => r.capabilities,
+            Envelope::ErrorMsg(e) => return Err(RelayClientError::refused(e.code, e.message)),
+            _ => return Err(RelayClientError::Protocol("expected RELAY_REGISTERED")),
+        };
+        let (_, mut reader, writer) = conn.split();
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let stores: Pending<StoreResponse> = Arc::default();
+        let batch: Waiter = Arc::default();
+        let (s2, b2) = (stores.clone(), batch.clone());
+        let reader = tokio::spawn(async move {
+            loop {
+                let env = match reader.recv().await {
+                    Ok(e) => e,
+                    Err(_) => break,
+                };
+                let event = match env {
+                    Envelope::StoreResponse(r) => {
+                        let w = s2.lock().ok().and_then(|mut m| m.remove(&r.message_id));
+                        match w {
+                            Some(w) => {
+                                let _ = w.send(r);
+                                continue;
+                            }
+                            None => continue,
+                        }
+                    }
+                    Envelope::MessageBatch(b) => {
+                        if let Some(w) = b2.lock().ok().and_then(|mut w| w.take()) {
+                            let _ = w.send(Ok(b));
+                        }
+                        continue;
+                    }
+                    Envelope::ErrorMsg(e) => match b2.lock().ok().and_then(|mut w| w.take()) {
+                        Some(w) => {
+                            let _ = w.send(Err(RelayClientError::refused(e.code, e.message)));
+                            continue;
+                        }
+                        None => RelayEvent::Error(e),
+                    },
+                    Envelope::StoredMessage(m) => RelayEvent::Message(m),
+                    Envelope::DeliveryConfirmation(c) => RelayEvent::Confirmation(c),
+                    _ => continue,
+                };
+                if events_tx.send(event).await.is_err() {
+                    // Nobody listens for events; keep serving responses.
+                    continue;
+                }
+            }
+            // Fail everything still waiting.
+            if let Ok(mut m) = s2.lock() {
+                m.clear();
+            }
+            if let Ok(mut w) = b2.lock() {
+                w.take();
+            }
+        });
+        Ok((
+            RelayClient {
+                key,
+                relay,
+                binding,
+                capabilities,
+                writer: tokio::sync::Mutex::new(writer),
+                stores,
+                batch,
+                retrieve_lock: tokio::sync::Mutex::new(()),
+                reader,
+            },
+            events,
+        ))
+    }
+
+    /// What the relay granted.
+    pub fn capabilities(&self) -> &RelayCapabilities {
+        &self.capabilities
+    }
+
+    /// The relay's identity key.
+    pub fn relay_key(&self) -> IdentityKey {
+        self.relay
+    }
+
+    /// This session's binding (tests that craft requests by hand).
+    pub fn binding(&self) -> SessionBinding {
+        self.binding
+    }
+
+    async fn send(&self, env: &Envelope) -> Result<(), RelayClientError> {
+        self.writer.lock().await.send(env).await?;
+        Ok(())
+    }
+
+    /// Stores `blob` for `recipient` under `message_id`; returns when the relay has it on disk
+    /// (`stored_at`), or its refusal.
+    pub async fn store(
+        &self,
+        recipient: IdentityKey,
+        blob: Vec<u8>,
+        message_id: u64,
+    ) -> Result<Timestamp, RelayClientError> {
+        let sender_signature = auth::sign_store(&self.key, &recipient.0, message_id, &blob);
+        self.store_raw(StoreMessage {
+            recipient: recipient.0,
+            encrypted_blob: blob,
+            sender_signature,
+            message_id,
+        })
+        .await
+    }
+
+    /// Sends a prepared `STORE_MESSAGE` as is (tests).
+    pub async fn store_raw(&self, m: StoreMessage) -> Result<Timestamp, RelayClientError> {
+        let id = m.message_id;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.stores.lock().map_err(|_| RelayClientError::Closed)?;
+            if p.contains_key(&id) {
+                return Err(RelayClientError::DuplicateInFlight(id));
+            }
+            p.insert(id, tx);
+        }
+        if let Err(e) = self.send(&Envelope::StoreMessage(m)).await {
+            if let Ok(mut p) = self.stores.lock() {
+                p.remove(&id);
+            }
+            return Err(e);
+        }
+        let r = rx.await.map_err(|_| RelayClientError::Closed)?;
+        match (r.success, r.error) {
+            (true, _) => Ok(r.stored_at),
+            (false, code) => {
+                let raw = code.unwrap_or(0);
+                Err(RelayClientError::refused(raw, "store refused".into()))
+            }
+        }
+    }
+
+    /// One page of messages for us: stored at or after `since`, after `after`.
+    pub async fn retrieve(
+        &self,
+        since: Option<Timestamp>,
+        after: Option<RetrieveCursor>,
+        limit: u32,
+    ) -> Result<MessageBatch, RelayClientError> {
+        let mut r = RetrieveMessages {
+            identity: [0; 32],
+            auth_signature: [0; 64],
+            since,
+            after,
+            limit,
+        };
+        auth::sign_retrieve(&self.key, &self.binding, &mut r);
+        self.retrieve_raw(r).await
+    }
+
+    /// Sends a prepared `RETRIEVE_MESSAGES` as is (tests).
+    pub async fn retrieve_raw(
+        &self,
+        r: RetrieveMessages,
+    ) -> Result<MessageBatch, RelayClientError> {
+        let _one = self.retrieve_lock.lock().await;
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = self.batch.lock() {
+            *w = Some(tx);
+        }
+        self.send(&Envelope::RetrieveMessages(r)).await?;
+        rx.await.map_err(|_| RelayClientError::Closed)?
+    }
+
+    /// Every message waiting for us, page by page (at most `max_pages` pages).
+    pub async fn retrieve_all(
+        &self,
+        max_pages: usize,
+    ) -> Result<Vec<StoredMessage>, RelayClientError> {
+        let mut out: Vec<StoredMessage> = Vec::new();
+        let mut after = None;
+        for _ in 0..max_pages {
+            let b = self.retrieve(None, after, 0).await?;
+            after = b.messages.last().map(|m| RetrieveCursor {
+                sender: m.sender,
+                message_id: m.message_id,
+            });
+            out.extend(b.messages);
+            if !b.has_more || after.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Confirms delivery of `sender`'s message `message_id`: the relay deletes it and tells
+    /// the sender.
+    pub async fn confirm(
+        &self,
+        sender: IdentityKey,
+        message_id: u64,
+    ) -> Result<(), RelayClientError> {
+        let mut c = DeliveryConfirmation {
+            message_id,
+            sender: sender.0,
+            delivered_to: [0; 32],
+            timestamp: Timestamp::now(),
+            signature: [0; 64],
+        };
+        auth::sign_confirmation(&self.key, &mut c);
+        self.send(&Envelope::DeliveryConfirmation(c)).await
+    }
+
+    /// Tells the relay we received a forwarded confirmation, so it can forget it.
+    pub async fn ack_confirmation(&self, c: &DeliveryConfirmation) -> Result<(), RelayClientError> {
+        self.send(&Envelope::ConfirmationAck(ConfirmationAck {
+            delivered_to: c.delivered_to,
+            message_id: c.message_id,
+        }))
+        .await
+    }
+
+    /// Sends any envelope (tests that break the protocol on purpose).
+    pub async fn send_raw(&self, env: &Envelope) -> Result<(), RelayClientError> {
+        self.send(env).await
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        let _ = self.writer.lock().await.shutdown().await;
+        self.reader.abort();
+    }
+}

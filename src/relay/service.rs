@@ -1,0 +1,722 @@
+//! The relay service: the async shell that drives one authenticated connection at a time
+//! through hello → challenge → register → requests, and routes pushes and confirmations
+//! between connections. Decisions are delegated to [`super::auth`], [`super::policy`] and
+//! [`super::store`]; this file moves envelopes.
+
+use super::auth::{self, SessionBinding};
+use super::policy::{RateLimiter, RelayConfig};
+use super::stats::Stats;
+use super::store::{NewMessage, RelayStore, StoreOutcome};
+use super::RelayError;
+use crate::identity::IdentityKey;
+use crate::noise::stream::{Connection, Reader, Writer};
+use crate::store::Store;
+use crate::time::Timestamp;
+use crate::wire::envelope::ErrorMsg;
+use crate::wire::relay::*;
+use crate::wire::Envelope;
+use rand::RngCore;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+
+/// Envelopes queued for one connection's writer; a push to a full queue is dropped (the
+/// message stays stored and is retrieved later).
+const OUT_QUEUE: usize = 256;
+/// Stores one connection may have waiting for their group commit.
+const MAX_INFLIGHT_STORES: usize = 64;
+/// Kept confirmations sent to a sender right after it registers.
+const KEPT_CONFIRMATIONS_ON_REGISTER: usize = 1000;
+
+/// Whom a relay serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayMode {
+    /// Relay-only mode (`sremp relay`): stores for anyone.
+    Open,
+    /// The integrated relay of a node: stores only messages for `owner`, and only `owner` may
+    /// retrieve or confirm. Anyone may register (to send to the owner).
+    Integrated {
+        /// The local user.
+        owner: IdentityKey,
+    },
+}
+
+/// Everything needed to start a relay.
+#[derive(Clone, Debug)]
+pub struct RelayOptions {
+    /// Policies.
+    pub policy: RelayConfig,
+    /// Whom it serves.
+    pub mode: RelayMode,
+    /// The relay's own identity key (part of the registration signature).
+    pub relay_key: IdentityKey,
+    /// Close an authenticated connection after this long without a request.
+    pub idle_timeout: Duration,
+    /// Rewrite counters as JSON here every `stats_interval_secs` and at shutdown.
+    pub stats_path: Option<PathBuf>,
+}
+
+type Out = mpsc::Sender<Box<Envelope>>;
+
+struct Inner {
+    store: RelayStore,
+    opts: RelayOptions,
+    stats: Arc<Stats>,
+    rate: Mutex<RateLimiter>,
+    origin: Instant,
+    online: Mutex<HashMap<IdentityKey, (u64, Out)>>,
+    next_conn: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    idle: Notify,
+    maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A running relay. Cheap to clone; see the module docs of [`crate::relay`].
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("mode", &self.inner.opts.mode)
+            .field("relay", &self.inner.opts.relay_key.short())
+            .finish_non_exhaustive()
+    }
+}
+
+struct ConnGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.inner.stats.connections_open.fetch_sub(1, Relaxed);
+        self.inner.idle.notify_waiters();
+    }
+}
+
+enum Phase {
+    AwaitHello,
+    Challenged(SessionBinding),
+    Registered {
+        who: IdentityKey,
+        binding: SessionBinding,
+        caps: RelayCapabilities,
+    },
+}
+
+impl Relay {
+    /// Opens the relay's records on `store` (rebuilding quota usage), removes expired messages,
+    /// and starts the periodic expiry and statistics task. Must run inside a tokio runtime.
+    pub async fn start(store: Arc<dyn Store>, opts: RelayOptions) -> Result<Relay, RelayError> {
+        opts.policy.validate()?;
+        let stats = Arc::new(Stats::default());
+        let (policy, st) = (opts.policy.clone(), stats.clone());
+        let rs = tokio::task::spawn_blocking(move || RelayStore::open(store, policy, st))
+            .await
+            .map_err(|e| RelayError::Runtime(e.to_string()))??;
+        let (shutdown, _) = watch::channel(false);
+        let relay = Relay {
+            inner: Arc::new(Inner {
+                store: rs,
+                opts,
+                stats,
+                rate: Mutex::new(RateLimiter::default()),
+                origin: Instant::now(),
+                online: Mutex::new(HashMap::new()),
+                next_conn: AtomicU64::new(1),
+                shutdown,
+                idle: Notify::new(),
+                maintenance: Mutex::new(None),
+            }),
+        };
+        let n = relay.expire_now().await?;
+        tracing::info!(expired = n, "relay store opened");
+        let task = tokio::spawn(relay.clone().maintenance());
+        if let Ok(mut m) = relay.inner.maintenance.lock() {
+            *m = Some(task);
+        }
+        Ok(relay)
+    }
+
+    /// Removes messages older than the retention period now; returns how many.
+    pub async fn expire_now(&self) -> Result<u64, RelayError> {
+        let cutoff = Timestamp(
+            Timestamp::now()
+                .0
+                .saturating_sub(self.inner.opts.policy.retention_secs.saturating_mul(1000)),
+        );
+        Ok(self.inner.store.expire(cutoff).await?)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.inner.stats
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &RelayOptions {
+        &self.inner.opts
+    }
+
+    /// The underlying records (tests and tools).
+    pub fn records(&self) -> &RelayStore {
+        &self.inner.store
+    }
+
+    async fn maintenance(self) {
+        let p = &self.inner.opts.policy;
+        let mut expiry = tokio::time::interval(Duration::from_secs(p.expiry_interval_secs));
+        let mut stats = tokio::time::interval(Duration::from_secs(p.stats_interval_secs));
+        expiry.tick().await;
+        stats.tick().await;
+        let mut stop = self.inner.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                _ = expiry.tick() => match self.expire_now().await {
+                    Ok(n) if n > 0 => tracing::info!(expired = n, "expired old messages"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "expiry failed"),
+                },
+                _ = stats.tick() => self.report("relay counters"),
+                _ = async { stop.wait_for(|s| *s).await.is_ok() } => break,
+            }
+        }
+    }
+
+    /// Logs the counters and rewrites the stats file (if configured).
+    pub fn report(&self, what: &str) {
+        let s = self.inner.stats.snapshot();
+        match serde_json::to_string(&s) {
+            Ok(json) => {
+                tracing::info!(stats = %json, "{what}");
+                if let Some(p) = &self.inner.opts.stats_path {
+                    let tmp = p.with_extension("json.tmp");
+                    let r = std::fs::write(&tmp, json.as_bytes())
+                        .and_then(|()| std::fs::rename(&tmp, p));
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, path = %p.display(), "cannot write stats file");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serialise counters"),
+        }
+    }
+
+    /// Stops serving: every connection finishes the request it is handling (stores wait for
+    /// their commit), then the committer finishes everything queued and flushes. Waits at most
+    /// `grace` for connections to wind down.
+    pub async fn shutdown(&self, grace: Duration) -> Result<(), RelayError> {
+        self.inner.shutdown.send_replace(true);
+        let deadline = Instant::now() + grace;
+        // Bounded wait for connection tasks.
+        while self.inner.stats.connections_open.load(Relaxed) > 0 && Instant::now() < deadline {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(50), self.inner.idle.notified()).await;
+        }
+        let task = self
+            .inner
+            .maintenance
+            .lock()
+            .ok()
+            .and_then(|mut m| m.take());
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        self.inner.store.close().await?;
+        self.report("relay stopped; final counters");
+        Ok(())
+    }
+
+    /// A receiver that turns true when the relay shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn charge(&self, who: IdentityKey) -> Result<(), RelayErrorCode> {
+        let now = self.now_ms();
+        match self.inner.rate.lock() {
+            Ok(mut rl) => rl.charge(&self.inner.opts.policy, who, now),
+            Err(_) => Err(RelayErrorCode::RateLimited),
+        }
+    }
+
+    fn online(&self, who: &IdentityKey) -> Option<Out> {
+        self.inner
+            .online
+            .lock()
+            .ok()
+            .and_then(|m| m.get(who).map(|(_, tx)| tx.clone()))
+    }
+
+    /// Serves one authenticated connection until it closes, idles out, breaks the protocol, or
+    /// the relay shuts down. `first` is an envelope already read from it (a node that reads
+    /// the first envelope to tell relay traffic from direct traffic passes it here).
+    pub async fn serve_connection<R, W>(&self, conn: Connection<R, W>, first: Option<Envelope>)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let inner = &self.inner;
+        inner.stats.connections_total.fetch_add(1, Relaxed);
+        inner.stats.connections_open.fetch_add(1, Relaxed);
+        let _guard = ConnGuard {
+            inner: inner.clone(),
+        };
+        let conn_id = inner.next_conn.fetch_add(1, Relaxed);
+        let handshake_hash = conn.handshake_hash;
+        let (peer, reader, writer) = conn.split();
+        let peer = peer.key();
+        let (tx, rx) = mpsc::channel::<Box<Envelope>>(OUT_QUEUE);
+        let writer_task = tokio::spawn(write_loop(writer, rx));
+        let mut c = ConnState {
+            relay: self.clone(),
+            peer,
+            handshake_hash,
+            conn_id,
+            phase: Phase::AwaitHello,
+            tx,
+            stores: JoinSet::new(),
+            inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_STORES)),
+        };
+        let reason = c.run(reader, first).await;
+        tracing::debug!(peer = %peer.short(), conn = conn_id, %reason, "relay connection ended");
+        // Finish in-flight stores (their responses are still sent if the socket is open).
+        while c.stores.join_next().await.is_some() {}
+        if let Phase::Registered { who, .. } = c.phase {
+            if let Ok(mut m) = inner.online.lock() {
+                if m.get(&who).is_some_and(|(id, _)| *id == conn_id) {
+                    m.remove(&who);
+                }
+            }
+        }
+        drop(c.tx);
+        let _ = writer_task.await;
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: Writer<W>,
+    mut rx: mpsc::Receiver<Box<Envelope>>,
+) {
+    let mut batch: Vec<Envelope> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(*first);
+        while batch.len() < 64 {
+            match rx.try_recv() {
+                Ok(e) => batch.push(*e),
+                Err(_) => break,
+            }
+        }
+        let r = w.send_all(&batch).await;
+        batch.clear();
+        if batch.capacity() > 64 {
+            batch = Vec::new();
+        }
+        if r.is_err() {
+            // The peer is gone; drain so senders never block on us.
+            rx.close();
+            while rx.recv().await.is_some() {}
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+struct ConnState {
+    relay: Relay,
+    peer: IdentityKey,
+    handshake_hash: [u8; 32],
+    conn_id: u64,
+    phase: Phase,
+    tx: Out,
+    stores: JoinSet<()>,
+    inflight: Arc<Semaphore>,
+}
+
+fn err(code: RelayErrorCode, message: &str) -> Envelope {
+    Envelope::ErrorMsg(ErrorMsg {
+        code: code.code(),
+        message: message.into(),
+    })
+}
+
+/// What ends a connection.
+enum Flow {
+    Continue,
+    Close(&'static str),
+}
+
+impl ConnState {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        mut reader: Reader<R>,
+        first: Option<Envelope>,
+    ) -> &'static str {
+        let idle = self.relay.inner.opts.idle_timeout;
+        let mut stop = self.relay.shutdown_signal();
+        if let Some(env) = first {
+            if let Flow::Close(why) = self.handle(env).await {
+                return why;
+            }
+        }
+        loop {
+            // Reap finished store tasks.
+            while self.stores.try_join_next().is_some() {}
+            let env = tokio::select! {
+                r = tokio::time::timeout(idle, reader.recv()) => match r {
+                    Err(_) => return "idle timeout",
+                    Ok(Ok(env)) => env,
+                    Ok(Err(e)) if e.is_closed() => return "closed by peer",
+                    Ok(Err(_)) => return "transport error",
+                },
+                _ = async { stop.wait_for(|s| *s).await.is_ok() } => {
+                    self.send(err(RelayErrorCode::ShuttingDown, "relay shutting down")).await;
+                    return "relay shutdown";
+                }
+            };
+            if let Flow::Close(why) = self.handle(env).await {
+                return why;
+            }
+        }
+    }
+
+    async fn send(&self, env: Envelope) {
+        let _ = self.tx.send(Box::new(env)).await;
+    }
+
+    async fn refuse(&self, code: RelayErrorCode, message: &str) {
+        self.relay.inner.stats.reject(code);
+        tracing::debug!(peer = %self.peer.short(), reason = code.name(), "request refused");
+        self.send(err(code, message)).await;
+    }
+
+    async fn handle(&mut self, env: Envelope) -> Flow {
+        let inner = self.relay.inner.clone();
+        match (&self.phase, env) {
+            (Phase::AwaitHello, Envelope::RelayHello(_)) => {
+                let mut nonce = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut nonce);
+                self.phase = Phase::Challenged(SessionBinding {
+                    handshake_hash: self.handshake_hash,
+                    nonce,
+                });
+                self.send(Envelope::RelayChallenge(RelayChallenge {
+                    nonce,
+                    capabilities: inner.opts.policy.capabilities(),
+                }))
+                .await;
+                Flow::Continue
+            }
+            (Phase::AwaitHello, _) => {
+                self.refuse(RelayErrorCode::UnexpectedMessage, "expected RELAY_HELLO")
+                    .await;
+                Flow::Close("no hello")
+            }
+            (Phase::Challenged(binding), Envelope::RelayRegister(reg)) => {
+                let binding = *binding;
+                if let Err(code) = self.relay.charge(self.peer) {
+                    self.refuse(code, "rate limited").await;
+                    return Flow::Close("rate limited at registration");
+                }
+                let ok = reg.identity == self.peer.0
+                    && auth::verify_register(
+                        &binding,
+                        &inner.opts.relay_key.0,
+                        &reg.identity,
+                        &reg.auth_signature,
+                    )
+                    .is_ok();
+                if !ok {
+                    self.refuse(RelayErrorCode::Unauthorized, "registration refused")
+                        .await;
+                    return Flow::Close("registration refused");
+                }
+                let caps = inner.opts.policy.grant(&reg.capabilities);
+                let who = self.peer;
+                self.phase = Phase::Registered {
+                    who,
+                    binding,
+                    caps: caps.clone(),
+                };
+                if let Ok(mut m) = inner.online.lock() {
+                    m.insert(who, (self.conn_id, self.tx.clone()));
+                }
+                tracing::debug!(peer = %who.short(), "registered");
+                self.send(Envelope::RelayRegistered(RelayRegistered {
+                    capabilities: caps,
+                }))
+                .await;
+                // Hand over confirmations kept while the sender was away.
+                match inner
+                    .store
+                    .kept_confirmations(who, KEPT_CONFIRMATIONS_ON_REGISTER)
+                    .await
+                {
+                    Ok(list) => {
+                        for c in list {
+                            self.send(Envelope::DeliveryConfirmation(c)).await;
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "reading kept confirmations failed"),
+                }
+                Flow::Continue
+            }
+            (Phase::Challenged(_), _) => {
+                self.refuse(RelayErrorCode::NotRegistered, "expected RELAY_REGISTER")
+                    .await;
+                Flow::Close("not registered")
+            }
+            (Phase::Registered { who, binding, caps }, env) => {
+                let (who, binding, max) = (*who, *binding, caps.max_message_size);
+                self.registered(who, binding, max, env).await
+            }
+        }
+    }
+
+    async fn registered(
+        &mut self,
+        who: IdentityKey,
+        binding: SessionBinding,
+        max: u32,
+        env: Envelope,
+    ) -> Flow {
+        let inner = self.relay.inner.clone();
+        match env {
+            Envelope::StoreMessage(m) => {
+                let id = m.message_id;
+                let refused = |code: RelayErrorCode| {
+                    Envelope::StoreResponse(StoreResponse {
+                        success: false,
+                        stored_at: Timestamp(0),
+                        message_id: id,
+                        error: Some(code.code()),
+                    })
+                };
+                let check = self
+                    .relay
+                    .charge(who)
+                    .and_then(|()| match inner.opts.mode {
+                        RelayMode::Integrated { owner } if owner.0 != m.recipient => {
+                            Err(RelayErrorCode::Unauthorized)
+                        }
+                        _ => Ok(()),
+                    })
+                    .and_then(|()| {
+                        if m.encrypted_blob.len() > max as usize {
+                            Err(RelayErrorCode::TooLarge)
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .and_then(|()| {
+                        auth::verify_store(&who.0, &m).map_err(|_| RelayErrorCode::BadSignature)
+                    });
+                if let Err(code) = check {
+                    inner.stats.reject(code);
+                    tracing::debug!(peer = %who.short(), reason = code.name(), "store refused");
+                    self.send(refused(code)).await;
+                    return Flow::Continue;
+                }
+                // Bound the stores waiting for a commit on this connection.
+                let Ok(permit) = self.inflight.clone().acquire_owned().await else {
+                    return Flow::Close("closing");
+                };
+                let relay = self.relay.clone();
+                let tx = self.tx.clone();
+                self.stores.spawn(async move {
+                    let _permit = permit;
+                    let recipient = IdentityKey(m.recipient);
+                    let push_to = relay.online(&recipient);
+                    let push = push_to.as_ref().map(|_| m.encrypted_blob.clone());
+                    let new = NewMessage {
+                        recipient,
+                        sender: who,
+                        message_id: id,
+                        sender_signature: m.sender_signature,
+                        blob: m.encrypted_blob,
+                        now: Timestamp::now(),
+                    };
+                    let resp = match relay.inner.store.store(new).await {
+                        Ok(StoreOutcome::Stored(t)) => {
+                            if let (Some(out), Some(blob)) = (push_to, push) {
+                                let pushed = StoredMessage {
+                                    message_id: id,
+                                    sender: who.0,
+                                    timestamp: t,
+                                    encrypted_blob: blob,
+                                    sender_signature: m.sender_signature,
+                                };
+                                if out
+                                    .try_send(Box::new(Envelope::StoredMessage(pushed)))
+                                    .is_ok()
+                                {
+                                    relay.inner.stats.pushed.fetch_add(1, Relaxed);
+                                }
+                            }
+                            StoreResponse {
+                                success: true,
+                                stored_at: t,
+                                message_id: id,
+                                error: None,
+                            }
+                        }
+                        Ok(StoreOutcome::Duplicate(t)) => StoreResponse {
+                            success: true,
+                            stored_at: t,
+                            message_id: id,
+                            error: None,
+                        },
+                        Ok(StoreOutcome::Refused(code)) => {
+                            relay.inner.stats.reject(code);
+                            StoreResponse {
+                                success: false,
+                                stored_at: Timestamp(0),
+                                message_id: id,
+                                error: Some(code.code()),
+                            }
+                        }
+                        Err(e) => {
+                            let code = match e {
+                                super::store::RelayStoreError::Closed => {
+                                    RelayErrorCode::ShuttingDown
+                                }
+                                super::store::RelayStoreError::Store(_) => {
+                                    RelayErrorCode::StorageFailure
+                                }
+                            };
+                            relay.inner.stats.reject(code);
+                            tracing::error!(error = %e, "store failed");
+                            StoreResponse {
+                                success: false,
+                                stored_at: Timestamp(0),
+                                message_id: id,
+                                error: Some(code.code()),
+                            }
+                        }
+                    };
+                    let _ = tx.send(Box::new(Envelope::StoreResponse(resp))).await;
+                });
+                Flow::Continue
+            }
+            Envelope::RetrieveMessages(r) => {
+                if let Err(code) = self.relay.charge(who) {
+                    self.refuse(code, "rate limited").await;
+                    return Flow::Continue;
+                }
+                let owner_ok = match inner.opts.mode {
+                    RelayMode::Integrated { owner } => owner == who,
+                    RelayMode::Open => true,
+                };
+                if r.identity != who.0 || !owner_ok || auth::verify_retrieve(&binding, &r).is_err()
+                {
+                    self.refuse(RelayErrorCode::Unauthorized, "retrieval refused")
+                        .await;
+                    return Flow::Continue;
+                }
+                let max = inner.opts.policy.batch_messages;
+                let limit = if r.limit == 0 || r.limit > max {
+                    max
+                } else {
+                    r.limit
+                };
+                match inner
+                    .store
+                    .retrieve(who, r.since, r.after, limit as usize)
+                    .await
+                {
+                    Ok((messages, has_more)) => {
+                        inner
+                            .stats
+                            .retrieved
+                            .fetch_add(messages.len() as u64, Relaxed);
+                        self.send(Envelope::MessageBatch(MessageBatch { messages, has_more }))
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "retrieval failed");
+                        self.refuse(RelayErrorCode::StorageFailure, "storage failure")
+                            .await;
+                    }
+                }
+                Flow::Continue
+            }
+            Envelope::DeliveryConfirmation(c) => {
+                if let Err(code) = self.relay.charge(who) {
+                    self.refuse(code, "rate limited").await;
+                    return Flow::Continue;
+                }
+                if c.delivered_to != who.0 {
+                    self.refuse(
+                        RelayErrorCode::Unauthorized,
+                        "confirmation for someone else",
+                    )
+                    .await;
+                    return Flow::Continue;
+                }
+                if auth::verify_confirmation(&c).is_err() {
+                    self.refuse(RelayErrorCode::BadSignature, "bad confirmation signature")
+                        .await;
+                    return Flow::Continue;
+                }
+                let sender = IdentityKey(c.sender);
+                match inner.store.confirm(who, sender, c.message_id).await {
+                    Ok(true) => match self.relay.online(&sender) {
+                        Some(out)
+                            if out
+                                .try_send(Box::new(Envelope::DeliveryConfirmation(c.clone())))
+                                .is_ok() =>
+                        {
+                            inner.stats.confirmations_forwarded.fetch_add(1, Relaxed);
+                        }
+                        _ => {
+                            inner.stats.confirmations_kept.fetch_add(1, Relaxed);
+                            if let Err(e) = inner.store.keep_confirmation(c).await {
+                                tracing::error!(error = %e, "keeping a confirmation failed");
+                            }
+                        }
+                    },
+                    Ok(false) => {
+                        tracing::debug!(peer = %who.short(), "confirmation for an unknown message ignored")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "confirmation failed");
+                        self.refuse(RelayErrorCode::StorageFailure, "storage failure")
+                            .await;
+                    }
+                }
+                Flow::Continue
+            }
+            Envelope::ConfirmationAck(a) => {
+                if let Err(e) = inner
+                    .store
+                    .ack_confirmation(&who, &a.delivered_to, a.message_id)
+                    .await
+                {
+                    tracing::error!(error = %e, "forgetting a confirmation failed");
+                }
+                Flow::Continue
+            }
+            Envelope::ErrorMsg(e) => {
+                tracing::debug!(peer = %who.short(), code = e.code, "client reported an error");
+                Flow::Continue
+            }
+            _ => {
+                self.refuse(RelayErrorCode::UnexpectedMessage, "unexpected message")
+                    .await;
+                Flow::Continue
+            }
+        }
+    }
+}

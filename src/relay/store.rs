@@ -1,0 +1,768 @@
+//! Relay records over the [`Store`] trait, and group commit.
+//!
+//! Layout (keys are raw bytes inside each tree):
+//! - `RelayMessages`: `recipient[32] || sender[32] || u64be(message_id)` → msgpack
+//!   `[stored_at, bin(64) sender_signature, bin blob]`. The key is the de-duplication key, and
+//!   because it starts with the recipient, a confirmation by X can only ever delete X's own
+//!   messages.
+//! - `RelayIndex`: `'e' || u64be(stored_at) || recipient || sender || u64be(message_id)` →
+//!   `u32be(blob length)`: the expiry index, oldest first; also what per-recipient quota usage is
+//!   rebuilt from at start-up.
+//! - `RelayConfirmations`: `sender || delivered_to || u64be(message_id)` → msgpack
+//!   `DeliveryConfirmation` kept for an absent sender.
+//!
+//! Writes go through one committer thread that owns every decision that depends on stored state
+//! (de-duplication, quota): it takes all requests waiting in its queue, applies them as one
+//! batch, runs one flush for the group if any request needs durability, then answers all of
+//! them. A `STORE_MESSAGE` is answered only after the flush that covers it returned. Reads
+//! (retrieval) go straight to the store on a blocking thread.
+
+use super::policy::{Quotas, RelayConfig};
+use super::stats::Stats;
+use crate::identity::IdentityKey;
+use crate::store::{Batch, Store, StoreError, Tree};
+use crate::time::Timestamp;
+use crate::wire::msgpack;
+use crate::wire::relay::{DeliveryConfirmation, RelayErrorCode, RetrieveCursor, StoredMessage};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Requests taken into one group commit at most.
+const MAX_GROUP: usize = 4096;
+/// Expiry index entries removed per batch.
+const EXPIRE_PAGE: usize = 1000;
+/// Requests queued for the committer before senders wait.
+const QUEUE: usize = 8192;
+
+/// Why a relay store operation failed. Always local, never the peer's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayStoreError {
+    /// The disk or database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The committer has stopped (shutdown).
+    #[error("relay store is closed")]
+    Closed,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    stored_at: Timestamp,
+    #[serde(with = "crate::wire::bytes::fixed")]
+    sender_signature: [u8; 64],
+    #[serde(with = "serde_bytes")]
+    blob: Vec<u8>,
+}
+
+/// A message to store.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    /// Recipient.
+    pub recipient: IdentityKey,
+    /// Sender (the registered identity of the connection).
+    pub sender: IdentityKey,
+    /// Sender's id.
+    pub message_id: u64,
+    /// The sender's signature.
+    pub sender_signature: [u8; 64],
+    /// The blob.
+    pub blob: Vec<u8>,
+    /// Wall-clock time of storage.
+    pub now: Timestamp,
+}
+
+/// What happened to a store request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Newly stored and flushed.
+    Stored(Timestamp),
+    /// Already stored (at that time); nothing written. Durable.
+    Duplicate(Timestamp),
+    /// Refused by policy.
+    Refused(RelayErrorCode),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, RelayStoreError>>;
+
+enum Op {
+    Store(NewMessage, Reply<StoreOutcome>),
+    Confirm {
+        delivered_to: IdentityKey,
+        sender: IdentityKey,
+        message_id: u64,
+        reply: Reply<bool>,
+    },
+    KeepConfirmation(DeliveryConfirmation),
+    AckConfirmation([u8; 72]),
+    Expire(Timestamp, Reply<u64>),
+    Flush(Reply<()>),
+    Close(Reply<()>),
+}
+
+fn message_key(recipient: &[u8; 32], sender: &[u8; 32], id: u64) -> [u8; 72] {
+    let mut k = [0u8; 72];
+    k[..32].copy_from_slice(recipient);
+    k[32..64].copy_from_slice(sender);
+    k[64..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn expiry_key(t: Timestamp, mkey: &[u8; 72]) -> [u8; 81] {
+    let mut k = [0u8; 81];
+    k[0] = b'e';
+    k[1..9].copy_from_slice(&t.0.to_be_bytes());
+    k[9..].copy_from_slice(mkey);
+    k
+}
+
+fn confirmation_key(sender: &[u8; 32], delivered_to: &[u8; 32], id: u64) -> [u8; 72] {
+    message_key(sender, delivered_to, id)
+}
+
+fn corrupt(tree: Tree, detail: &str) -> StoreError {
+    StoreError::Corrupt {
+        tree,
+        detail: detail.into(),
+    }
+}
+
+fn arr<const N: usize>(s: &[u8], tree: Tree) -> Result<[u8; N], StoreError> {
+    <[u8; N]>::try_from(s).map_err(|_| corrupt(tree, "bad key length"))
+}
+
+/// Parses an expiry index entry into (stored_at, message key, blob length).
+fn parse_expiry(k: &[u8], v: &[u8]) -> Result<(Timestamp, [u8; 72], u64), StoreError> {
+    let t: [u8; 8] = arr(k.get(1..9).unwrap_or_default(), Tree::RelayIndex)?;
+    let m: [u8; 72] = arr(k.get(9..).unwrap_or_default(), Tree::RelayIndex)?;
+    let len: [u8; 4] = arr(v, Tree::RelayIndex)?;
+    Ok((
+        Timestamp(u64::from_be_bytes(t)),
+        m,
+        u64::from(u32::from_be_bytes(len)),
+    ))
+}
+
+fn recipient_of(mkey: &[u8; 72]) -> IdentityKey {
+    let mut r = [0u8; 32];
+    r.copy_from_slice(&mkey[..32]);
+    IdentityKey(r)
+}
+
+fn decode_record(v: &[u8]) -> Result<Record, StoreError> {
+    msgpack::decode(v).map_err(|e| corrupt(Tree::RelayMessages, &e.to_string()))
+}
+
+/// The relay's durable state. Cheap to clone.
+#[derive(Clone)]
+pub struct RelayStore {
+    store: Arc<dyn Store>,
+    tx: mpsc::Sender<Op>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for RelayStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayStore").finish_non_exhaustive()
+    }
+}
+
+impl RelayStore {
+    /// Rebuilds quota usage from the expiry index and starts the committer thread. Blocking
+    /// (scans the index); call before serving.
+    pub fn open(
+        store: Arc<dyn Store>,
+        cfg: RelayConfig,
+        stats: Arc<Stats>,
+    ) -> Result<Self, RelayStoreError> {
+        let mut quotas = Quotas::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = store.scan(Tree::RelayIndex, b"e", after.as_deref(), EXPIRE_PAGE)?;
+            let Some((last, _)) = page.last() else { break };
+            let last = last.clone();
+            for (k, v) in &page {
+                let (_, m, len) = parse_expiry(k, v)?;
+                quotas.add(recipient_of(&m), len);
+            }
+            if page.len() < EXPIRE_PAGE {
+                break;
+            }
+            after = Some(last);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let committer = Committer {
+            store: store.clone(),
+            cfg,
+            quotas,
+            stats,
+        };
+        let thread = std::thread::Builder::new()
+            .name("relay-commit".into())
+            .spawn(move || committer.run(rx))
+            .map_err(|e| StoreError::Io(format!("spawning the commit thread: {e}")))?;
+        Ok(RelayStore {
+            store,
+            tx,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, RelayStoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(op(tx))
+            .await
+            .map_err(|_| RelayStoreError::Closed)?;
+        rx.await.map_err(|_| RelayStoreError::Closed)?
+    }
+
+    /// Stores a message; returns once it is durable (or refused, or a duplicate).
+    pub async fn store(&self, m: NewMessage) -> Result<StoreOutcome, RelayStoreError> {
+        self.call(|r| Op::Store(m, r)).await
+    }
+
+    /// Deletes `delivered_to`'s message `(sender, message_id)`. True if there was one.
+    pub async fn confirm(
+        &self,
+        delivered_to: IdentityKey,
+        sender: IdentityKey,
+        message_id: u64,
+    ) -> Result<bool, RelayStoreError> {
+        self.call(|reply| Op::Confirm {
+            delivered_to,
+            sender,
+            message_id,
+            reply,
+        })
+        .await
+    }
+
+    /// Keeps a confirmation for its absent sender (written with the next group).
+    pub async fn keep_confirmation(&self, c: DeliveryConfirmation) -> Result<(), RelayStoreError> {
+        self.tx
+            .send(Op::KeepConfirmation(c))
+            .await
+            .map_err(|_| RelayStoreError::Closed)
+    }
+
+    /// Forgets a kept confirmation the sender has acknowledged.
+    pub async fn ack_confirmation(
+        &self,
+        sender: &IdentityKey,
+        delivered_to: &[u8; 32],
+        message_id: u64,
+    ) -> Result<(), RelayStoreError> {
+        let k = confirmation_key(&sender.0, delivered_to, message_id);
+        self.tx
+            .send(Op::AckConfirmation(k))
+            .await
+            .map_err(|_| RelayStoreError::Closed)
+    }
+
+    /// Removes every message stored before `cutoff`; returns how many.
+    pub async fn expire(&self, cutoff: Timestamp) -> Result<u64, RelayStoreError> {
+        self.call(|r| Op::Expire(cutoff, r)).await
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), RelayStoreError> {
+        self.call(Op::Flush).await
+    }
+
+    /// Up to `limit` messages for `recipient` after `after`, stored at or after `since`, and
+    /// whether more remain.
+    pub async fn retrieve(
+        &self,
+        recipient: IdentityKey,
+        since: Option<Timestamp>,
+        after: Option<RetrieveCursor>,
+        limit: usize,
+    ) -> Result<(Vec<StoredMessage>, bool), RelayStoreError> {
+        let store = self.store.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            retrieve_blocking(&*store, recipient, since, after, limit)
+        });
+        task.await
+            .map_err(|e| StoreError::Io(format!("retrieval task failed: {e}")))?
+            .map_err(RelayStoreError::from)
+    }
+
+    /// Up to `limit` confirmations kept for `sender`.
+    pub async fn kept_confirmations(
+        &self,
+        sender: IdentityKey,
+        limit: usize,
+    ) -> Result<Vec<DeliveryConfirmation>, RelayStoreError> {
+        let store = self.store.clone();
+        let task = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let page = store.scan(Tree::RelayConfirmations, &sender.0, None, limit)?;
+            page.iter()
+                .map(|(_, v)| {
+                    msgpack::decode(v)
+                        .map_err(|e| corrupt(Tree::RelayConfirmations, &e.to_string()))
+                })
+                .collect()
+        });
+        task.await
+            .map_err(|e| StoreError::Io(format!("confirmation scan failed: {e}")))?
+            .map_err(RelayStoreError::from)
+    }
+
+    /// Finishes every request queued before it, flushes, and stops the committer. Later
+    /// requests fail with [`RelayStoreError::Closed`]. Idempotent.
+    pub async fn close(&self) -> Result<(), RelayStoreError> {
+        let flushed = self.call(Op::Close).await;
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        match flushed {
+            Ok(()) | Err(RelayStoreError::Closed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn retrieve_blocking(
+    store: &dyn Store,
+    recipient: IdentityKey,
+    since: Option<Timestamp>,
+    after: Option<RetrieveCursor>,
+    limit: usize,
+) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+    let limit = limit.max(1);
+    let mut out = Vec::new();
+    let mut cursor: Option<[u8; 72]> =
+        after.map(|c| message_key(&recipient.0, &c.sender, c.message_id));
+    // Bounded: at most 64 pages of skipped (too old) messages per request.
+    for _ in 0..64 {
+        let page = store.scan(
+            Tree::RelayMessages,
+            &recipient.0,
+            cursor.as_ref().map(|c| &c[..]),
+            limit + 1,
+        )?;
+        let full = page.len() > limit;
+        for (k, v) in &page {
+            let mkey: [u8; 72] = arr(k, Tree::RelayMessages)?;
+            cursor = Some(mkey);
+            let rec = decode_record(v)?;
+            if since.is_some_and(|s| rec.stored_at < s) {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let mut sender = [0u8; 32];
+            sender.copy_from_slice(&mkey[32..64]);
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&mkey[64..]);
+            out.push(StoredMessage {
+                message_id: u64::from_be_bytes(id),
+                sender,
+                timestamp: rec.stored_at,
+                encrypted_blob: rec.blob,
+                sender_signature: rec.sender_signature,
+            });
+        }
+        if !full {
+            return Ok((out, false));
+        }
+    }
+    Ok((out, true))
+}
+
+struct Committer {
+    store: Arc<dyn Store>,
+    cfg: RelayConfig,
+    quotas: Quotas,
+    stats: Arc<Stats>,
+}
+
+enum Done {
+    Store(Reply<StoreOutcome>, StoreOutcome),
+    Confirm(Reply<bool>, bool),
+    Expire(Reply<u64>, u64),
+    Flush(Reply<()>),
+}
+
+impl Done {
+    fn fail(self, e: &StoreError) {
+        fn err<T>(e: &StoreError) -> Result<T, RelayStoreError> {
+            Err(RelayStoreError::Store(StoreError::Io(e.to_string())))
+        }
+        match self {
+            Done::Store(r, _) => drop(r.send(err(e))),
+            Done::Confirm(r, _) => drop(r.send(err(e))),
+            Done::Expire(r, _) => drop(r.send(err(e))),
+            Done::Flush(r) => drop(r.send(err(e))),
+        }
+    }
+    fn succeed(self, stats: &Stats) {
+        match self {
+            Done::Store(r, o) => {
+                match o {
+                    StoreOutcome::Stored(_) => stats.stored.fetch_add(1, Relaxed),
+                    StoreOutcome::Duplicate(_) => stats.duplicates.fetch_add(1, Relaxed),
+                    StoreOutcome::Refused(_) => 0,
+                };
+                drop(r.send(Ok(o)))
+            }
+            Done::Confirm(r, b) => {
+                if b {
+                    stats.delivered.fetch_add(1, Relaxed);
+                }
+                drop(r.send(Ok(b)))
+            }
+            Done::Expire(r, n) => drop(r.send(Ok(n))),
+            Done::Flush(r) => drop(r.send(Ok(()))),
+        }
+    }
+}
+
+/// One group being assembled.
+#[derive(Default)]
+struct Group {
+    batch: Batch,
+    done: Vec<Done>,
+    /// Messages written in this group (key → stored_at), for duplicates within the group.
+    written: HashMap<[u8; 72], Timestamp>,
+    /// Quota changes to undo if the batch fails: (recipient, len, added).
+    undo: Vec<(IdentityKey, u64, bool)>,
+    needs_flush: bool,
+    closing: bool,
+}
+
+impl Committer {
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = Group::default();
+            self.handle(first, &mut group);
+            while group.done.len() < MAX_GROUP && !group.closing {
+                match rx.try_recv() {
+                    Ok(op) => self.handle(op, &mut group),
+                    Err(_) => break,
+                }
+            }
+            let closing = group.closing;
+            self.commit(group);
+            if closing {
+                break;
+            }
+        }
+        // Every sender is gone: make the last writes durable.
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final relay flush failed");
+        }
+    }
+
+    /// Applies the group's batch so that reads see it (before confirm/expire).
+    fn apply_pending(&mut self, g: &mut Group) -> Result<(), StoreError> {
+        if g.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut g.batch);
+        self.store.apply(batch).inspect_err(|_| self.undo(g))?;
+        g.undo.clear();
+        Ok(())
+    }
+
+    fn undo(&mut self, g: &mut Group) {
+        for (r, len, added) in g.undo.drain(..) {
+            if added {
+                self.quotas.remove(&r, len);
+            } else {
+                self.quotas.add(r, len);
+            }
+        }
+    }
+
+    fn handle(&mut self, op: Op, g: &mut Group) {
+        match op {
+            Op::Store(m, reply) => {
+                let key = message_key(&m.recipient.0, &m.sender.0, m.message_id);
+                if let Some(t) = g.written.get(&key) {
+                    g.done.push(Done::Store(reply, StoreOutcome::Duplicate(*t)));
+                    return;
+                }
+                match self.store.get(Tree::RelayMessages, &key) {
+                    Err(e) => drop(reply.send(Err(e.into()))),
+                    Ok(Some(v)) => match decode_record(&v) {
+                        Ok(rec) => {
+                            // Wait for this group's flush too: an earlier flush may have failed.
+                            g.needs_flush = true;
+                            g.done
+                                .push(Done::Store(reply, StoreOutcome::Duplicate(rec.stored_at)));
+                        }
+                        Err(e) => drop(reply.send(Err(e.into()))),
+                    },
+                    Ok(None) => {
+                        let len = m.blob.len() as u64;
+                        if let Err(code) = self.quotas.check(&self.cfg, &m.recipient, len) {
+                            drop(reply.send(Ok(StoreOutcome::Refused(code))));
+                            return;
+                        }
+                        let rec = Record {
+                            stored_at: m.now,
+                            sender_signature: m.sender_signature,
+                            blob: m.blob,
+                        };
+                        g.batch
+                            .put(Tree::RelayMessages, key.to_vec(), msgpack::encode(&rec));
+                        let len32 = u32::try_from(len).unwrap_or(u32::MAX);
+                        g.batch.put(
+                            Tree::RelayIndex,
+                            expiry_key(m.now, &key).to_vec(),
+                            len32.to_be_bytes().to_vec(),
+                        );
+                        self.quotas.add(m.recipient, len);
+                        g.undo.push((m.recipient, len, true));
+                        g.written.insert(key, m.now);
+                        g.needs_flush = true;
+                        g.done.push(Done::Store(reply, StoreOutcome::Stored(m.now)));
+                    }
+                }
+            }
+            Op::Confirm {
+                delivered_to,
+                sender,
+                message_id,
+                reply,
+            } => {
+                let key = message_key(&delivered_to.0, &sender.0, message_id);
+                let found = self
+                    .apply_pending(g)
+                    .and_then(|()| self.store.get(Tree::RelayMessages, &key));
+                match found {
+                    Err(e) => drop(reply.send(Err(e.into()))),
+                    Ok(None) => g.done.push(Done::Confirm(reply, false)),
+                    Ok(Some(v)) => match decode_record(&v) {
+                        Err(e) => drop(reply.send(Err(e.into()))),
+                        Ok(rec) => {
+                            let len = rec.blob.len() as u64;
+                            g.batch.delete(Tree::RelayMessages, key.to_vec());
+                            g.batch
+                                .delete(Tree::RelayIndex, expiry_key(rec.stored_at, &key).to_vec());
+                            g.written.remove(&key);
+                            self.quotas.remove(&delivered_to, len);
+                            g.undo.push((delivered_to, len, false));
+                            g.done.push(Done::Confirm(reply, true));
+                        }
+                    },
+                }
+            }
+            Op::KeepConfirmation(c) => {
+                let k = confirmation_key(&c.sender, &c.delivered_to, c.message_id);
+                g.batch
+                    .put(Tree::RelayConfirmations, k.to_vec(), msgpack::encode(&c));
+            }
+            Op::AckConfirmation(k) => g.batch.delete(Tree::RelayConfirmations, k.to_vec()),
+            Op::Expire(cutoff, reply) => match self.expire(cutoff, g) {
+                Ok(n) => g.done.push(Done::Expire(reply, n)),
+                Err(e) => drop(reply.send(Err(e.into()))),
+            },
+            Op::Flush(reply) => {
+                g.needs_flush = true;
+                g.done.push(Done::Flush(reply));
+            }
+            Op::Close(reply) => {
+                g.needs_flush = true;
+                g.closing = true;
+                g.done.push(Done::Flush(reply));
+            }
+        }
+    }
+
+    fn expire(&mut self, cutoff: Timestamp, g: &mut Group) -> Result<u64, StoreError> {
+        self.apply_pending(g)?;
+        let mut removed = 0u64;
+        // Bounded by the number of stored messages; each pass removes a page.
+        loop {
+            let page = self.store.scan(Tree::RelayIndex, b"e", None, EXPIRE_PAGE)?;
+            let mut batch = Batch::new();
+            let mut changes = Vec::new();
+            let mut reached_cutoff = page.len() < EXPIRE_PAGE;
+            for (k, v) in &page {
+                let (t, m, len) = parse_expiry(k, v)?;
+                if t >= cutoff {
+                    reached_cutoff = true;
+                    break;
+                }
+                batch.delete(Tree::RelayIndex, k.clone());
+                batch.delete(Tree::RelayMessages, m.to_vec());
+                g.written.remove(&m);
+                changes.push((recipient_of(&m), len));
+            }
+            if batch.is_empty() {
+                break;
+            }
+            self.store.apply(batch)?;
+            for (r, len) in changes {
+                self.quotas.remove(&r, len);
+                removed += 1;
+            }
+            if reached_cutoff {
+                break;
+            }
+        }
+        self.stats.expired.fetch_add(removed, Relaxed);
+        Ok(removed)
+    }
+
+    fn commit(&mut self, mut g: Group) {
+        let result = self.apply_pending(&mut g).and_then(|()| {
+            if g.needs_flush {
+                self.stats.flushes.fetch_add(1, Relaxed);
+                self.store.flush()
+            } else {
+                Ok(())
+            }
+        });
+        match result {
+            Ok(()) => {
+                for d in g.done {
+                    d.succeed(&self.stats);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = g.done.len(), "relay group commit failed");
+                for d in g.done {
+                    d.fail(&e);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    fn msg(r: u8, s: u8, id: u64, now: u64, len: usize) -> NewMessage {
+        NewMessage {
+            recipient: IdentityKey([r; 32]),
+            sender: IdentityKey([s; 32]),
+            message_id: id,
+            sender_signature: [9; 64],
+            blob: vec![7; len],
+            now: Timestamp(now),
+        }
+    }
+
+    fn open(dir: &std::path::Path, cfg: RelayConfig) -> RelayStore {
+        let s: Arc<dyn Store> = Arc::new(SledStore::open(dir).unwrap());
+        RelayStore::open(s, cfg, Arc::new(Stats::default())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn store_dedup_confirm_expire_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = RelayConfig {
+            quota_messages: 3,
+            ..RelayConfig::default()
+        };
+        let rs = open(dir.path(), cfg.clone());
+        assert_eq!(
+            rs.store(msg(1, 2, 10, 100, 5)).await.unwrap(),
+            StoreOutcome::Stored(Timestamp(100))
+        );
+        assert_eq!(
+            rs.store(msg(1, 2, 10, 200, 5)).await.unwrap(),
+            StoreOutcome::Duplicate(Timestamp(100))
+        );
+        rs.store(msg(1, 2, 11, 300, 5)).await.unwrap();
+        rs.store(msg(1, 3, 10, 400, 5)).await.unwrap();
+        assert_eq!(
+            rs.store(msg(1, 3, 11, 500, 5)).await.unwrap(),
+            StoreOutcome::Refused(RelayErrorCode::QuotaFull)
+        );
+        // Paging.
+        let (p1, more) = rs
+            .retrieve(IdentityKey([1; 32]), None, None, 2)
+            .await
+            .unwrap();
+        assert_eq!((p1.len(), more), (2, true));
+        let last = p1.last().unwrap();
+        let cur = RetrieveCursor {
+            sender: last.sender,
+            message_id: last.message_id,
+        };
+        let (p2, more) = rs
+            .retrieve(IdentityKey([1; 32]), None, Some(cur), 2)
+            .await
+            .unwrap();
+        assert_eq!((p2.len(), more), (1, false));
+        assert_eq!(p2[0].sender, [3; 32]);
+        let (p, _) = rs
+            .retrieve(IdentityKey([1; 32]), Some(Timestamp(250)), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(p.len(), 2);
+        // Someone else's confirmation deletes nothing.
+        assert!(!rs
+            .confirm(IdentityKey([5; 32]), IdentityKey([2; 32]), 10)
+            .await
+            .unwrap());
+        assert!(!rs
+            .confirm(IdentityKey([1; 32]), IdentityKey([2; 32]), 99)
+            .await
+            .unwrap());
+        assert!(rs
+            .confirm(IdentityKey([1; 32]), IdentityKey([2; 32]), 10)
+            .await
+            .unwrap());
+        assert!(!rs
+            .confirm(IdentityKey([1; 32]), IdentityKey([2; 32]), 10)
+            .await
+            .unwrap());
+        // Quota space came back.
+        rs.store(msg(1, 3, 11, 500, 5)).await.unwrap();
+        // Expire the one stored at 300 (and nothing at or after 400).
+        assert_eq!(rs.expire(Timestamp(400)).await.unwrap(), 1);
+        rs.close().await.unwrap();
+        drop(rs);
+        let rs = open(dir.path(), cfg);
+        let (p, _) = rs
+            .retrieve(IdentityKey([1; 32]), None, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            p.iter()
+                .map(|m| (m.sender[0], m.message_id))
+                .collect::<Vec<_>>(),
+            vec![(3, 10), (3, 11)]
+        );
+        // Usage was rebuilt: 2 stored, quota 3.
+        rs.store(msg(1, 4, 1, 600, 5)).await.unwrap();
+        assert_eq!(
+            rs.store(msg(1, 4, 2, 600, 5)).await.unwrap(),
+            StoreOutcome::Refused(RelayErrorCode::QuotaFull)
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_stores_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let s: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let rs = RelayStore::open(s, RelayConfig::default(), stats.clone()).unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..20u8 {
+            let rs = rs.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20 {
+                    rs.store(msg(1, t, i, 1, 10)).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(stats.stored.load(Relaxed), 400);
+        assert!(stats.flushes.load(Relaxed) <= 400);
+    }
+}
