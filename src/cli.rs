@@ -60,4 +60,59 @@ pub enum Command {
         #[arg(long)]
         name: Vec<String>,
     },
+    /// Manage contacts of the running node.
+    Contacts {
+        /// What to do with contacts.
+        #[command(subcommand)]
+        command: ContactsCommand,
+    },
+    /// Send a message through the running node; prints the message id (16 hex).
+    Send {
+        /// The contact: 64-hex contact id or a unique username.
+        contact: String,
+        /// The text.
+        text: String,
+        /// Wait until the message is delivered (exit non-zero on timeout).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value = "30")]
+        timeout_secs: u64,
+    },
+    /// Message history of the running node, oldest first.
+    Messages {
+        /// Keep running and print new messages and status changes as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// Only the newest N entries.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only entries with a sequence number above this.
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// State of the running node: listen address, relays, rendezvous, connections.
+    Status,
+}
+
+/// `sremp contacts` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ContactsCommand {
+    /// Add a contact from its card (`sremp1:...`, as printed by `sremp id`).
+    Add {
+        /// The contact card.
+        card: String,
+    },
+    /// List contacts.
+    List,
+    /// Mark a contact trusted (64-hex id or unique username).
+    Trust {
+        /// The contact.
+        contact: String,
+    },
+    /// Mark a contact rejected: its messages and connections are refused.
+    Reject {
+        /// The contact.
+        contact: String,
+    },
 }

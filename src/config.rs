@@ -110,6 +110,81 @@ impl ListenConfig {
     }
 }
 
+/// How the node chooses between the direct path and relays.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// While the direct path is not known to work, try it and the recipient's relay at once.
+    #[default]
+    Race,
+    /// Use a relay only after the direct attempt failed (exposes less metadata to relays).
+    DirectFirst,
+}
+
+/// The personal node (`[node]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Home relays: where this node collects its messages and where contacts should store
+    /// for it when it is offline, as `"<relay contact id>@host:port"`. They go on the contact
+    /// card and into rendezvous registrations. Default: none.
+    pub relays: Vec<String>,
+    /// `"race"` (default) or `"direct-first"`.
+    pub delivery: DeliveryMode,
+    /// Give up on a direct connection attempt (TCP connect + handshake) after this many
+    /// milliseconds. Default 3000.
+    pub direct_timeout_ms: u64,
+    /// Give up waiting for a store acknowledgement after this many milliseconds. Default 10000.
+    pub ack_timeout_ms: u64,
+    /// First retry delay for a message nobody accepted, doubling up to `retry_max_ms`.
+    /// Default 500.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay. Default 30000.
+    pub retry_max_ms: u64,
+    /// While messages wait for an offline contact, ask rendezvous for it this often.
+    /// Default 2000.
+    pub lookup_interval_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            relays: Vec::new(),
+            delivery: DeliveryMode::Race,
+            direct_timeout_ms: 3000,
+            ack_timeout_ms: 10_000,
+            retry_initial_ms: 500,
+            retry_max_ms: 30_000,
+            lookup_interval_ms: 2000,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Parses `relays`.
+    pub fn relay_hints(&self) -> Result<Vec<crate::wire::rendezvous::RelayHint>, ConfigError> {
+        self.relays.iter().map(|r| parse_relay_hint(r)).collect()
+    }
+}
+
+/// Parses `"<64 hex>@host:port"`.
+pub fn parse_relay_hint(s: &str) -> Result<crate::wire::rendezvous::RelayHint, ConfigError> {
+    let bad = |why: String| ConfigError::Value {
+        key: "node.relays",
+        why,
+    };
+    let (key, ep) = s
+        .split_once('@')
+        .ok_or_else(|| bad(format!("{s}: expected <relay id>@host:port")))?;
+    let key: crate::identity::IdentityKey =
+        key.parse().map_err(|e| bad(format!("{s}: {e}")))?;
+    let endpoint: crate::wire::Endpoint = ep.parse().map_err(|e| bad(format!("{s}: {e}")))?;
+    Ok(crate::wire::rendezvous::RelayHint {
+        endpoint,
+        relay_key: key.0,
+    })
+}
+
 /// The whole `node-config.toml`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -124,6 +199,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Direct connections.
     pub listen: ListenConfig,
+    /// The personal node: home relays and delivery.
+    pub node: NodeConfig,
     /// Relay policies (`[relay]`): relay-only mode and the integrated relay.
     pub relay: crate::relay::RelayConfig,
     /// Rendezvous servers to use and, in `[rendezvous.server]`, `sremp rendezvous` settings.
@@ -137,6 +214,7 @@ impl Default for Config {
             username: None,
             log: LogConfig::default(),
             listen: ListenConfig::default(),
+            node: NodeConfig::default(),
             relay: crate::relay::RelayConfig::default(),
             rendezvous: crate::rendezvous::RendezvousConfig::default(),
         }
@@ -183,6 +261,13 @@ impl Config {
                 key: "listen.advertise",
                 why: format!("{a}: {e}"),
             })?;
+        }
+        self.node.relay_hints()?;
+        if self.node.direct_timeout_ms == 0 || self.node.ack_timeout_ms == 0 {
+            return Err(ConfigError::Value {
+                key: "node.direct_timeout_ms",
+                why: "timeouts must be at least 1 ms".into(),
+            });
         }
         if let Some(u) = &self.username {
             crate::identity::Username::new(u.clone()).map_err(|e| ConfigError::Value {

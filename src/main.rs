@@ -49,6 +49,9 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
             Ok(())
         }
         Command::Id { no_qr } => {
+            if sremp::node::control::print_live_id(&cfg, cli.global.json, no_qr) {
+                return Ok(());
+            }
             let dir = cfg.data_dir();
             let user = UserIdentity::load_file(&dir)?;
             let endpoints = if cfg.listen.advertise.is_empty() {
@@ -87,6 +90,9 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
         Command::Relay => sremp::relay::run_cli(&cfg),
         Command::Rendezvous => sremp::rendezvous::run_cli(&cfg),
         Command::Certs { out, name } => sremp::rendezvous::run_certs_cli(&out, &name),
+        cmd @ (Command::Contacts { .. } | Command::Send { .. } | Command::Messages { .. } | Command::Status) => {
+            control_cli(sremp::node::control::run_cli(&cfg, &cli.global, cmd))
+        }
         Command::Run => {
             sremp::logging::init(&cfg.log);
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -102,6 +108,15 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
             })
         }
     }
+}
+
+/// Ends the process with the control command's error (its own message, exit status 1).
+fn control_cli(r: Result<(), sremp::node::control::ControlError>) -> Result<(), sremp::Error> {
+    if let Err(e) = r {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -1,37 +1,77 @@
-//! The personal node: one process that owns the identity, the store and the Noise listener.
+//! The personal node: one process that owns the identity, store, listener, integrated relay,
+//! outbox, history, and the connections to relays and rendezvous servers.
 //!
-//! Start-up: load the identity from the data directory (creating one on first start), open the
-//! store, bind the listener, then accept authenticated Noise connections. Each authenticated
-//! peer is run through TOFU ([`crate::identity::ContactBook`]): a contact marked Rejected is
-//! disconnected at once; everyone else is served until they close or go idle.
+//! Layout:
+//! - [`history`]: every message sent or received, with status and path.
+//! - [`outbox`]: durable queue of signed, encrypted messages nobody accepted yet.
+//! - [`delivery`]: the send path — direct-vs-relay decision core (pure), the racing delivery
+//!   workers, and the pool of outgoing relay-protocol connections.
+//! - [`inbox`]: the receive path — collecting from the integrated relay and home relays,
+//!   decrypting, recording, confirming.
+//! - [`control`]: the local control socket the CLI talks to.
 //!
-//! [`Node::start`] returns a [`NodeHandle`] (address, identity, shutdown), so tests run nodes
-//! in-process; `sremp run` calls it and waits for a signal.
+//! Delivery model (docs/PROTOCOL.md, "Node"): every node hosts an *integrated relay* on its
+//! Noise listener that stores only for its owner. A sender delivers *directly* by storing the
+//! message at the recipient's integrated relay over a Noise connection to the recipient's node
+//! (the `STORE_RESPONSE` arrives only after the recipient's node flushed it: the recipient
+//! stores before it acknowledges), or *through a relay* by storing it at one of the recipient's
+//! home relays. The same relay protocol serves both, so one client and one server carry every
+//! message. The node itself collects from its integrated relay and its home relays.
+//!
+//! Invariants: a message is in the outbox (committed with the ratchet state and its history
+//! entry) before `send` returns; it leaves the outbox only in the batch that records who
+//! accepted it; a received message is recorded (committed with the ratchet state) before it is
+//! confirmed to the relay that held it; duplicates are dropped on the ratchet's
+//! `(sender, message id)` check. Messages from contacts marked Rejected are refused.
+
+pub mod control;
+pub mod delivery;
+pub mod history;
+pub mod inbox;
+pub mod outbox;
 
 use crate::config::Config;
-use crate::identity::{ContactBook, Flags, Observation, Trust, UserIdentity};
+use crate::identity::{
+    ContactBook, ContactCard, ContactIdentity, Flags, IdentityKey, Observation, Trust,
+    UserIdentity,
+};
 use crate::noise::listener::{self, ListenerConfig};
 use crate::noise::stream::{HandshakeLimits, TcpConnection};
-use crate::store::{SledStore, Store};
+use crate::ratchet::{LocalKeys, SessionManager};
+use crate::relay::{Relay, RelayMode, RelayOptions};
+use crate::store::{Batch, SledStore, Store, StoreError};
 use crate::time::Timestamp;
-use crate::wire::Endpoint;
+use crate::wire::rendezvous::RelayHint;
+use crate::wire::{Endpoint, Envelope};
 use crate::Error;
+use history::{Direction, History, HistoryEntry, Status};
+use serde::Serialize;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
 
 /// Directory inside the data dir that holds the database.
 pub const DB_DIR: &str = "db";
+/// The control socket inside the data dir.
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// Longest text a message may carry (bytes), so that it fits every relay's default limit.
+pub const MAX_TEXT: usize = 64 * 1024;
 
 /// Loads the identity in `dir`, or creates one (owner-only key file) if there is none.
 pub fn load_or_create_identity(dir: &Path, username: &str) -> Result<(UserIdentity, bool), Error> {
     if UserIdentity::exists(dir) {
         return Ok((UserIdentity::load_file(dir)?, false));
     }
-    let user = UserIdentity::generate(username, Flags::default(), Timestamp::now(), &mut rand::rngs::OsRng)?;
+    let user = UserIdentity::generate(
+        username,
+        Flags::default(),
+        Timestamp::now(),
+        &mut rand::rngs::OsRng,
+    )?;
     create_private_dir(dir)?;
     user.create_file(dir)?;
     Ok((user, true))
@@ -55,9 +95,133 @@ pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// A running node.
-#[derive(Debug)]
+/// What the user asked for could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No contact matches.
+    #[error("unknown contact {0:?} (add it with `sremp contacts add CARD`)")]
+    UnknownContact(String),
+    /// Several contacts share the username.
+    #[error("{0:?} matches several contacts; use the contact id")]
+    AmbiguousContact(String),
+    /// Sending to a contact marked Rejected.
+    #[error("contact {0} is rejected")]
+    RejectedContact(String),
+    /// That is us.
+    #[error("cannot message yourself")]
+    SelfContact,
+    /// The card did not parse or verify.
+    #[error("invalid contact card: {0}")]
+    Card(#[from] crate::identity::IdentityError),
+    /// The text is empty or too long.
+    #[error("message text must be 1 to {MAX_TEXT} bytes")]
+    BadText,
+    /// No message with that id.
+    #[error("no message with id {0}")]
+    UnknownMessage(String),
+    /// Waiting timed out.
+    #[error("timed out waiting for delivery of {0}")]
+    Timeout(String),
+    /// The contact presented a conflicting identity.
+    #[error("contact card conflicts with the pinned identity of {0} (same version, different contents)")]
+    Conflict(String),
+    /// Local storage failed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// Contacts storage failed.
+    #[error(transparent)]
+    Contact(#[from] crate::identity::contact::ContactError),
+    /// Encryption failed locally.
+    #[error("encryption: {0}")]
+    Send(#[from] crate::ratchet::SendError),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+/// One relay connection's state in [`NodeStatus`].
+#[derive(Clone, Debug, Serialize)]
+pub struct RelayState {
+    /// `host:port`.
+    pub endpoint: String,
+    /// The relay's contact id.
+    pub id: String,
+    /// Registered and collecting right now.
+    pub connected: bool,
+}
+
+/// `sremp status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStatus {
+    /// Our contact id.
+    pub id: String,
+    /// Our username.
+    pub username: String,
+    /// Where we listen.
+    pub listen: String,
+    /// What we advertise.
+    pub advertised: Vec<String>,
+    /// The integrated relay (collecting from it).
+    pub integrated_relay: RelayState,
+    /// Home relays.
+    pub relays: Vec<RelayState>,
+    /// Rendezvous: servers we are registered with (`name@host:port`).
+    pub rendezvous_registered: Vec<String>,
+    /// Rendezvous servers known.
+    pub rendezvous_known: Vec<String>,
+    /// Last rendezvous error, if any.
+    pub rendezvous_error: Option<String>,
+    /// Authenticated inbound connections open now.
+    pub inbound_connections: usize,
+    /// Outgoing relay-protocol connections open now (direct and relay).
+    pub outbound_connections: usize,
+    /// Messages waiting in the outbox.
+    pub outbox: usize,
+}
+
+pub(crate) struct Inner {
+    me: Arc<UserIdentity>,
+    store: Arc<dyn Store>,
+    contacts: ContactBook,
+    history: History,
+    sessions: SessionManager,
+    /// One ratchet operation at a time (load → compute → commit must not interleave).
+    crypto: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<HistoryEntry>,
+    cfg: crate::config::NodeConfig,
+    handshake: HandshakeLimits,
+    local_addr: SocketAddr,
+    advertised: Vec<Endpoint>,
+    my_relays: Vec<RelayHint>,
+    rendezvous: Option<crate::rendezvous::client::RegistrarSettings>,
+    registrar: Mutex<Option<watch::Receiver<crate::rendezvous::client::RegistrarStatus>>>,
+    data_dir: PathBuf,
+    pool: delivery::Pool,
+    paths: Mutex<std::collections::HashMap<IdentityKey, delivery::PathState>>,
+    wake: Notify,
+    inbound: AtomicUsize,
+    sources: Mutex<std::collections::HashMap<String, bool>>,
+    stop: watch::Receiver<bool>,
+}
+
+/// The node's API (cheap to clone). See the module docs.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.me.key())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running node: its API plus what is needed to stop it.
 pub struct NodeHandle {
+    /// The API.
+    pub node: Node,
     /// The bound listen address.
     pub local_addr: SocketAddr,
     /// Endpoints advertised to others.
@@ -67,23 +231,57 @@ pub struct NodeHandle {
     /// Contacts.
     pub contacts: ContactBook,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+    relay: Relay,
+    store: Arc<dyn Store>,
 }
 
-impl NodeHandle {
-    /// Stops accepting, lets handlers finish, and flushes the store.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("local_addr", &self.local_addr)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
-/// The node.
-#[derive(Debug)]
-pub struct Node;
+/// Resolves once `stop` is true (or its sender is gone). Holds no borrow across awaits, so it
+/// can sit in a `select!` whose other arms await.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+impl NodeHandle {
+    /// Stops accepting and sending, withdraws from rendezvous, finishes in-flight relay commits
+    /// and flushes the store.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.node.inner.wake.notify_waiters();
+        for t in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
+                tracing::warn!("a node task did not stop in time");
+            }
+        }
+        if let Err(e) = self.relay.shutdown(Duration::from_secs(5)).await {
+            tracing::warn!(error = %e, "integrated relay shutdown");
+        }
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+        let _ = std::fs::remove_file(self.node.data_dir().join(CONTROL_SOCKET));
+    }
+}
+
+/// Commits a batch on the blocking pool (sled flushes are fsyncs).
+pub(crate) async fn commit(store: &Arc<dyn Store>, batch: Batch) -> Result<(), StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.commit(batch))
+        .await
+        .map_err(|e| StoreError::Io(format!("commit task failed: {e}")))?
+}
 
 impl Node {
-    /// Starts a node from `cfg`: identity, store, listener.
+    /// Starts a node from `cfg`: identity, store, integrated relay, listener, inbox collectors,
+    /// delivery engine, rendezvous registrar and control socket.
     pub async fn start(cfg: &Config) -> Result<NodeHandle, Error> {
         let dir = cfg.data_dir();
         let (user, created) = load_or_create_identity(&dir, &cfg.username())?;
@@ -92,6 +290,7 @@ impl Node {
         }
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join(DB_DIR))?);
         let contacts = ContactBook::new(store.clone());
+        let history = History::open(store.clone())?;
         let listener = tokio::net::TcpListener::bind(cfg.listen.address)
             .await
             .map_err(|source| Error::Io {
@@ -111,13 +310,66 @@ impl Node {
                 .filter_map(|a| a.parse().ok())
                 .collect()
         };
+        let my_relays = cfg.node.relay_hints()?;
+        let rendezvous = if cfg.rendezvous.servers.is_empty() {
+            None
+        } else {
+            Some(crate::rendezvous::client::RegistrarSettings::from_config(cfg)?)
+        };
         let identity = Arc::new(user);
+        let relay = Relay::start(
+            store.clone(),
+            RelayOptions {
+                policy: cfg.relay.clone(),
+                mode: RelayMode::Integrated {
+                    owner: identity.key(),
+                },
+                relay_key: identity.key(),
+                idle_timeout: cfg.listen.idle_timeout(),
+                stats_path: None,
+            },
+        )
+        .await?;
+        let (tx, rx) = watch::channel(false);
+        let keys = LocalKeys::new(
+            identity.signing_key().clone(),
+            identity.noise_secret().to_bytes(),
+        );
+        let (events, _) = broadcast::channel(1024);
+        let handshake = HandshakeLimits {
+            timeout: Duration::from_millis(cfg.node.direct_timeout_ms),
+        };
+        let inner = Arc::new(Inner {
+            me: identity.clone(),
+            store: store.clone(),
+            contacts: contacts.clone(),
+            history,
+            sessions: SessionManager::new(keys),
+            crypto: tokio::sync::Mutex::new(()),
+            events,
+            cfg: cfg.node.clone(),
+            handshake,
+            local_addr,
+            advertised: advertised.clone(),
+            my_relays: my_relays.clone(),
+            rendezvous: rendezvous.clone(),
+            registrar: Mutex::new(None),
+            data_dir: dir.clone(),
+            pool: delivery::Pool::default(),
+            paths: Mutex::new(Default::default()),
+            wake: Notify::new(),
+            inbound: AtomicUsize::new(0),
+            sources: Mutex::new(Default::default()),
+            stop: rx.clone(),
+        });
+        let node = Node { inner };
         tracing::info!(
             id = %identity.key(),
             listen = %local_addr,
             "node listening for Noise connections"
         );
-        let (tx, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        // The listener: relay-protocol connections go to the integrated relay.
         let lcfg = ListenerConfig {
             max_connections: cfg.listen.max_connections,
             handshake: HandshakeLimits {
@@ -125,82 +377,313 @@ impl Node {
             },
         };
         let idle = cfg.listen.idle_timeout();
-        let book = contacts.clone();
-        let id_for_task = identity.clone();
-        let stop = rx.clone();
-        let task = tokio::spawn(async move {
-            listener::serve(listener, id_for_task, lcfg, rx, move |conn, addr| {
-                serve_peer(conn, addr, book.clone(), idle, stop.clone())
-            })
-            .await;
-        });
+        {
+            let node = node.clone();
+            let relay = relay.clone();
+            let id = identity.clone();
+            let stop = rx.clone();
+            tasks.push(tokio::spawn(async move {
+                listener::serve(listener, id, lcfg, stop.clone(), move |conn, addr| {
+                    serve_peer(node.clone(), relay.clone(), conn, addr, idle, stop.clone())
+                })
+                .await;
+            }));
+        }
+        // Collect from the integrated relay and every home relay.
+        tasks.push(tokio::spawn(inbox::collect(
+            node.clone(),
+            inbox::Source::Integrated,
+        )));
+        for hint in &my_relays {
+            tasks.push(tokio::spawn(inbox::collect(
+                node.clone(),
+                inbox::Source::Home(hint.clone()),
+            )));
+        }
+        tasks.push(tokio::spawn(delivery::engine(node.clone())));
+        if let Some(settings) = rendezvous {
+            if settings.register {
+                let h = crate::rendezvous::client::spawn_registrar(
+                    settings,
+                    identity.clone(),
+                    advertised.clone(),
+                    my_relays.clone(),
+                    rx.clone(),
+                );
+                if let Ok(mut r) = node.inner.registrar.lock() {
+                    *r = Some(h.status.clone());
+                }
+                tasks.push(h.join);
+            }
+        }
+        tasks.push(tokio::spawn(control::serve(
+            node.clone(),
+            dir.join(CONTROL_SOCKET),
+            rx.clone(),
+        )));
         Ok(NodeHandle {
+            node,
             local_addr,
             advertised,
             identity,
             contacts,
             shutdown: tx,
-            task,
+            tasks,
+            relay,
+            store,
         })
+    }
+
+    /// Our contact id.
+    pub fn id(&self) -> IdentityKey {
+        self.inner.me.key()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// Our contact card: identity, advertised endpoints and home relays.
+    pub fn card(&self) -> ContactCard {
+        ContactCard {
+            identity: self.inner.me.identity().clone(),
+            endpoints: self.inner.advertised.clone(),
+            relays: self.inner.my_relays.clone(),
+        }
+    }
+
+    /// Adds (or refreshes) a contact from its card, TOFU rules applied.
+    pub fn add_contact(&self, card_text: &str) -> Result<ContactIdentity, NodeError> {
+        let card = ContactCard::from_text(card_text)?;
+        if card.identity.key() == self.id() {
+            return Err(NodeError::SelfContact);
+        }
+        let obs = self.inner.contacts.observe_with_routes(
+            &card.identity,
+            &card.endpoints,
+            &card.relays,
+            Timestamp::now(),
+        )?;
+        match obs {
+            Observation::Conflict(c) => Err(NodeError::Conflict(c.identity.key().to_string())),
+            other => {
+                self.inner.wake.notify_waiters();
+                Ok(other.contact().clone())
+            }
+        }
+    }
+
+    /// All contacts.
+    pub fn contacts(&self) -> Result<Vec<ContactIdentity>, NodeError> {
+        Ok(self.inner.contacts.list()?)
+    }
+
+    /// Finds a contact by id (64 hex) or unique username.
+    pub fn resolve(&self, contact: &str) -> Result<ContactIdentity, NodeError> {
+        if let Ok(key) = contact.parse::<IdentityKey>() {
+            return self
+                .inner
+                .contacts
+                .get(&key)?
+                .ok_or_else(|| NodeError::UnknownContact(contact.into()));
+        }
+        let mut found = self
+            .inner
+            .contacts
+            .list()?
+            .into_iter()
+            .filter(|c| c.identity.username().as_str() == contact);
+        match (found.next(), found.next()) {
+            (Some(c), None) => Ok(c),
+            (Some(_), Some(_)) => Err(NodeError::AmbiguousContact(contact.into())),
+            _ => Err(NodeError::UnknownContact(contact.into())),
+        }
+    }
+
+    /// Sets the trust of a contact.
+    pub fn set_trust(&self, contact: &str, trust: Trust) -> Result<ContactIdentity, NodeError> {
+        let c = self.resolve(contact)?;
+        Ok(self.inner.contacts.set_trust(&c.identity.key(), trust)?)
+    }
+
+    /// Encrypts `text` for `contact`, stores it in the outbox with its history entry, and
+    /// returns once that is durable. Delivery proceeds in the background.
+    pub async fn send(&self, contact: &str, text: &str) -> Result<HistoryEntry, NodeError> {
+        if text.is_empty() || text.len() > MAX_TEXT {
+            return Err(NodeError::BadText);
+        }
+        if *self.inner.stop.borrow() {
+            return Err(NodeError::ShuttingDown);
+        }
+        let c = self.resolve(contact)?;
+        if c.trust == Trust::Rejected {
+            return Err(NodeError::RejectedContact(c.identity.key().to_string()));
+        }
+        let entry = delivery::enqueue(&self.inner, &c, text).await?;
+        let _ = self.inner.events.send(entry.clone());
+        self.inner.wake.notify_waiters();
+        Ok(entry)
+    }
+
+    /// Waits until the message `id` (16 hex) is delivered.
+    pub async fn wait_delivered(&self, id: &str, timeout: Duration) -> Result<HistoryEntry, NodeError> {
+        let mut rx = self.inner.events.subscribe();
+        let num = history::parse_id(id).ok_or_else(|| NodeError::UnknownMessage(id.into()))?;
+        let find = || -> Result<Option<HistoryEntry>, NodeError> {
+            Ok(self.inner.history.find_by_id(Direction::Out, num)?)
+        };
+        let Some(e) = find()? else {
+            return Err(NodeError::UnknownMessage(id.into()));
+        };
+        if e.status == Status::Delivered {
+            return Ok(e);
+        }
+        let wait = async {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if e.id == id && e.direction == Direction::Out && e.status == Status::Delivered => {
+                        return Ok(e)
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Some(e) = find()? {
+                            if e.status == Status::Delivered {
+                                return Ok(e);
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Err(NodeError::ShuttingDown),
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => match find()? {
+                Some(e) if e.status == Status::Delivered => Ok(e),
+                _ => Err(NodeError::Timeout(id.into())),
+            },
+        }
+    }
+
+    /// History entries after `after_seq`, oldest first.
+    pub fn messages(&self, after_seq: Option<u64>, limit: usize) -> Result<Vec<HistoryEntry>, NodeError> {
+        Ok(self.inner.history.list(after_seq, limit)?)
+    }
+
+    /// Every new history entry and every status change.
+    pub fn subscribe(&self) -> broadcast::Receiver<HistoryEntry> {
+        self.inner.events.subscribe()
+    }
+
+    /// The node's state.
+    pub fn status(&self) -> NodeStatus {
+        let sources = self.inner.sources.lock().map(|s| s.clone()).unwrap_or_default();
+        let me = self.inner.me.key();
+        let integrated_ep = inbox::integrated_addr(self.inner.local_addr).to_string();
+        let (registered, known, error) = match self.inner.registrar.lock().ok().and_then(|r| r.clone()) {
+            Some(rx) => {
+                let s = rx.borrow().clone();
+                (
+                    s.registered.iter().map(|(e, _)| e.to_string()).collect(),
+                    s.known.iter().map(|e| e.to_string()).collect(),
+                    s.last_error.clone(),
+                )
+            }
+            None => (Vec::new(), Vec::new(), None),
+        };
+        NodeStatus {
+            id: me.to_string(),
+            username: self.inner.me.identity().username().to_string(),
+            listen: self.inner.local_addr.to_string(),
+            advertised: self.inner.advertised.iter().map(|e| e.to_string()).collect(),
+            integrated_relay: RelayState {
+                connected: sources.get(&integrated_ep).copied().unwrap_or(false),
+                endpoint: integrated_ep,
+                id: me.to_string(),
+            },
+            relays: self
+                .inner
+                .my_relays
+                .iter()
+                .map(|h| RelayState {
+                    endpoint: h.endpoint.to_string(),
+                    id: IdentityKey(h.relay_key).to_string(),
+                    connected: sources.get(&h.endpoint.to_string()).copied().unwrap_or(false),
+                })
+                .collect(),
+            rendezvous_registered: registered,
+            rendezvous_known: known,
+            rendezvous_error: error,
+            inbound_connections: self.inner.inbound.load(Ordering::Relaxed),
+            outbound_connections: self.inner.pool.len(),
+            outbox: outbox::recipients(&*self.inner.store, usize::MAX)
+                .map(|(_, n)| n)
+                .unwrap_or(0),
+        }
     }
 }
 
-/// Serves one authenticated peer: TOFU, refuse Rejected contacts, then read until close/idle.
+/// One inbound authenticated connection: TOFU, refuse Rejected contacts, then hand relay
+/// protocol connections to the integrated relay.
 async fn serve_peer(
+    node: Node,
+    relay: Relay,
     mut conn: TcpConnection,
     addr: SocketAddr,
-    book: ContactBook,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let inner = &node.inner;
     let peer = conn.peer.clone();
     let short = peer.key().short();
-    let book2 = book.clone();
-    let peer2 = peer.clone();
-    let observed =
-        tokio::task::spawn_blocking(move || book2.observe(&peer2, Timestamp::now())).await;
-    match observed {
-        Ok(Ok(obs)) => {
-            if obs.contact().trust == Trust::Rejected {
-                tracing::info!(%addr, peer = %short, "rejected contact; closing");
-                return;
-            }
-            match obs {
-                Observation::New(_) => tracing::info!(%addr, peer = %short, user = %peer.username(), "new contact pinned (TOFU)"),
-                Observation::Conflict(_) => {
-                    tracing::warn!(%addr, peer = %short, "peer presented a conflicting identity of the same version; closing");
+    if peer.key() != inner.me.key() {
+        let book = inner.contacts.clone();
+        let p = peer.clone();
+        match tokio::task::spawn_blocking(move || book.observe(&p, Timestamp::now())).await {
+            Ok(Ok(obs)) => {
+                if obs.contact().trust == Trust::Rejected {
+                    tracing::info!(%addr, peer = %short, "rejected contact; closing");
                     return;
                 }
-                _ => tracing::debug!(%addr, peer = %short, "known contact connected"),
-            }
-        }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "contact store failed; closing connection");
-            return;
-        }
-        Err(_) => return,
-    }
-    loop {
-        let next = tokio::select! {
-            r = tokio::time::timeout(idle, conn.recv()) => r,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        match next {
-            Err(_) => {
-                tracing::debug!(%addr, peer = %short, "idle timeout; closing");
-                return;
-            }
-            Ok(Err(e)) if e.is_closed() => {
-                tracing::debug!(%addr, peer = %short, "peer closed the connection");
-                return;
+                match obs {
+                    Observation::New(_) => {
+                        tracing::info!(%addr, peer = %short, user = %peer.username(), "new contact pinned (TOFU)")
+                    }
+                    Observation::Conflict(_) => {
+                        tracing::warn!(%addr, peer = %short, "peer presented a conflicting identity of the same version; closing");
+                        return;
+                    }
+                    _ => {}
+                }
+                // A contact we have queued messages for just showed up.
+                inner.wake.notify_waiters();
             }
             Ok(Err(e)) => {
-                tracing::warn!(%addr, peer = %short, error = %e, "protocol error; closing");
+                tracing::error!(error = %e, "contact store failed; closing connection");
                 return;
             }
-            Ok(Ok(env)) => {
-                tracing::debug!(%addr, peer = %short, kind = env.kind(), "envelope received");
-            }
+            Err(_) => return,
         }
+    }
+    let first = tokio::select! {
+        r = tokio::time::timeout(idle, conn.recv()) => r,
+        _ = stopped(&mut stop) => return,
+    };
+    match first {
+        Ok(Ok(env)) if (0x20..=0x2f).contains(&env.kind()) => {
+            inner.inbound.fetch_add(1, Ordering::Relaxed);
+            relay.serve_connection(conn, Some(env)).await;
+            inner.inbound.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(Ok(Envelope::Unknown { kind })) => {
+            tracing::debug!(%addr, peer = %short, kind, "unknown first message kind; closing");
+        }
+        Ok(Ok(env)) => {
+            tracing::debug!(%addr, peer = %short, kind = env.kind(), "unexpected first message; closing");
+        }
+        Ok(Err(e)) if e.is_closed() => {}
+        Ok(Err(e)) => tracing::warn!(%addr, peer = %short, error = %e, "protocol error; closing"),
+        Err(_) => tracing::debug!(%addr, peer = %short, "idle before the first message; closing"),
     }
 }

@@ -1,0 +1,618 @@
+//! The send path: from the durable outbox to the recipient, direct first and racing a relay.
+//!
+//! Decision core ([`plan`], pure): for a recipient whose direct path is not known to work, the
+//! node tries the direct path and the recipient's relay *at the same time* (mode `race`), or the
+//! direct path first and the relay only after it failed (mode `direct-first`). Once a direct
+//! attempt succeeds the path is *proven* and used alone, with a hedge: if its acknowledgement
+//! has not arrived within [`HEDGE`], the relay attempt starts too. A failure marks the path
+//! unproven again, so the next message races. No attempt ever waits for a TCP timeout: every
+//! connect + handshake is cut at `direct_timeout_ms` and every acknowledgement at
+//! `ack_timeout_ms`, and the race does not wait for the loser.
+//!
+//! The same message may thus arrive twice (once directly, once through the relay): the
+//! recipient drops the second copy on its `(sender, message id)` check, so a copy is harmless.
+//!
+//! Status: a direct acknowledgement (the recipient's integrated relay stored it durably) makes
+//! the message `delivered`; a relay's `STORE_RESPONSE` makes it `stored_at_relay`, and the
+//! recipient's `DELIVERY_CONFIRMATION`, routed back by that relay, makes it `delivered`. A
+//! background direct attempt that succeeds after the relay won also upgrades it to `delivered`.
+//!
+//! Retries: a recipient whose messages nobody accepted is retried with exponential backoff
+//! (`retry_initial_ms` doubling to `retry_max_ms`), at once when it connects to us or its
+//! contact is refreshed, and — with rendezvous configured — after a lookup that refreshes its
+//! endpoints and relays (every `lookup_interval_ms` while it stays offline).
+
+use super::history::{DeliveryPath, Direction, HistoryEntry, Status};
+use super::outbox::{self, OutboxEntry};
+use super::{commit, Inner, Node, NodeError};
+use crate::config::DeliveryMode;
+use crate::identity::{ContactIdentity, IdentityKey, Trust};
+use crate::ratchet::{PeerKeys, Payload};
+use crate::relay::{RelayClient, RelayClientError, RelayEvent};
+use crate::time::Timestamp;
+use crate::wire::relay::DeliveryConfirmation;
+use crate::wire::rendezvous::RelayHint;
+use crate::wire::Endpoint;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// How long a proven direct path gets before the relay is tried as well.
+pub const HEDGE: Duration = Duration::from_millis(250);
+/// Messages to one recipient in flight at once.
+pub const PIPELINE: usize = 32;
+/// Endpoints or relays tried per attempt.
+pub const MAX_ROUTES: usize = 4;
+
+/// What the node knows about the direct path to one peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathState {
+    /// The last direct attempt succeeded.
+    pub direct_proven: bool,
+    /// When that last changed.
+    pub since: Option<Instant>,
+}
+
+/// What to do for one message. See the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// No route is known: wait (and look the peer up).
+    Wait,
+    /// Only a direct route is known.
+    DirectOnly,
+    /// Only relays are known.
+    RelayOnly,
+    /// Direct and relay at once.
+    Race,
+    /// Direct; relay too if no acknowledgement within [`HEDGE`].
+    Hedge,
+    /// Direct; relay only after the direct attempt failed.
+    DirectThenRelay,
+}
+
+/// The decision core.
+pub fn plan(state: PathState, mode: DeliveryMode, has_direct: bool, has_relay: bool) -> Plan {
+    match (has_direct, has_relay) {
+        (false, false) => Plan::Wait,
+        (true, false) => Plan::DirectOnly,
+        (false, true) => Plan::RelayOnly,
+        (true, true) if state.direct_proven => match mode {
+            DeliveryMode::Race => Plan::Hedge,
+            DeliveryMode::DirectFirst => Plan::DirectThenRelay,
+        },
+        (true, true) => match mode {
+            DeliveryMode::Race => Plan::Race,
+            DeliveryMode::DirectFirst => Plan::DirectThenRelay,
+        },
+    }
+}
+
+/// Outgoing relay-protocol connections (to recipients' nodes and to relays), reused.
+#[derive(Default)]
+pub struct Pool {
+    clients: Mutex<HashMap<String, Arc<RelayClient>>>,
+    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("open", &self.len()).finish()
+    }
+}
+
+fn pool_key(endpoint: &Endpoint, key: &IdentityKey) -> String {
+    format!("{key}@{endpoint}")
+}
+
+impl Pool {
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.clients.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn cached(&self, k: &str) -> Option<Arc<RelayClient>> {
+        self.clients.lock().ok().and_then(|c| c.get(k).cloned())
+    }
+
+    fn remove(&self, k: &str, client: &Arc<RelayClient>) {
+        if let Ok(mut c) = self.clients.lock() {
+            if c.get(k).is_some_and(|x| Arc::ptr_eq(x, client)) {
+                c.remove(k);
+            }
+        }
+    }
+
+    /// A registered connection to `endpoint` whose Noise identity must be `key`.
+    async fn get(
+        &self,
+        node: &Node,
+        endpoint: &Endpoint,
+        key: IdentityKey,
+    ) -> Result<Arc<RelayClient>, RelayClientError> {
+        let k = pool_key(endpoint, &key);
+        if let Some(c) = self.cached(&k) {
+            return Ok(c);
+        }
+        let lock = {
+            let mut m = self
+                .connecting
+                .lock()
+                .map_err(|_| RelayClientError::Closed)?;
+            m.entry(k.clone()).or_default().clone()
+        };
+        let _one = lock.lock().await;
+        if let Some(c) = self.cached(&k) {
+            return Ok(c);
+        }
+        let inner = &node.inner;
+        let (client, events) =
+            RelayClient::connect(&endpoint.to_string(), &inner.me, Some(key), inner.handshake)
+                .await?;
+        let client = Arc::new(client);
+        if let Ok(mut c) = self.clients.lock() {
+            c.insert(k.clone(), client.clone());
+        }
+        tokio::spawn(outbound_events(node.clone(), k, client.clone(), events));
+        Ok(client)
+    }
+}
+
+/// Events on an outgoing connection: confirmations of our messages. Ends when it closes.
+async fn outbound_events(
+    node: Node,
+    k: String,
+    client: Arc<RelayClient>,
+    mut events: mpsc::Receiver<RelayEvent>,
+) {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            RelayEvent::Confirmation(c) => confirmed(&node, &client, c).await,
+            RelayEvent::Message(_) => {}
+            RelayEvent::Error(e) => tracing::debug!(code = e.code, "relay error event"),
+        }
+    }
+    node.inner.pool.remove(&k, &client);
+}
+
+/// A recipient confirmed one of our messages (routed back by a relay).
+pub(crate) async fn confirmed(node: &Node, client: &RelayClient, c: DeliveryConfirmation) {
+    if c.sender != node.inner.me.key().0 {
+        return;
+    }
+    let peer = IdentityKey(c.delivered_to);
+    if upgrade(&node.inner, &peer, c.message_id, None).await.is_ok() {
+        let _ = client.ack_confirmation(&c).await;
+    }
+}
+
+/// Marks an outgoing message delivered (if it is not already).
+async fn upgrade(
+    inner: &Arc<Inner>,
+    peer: &IdentityKey,
+    id: u64,
+    path: Option<DeliveryPath>,
+) -> Result<(), NodeError> {
+    let Some(mut e) = inner.history.find(Direction::Out, peer, id)? else {
+        return Ok(());
+    };
+    if e.status == Status::Delivered {
+        return Ok(());
+    }
+    e.status = Status::Delivered;
+    if e.path.is_none() {
+        e.path = path;
+    }
+    commit(&inner.store, inner.history.update(&e)).await?;
+    let _ = inner.events.send(e);
+    Ok(())
+}
+
+/// Encrypts and queues a message (the `send` path). Holds the ratchet lock across the commit.
+pub(crate) async fn enqueue(
+    inner: &Arc<Inner>,
+    c: &ContactIdentity,
+    text: &str,
+) -> Result<HistoryEntry, NodeError> {
+    let key = c.identity.key();
+    let _one = inner.crypto.lock().await;
+    let now = Timestamp::now();
+    let payload = Payload::text(&mut rand::rngs::OsRng, now, text);
+    let mut id8 = [0u8; 8];
+    id8.copy_from_slice(&payload.id.0[..8]);
+    let id = u64::from_be_bytes(id8);
+    let peer = PeerKeys {
+        identity_key: key.0,
+        noise_key: c.identity.noise_key().0,
+    };
+    let out = inner
+        .sessions
+        .encrypt(&*inner.store, &mut rand::rngs::OsRng, &peer, &payload)?;
+    let (mut batch, wire) = out.into_parts();
+    let (entry, hb) = inner.history.record(
+        Direction::Out,
+        &key,
+        Some(c.identity.username().to_string()),
+        id,
+        text.to_string(),
+        now,
+        now,
+        Status::Queued,
+        None,
+    );
+    batch.extend(hb);
+    batch.extend(
+        OutboxEntry {
+            message_id: id,
+            recipient: key.0,
+            wire,
+            history_seq: entry.seq,
+        }
+        .put(),
+    );
+    commit(&inner.store, batch).await?;
+    Ok(entry)
+}
+
+/// Starts a worker per recipient with queued messages; runs until shutdown.
+pub(crate) async fn engine(node: Node) {
+    let inner = node.inner.clone();
+    let mut stop = inner.stop.clone();
+    let mut workers: HashMap<IdentityKey, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        workers.retain(|_, h| !h.is_finished());
+        match outbox::recipients(&*inner.store, 10_000) {
+            Ok((recipients, _)) => {
+                for r in recipients {
+                    workers
+                        .entry(r)
+                        .or_insert_with(|| tokio::spawn(worker(node.clone(), r)));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
+        }
+        tokio::select! {
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = super::stopped(&mut stop) => break,
+        }
+    }
+    for (_, h) in workers {
+        h.abort();
+    }
+}
+
+/// Delivers one recipient's queued messages, retrying with backoff until the outbox is empty.
+async fn worker(node: Node, recipient: IdentityKey) {
+    let inner = node.inner.clone();
+    let mut stop = inner.stop.clone();
+    let initial = Duration::from_millis(inner.cfg.retry_initial_ms.max(1));
+    let max = Duration::from_millis(inner.cfg.retry_max_ms.max(1));
+    let mut backoff = initial;
+    let mut refresh = false;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let entries = match outbox::for_recipient(&*inner.store, &recipient, PIPELINE) {
+            Ok(e) if e.is_empty() => return,
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                return;
+            }
+        };
+        if refresh || needs_lookup(&inner, &recipient) {
+            lookup(&inner, &recipient).await;
+            refresh = false;
+        }
+        let contact = match inner.contacts.get(&recipient) {
+            Ok(Some(c)) if c.trust != Trust::Rejected => c,
+            // Removed or rejected: messages stay queued until the user trusts it again.
+            _ => return,
+        };
+        let mut set = JoinSet::new();
+        for e in entries {
+            let node = node.clone();
+            let contact = contact.clone();
+            set.spawn(async move {
+                let r = attempt(&node, &e, &contact).await;
+                (e, r)
+            });
+        }
+        let mut failed = false;
+        while let Some(done) = set.join_next().await {
+            let Ok((e, r)) = done else { continue };
+            match r {
+                Some((status, path)) => {
+                    if let Err(err) = finalize(&inner, &e, status, path).await {
+                        tracing::error!(error = %err, "cannot record delivery");
+                        failed = true;
+                    }
+                }
+                None => failed = true,
+            }
+        }
+        if failed {
+            tracing::debug!(peer = %recipient.short(), retry_in = ?backoff, "delivery attempt failed; will retry");
+            let wait = if inner.rendezvous.is_some() {
+                backoff.min(Duration::from_millis(inner.cfg.lookup_interval_ms.max(1)))
+            } else {
+                backoff
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = inner.wake.notified() => {}
+                _ = super::stopped(&mut stop) => return,
+            }
+            backoff = (backoff * 2).min(max);
+            refresh = inner.rendezvous.is_some();
+        } else {
+            backoff = initial;
+        }
+    }
+}
+
+fn needs_lookup(inner: &Inner, recipient: &IdentityKey) -> bool {
+    inner.rendezvous.is_some()
+        && inner
+            .contacts
+            .get(recipient)
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.endpoints.is_empty() && c.relays.is_empty())
+}
+
+/// Refreshes a contact's endpoints and relays from rendezvous (best effort).
+async fn lookup(inner: &Arc<Inner>, recipient: &IdentityKey) {
+    let Some(settings) = &inner.rendezvous else {
+        return;
+    };
+    let found = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::rendezvous::client::lookup_anywhere(settings, recipient),
+    )
+    .await;
+    match found {
+        Ok(Ok(Some(info))) if info.identity.key() == *recipient => {
+            let mut endpoints = Vec::new();
+            if info.online {
+                endpoints.push(info.endpoint.clone());
+                endpoints.extend(info.alt_endpoints.iter().cloned());
+            }
+            let book = inner.contacts.clone();
+            let relays = info.relays.clone();
+            let id = info.identity.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                book.observe_with_routes(&id, &endpoints, &relays, Timestamp::now())
+            })
+            .await;
+            if let Ok(Ok(_)) = r {
+                tracing::debug!(peer = %recipient.short(), online = info.online, "rendezvous lookup refreshed routes");
+            }
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "rendezvous lookup failed"),
+        Err(_) => tracing::debug!("rendezvous lookup timed out"),
+    }
+}
+
+async fn finalize(
+    inner: &Arc<Inner>,
+    e: &OutboxEntry,
+    status: Status,
+    path: DeliveryPath,
+) -> Result<(), NodeError> {
+    let mut batch = e.delete();
+    let entry = match inner.history.get(e.history_seq)? {
+        Some(mut h) => {
+            if h.status < status {
+                h.status = status;
+            }
+            if h.path.is_none() {
+                h.path = Some(path);
+            }
+            batch.extend(inner.history.update(&h));
+            Some(h)
+        }
+        None => None,
+    };
+    commit(&inner.store, batch).await?;
+    if let Some(h) = entry {
+        tracing::debug!(id = %h.id, ?status, ?path, "message accepted");
+        let _ = inner.events.send(h);
+    }
+    Ok(())
+}
+
+fn set_proven(inner: &Inner, peer: &IdentityKey, ok: bool) {
+    if let Ok(mut p) = inner.paths.lock() {
+        let s = p.entry(*peer).or_default();
+        if s.direct_proven != ok {
+            s.direct_proven = ok;
+            s.since = Some(Instant::now());
+            tracing::debug!(peer = %peer.short(), direct = ok, "direct path state changed");
+        }
+    }
+}
+
+fn path_state(inner: &Inner, peer: &IdentityKey) -> PathState {
+    inner
+        .paths
+        .lock()
+        .ok()
+        .and_then(|p| p.get(peer).copied())
+        .unwrap_or_default()
+}
+
+type Outcome = Option<(Status, DeliveryPath)>;
+
+/// Delivers one message according to [`plan`]. `None`: nobody accepted it this time.
+async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Outcome {
+    let inner = &node.inner;
+    let peer = contact.identity.key();
+    let endpoints: Vec<Endpoint> = contact.endpoints.iter().take(MAX_ROUTES).cloned().collect();
+    let relays: Vec<RelayHint> = contact.relays.iter().take(MAX_ROUTES).cloned().collect();
+    let p = plan(
+        path_state(inner, &peer),
+        inner.cfg.delivery,
+        !endpoints.is_empty(),
+        !relays.is_empty(),
+    );
+    let direct = |node: Node, e: OutboxEntry, endpoints: Vec<Endpoint>| async move {
+        let ok = try_direct(&node, &e, &endpoints).await;
+        set_proven(&node.inner, &IdentityKey(e.recipient), ok);
+        ok
+    };
+    let delivered = Some((Status::Delivered, DeliveryPath::Direct));
+    let stored = Some((Status::StoredAtRelay, DeliveryPath::Relay));
+    match p {
+        Plan::Wait => None,
+        Plan::DirectOnly => direct(node.clone(), e.clone(), endpoints).await.then_some(delivered)?,
+        Plan::RelayOnly => try_relay(node, e, &relays).await.then_some(stored)?,
+        Plan::DirectThenRelay => {
+            if direct(node.clone(), e.clone(), endpoints).await {
+                delivered
+            } else if try_relay(node, e, &relays).await {
+                stored
+            } else {
+                None
+            }
+        }
+        Plan::Race | Plan::Hedge => {
+            let mut d = tokio::spawn(direct(node.clone(), e.clone(), endpoints));
+            if p == Plan::Hedge {
+                tokio::select! {
+                    r = &mut d => {
+                        if matches!(r, Ok(true)) {
+                            return delivered;
+                        }
+                        return try_relay(node, e, &relays).await.then_some(stored)?;
+                    }
+                    _ = tokio::time::sleep(HEDGE) => {}
+                }
+            }
+            let r = try_relay(node, e, &relays);
+            tokio::pin!(r);
+            tokio::select! {
+                dr = &mut d => {
+                    if matches!(dr, Ok(true)) {
+                        delivered
+                    } else if r.await {
+                        stored
+                    } else {
+                        None
+                    }
+                }
+                rr = &mut r => {
+                    if rr {
+                        // The direct attempt goes on; if it succeeds the message was also
+                        // delivered directly and the path is proven for the next one.
+                        let inner = inner.clone();
+                        let (peer, id) = (peer, e.message_id);
+                        tokio::spawn(async move {
+                            if matches!(d.await, Ok(true)) {
+                                let _ = upgrade(&inner, &peer, id, None).await;
+                            }
+                        });
+                        stored
+                    } else if matches!(d.await, Ok(true)) {
+                        delivered
+                    } else {
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stores `e` at the recipient's integrated relay (its own node), trying each endpoint.
+async fn try_direct(node: &Node, e: &OutboxEntry, endpoints: &[Endpoint]) -> bool {
+    let recipient = IdentityKey(e.recipient);
+    for ep in endpoints {
+        if store_at(node, e, ep, recipient).await {
+            return true;
+        }
+    }
+    false
+}
+
+/// Stores `e` at one of the recipient's relays.
+async fn try_relay(node: &Node, e: &OutboxEntry, relays: &[RelayHint]) -> bool {
+    for hint in relays {
+        if store_at(node, e, &hint.endpoint, IdentityKey(hint.relay_key)).await {
+            return true;
+        }
+    }
+    false
+}
+
+async fn store_at(node: &Node, e: &OutboxEntry, ep: &Endpoint, key: IdentityKey) -> bool {
+    let inner = &node.inner;
+    let connect = tokio::time::timeout(
+        Duration::from_millis(inner.cfg.direct_timeout_ms),
+        inner.pool.get(node, ep, key),
+    )
+    .await;
+    let client = match connect {
+        Ok(Ok(c)) => c,
+        Ok(Err(err)) => {
+            tracing::debug!(endpoint = %ep, error = %err, "connection failed");
+            return false;
+        }
+        Err(_) => {
+            tracing::debug!(endpoint = %ep, "connection timed out");
+            return false;
+        }
+    };
+    let stored = tokio::time::timeout(
+        Duration::from_millis(inner.cfg.ack_timeout_ms),
+        client.store(IdentityKey(e.recipient), e.wire.clone(), e.message_id),
+    )
+    .await;
+    match stored {
+        Ok(Ok(_)) => true,
+        Ok(Err(RelayClientError::DuplicateInFlight(_))) => false,
+        Ok(Err(err)) => {
+            tracing::debug!(endpoint = %ep, error = %err, "store failed");
+            if err.code().is_none() {
+                inner.pool.remove(&pool_key(ep, &key), &client);
+            }
+            false
+        }
+        Err(_) => {
+            tracing::debug!(endpoint = %ep, "no acknowledgement in time");
+            inner.pool.remove(&pool_key(ep, &key), &client);
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans() {
+        let unproven = PathState::default();
+        let proven = PathState {
+            direct_proven: true,
+            since: None,
+        };
+        use DeliveryMode::*;
+        assert_eq!(plan(unproven, Race, true, true), Plan::Race);
+        assert_eq!(plan(proven, Race, true, true), Plan::Hedge);
+        assert_eq!(plan(unproven, DirectFirst, true, true), Plan::DirectThenRelay);
+        assert_eq!(plan(proven, DirectFirst, true, true), Plan::DirectThenRelay);
+        assert_eq!(plan(unproven, Race, true, false), Plan::DirectOnly);
+        assert_eq!(plan(unproven, Race, false, true), Plan::RelayOnly);
+        assert_eq!(plan(proven, Race, false, false), Plan::Wait);
+    }
+}

@@ -1,0 +1,282 @@
+//! Message history: every message sent or received, with its delivery status and path.
+//!
+//! Records live in `Tree::History` keyed by a big-endian sequence number, so listing in order
+//! and "everything after N" (`messages --follow`) are range scans. A second index maps
+//! `(direction, peer, message_id)` to the sequence number so status updates find their entry.
+//! Writes are returned as [`Batch`]es so callers commit them atomically with the ratchet state
+//! or outbox change they belong to.
+
+use crate::identity::IdentityKey;
+use crate::store::{Batch, Store, StoreError, Tree};
+use crate::time::Timestamp;
+use crate::wire::msgpack;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Which way a message went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Sent by this node.
+    Out,
+    /// Received by this node.
+    In,
+}
+
+/// Delivery status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// In the durable outbox, not yet accepted by anyone.
+    Queued,
+    /// Stored durably by the recipient's relay.
+    StoredAtRelay,
+    /// The recipient's node stored it (direct acknowledgement or delivery confirmation).
+    Delivered,
+    /// A message we received.
+    Received,
+}
+
+/// How a message travelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryPath {
+    /// Straight to the peer's node.
+    Direct,
+    /// Through a relay.
+    Relay,
+}
+
+/// One history record (also the JSON shape of `sremp messages --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Position in this node's history.
+    pub seq: u64,
+    /// The message id (16 hex characters), the same on both sides.
+    pub id: String,
+    /// Sent or received.
+    pub direction: Direction,
+    /// The other party's contact id (64 hex characters).
+    pub peer: String,
+    /// The other party's username, when known.
+    pub peer_name: Option<String>,
+    /// The text.
+    pub text: String,
+    /// The sender's clock at sending (ms since the epoch).
+    pub sent_at: u64,
+    /// When this node recorded it (ms since the epoch).
+    pub recorded_at: u64,
+    /// Delivery status.
+    pub status: Status,
+    /// The path it took (sent: the first path that accepted it; received: how it arrived).
+    pub path: Option<DeliveryPath>,
+}
+
+/// Formats a message id for people and scripts.
+pub fn format_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// Parses [`format_id`]'s output.
+pub fn parse_id(s: &str) -> Option<u64> {
+    if s.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+fn index_key(direction: Direction, peer: &IdentityKey, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(42);
+    k.push(b'i');
+    k.push(match direction {
+        Direction::Out => b'o',
+        Direction::In => b'i',
+    });
+    k.extend_from_slice(peer.as_bytes());
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn id_key(direction: Direction, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.push(b'x');
+    k.push(match direction {
+        Direction::Out => b'o',
+        Direction::In => b'i',
+    });
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn seq_key(seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(b's');
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The history over the store.
+#[derive(Clone)]
+pub struct History {
+    store: Arc<dyn Store>,
+    next: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History").field("next", &self.next).finish()
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        tree: Tree::History,
+        detail: e.to_string(),
+    }
+}
+
+impl History {
+    /// Opens the history, finding the next sequence number.
+    pub fn open(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        // The last record: scan is forward-only, so walk pages (bounded by history size).
+        let mut last = 0u64;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = store.scan(Tree::History, b"s", after.as_deref(), 4096)?;
+            let Some((k, _)) = page.last() else { break };
+            let seq = k
+                .get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt("bad sequence key"))?;
+            last = last.max(seq);
+            let full = page.len() < 4096;
+            after = Some(k.clone());
+            if full {
+                break;
+            }
+        }
+        Ok(History {
+            store,
+            next: Arc::new(AtomicU64::new(last + 1)),
+        })
+    }
+
+    /// Allocates a sequence number and returns the entry plus the batch that records it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        direction: Direction,
+        peer: &IdentityKey,
+        peer_name: Option<String>,
+        id: u64,
+        text: String,
+        sent_at: Timestamp,
+        now: Timestamp,
+        status: Status,
+        path: Option<DeliveryPath>,
+    ) -> (HistoryEntry, Batch) {
+        let seq = self.next.fetch_add(1, Ordering::SeqCst);
+        let entry = HistoryEntry {
+            seq,
+            id: format_id(id),
+            direction,
+            peer: peer.to_string(),
+            peer_name,
+            text,
+            sent_at: sent_at.0,
+            recorded_at: now.0,
+            status,
+            path,
+        };
+        let mut b = Batch::new();
+        b.put(Tree::History, seq_key(seq), msgpack::encode(&entry));
+        b.put(Tree::History, index_key(direction, peer, id), seq.to_be_bytes().to_vec());
+        b.put(Tree::History, id_key(direction, id), seq.to_be_bytes().to_vec());
+        (entry, b)
+    }
+
+    /// The entry for a message, if recorded.
+    pub fn find(
+        &self,
+        direction: Direction,
+        peer: &IdentityKey,
+        id: u64,
+    ) -> Result<Option<HistoryEntry>, StoreError> {
+        let Some(seq) = self.store.get(Tree::History, &index_key(direction, peer, id))? else {
+            return Ok(None);
+        };
+        let seq = <[u8; 8]>::try_from(seq.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| corrupt("bad index value"))?;
+        self.get(seq)
+    }
+
+    /// The most recent entry with this message id in `direction`, whoever the peer.
+    pub fn find_by_id(&self, direction: Direction, id: u64) -> Result<Option<HistoryEntry>, StoreError> {
+        let Some(seq) = self.store.get(Tree::History, &id_key(direction, id))? else {
+            return Ok(None);
+        };
+        let seq = <[u8; 8]>::try_from(seq.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| corrupt("bad index value"))?;
+        self.get(seq)
+    }
+
+    /// The entry at `seq`.
+    pub fn get(&self, seq: u64) -> Result<Option<HistoryEntry>, StoreError> {
+        match self.store.get(Tree::History, &seq_key(seq))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(msgpack::decode(&v).map_err(corrupt)?)),
+        }
+    }
+
+    /// A batch that rewrites `entry` (status or path changed).
+    pub fn update(&self, entry: &HistoryEntry) -> Batch {
+        let mut b = Batch::new();
+        b.put(Tree::History, seq_key(entry.seq), msgpack::encode(entry));
+        b
+    }
+
+    /// Up to `limit` entries with `seq > after`, oldest first.
+    pub fn list(&self, after: Option<u64>, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let after_key = after.map(seq_key);
+        self.store
+            .scan(Tree::History, b"s", after_key.as_deref(), limit)?
+            .iter()
+            .map(|(_, v)| msgpack::decode(v).map_err(corrupt))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    #[test]
+    fn record_find_update_list_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let h = History::open(store.clone()).unwrap();
+        let peer = IdentityKey([9; 32]);
+        for i in 0..5u64 {
+            let (_, b) = h.record(Direction::Out, &peer, None, i, format!("m{i}"), Timestamp(1), Timestamp(2), Status::Queued, None);
+            store.commit(b).unwrap();
+        }
+        let mut e = h.find(Direction::Out, &peer, 3).unwrap().unwrap();
+        assert_eq!(e.text, "m3");
+        e.status = Status::Delivered;
+        store.commit(h.update(&e)).unwrap();
+        assert_eq!(h.find(Direction::Out, &peer, 3).unwrap().unwrap().status, Status::Delivered);
+        assert!(h.find(Direction::In, &peer, 3).unwrap().is_none());
+        let after2 = h.list(Some(2), 10).unwrap();
+        assert_eq!(after2.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        drop(h);
+        let h2 = History::open(store).unwrap();
+        let (e6, _) = h2.record(Direction::In, &peer, None, 9, "x".into(), Timestamp(1), Timestamp(2), Status::Received, None);
+        assert_eq!(e6.seq, 6);
+        assert_eq!(parse_id(&format_id(0xabc)), Some(0xabc));
+    }
+}

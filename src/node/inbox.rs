@@ -1,0 +1,200 @@
+//! The receive path: collect from the integrated relay and the home relays, decrypt, record,
+//! confirm.
+//!
+//! The node is a relay client of its own integrated relay (over loopback, as its owner) and of
+//! each home relay. For each source a collector connects, registers, drains what is stored
+//! (paged), then handles pushed messages until the connection ends, and reconnects with backoff.
+//!
+//! Per message: a sender marked Rejected is refused (the message is deleted unread); otherwise
+//! the ratchet verifies, decrypts and de-duplicates it, and the session change plus the history
+//! entry are committed in one batch — only then is the message confirmed to the source, which
+//! deletes it and routes the confirmation back to the sender. A duplicate (same sender and
+//! message id, e.g. the second copy of a raced send) is confirmed without being shown again. A
+//! local failure leaves the message unconfirmed at the source for the next attempt.
+
+use super::history::{DeliveryPath, Direction, Status};
+use super::{Node, NodeError};
+use crate::identity::{IdentityKey, Trust};
+use crate::ratchet::{Content, DecryptError};
+use crate::relay::{RelayClient, RelayEvent};
+use crate::time::Timestamp;
+use crate::wire::relay::StoredMessage;
+use crate::wire::rendezvous::RelayHint;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+/// Where messages for this node are collected.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// The node's own integrated relay (messages that came directly).
+    Integrated,
+    /// A home relay.
+    Home(RelayHint),
+}
+
+/// The address the node uses to reach its own listener.
+pub fn integrated_addr(local: SocketAddr) -> SocketAddr {
+    match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, local.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, local.port())),
+        _ => local,
+    }
+}
+
+fn set_connected(node: &Node, label: &str, up: bool) {
+    if let Ok(mut s) = node.inner.sources.lock() {
+        s.insert(label.to_string(), up);
+    }
+}
+
+/// Collects from `source` until shutdown.
+pub(crate) async fn collect(node: Node, source: Source) {
+    let inner = node.inner.clone();
+    let mut stop = inner.stop.clone();
+    let (addr, key, path) = match &source {
+        Source::Integrated => (
+            integrated_addr(inner.local_addr).to_string(),
+            inner.me.key(),
+            DeliveryPath::Direct,
+        ),
+        Source::Home(h) => (h.endpoint.to_string(), IdentityKey(h.relay_key), DeliveryPath::Relay),
+    };
+    let mut backoff = Duration::from_millis(200);
+    let mut warned = false;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match RelayClient::connect(&addr, &inner.me, Some(key), inner.handshake).await {
+            Ok((client, mut events)) => {
+                tracing::debug!(source = %addr, "collecting messages");
+                set_connected(&node, &addr, true);
+                backoff = Duration::from_millis(200);
+                warned = false;
+                if drain(&node, &client, path).await {
+                    loop {
+                        tokio::select! {
+                            ev = events.recv() => match ev {
+                                Some(RelayEvent::Message(m)) => handle(&node, &client, m, path).await,
+                                Some(RelayEvent::Confirmation(c)) => super::delivery::confirmed(&node, &client, c).await,
+                                Some(RelayEvent::Error(e)) => tracing::debug!(source = %addr, code = e.code, "relay error"),
+                                None => break,
+                            },
+                            _ = super::stopped(&mut stop) => {
+                                client.close().await;
+                                set_connected(&node, &addr, false);
+                                return;
+                            }
+                        }
+                    }
+                }
+                client.close().await;
+                set_connected(&node, &addr, false);
+            }
+            Err(e) => {
+                if warned {
+                    tracing::debug!(source = %addr, error = %e, "cannot reach message source");
+                } else {
+                    tracing::warn!(source = %addr, error = %e, "cannot reach message source; retrying");
+                    warned = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = super::stopped(&mut stop) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Handles everything stored at the source. False when the connection failed.
+async fn drain(node: &Node, client: &RelayClient, path: DeliveryPath) -> bool {
+    // Each round confirms (deletes) what it handled; bounded rounds.
+    for _ in 0..1000 {
+        match client.retrieve_all(10).await {
+            Ok(msgs) if msgs.is_empty() => return true,
+            Ok(msgs) => {
+                for m in msgs {
+                    handle(node, client, m, path).await;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "retrieval failed");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Decrypts, records and confirms one stored message.
+pub(crate) async fn handle(node: &Node, client: &RelayClient, m: StoredMessage, path: DeliveryPath) {
+    match receive(node, &m, path).await {
+        Ok(()) => {
+            if let Err(e) = client.confirm(IdentityKey(m.sender), m.message_id).await {
+                tracing::debug!(error = %e, "confirmation not sent");
+            }
+        }
+        Err(e) => {
+            // Left at the source: it will be offered again.
+            tracing::error!(error = %e, "cannot record a received message; will retry");
+        }
+    }
+}
+
+/// Ok: handled (recorded, or refused/duplicate/undecryptable and safe to delete).
+async fn receive(node: &Node, m: &StoredMessage, path: DeliveryPath) -> Result<(), NodeError> {
+    let inner = &node.inner;
+    let sender = IdentityKey(m.sender);
+    let contact = inner.contacts.get(&sender)?;
+    if contact.as_ref().is_some_and(|c| c.trust == Trust::Rejected) {
+        tracing::info!(peer = %sender.short(), "refused a message from a rejected contact");
+        return Ok(());
+    }
+    let _one = inner.crypto.lock().await;
+    let incoming = match inner.sessions.decrypt(&*inner.store, &m.encrypted_blob) {
+        Ok(i) => i,
+        Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Duplicate))
+        | Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Replayed { .. })) => {
+            tracing::debug!(peer = %sender.short(), "duplicate message dropped");
+            return Ok(());
+        }
+        Err(crate::ratchet::ReceiveError::Rejected(e)) => {
+            tracing::warn!(peer = %sender.short(), error = %e, "undecryptable message dropped");
+            return Ok(());
+        }
+        Err(crate::ratchet::ReceiveError::Local(e)) => {
+            return Err(NodeError::Store(crate::store::StoreError::Io(e.to_string())))
+        }
+    };
+    if incoming.sender != m.sender {
+        tracing::warn!(peer = %sender.short(), "message signed by someone other than its claimed sender; dropped");
+        return Ok(());
+    }
+    let text = match &incoming.payload.content {
+        Content::Text(t) => t.clone(),
+        Content::Other { kind, .. } => format!("[unsupported content kind {kind}]"),
+    };
+    let mut id8 = [0u8; 8];
+    id8.copy_from_slice(&incoming.payload.id.0[..8]);
+    let id = u64::from_be_bytes(id8);
+    let now = Timestamp::now();
+    let (entry, hb) = inner.history.record(
+        Direction::In,
+        &sender,
+        contact.map(|c| c.identity.username().to_string()),
+        id,
+        text,
+        incoming.payload.sent_at,
+        now,
+        Status::Received,
+        Some(path),
+    );
+    let mut batch = incoming.batch;
+    batch.extend(hb);
+    super::commit(&inner.store, batch).await?;
+    tracing::info!(peer = %sender.short(), id = %entry.id, ?path, "message received");
+    let _ = inner.events.send(entry);
+    Ok(())
+}
