@@ -335,6 +335,24 @@ impl Identity {
     /// Verifies received parts: decode (bounded), validate, then check the signature over the
     /// exact received bytes with strict verification.
     pub fn from_parts(data_bytes: Vec<u8>, signature: [u8; 64]) -> Result<Identity, IdentityError> {
+        Self::verify_parts(data_bytes, signature, true)
+    }
+
+    /// Like [`Identity::from_parts`] but always runs the signature check, never consulting the
+    /// verified-identity cache: for servers that must spend the same work on every request
+    /// whether or not they have seen the identity before (no timing oracle).
+    pub fn from_parts_uncached(
+        data_bytes: Vec<u8>,
+        signature: [u8; 64],
+    ) -> Result<Identity, IdentityError> {
+        Self::verify_parts(data_bytes, signature, false)
+    }
+
+    fn verify_parts(
+        data_bytes: Vec<u8>,
+        signature: [u8; 64],
+        use_cache: bool,
+    ) -> Result<Identity, IdentityError> {
         if data_bytes.len() > MAX_IDENTITY_DATA {
             return Err(DecodeError::TooLarge {
                 what: "identity",
@@ -346,7 +364,7 @@ impl Identity {
         let data: IdentityVerifiedData = msgpack::decode(&data_bytes)?;
         data.validate()?;
         let digest = verified_cache::digest(&data_bytes, &signature);
-        if !verified_cache::contains(&digest) {
+        if !(use_cache && verified_cache::contains(&digest)) {
             let vk = sig::verifying_key(&data.identity_key.0)
                 .map_err(|_| IdentityError::BadSignature)?;
             sig::verify(&vk, SigContext::Identity, &[&data_bytes], &signature)

@@ -654,6 +654,12 @@ async fn serve_peer(
                         tracing::warn!(%addr, peer = %short, "peer presented a conflicting identity of the same version; closing");
                         return;
                     }
+                    // An older version than the one pinned: its noise key may have been
+                    // rotated out (and stolen), so it does not authenticate this identity.
+                    Observation::Stale(_) => {
+                        tracing::warn!(%addr, peer = %short, "peer presented an outdated identity version; closing");
+                        return;
+                    }
                     _ => {}
                 }
                 // A contact we have queued messages for just showed up.

@@ -7,9 +7,10 @@
 //!    so a tampered header breaks the handshake.
 //! 3. `-> e` (empty payload), `<- e, ee, s, es` (payload: responder's `Identity`),
 //!    `-> s, se` (payload: initiator's `Identity`), each framed by the one frame codec.
-//! 4. Each side verifies the peer's identity signature, then that the Noise remote static key
-//!    is not of low order and equals the identity's `noise_key` (and, when dialling a known
-//!    contact, that the identity key is the one expected). Any failure closes the connection.
+//! 4. Each side checks, in this order: the Noise remote static key is not all-zero or of small
+//!    order; the peer's `Identity` decodes and its signature verifies; the remote static key
+//!    equals the identity's `noise_key`; and, when dialling a known contact, the identity key is
+//!    the one expected. Any failure closes the connection.
 //!
 //! - [`handshake`]: the handshake core (no I/O, no clock).
 //! - [`transport`]: send/receive cipher halves with explicit nonces (so reading and writing can

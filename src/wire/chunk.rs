@@ -4,8 +4,10 @@
 //! bytes, numbered `0..total_chunks`, all with one `message_id` that the sender never reuses on
 //! that connection.
 //!
-//! Receiver: [`Reassembler`] accepts chunks in any order, ignores exact duplicates, and bounds
-//! memory three ways: the total size of one message ([`Limits::max_message`]), the number of
+//! Receiver: [`Reassembler`] accepts chunks in any order, ignores exact duplicates, requires
+//! every piece but the last to be exactly [`CHUNK_PAYLOAD_MAX`] bytes (so a header alone bounds
+//! the message size and `total_chunks` can never reserve more slots than the size limit
+//! allows), and bounds memory three ways: the total size of one message ([`Limits::max_message`]), the number of
 //! partial messages per peer ([`Limits::max_partial`], the oldest is evicted), and a deadline
 //! after which a stalled partial message is dropped ([`Limits::stall_timeout`], driven by the
 //! caller's `now` through [`Reassembler::expire`] / [`Reassembler::poll_timeout`]).
@@ -186,17 +188,25 @@ impl Reassembler {
                 total: h.total_chunks,
             });
         }
-        if usize::from(h.chunk_size) != chunk.payload.len() || chunk.payload.len() > CHUNK_PAYLOAD_MAX
-        {
+        // Every piece but the last is exactly CHUNK_PAYLOAD_MAX bytes; the last carries 1 to
+        // CHUNK_PAYLOAD_MAX. So a chunk's header alone fixes the message's size range, and a
+        // message that cannot fit is refused before anything is allocated for it.
+        let last = h.chunk_index + 1 == h.total_chunks;
+        let len = chunk.payload.len();
+        let size_ok = usize::from(h.chunk_size) == len
+            && if last {
+                (1..=CHUNK_PAYLOAD_MAX).contains(&len)
+            } else {
+                len == CHUNK_PAYLOAD_MAX
+            };
+        if !size_ok {
             return Err(ChunkError::BadSize {
                 declared: h.chunk_size,
-                actual: chunk.payload.len(),
+                actual: len,
                 max: CHUNK_PAYLOAD_MAX,
             });
         }
-        // Every chunk but the last carries at least one byte, so the message is at least
-        // total - 1 bytes; refuse early if even that cannot fit.
-        let min_len = usize::from(h.total_chunks - 1);
+        let min_len = usize::from(h.total_chunks - 1) * CHUNK_PAYLOAD_MAX + 1;
         if min_len > self.limits.max_message {
             return Err(ChunkError::MessageTooLarge {
                 len: min_len,
@@ -347,17 +357,26 @@ mod tests {
         let mut bad = chunk(1, 0, 2, b"xy");
         bad.header.chunk_size = 1;
         assert!(matches!(r.push(bad, now), Err(ChunkError::BadSize { .. })));
-        assert_eq!(r.push(chunk(2, 0, 3, b"a"), now).unwrap(), None);
-        assert!(matches!(r.push(chunk(2, 1, 4, b"b"), now), Err(ChunkError::InconsistentTotal { expected: 3, got: 4 })));
+        let full = vec![7u8; CHUNK_PAYLOAD_MAX];
+        let mut other = full.clone();
+        other[0] = 8;
+        // A short piece that is not the last one.
+        assert!(matches!(r.push(chunk(2, 0, 3, b"a"), now), Err(ChunkError::BadSize { .. })));
+        // An empty last piece.
+        assert!(matches!(r.push(chunk(2, 2, 3, b""), now), Err(ChunkError::BadSize { .. })));
+        assert_eq!(r.push(chunk(2, 0, 3, &full), now).unwrap(), None);
+        assert!(matches!(r.push(chunk(2, 1, 4, &full), now), Err(ChunkError::InconsistentTotal { expected: 3, got: 4 })));
         assert_eq!(r.partial_count(), 0);
-        assert_eq!(r.push(chunk(3, 0, 3, b"a"), now).unwrap(), None);
-        assert!(matches!(r.push(chunk(3, 0, 3, b"b"), now), Err(ChunkError::ConflictingDuplicate(0))));
-        // Larger than the limit: refused as soon as it is certain.
-        let small = Limits { max_message: 10, ..limits() };
+        assert_eq!(r.push(chunk(3, 0, 3, &full), now).unwrap(), None);
+        assert!(matches!(r.push(chunk(3, 0, 3, &other), now), Err(ChunkError::ConflictingDuplicate(0))));
+        // A header announcing more than the limit is refused before any allocation: 65535
+        // chunks from a 30-byte frame cannot reserve 65535 slots.
+        assert!(matches!(r.push(chunk(4, 65_534, 65_535, b"a"), now), Err(ChunkError::MessageTooLarge { .. })));
+        let small = Limits { max_message: CHUNK_PAYLOAD_MAX + 3, ..limits() };
         let mut r = Reassembler::new(small);
-        assert!(matches!(r.push(chunk(4, 0, 60_000, b"a"), now), Err(ChunkError::MessageTooLarge { .. })));
-        assert_eq!(r.push(chunk(5, 0, 3, &[1; 6]), now).unwrap(), None);
-        assert!(matches!(r.push(chunk(5, 1, 3, &[1; 6]), now), Err(ChunkError::MessageTooLarge { .. })));
+        assert!(matches!(r.push(chunk(5, 0, 3, &full), now), Err(ChunkError::MessageTooLarge { .. })));
+        assert_eq!(r.push(chunk(6, 1, 2, &[1; 6]), now).unwrap(), None);
+        assert!(matches!(r.push(chunk(6, 0, 2, &full), now), Err(ChunkError::MessageTooLarge { .. })));
         assert_eq!(r.buffered(), 0);
     }
 
@@ -366,7 +385,7 @@ mod tests {
         let mut r = Reassembler::new(limits());
         let t0 = Instant::now();
         for id in 0..10u64 {
-            r.push(chunk(id, 0, 2, &[0; 1000]), t0 + Duration::from_millis(id)).unwrap();
+            r.push(chunk(id, 1, 2, &[0; 1000]), t0 + Duration::from_millis(id)).unwrap();
             assert!(r.partial_count() <= 2);
         }
         assert_eq!(r.evicted(), 8);
@@ -381,15 +400,17 @@ mod tests {
     proptest! {
         #[test]
         fn random_chunks_keep_memory_bounded(ops in proptest::collection::vec((0u64..6, 0u16..8, 0u16..8, proptest::collection::vec(any::<u8>(), 0..64)), 0..200)) {
-            let lim = Limits { max_message: 256, max_partial: 3, stall_timeout: Duration::from_secs(1) };
+            let lim = Limits { max_message: 2 * CHUNK_PAYLOAD_MAX, max_partial: 3, stall_timeout: Duration::from_secs(1) };
             let mut r = Reassembler::new(lim);
             let now = Instant::now();
             for (id, idx, total, payload) in ops {
-                if let Ok(Some(done)) = r.push(chunk(id, idx, total, &payload), now) {
-                    prop_assert!(done.len() <= 256);
+                // Full-size pieces for the non-last indices so that some messages complete.
+                let body = if idx + 1 < total { vec![payload.first().copied().unwrap_or(0); CHUNK_PAYLOAD_MAX] } else { payload };
+                if let Ok(Some(done)) = r.push(chunk(id, idx, total, &body), now) {
+                    prop_assert!(done.len() <= 2 * CHUNK_PAYLOAD_MAX);
                 }
                 prop_assert!(r.partial_count() <= 3);
-                prop_assert!(r.buffered() <= 3 * 256);
+                prop_assert!(r.buffered() <= 3 * 2 * CHUNK_PAYLOAD_MAX);
             }
         }
     }

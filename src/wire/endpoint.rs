@@ -19,17 +19,28 @@ impl Endpoint {
     /// A validated endpoint.
     pub fn new(host: impl Into<String>, port: u16) -> Result<Self, DecodeError> {
         let host = host.into();
-        let h = host.trim_start_matches('[').trim_end_matches(']');
+        // One pair of brackets around an IPv6 literal is accepted and removed.
+        let h = match host.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+            Some(inner) if inner.contains(':') => inner,
+            _ => host.as_str(),
+        };
+
         if h.is_empty() || h.len() > MAX_HOST_LEN {
             return Err(DecodeError::Invalid {
                 what: "endpoint host",
                 why: "must be 1 to 253 bytes",
             });
         }
-        if !h
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_' | b'%'))
-        {
+        let is_ip = h.parse::<std::net::IpAddr>().is_ok();
+        let is_name = !h.contains(':')
+            && h.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+            });
+        if !is_ip && !is_name {
             return Err(DecodeError::Invalid {
                 what: "endpoint host",
                 why: "must be a DNS name or IP address",
@@ -118,5 +129,9 @@ mod tests {
         assert_eq!(crate::wire::msgpack::decode::<Endpoint>(&bytes).unwrap(), e);
         assert!("bad host:1".parse::<Endpoint>().is_err());
         assert!(":1".parse::<Endpoint>().is_err());
+        assert!("[[::1]]:1".parse::<Endpoint>().is_err());
+        assert!("a..b:1".parse::<Endpoint>().is_err());
+        assert!("-a:1".parse::<Endpoint>().is_err());
+        assert_eq!("relay.example.org:443".parse::<Endpoint>().unwrap().host(), "relay.example.org");
     }
 }

@@ -88,9 +88,10 @@ impl RawIdentity {
         }
     }
 
-    /// Verifies it (bounded decode, validation, strict signature check over the sent bytes).
+    /// Verifies it (bounded decode, validation, strict signature check over the sent bytes),
+    /// always in full: the server must not answer faster for identities it has seen.
     pub fn verify(&self) -> Result<Identity, IdentityError> {
-        Identity::from_parts(self.data.to_vec(), self.signature)
+        Identity::from_parts_uncached(self.data.to_vec(), self.signature)
     }
 }
 
