@@ -6,19 +6,22 @@
 //! use sremp::time::Timestamp;
 //! use sremp::wire::{Version, VersionHeader};
 //!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut rng = rand::rngs::OsRng;
-//! let alice = UserIdentity::generate("alice", Flags::default(), Timestamp(0), &mut rng).unwrap();
-//! let bob = UserIdentity::generate("bob", Flags::default(), Timestamp(0), &mut rng).unwrap();
+//! let alice = UserIdentity::generate("alice", Flags::default(), Timestamp(0), &mut rng)?;
+//! let bob = UserIdentity::generate("bob", Flags::default(), Timestamp(0), &mut rng)?;
 //! let p = prologue(VersionHeader(Version::CURRENT), VersionHeader(Version::CURRENT));
-//! let mut i = Handshake::initiator(&alice, &p, Some(bob.key())).unwrap();
-//! let mut r = Handshake::responder(&bob, &p).unwrap();
-//! r.read_message(&i.write_message().unwrap()).unwrap();
-//! i.read_message(&r.write_message().unwrap()).unwrap();
-//! r.read_message(&i.write_message().unwrap()).unwrap();
-//! let (_, _, peer_of_alice) = i.finish().unwrap();
-//! let (_, _, peer_of_bob) = r.finish().unwrap();
+//! let mut i = Handshake::initiator(&alice, &p, Some(bob.key()))?;
+//! let mut r = Handshake::responder(&bob, &p)?;
+//! r.read_message(&i.write_message()?)?;
+//! i.read_message(&r.write_message()?)?;
+//! r.read_message(&i.write_message()?)?;
+//! let (_, _, peer_of_alice) = i.finish()?;
+//! let (_, _, peer_of_bob) = r.finish()?;
 //! assert_eq!(peer_of_alice.key(), bob.key());
 //! assert_eq!(peer_of_bob.key(), alice.key());
+//! # Ok(())
+//! # }
 //! ```
 
 use super::transport::{RecvHalf, SendHalf};
