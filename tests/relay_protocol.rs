@@ -531,6 +531,10 @@ impl Store for FailingStore {
         self.check()?;
         self.inner.scan(tree, prefix, after, limit)
     }
+    fn last(&self, tree: Tree, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.check()?;
+        self.inner.last(tree, prefix)
+    }
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         self.check()?;
         self.inner.apply(batch)

@@ -139,24 +139,14 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 impl History {
     /// Opens the history, finding the next sequence number.
     pub fn open(store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        // The last record: scan is forward-only, so walk pages (bounded by history size).
-        let mut last = 0u64;
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = store.scan(Tree::History, b"s", after.as_deref(), 4096)?;
-            let Some((k, _)) = page.last() else { break };
-            let seq = k
+        let last = match store.last(Tree::History, b"s")? {
+            None => 0,
+            Some((k, _)) => k
                 .get(1..9)
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map(u64::from_be_bytes)
-                .ok_or_else(|| corrupt("bad sequence key"))?;
-            last = last.max(seq);
-            let full = page.len() < 4096;
-            after = Some(k.clone());
-            if full {
-                break;
-            }
-        }
+                .ok_or_else(|| corrupt("bad sequence key"))?,
+        };
         Ok(History {
             store,
             next: Arc::new(AtomicU64::new(last + 1)),

@@ -119,6 +119,8 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError>;
+    /// The entry of `tree` with the greatest key starting with `prefix`.
+    fn last(&self, tree: Tree, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
     /// Applies a batch atomically. Not durable until [`Store::flush`] returns.
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
     /// Makes every batch applied so far durable (fsync).

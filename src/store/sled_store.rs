@@ -75,6 +75,16 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn last(&self, tree: Tree, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        match self.db.scan_prefix(tree.key(prefix)).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item.map_err(io)?;
+                Ok(Some((k.get(1..).unwrap_or_default().to_vec(), v.to_vec())))
+            }
+        }
+    }
+
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for (tree, key, value) in batch.ops {
@@ -113,6 +123,8 @@ mod tests {
             assert_eq!(all.len(), 2);
             let after = s.scan(Tree::Contacts, b"a", Some(b"a1"), 10).unwrap();
             assert_eq!(after, vec![(b"a2".to_vec(), b"y".to_vec())]);
+            assert_eq!(s.last(Tree::Contacts, b"a").unwrap(), Some((b"a2".to_vec(), b"y".to_vec())));
+            assert_eq!(s.last(Tree::Sessions, b"b").unwrap(), None);
         }
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.get(Tree::Sessions, b"a1").unwrap(), Some(b"z".to_vec()));
