@@ -370,7 +370,7 @@ fn needs_lookup(inner: &Inner, recipient: &IdentityKey) -> bool {
 }
 
 /// Refreshes a contact's endpoints and relays from rendezvous (best effort).
-async fn lookup(inner: &Arc<Inner>, recipient: &IdentityKey) {
+pub(crate) async fn lookup(inner: &Arc<Inner>, recipient: &IdentityKey) {
     let Some(settings) = &inner.rendezvous else {
         return;
     };

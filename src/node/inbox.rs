@@ -148,6 +148,7 @@ async fn receive(node: &Node, m: &StoredMessage, path: DeliveryPath) -> Result<(
     let inner = &node.inner;
     let sender = IdentityKey(m.sender);
     let contact = inner.contacts.get(&sender)?;
+    let known = contact.is_some();
     if contact.as_ref().is_some_and(|c| c.trust == Trust::Rejected) {
         tracing::info!(peer = %sender.short(), "refused a message from a rejected contact");
         return Ok(());
@@ -196,5 +197,11 @@ async fn receive(node: &Node, m: &StoredMessage, path: DeliveryPath) -> Result<(
     super::commit(&inner.store, batch).await?;
     tracing::info!(peer = %sender.short(), id = %entry.id, ?path, "message received");
     let _ = inner.events.send(entry);
+    if !known && inner.rendezvous.is_some() {
+        // A first message from someone we have never seen (it came through a relay, so no
+        // handshake showed us their identity): learn and pin it so that we can answer.
+        let inner = inner.clone();
+        tokio::spawn(async move { super::delivery::lookup(&inner, &sender).await });
+    }
     Ok(())
 }
