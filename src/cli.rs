@@ -81,7 +81,8 @@ pub enum Command {
     },
     /// Message history of the running node, oldest first.
     Messages {
-        /// Keep running and print new messages and status changes as they happen.
+        /// Keep running and print new messages and status changes as they happen (with
+        /// --json: one JSON entry per line instead of one array).
         #[arg(long)]
         follow: bool,
         /// Only the newest N entries.

@@ -40,6 +40,9 @@ pub enum Error {
     /// Rendezvous.
     #[error(transparent)]
     Rendezvous(#[from] crate::rendezvous::RendezvousError),
+    /// The control socket (the CLI talking to a running node).
+    #[error(transparent)]
+    Control(#[from] crate::node::control::ControlError),
     /// Local I/O (sockets we bind, files we write).
     #[error("{context}: {source}")]
     Io {

@@ -91,7 +91,7 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
         Command::Rendezvous => sremp::rendezvous::run_cli(&cfg),
         Command::Certs { out, name } => sremp::rendezvous::run_certs_cli(&out, &name),
         cmd @ (Command::Contacts { .. } | Command::Send { .. } | Command::Messages { .. } | Command::Status) => {
-            control_cli(sremp::node::control::run_cli(&cfg, &cli.global, cmd))
+            sremp::node::control::run_cli(&cfg, &cli.global, cmd).map_err(Into::into)
         }
         Command::Run => {
             sremp::logging::init(&cfg.log);
@@ -111,14 +111,6 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
 }
 
 /// Ends the process with the control command's error (its own message, exit status 1).
-fn control_cli(r: Result<(), sremp::node::control::ControlError>) -> Result<(), sremp::Error> {
-    if let Err(e) = r {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-    Ok(())
-}
-
 async fn wait_for_signal() {
     #[cfg(unix)]
     {

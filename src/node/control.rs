@@ -902,7 +902,11 @@ pub fn run_cli(cfg: &Config, global: &GlobalArgs, command: Command) -> Result<()
         .enable_all()
         .build()
         .map_err(ControlError::Runtime)?;
-    rt.block_on(run_command(&path, global.json, command))
+    match rt.block_on(run_command(&path, global.json, command)) {
+        // `sremp messages --follow | head`: the reader is gone, which is not a failure.
+        Err(ControlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// `sremp id` while the node runs: its live card (actual endpoints and home relays). Returns
@@ -1123,7 +1127,8 @@ async fn messages(
             print_line(&format_entry(&e))?;
         }
     }
-    Ok(())
+    // The stream only ends when the node stops: not a success for a script that follows.
+    Err(ControlError::Closed)
 }
 
 fn format_contact(c: &ContactView) -> String {

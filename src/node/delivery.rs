@@ -518,7 +518,10 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
                         let (peer, id) = (peer, e.message_id);
                         tokio::spawn(async move {
                             if matches!(d.await, Ok(true)) {
-                                let _ = upgrade(&inner, &peer, id, None).await;
+                                // It reached the recipient's node directly too. If this lands
+                                // before the relay's acceptance was recorded, the entry shows
+                                // the direct path (both accepted it; the record is consistent).
+                                let _ = upgrade(&inner, &peer, id, Some(DeliveryPath::Direct)).await;
                             }
                         });
                         stored
