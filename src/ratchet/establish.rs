@@ -80,18 +80,22 @@ pub fn initiate<R: CryptoRngCore + ?Sized>(
     if !contributory(&local_noise, remote_noise_key) {
         return Err(EncryptError::LowOrderKey);
     }
-    // The ephemeral is drawn from the caller's CSPRNG (as snow would draw it from the OS) so
-    // the whole construction is reproducible under a seeded generator.
+    // The ephemeral is drawn from the caller's CSPRNG (as snow would draw it from the OS) and
+    // handed to snow as its random source, so the whole construction is reproducible under a
+    // seeded generator without snow's testing-only fixed-ephemeral hook.
     let ephemeral = Zeroizing::new(StaticSecret::random_from_rng(&mut *rng).to_bytes());
     let mut seed = Zeroizing::new([0u8; 32]);
     rng.fill_bytes(&mut seed[..]);
     let params = X_PATTERN.parse().map_err(|_| EncryptError::Noise)?;
     let prologue = prologue(local_ik, remote_ik);
-    let mut hs = snow::Builder::new(params)
+    let resolver = snow::resolvers::FallbackResolver::new(
+        Box::new(CallerRandom::resolver(&ephemeral)),
+        Box::new(snow::resolvers::DefaultResolver),
+    );
+    let mut hs = snow::Builder::with_resolver(params, Box::new(resolver))
         .local_private_key(local_noise_secret)
         .and_then(|b| b.remote_public_key(remote_noise_key))
         .and_then(|b| b.prologue(&prologue))
-        .map(|b| b.fixed_ephemeral_key_for_testing_only(&ephemeral[..]))
         .and_then(|b| b.build_initiator())
         .map_err(|_| EncryptError::Noise)?;
     let mut handshake = vec![0u8; X_MESSAGE_LEN];
@@ -222,5 +226,55 @@ mod tests {
         assert_eq!(bob.decrypt_message(&m).unwrap(), b"first");
         // Swapped identity keys change the prologue and so the handshake.
         assert!(accept(&a_ik, &b_noise, &b_ik, &header).is_err());
+    }
+}
+
+/// A snow random source that yields exactly one 32-byte value (our ephemeral key drawn from
+/// the caller's CSPRNG) and fails on any further request, so snow can never silently use
+/// anything else.
+struct CallerRandom {
+    bytes: Zeroizing<[u8; 32]>,
+    used: bool,
+}
+
+impl CallerRandom {
+    fn resolver(bytes: &Zeroizing<[u8; 32]>) -> CallerRandomResolver {
+        CallerRandomResolver(std::sync::Mutex::new(Some(CallerRandom {
+            bytes: bytes.clone(),
+            used: false,
+        })))
+    }
+}
+
+impl snow::types::Random for CallerRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        if self.used || dest.len() != self.bytes.len() {
+            return Err(snow::Error::Rng);
+        }
+        dest.copy_from_slice(&self.bytes[..]);
+        self.used = true;
+        Ok(())
+    }
+}
+
+/// Resolves only the random source; everything else falls back to snow's default resolver.
+struct CallerRandomResolver(std::sync::Mutex<Option<CallerRandom>>);
+
+impl snow::resolvers::CryptoResolver for CallerRandomResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        let r = self.0.lock().ok()?.take()?;
+        Some(Box::new(r))
+    }
+    fn resolve_dh(&self, _: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        None
+    }
+    fn resolve_hash(&self, _: &snow::params::HashChoice) -> Option<Box<dyn snow::types::Hash>> {
+        None
+    }
+    fn resolve_cipher(
+        &self,
+        _: &snow::params::CipherChoice,
+    ) -> Option<Box<dyn snow::types::Cipher>> {
+        None
     }
 }
