@@ -45,6 +45,8 @@ pub const HEDGE: Duration = Duration::from_millis(250);
 pub const PIPELINE: usize = 32;
 /// Endpoints or relays tried per attempt.
 pub const MAX_ROUTES: usize = 4;
+/// How long a recipient's worker waits for more messages once its outbox is empty.
+pub const WORKER_IDLE: Duration = Duration::from_secs(2);
 
 /// What the node knows about the direct path to one peer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -266,6 +268,11 @@ pub(crate) async fn engine(node: Node) {
     let mut stop = inner.stop.clone();
     let mut workers: HashMap<IdentityKey, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
+        // Registered before the outbox is read: `notify_waiters` stores no permit, so a `send`
+        // committed while we scan would otherwise wait for the next tick.
+        let woken = inner.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         workers.retain(|_, h| !h.is_finished());
         match outbox::recipients(&*inner.store, 10_000) {
             Ok((recipients, _)) => {
@@ -278,7 +285,7 @@ pub(crate) async fn engine(node: Node) {
             Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
         }
         tokio::select! {
-            _ = inner.wake.notified() => {}
+            _ = &mut woken => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = super::stopped(&mut stop) => break,
         }
@@ -300,8 +307,18 @@ async fn worker(node: Node, recipient: IdentityKey) {
         if *stop.borrow() {
             return;
         }
+        let woken = inner.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let entries = match outbox::for_recipient(&*inner.store, &recipient, PIPELINE) {
-            Ok(e) if e.is_empty() => return,
+            // Linger: a message queued after this read wakes us at once. Exiting at once would
+            // race the engine, which spawns no second worker while this one is still running
+            // and so would leave the message to its next tick.
+            Ok(e) if e.is_empty() => tokio::select! {
+                _ = &mut woken => continue,
+                _ = tokio::time::sleep(WORKER_IDLE) => return,
+                _ = super::stopped(&mut stop) => return,
+            },
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the outbox");
