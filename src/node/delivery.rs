@@ -119,6 +119,18 @@ impl Pool {
         self.len() == 0
     }
 
+    /// Closes every pooled connection (shutdown).
+    pub async fn close_all(&self) {
+        let all: Vec<Arc<RelayClient>> = self
+            .clients
+            .lock()
+            .map(|mut c| c.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        for c in all {
+            c.close().await;
+        }
+    }
+
     fn cached(&self, k: &str) -> Option<Arc<RelayClient>> {
         self.clients.lock().ok().and_then(|c| c.get(k).cloned())
     }
@@ -296,6 +308,11 @@ pub(crate) async fn engine(node: Node) {
 }
 
 /// Delivers one recipient's queued messages, retrying with backoff until the outbox is empty.
+///
+/// Up to [`PIPELINE`] messages are in flight at once, and the pipeline is refilled as each one
+/// completes (and whenever a new message is queued), so a fresh message never waits behind a
+/// slow one. After a failed attempt no new attempts start until the in-flight ones finish;
+/// then the worker backs off.
 async fn worker(node: Node, recipient: IdentityKey) {
     let inner = node.inner.clone();
     let mut stop = inner.stop.clone();
@@ -303,75 +320,98 @@ async fn worker(node: Node, recipient: IdentityKey) {
     let max = Duration::from_millis(inner.cfg.retry_max_ms.max(1));
     let mut backoff = initial;
     let mut refresh = false;
+    let mut failed = false;
+    let mut set: JoinSet<(OutboxEntry, Outcome)> = JoinSet::new();
+    let mut in_flight: std::collections::HashSet<u64> = std::collections::HashSet::new();
     loop {
         if *stop.borrow() {
             return;
         }
+        // Registered before the outbox is read: a message queued meanwhile wakes us.
         let woken = inner.wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let entries = match outbox::for_recipient(&*inner.store, &recipient, PIPELINE) {
-            // Linger: a message queued after this read wakes us at once. Exiting at once would
-            // race the engine, which spawns no second worker while this one is still running
-            // and so would leave the message to its next tick.
-            Ok(e) if e.is_empty() => tokio::select! {
-                _ = &mut woken => continue,
-                _ = tokio::time::sleep(WORKER_IDLE) => return,
-                _ = super::stopped(&mut stop) => return,
-            },
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the outbox");
-                return;
-            }
-        };
-        if refresh || needs_lookup(&inner, &recipient) {
-            lookup(&inner, &recipient).await;
-            refresh = false;
-        }
-        let contact = match inner.contacts.get(&recipient) {
-            Ok(Some(c)) if c.trust != Trust::Rejected => c,
-            // Removed or rejected: messages stay queued until the user trusts it again.
-            _ => return,
-        };
-        let mut set = JoinSet::new();
-        for e in entries {
-            let node = node.clone();
-            let contact = contact.clone();
-            set.spawn(async move {
-                let r = attempt(&node, &e, &contact).await;
-                (e, r)
-            });
-        }
-        let mut failed = false;
-        while let Some(done) = set.join_next().await {
-            let Ok((e, r)) = done else { continue };
-            match r {
-                Some((status, path)) => {
-                    if let Err(err) = finalize(&inner, &e, status, path).await {
-                        tracing::error!(error = %err, "cannot record delivery");
-                        failed = true;
-                    }
+        if !failed && in_flight.len() < PIPELINE {
+            let entries = match outbox::for_recipient(&*inner.store, &recipient, PIPELINE) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    return;
                 }
-                None => failed = true,
+            };
+            if entries.is_empty() && set.is_empty() {
+                // Linger briefly: exiting at once would race the engine, which starts no
+                // second worker while this one runs.
+                tokio::select! {
+                    _ = &mut woken => continue,
+                    _ = tokio::time::sleep(WORKER_IDLE) => return,
+                    _ = super::stopped(&mut stop) => return,
+                }
+            }
+            let fresh: Vec<OutboxEntry> = entries
+                .into_iter()
+                .filter(|e| !in_flight.contains(&e.history_seq))
+                .take(PIPELINE - in_flight.len())
+                .collect();
+            if !fresh.is_empty() {
+                if refresh || needs_lookup(&inner, &recipient) {
+                    lookup(&inner, &recipient).await;
+                    refresh = false;
+                }
+                match inner.contacts.get(&recipient) {
+                    Ok(Some(contact)) if contact.trust != Trust::Rejected => {
+                        for e in fresh {
+                            in_flight.insert(e.history_seq);
+                            let node = node.clone();
+                            let contact = contact.clone();
+                            set.spawn(async move {
+                                let r = attempt(&node, &e, &contact).await;
+                                (e, r)
+                            });
+                        }
+                    }
+                    // Removed or rejected: messages stay queued until the user trusts it again.
+                    _ if set.is_empty() => return,
+                    _ => {}
+                }
             }
         }
-        if failed {
-            tracing::debug!(peer = %recipient.short(), retry_in = ?backoff, "delivery attempt failed; will retry");
-            let wait = if inner.rendezvous.is_some() {
-                backoff.min(Duration::from_millis(inner.cfg.lookup_interval_ms.max(1)))
-            } else {
-                backoff
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = inner.wake.notified() => {}
-                _ = super::stopped(&mut stop) => return,
+        if set.is_empty() {
+            if failed {
+                tracing::debug!(peer = %recipient.short(), retry_in = ?backoff, "delivery attempt failed; will retry");
+                let wait = if inner.rendezvous.is_some() {
+                    backoff.min(Duration::from_millis(inner.cfg.lookup_interval_ms.max(1)))
+                } else {
+                    backoff
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = &mut woken => {}
+                    _ = super::stopped(&mut stop) => return,
+                }
+                backoff = (backoff * 2).min(max);
+                refresh = inner.rendezvous.is_some();
+                failed = false;
             }
-            backoff = (backoff * 2).min(max);
-            refresh = inner.rendezvous.is_some();
-        } else {
-            backoff = initial;
+            continue;
+        }
+        tokio::select! {
+            done = set.join_next() => {
+                let Some(Ok((e, r))) = done else { continue };
+                in_flight.remove(&e.history_seq);
+                match r {
+                    Some((status, path)) => match finalize(&inner, &e, status, path).await {
+                        Ok(()) => backoff = initial,
+                        Err(err) => {
+                            tracing::error!(error = %err, "cannot record delivery");
+                            failed = true;
+                        }
+                    },
+                    None => failed = true,
+                }
+            }
+            _ = &mut woken => {}
+            _ = super::stopped(&mut stop) => return,
         }
     }
 }

@@ -262,7 +262,8 @@ impl NodeHandle {
                 tracing::warn!("a node task did not stop in time");
             }
         }
-        if let Err(e) = self.relay.shutdown(Duration::from_secs(5)).await {
+        self.node.inner.pool.close_all().await;
+        if let Err(e) = self.relay.shutdown(Duration::from_secs(2)).await {
             tracing::warn!(error = %e, "integrated relay shutdown");
         }
         let store = self.store.clone();
