@@ -10,10 +10,32 @@ use std::path::Path;
 /// drive's volatile write cache. That survives a process crash but not a power cut. So
 /// [`Store::flush`] follows sled's flush with `fdatasync` on sled's data file, and only then is
 /// anything acknowledged.
+///
+/// Group commit: concurrent [`Store::flush`] calls share one sled flush + `fdatasync`. A caller
+/// takes a ticket after its writes were applied; a flush that *starts* after the ticket was
+/// taken covers those writes. One caller at a time leads a flush; the others wait for one that
+/// covers their ticket (leader/follower, as databases do for their write-ahead logs).
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
     data_file: std::sync::Arc<std::fs::File>,
+    flusher: std::sync::Arc<Flusher>,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Tickets handed out so far.
+    issued: u64,
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    /// A flush is running.
+    running: bool,
+}
+
+#[derive(Default)]
+struct Flusher {
+    state: std::sync::Mutex<FlushState>,
+    done: std::sync::Condvar,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -49,6 +71,7 @@ impl SledStore {
         Ok(SledStore {
             db,
             data_file: std::sync::Arc::new(data_file),
+            flusher: Default::default(),
         })
     }
 }
@@ -110,10 +133,37 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(io)?;
-        self.data_file
-            .sync_data()
-            .map_err(|e| StoreError::Io(format!("fdatasync: {e}")))
+        let poisoned = || StoreError::Io("flush state poisoned".into());
+        let f = &self.flusher;
+        let mut st = f.state.lock().map_err(|_| poisoned())?;
+        st.issued += 1;
+        let ticket = st.issued;
+        loop {
+            if st.durable >= ticket {
+                return Ok(());
+            }
+            if st.running {
+                st = f.done.wait(st).map_err(|_| poisoned())?;
+                continue;
+            }
+            // Lead a flush covering every ticket issued so far.
+            st.running = true;
+            let target = st.issued;
+            drop(st);
+            let result = self.db.flush().map_err(io).and_then(|_| {
+                self.data_file
+                    .sync_data()
+                    .map_err(|e| StoreError::Io(format!("fdatasync: {e}")))
+            });
+            st = f.state.lock().map_err(|_| poisoned())?;
+            st.running = false;
+            if result.is_ok() {
+                st.durable = st.durable.max(target);
+            }
+            f.done.notify_all();
+            // On failure the waiters retry and lead their own flush (and see their own error).
+            result?;
+        }
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
@@ -124,6 +174,28 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_flushes_share_work_and_all_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..8u8 {
+                let s = s.clone();
+                scope.spawn(move || {
+                    for i in 0..20u8 {
+                        let mut b = Batch::new();
+                        b.put(Tree::Meta, vec![t, i], vec![i]);
+                        s.commit(b).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(s.scan(Tree::Meta, b"", None, 1000).unwrap().len(), 160);
+        let st = s.flusher.state.lock().unwrap();
+        assert_eq!(st.durable, 160, "every ticket durable");
+        assert!(!st.running);
+    }
 
     #[test]
     fn batch_scan_and_reopen() {
