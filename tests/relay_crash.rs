@@ -3,6 +3,8 @@
 //!
 //! Everything runs on 127.0.0.1 with temporary data directories; every wait is bounded.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
+
 use sremp::identity::{Flags, IdentityKey, UserIdentity};
 use sremp::noise::stream::HandshakeLimits;
 use sremp::relay::{RelayClient, ADDR_FILE, STATS_FILE};
@@ -39,6 +41,14 @@ struct RelayProc {
     id: IdentityKey,
 }
 
+impl Drop for RelayProc {
+    /// Never leave a relay process behind, even when a test fails half-way.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let cfg = dir.join("relay.toml");
     std::fs::write(
@@ -52,9 +62,11 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
     cfg
 }
 
+// The child is owned by the returned `RelayProc`, whose `Drop` kills and waits for it.
+#[allow(clippy::zombie_processes)]
 fn start(cfg: &Path, data: &Path) -> RelayProc {
     let _ = std::fs::remove_file(data.join(ADDR_FILE));
-    let child = Command::new(env!("CARGO_BIN_EXE_sremp"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sremp"))
         .arg("--config")
         .arg(cfg)
         .arg("relay")
@@ -76,10 +88,17 @@ fn start(cfg: &Path, data: &Path) -> RelayProc {
                 };
             }
         }
-        assert!(Instant::now() < deadline, "relay did not start");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("relay did not start");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Messages whose `STORE_RESPONSE` said stored: (sender, message id).
+type Acked = Arc<Mutex<HashSet<([u8; 32], u64)>>>;
 
 fn sigkill(p: &mut RelayProc) {
     p.child.kill().unwrap(); // SIGKILL on unix
@@ -177,7 +196,7 @@ async fn sigkill_at_random_moments_under_concurrent_senders() {
     let relay_id = first.id;
     let (addr_tx, addr_rx) = tokio::sync::watch::channel(first.addr.clone());
     let proc_ = Arc::new(Mutex::new(first));
-    let acked: Arc<Mutex<HashSet<([u8; 32], u64)>>> = Arc::default();
+    let acked: Acked = Arc::default();
     let deadline = Instant::now() + Duration::from_secs(240);
 
     let mut senders = tokio::task::JoinSet::new();

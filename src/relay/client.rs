@@ -9,6 +9,7 @@
 //! unique per sender (two concurrent stores with the same id on one client are refused locally).
 
 use super::auth::{self, SessionBinding};
+use super::read_ahead::ReadAhead;
 use crate::identity::{IdentityKey, UserIdentity};
 use crate::noise::stream::{ConnectionError, HandshakeLimits, TcpConnection, Writer};
 use crate::time::Timestamp;
@@ -90,6 +91,9 @@ pub struct RelayClient {
     relay: IdentityKey,
     binding: SessionBinding,
     capabilities: RelayCapabilities,
+    /// Envelopes waiting for the writer; whoever holds the writer sends all of them with one
+    /// write (concurrent stores coalesce instead of costing a system call each).
+    outbox: Mutex<Vec<Envelope>>,
     writer: tokio::sync::Mutex<Writer<OwnedWriteHalf>>,
     stores: Pending<StoreResponse>,
     batch: Waiter,
@@ -165,7 +169,8 @@ impl RelayClient {
             Envelope::ErrorMsg(e) => return Err(RelayClientError::refused(e.code, e.message)),
             _ => return Err(RelayClientError::Protocol("expected RELAY_REGISTERED")),
         };
-        let (_, mut reader, writer) = conn.split();
+        let (_, reader, writer) = conn.split();
+        let mut reader = reader.map_inner(ReadAhead::new);
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let stores: Pending<StoreResponse> = Arc::default();
         let batch: Waiter = Arc::default();
@@ -223,6 +228,7 @@ impl RelayClient {
                 relay,
                 binding,
                 capabilities,
+                outbox: Mutex::new(Vec::new()),
                 writer: tokio::sync::Mutex::new(writer),
                 stores,
                 batch,
@@ -248,8 +254,17 @@ impl RelayClient {
         self.binding
     }
 
-    async fn send(&self, env: &Envelope) -> Result<(), RelayClientError> {
-        self.writer.lock().await.send(env).await?;
+    async fn send(&self, env: Envelope) -> Result<(), RelayClientError> {
+        self.outbox
+            .lock()
+            .map_err(|_| RelayClientError::Closed)?
+            .push(env);
+        let mut w = self.writer.lock().await;
+        let batch = std::mem::take(&mut *self.outbox.lock().map_err(|_| RelayClientError::Closed)?);
+        // Empty: an earlier holder of the writer already sent ours.
+        if !batch.is_empty() {
+            w.send_all(&batch).await?;
+        }
         Ok(())
     }
 
@@ -282,7 +297,7 @@ impl RelayClient {
             }
             p.insert(id, tx);
         }
-        if let Err(e) = self.send(&Envelope::StoreMessage(m)).await {
+        if let Err(e) = self.send(Envelope::StoreMessage(m)).await {
             if let Ok(mut p) = self.stores.lock() {
                 p.remove(&id);
             }
@@ -326,7 +341,7 @@ impl RelayClient {
         if let Ok(mut w) = self.batch.lock() {
             *w = Some(tx);
         }
-        self.send(&Envelope::RetrieveMessages(r)).await?;
+        self.send(Envelope::RetrieveMessages(r)).await?;
         rx.await.map_err(|_| RelayClientError::Closed)?
     }
 
@@ -366,12 +381,12 @@ impl RelayClient {
             signature: [0; 64],
         };
         auth::sign_confirmation(&self.key, &mut c);
-        self.send(&Envelope::DeliveryConfirmation(c)).await
+        self.send(Envelope::DeliveryConfirmation(c)).await
     }
 
     /// Tells the relay we received a forwarded confirmation, so it can forget it.
     pub async fn ack_confirmation(&self, c: &DeliveryConfirmation) -> Result<(), RelayClientError> {
-        self.send(&Envelope::ConfirmationAck(ConfirmationAck {
+        self.send(Envelope::ConfirmationAck(ConfirmationAck {
             delivered_to: c.delivered_to,
             message_id: c.message_id,
         }))
@@ -380,7 +395,7 @@ impl RelayClient {
 
     /// Sends any envelope (tests that break the protocol on purpose).
     pub async fn send_raw(&self, env: &Envelope) -> Result<(), RelayClientError> {
-        self.send(env).await
+        self.send(env.clone()).await
     }
 
     /// Closes the connection.

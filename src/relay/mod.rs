@@ -23,6 +23,7 @@
 //! - [`store`] — records over [`crate::store::Store`] and the group-commit thread.
 //! - [`service`] — the async shell ([`Relay`]).
 //! - [`client`] — [`client::RelayClient`].
+//! - [`read_ahead`] — a read buffer that is freed while a connection idles.
 //! - [`stats`] — operator counters.
 //!
 //! Invariants: a successful `STORE_RESPONSE` is sent only after the flush covering the message
@@ -53,6 +54,7 @@
 pub mod auth;
 pub mod client;
 pub mod policy;
+pub mod read_ahead;
 pub mod service;
 pub mod stats;
 pub mod store;

@@ -293,8 +293,10 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         RelayConfig::default().validate().unwrap();
-        let mut c = RelayConfig::default();
-        c.max_message_size = MAX_CONFIGURABLE_MESSAGE + 1;
+        let c = RelayConfig {
+            max_message_size: MAX_CONFIGURABLE_MESSAGE + 1,
+            ..RelayConfig::default()
+        };
         assert!(c.validate().is_err());
     }
 

@@ -5,16 +5,19 @@
 
 use super::auth::{self, SessionBinding};
 use super::policy::{RateLimiter, RelayConfig};
+use super::read_ahead::ReadAhead;
 use super::stats::Stats;
-use super::store::{NewMessage, RelayStore, StoreOutcome};
+use super::store::{NewMessage, RelayStore, RelayStoreError, StoreOutcome};
 use super::RelayError;
 use crate::identity::IdentityKey;
 use crate::noise::stream::{Connection, Reader, Writer};
+use crate::sig;
 use crate::store::Store;
 use crate::time::Timestamp;
 use crate::wire::envelope::ErrorMsg;
 use crate::wire::relay::*;
 use crate::wire::Envelope;
+use ed25519_dalek::VerifyingKey;
 use rand::RngCore;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
-use tokio::task::JoinSet;
 
 /// Envelopes queued for one connection's writer; a push to a full queue is dropped (the
 /// message stays stored and is retrieved later).
@@ -107,6 +109,8 @@ enum Phase {
     Challenged(SessionBinding),
     Registered {
         who: IdentityKey,
+        /// `who` parsed once (and checked not weak) at registration.
+        key: Box<VerifyingKey>,
         binding: SessionBinding,
         caps: RelayCapabilities,
     },
@@ -245,6 +249,11 @@ impl Relay {
     }
 
     fn charge(&self, who: IdentityKey) -> Result<(), RelayErrorCode> {
+        // An integrated relay never limits its owner: collecting and confirming its own
+        // messages must not be throttled by the traffic it receives.
+        if matches!(self.inner.opts.mode, RelayMode::Integrated { owner } if owner == who) {
+            return Ok(());
+        }
         let now = self.now_ms();
         match self.inner.rate.lock() {
             Ok(mut rl) => rl.charge(&self.inner.opts.policy, who, now),
@@ -277,6 +286,7 @@ impl Relay {
         let conn_id = inner.next_conn.fetch_add(1, Relaxed);
         let handshake_hash = conn.handshake_hash;
         let (peer, reader, writer) = conn.split();
+        let reader = reader.map_inner(ReadAhead::new);
         let peer = peer.key();
         let (tx, rx) = mpsc::channel::<Box<Envelope>>(OUT_QUEUE);
         let writer_task = tokio::spawn(write_loop(writer, rx));
@@ -287,13 +297,10 @@ impl Relay {
             conn_id,
             phase: Phase::AwaitHello,
             tx,
-            stores: JoinSet::new(),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_STORES)),
         };
         let reason = c.run(reader, first).await;
         tracing::debug!(peer = %peer.short(), conn = conn_id, %reason, "relay connection ended");
-        // Finish in-flight stores (their responses are still sent if the socket is open).
-        while c.stores.join_next().await.is_some() {}
         if let Phase::Registered { who, .. } = c.phase {
             if let Ok(mut m) = inner.online.lock() {
                 if m.get(&who).is_some_and(|(id, _)| *id == conn_id) {
@@ -341,8 +348,38 @@ struct ConnState {
     conn_id: u64,
     phase: Phase,
     tx: Out,
-    stores: JoinSet<()>,
     inflight: Arc<Semaphore>,
+}
+
+/// The `STORE_RESPONSE` for a decided store (counting refusals).
+fn store_response(
+    stats: &Stats,
+    id: u64,
+    r: Result<StoreOutcome, RelayStoreError>,
+) -> StoreResponse {
+    let refused = |code: RelayErrorCode| {
+        stats.reject(code);
+        StoreResponse {
+            success: false,
+            stored_at: Timestamp(0),
+            message_id: id,
+            error: Some(code.code()),
+        }
+    };
+    match r {
+        Ok(StoreOutcome::Stored(t) | StoreOutcome::Duplicate(t)) => StoreResponse {
+            success: true,
+            stored_at: t,
+            message_id: id,
+            error: None,
+        },
+        Ok(StoreOutcome::Refused(code)) => refused(code),
+        Err(RelayStoreError::Closed) => refused(RelayErrorCode::ShuttingDown),
+        Err(e @ RelayStoreError::Store(_)) => {
+            tracing::error!(error = %e, "store failed");
+            refused(RelayErrorCode::StorageFailure)
+        }
+    }
 }
 
 fn err(code: RelayErrorCode, message: &str) -> Envelope {
@@ -372,8 +409,6 @@ impl ConnState {
             }
         }
         loop {
-            // Reap finished store tasks.
-            while self.stores.try_join_next().is_some() {}
             let env = tokio::select! {
                 r = tokio::time::timeout(idle, reader.recv()) => match r {
                     Err(_) => return "idle timeout",
@@ -430,23 +465,26 @@ impl ConnState {
                     self.refuse(code, "rate limited").await;
                     return Flow::Close("rate limited at registration");
                 }
-                let ok = reg.identity == self.peer.0
-                    && auth::verify_register(
-                        &binding,
-                        &inner.opts.relay_key.0,
-                        &reg.identity,
-                        &reg.auth_signature,
-                    )
-                    .is_ok();
-                if !ok {
+                let key = sig::verifying_key(&reg.identity).ok().filter(|_| {
+                    reg.identity == self.peer.0
+                        && auth::verify_register(
+                            &binding,
+                            &inner.opts.relay_key.0,
+                            &reg.identity,
+                            &reg.auth_signature,
+                        )
+                        .is_ok()
+                });
+                let Some(key) = key else {
                     self.refuse(RelayErrorCode::Unauthorized, "registration refused")
                         .await;
                     return Flow::Close("registration refused");
-                }
+                };
                 let caps = inner.opts.policy.grant(&reg.capabilities);
                 let who = self.peer;
                 self.phase = Phase::Registered {
                     who,
+                    key: Box::new(key),
                     binding,
                     caps: caps.clone(),
                 };
@@ -478,9 +516,17 @@ impl ConnState {
                     .await;
                 Flow::Close("not registered")
             }
-            (Phase::Registered { who, binding, caps }, env) => {
-                let (who, binding, max) = (*who, *binding, caps.max_message_size);
-                self.registered(who, binding, max, env).await
+            (
+                Phase::Registered {
+                    who,
+                    key,
+                    binding,
+                    caps,
+                },
+                env,
+            ) => {
+                let (who, key, binding, max) = (*who, **key, *binding, caps.max_message_size);
+                self.registered(who, &key, binding, max, env).await
             }
         }
     }
@@ -488,6 +534,7 @@ impl ConnState {
     async fn registered(
         &mut self,
         who: IdentityKey,
+        key: &VerifyingKey,
         binding: SessionBinding,
         max: u32,
         env: Envelope,
@@ -513,15 +560,13 @@ impl ConnState {
                         }
                         _ => Ok(()),
                     })
-                    .and_then(|()| {
-                        if m.encrypted_blob.len() > max as usize {
-                            Err(RelayErrorCode::TooLarge)
-                        } else {
-                            Ok(())
-                        }
+                    .and(if m.encrypted_blob.len() > max as usize {
+                        Err(RelayErrorCode::TooLarge)
+                    } else {
+                        Ok(())
                     })
                     .and_then(|()| {
-                        auth::verify_store(&who.0, &m).map_err(|_| RelayErrorCode::BadSignature)
+                        auth::verify_store_with(key, &m).map_err(|_| RelayErrorCode::BadSignature)
                     });
                 if let Err(code) = check {
                     inner.stats.reject(code);
@@ -529,85 +574,48 @@ impl ConnState {
                     self.send(refused(code)).await;
                     return Flow::Continue;
                 }
-                // Bound the stores waiting for a commit on this connection.
+                // Bound the stores waiting for a commit on this connection, and hold a slot
+                // of its outgoing queue for the response, so the commit thread can answer
+                // without waiting (pushes that find a queue full are dropped instead).
                 let Ok(permit) = self.inflight.clone().acquire_owned().await else {
                     return Flow::Close("closing");
                 };
-                let relay = self.relay.clone();
-                let tx = self.tx.clone();
-                self.stores.spawn(async move {
+                let Ok(slot) = self.tx.clone().reserve_owned().await else {
+                    return Flow::Close("writer gone");
+                };
+                let recipient = IdentityKey(m.recipient);
+                let push_to = self.relay.online(&recipient);
+                let new = NewMessage {
+                    recipient,
+                    sender: who,
+                    message_id: id,
+                    sender_signature: m.sender_signature,
+                    blob: m.encrypted_blob,
+                    now: Timestamp::now(),
+                };
+                let stats = inner.stats.clone();
+                // Runs on the commit thread once the message is durable (or refused).
+                let then = move |r: Result<StoreOutcome, RelayStoreError>, m: NewMessage| {
                     let _permit = permit;
-                    let recipient = IdentityKey(m.recipient);
-                    let push_to = relay.online(&recipient);
-                    let push = push_to.as_ref().map(|_| m.encrypted_blob.clone());
-                    let new = NewMessage {
-                        recipient,
-                        sender: who,
-                        message_id: id,
-                        sender_signature: m.sender_signature,
-                        blob: m.encrypted_blob,
-                        now: Timestamp::now(),
-                    };
-                    let resp = match relay.inner.store.store(new).await {
-                        Ok(StoreOutcome::Stored(t)) => {
-                            if let (Some(out), Some(blob)) = (push_to, push) {
-                                let pushed = StoredMessage {
-                                    message_id: id,
-                                    sender: who.0,
-                                    timestamp: t,
-                                    encrypted_blob: blob,
-                                    sender_signature: m.sender_signature,
-                                };
-                                if out
-                                    .try_send(Box::new(Envelope::StoredMessage(pushed)))
-                                    .is_ok()
-                                {
-                                    relay.inner.stats.pushed.fetch_add(1, Relaxed);
-                                }
-                            }
-                            StoreResponse {
-                                success: true,
-                                stored_at: t,
-                                message_id: id,
-                                error: None,
-                            }
-                        }
-                        Ok(StoreOutcome::Duplicate(t)) => StoreResponse {
-                            success: true,
-                            stored_at: t,
+                    if let (Ok(StoreOutcome::Stored(t)), Some(out)) = (&r, push_to) {
+                        let pushed = StoredMessage {
                             message_id: id,
-                            error: None,
-                        },
-                        Ok(StoreOutcome::Refused(code)) => {
-                            relay.inner.stats.reject(code);
-                            StoreResponse {
-                                success: false,
-                                stored_at: Timestamp(0),
-                                message_id: id,
-                                error: Some(code.code()),
-                            }
+                            sender: who.0,
+                            timestamp: *t,
+                            encrypted_blob: m.blob,
+                            sender_signature: m.sender_signature,
+                        };
+                        if out
+                            .try_send(Box::new(Envelope::StoredMessage(pushed)))
+                            .is_ok()
+                        {
+                            stats.pushed.fetch_add(1, Relaxed);
                         }
-                        Err(e) => {
-                            let code = match e {
-                                super::store::RelayStoreError::Closed => {
-                                    RelayErrorCode::ShuttingDown
-                                }
-                                super::store::RelayStoreError::Store(_) => {
-                                    RelayErrorCode::StorageFailure
-                                }
-                            };
-                            relay.inner.stats.reject(code);
-                            tracing::error!(error = %e, "store failed");
-                            StoreResponse {
-                                success: false,
-                                stored_at: Timestamp(0),
-                                message_id: id,
-                                error: Some(code.code()),
-                            }
-                        }
-                    };
-                    let _ = tx.send(Box::new(Envelope::StoreResponse(resp))).await;
-                });
+                    }
+                    let resp = store_response(&stats, id, r);
+                    slot.send(Box::new(Envelope::StoreResponse(resp)));
+                };
+                inner.store.store_then(new, Box::new(then)).await;
                 Flow::Continue
             }
             Envelope::RetrieveMessages(r) => {
