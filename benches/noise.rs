@@ -6,6 +6,7 @@
 //!   sremp connection vs `frames64k/raw_snow_tcp`: snow transport messages of the same size over
 //!   a plain tokio TCP stream with a 2-byte length prefix. Report: sremp / raw throughput
 //!   (target >= 0.8).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sremp::identity::{Flags, UserIdentity};
@@ -28,22 +29,53 @@ fn user(name: &str) -> UserIdentity {
 /// Both ends run on one thread, like snow's in-memory baseline (which also runs both sides
 /// serially); real peers are separate processes.
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn snow_pair() -> (snow::HandshakeState, snow::HandshakeState) {
     let params: snow::params::NoiseParams = sremp::noise::PATTERN.parse().unwrap();
-    let ki = snow::Builder::new(params.clone()).generate_keypair().unwrap();
-    let kr = snow::Builder::new(params.clone()).generate_keypair().unwrap();
-    let i = snow::Builder::new(params.clone()).local_private_key(&ki.private).unwrap().prologue(b"p").unwrap().build_initiator().unwrap();
-    let r = snow::Builder::new(params).local_private_key(&kr.private).unwrap().prologue(b"p").unwrap().build_responder().unwrap();
+    let ki = snow::Builder::new(params.clone())
+        .generate_keypair()
+        .unwrap();
+    let kr = snow::Builder::new(params.clone())
+        .generate_keypair()
+        .unwrap();
+    let i = snow::Builder::new(params.clone())
+        .local_private_key(&ki.private)
+        .unwrap()
+        .prologue(b"p")
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let r = snow::Builder::new(params)
+        .local_private_key(&kr.private)
+        .unwrap()
+        .prologue(b"p")
+        .unwrap()
+        .build_responder()
+        .unwrap();
     (i, r)
 }
 
 fn snow_handshake(keys: &(Vec<u8>, Vec<u8>)) -> (snow::TransportState, snow::TransportState) {
     let params: snow::params::NoiseParams = sremp::noise::PATTERN.parse().unwrap();
-    let mut i = snow::Builder::new(params.clone()).local_private_key(&keys.0).unwrap().prologue(b"p").unwrap().build_initiator().unwrap();
-    let mut r = snow::Builder::new(params).local_private_key(&keys.1).unwrap().prologue(b"p").unwrap().build_responder().unwrap();
+    let mut i = snow::Builder::new(params.clone())
+        .local_private_key(&keys.0)
+        .unwrap()
+        .prologue(b"p")
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut r = snow::Builder::new(params)
+        .local_private_key(&keys.1)
+        .unwrap()
+        .prologue(b"p")
+        .unwrap()
+        .build_responder()
+        .unwrap();
     let mut buf = [0u8; 1024];
     let mut out = [0u8; 1024];
     let n = i.write_message(&[], &mut buf).unwrap();
@@ -52,13 +84,18 @@ fn snow_handshake(keys: &(Vec<u8>, Vec<u8>)) -> (snow::TransportState, snow::Tra
     i.read_message(&buf[..n], &mut out).unwrap();
     let n = i.write_message(&[], &mut buf).unwrap();
     r.read_message(&buf[..n], &mut out).unwrap();
-    (i.into_transport_mode().unwrap(), r.into_transport_mode().unwrap())
+    (
+        i.into_transport_mode().unwrap(),
+        r.into_transport_mode().unwrap(),
+    )
 }
 
 fn setup(c: &mut Criterion) {
     let mut g = c.benchmark_group("setup");
     let params: snow::params::NoiseParams = sremp::noise::PATTERN.parse().unwrap();
-    let ki = snow::Builder::new(params.clone()).generate_keypair().unwrap();
+    let ki = snow::Builder::new(params.clone())
+        .generate_keypair()
+        .unwrap();
     let kr = snow::Builder::new(params).generate_keypair().unwrap();
     let keys = (ki.private, kr.private);
     let _ = snow_pair();
@@ -78,7 +115,9 @@ fn setup(c: &mut Criterion) {
                 let sid = sid.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let conn = TcpConnection::accept(s, &sid, HandshakeLimits::default()).await.unwrap();
+                    let conn = TcpConnection::accept(s, &sid, HandshakeLimits::default())
+                        .await
+                        .unwrap();
                     let _ = tx.send(());
                     drop(conn);
                 });
@@ -88,26 +127,35 @@ fn setup(c: &mut Criterion) {
     });
     let expected = Some(server_id.key());
     for cached in [true, false] {
-    let name = if cached { "sremp_tcp" } else { "sremp_tcp_uncached" };
-    g.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = std::time::Instant::now();
-                for _ in 0..iters {
-                    if !cached {
-                        sremp::identity::verified_cache::clear();
-                    }
-                    let conn = TcpConnection::connect(&addr, &client_id, expected, HandshakeLimits::default())
+        let name = if cached {
+            "sremp_tcp"
+        } else {
+            "sremp_tcp_uncached"
+        };
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        if !cached {
+                            sremp::identity::verified_cache::clear();
+                        }
+                        let conn = TcpConnection::connect(
+                            &addr,
+                            &client_id,
+                            expected,
+                            HandshakeLimits::default(),
+                        )
                         .await
                         .unwrap();
-                    // Wait until the server side has verified us too.
-                    done_rx.recv().await.unwrap();
-                    drop(conn);
-                }
-                start.elapsed()
+                        // Wait until the server side has verified us too.
+                        done_rx.recv().await.unwrap();
+                        drop(conn);
+                    }
+                    start.elapsed()
+                })
             })
-        })
-    });
+        });
     }
     g.finish();
 }
@@ -119,7 +167,9 @@ fn frames(c: &mut Criterion) {
 
     // Raw snow transport over plain TCP.
     let params: snow::params::NoiseParams = sremp::noise::PATTERN.parse().unwrap();
-    let ki = snow::Builder::new(params.clone()).generate_keypair().unwrap();
+    let ki = snow::Builder::new(params.clone())
+        .generate_keypair()
+        .unwrap();
     let kr = snow::Builder::new(params).generate_keypair().unwrap();
     let (mut ti, tr) = snow_handshake(&(ki.private, kr.private));
     let (mut raw_w, ack_rx) = rt.block_on(async move {
@@ -135,7 +185,9 @@ fn frames(c: &mut Criterion) {
             let mut out = vec![0u8; 65_535];
             loop {
                 for _ in 0..FRAMES {
-                    if s.read_exact(&mut len).await.is_err() { return; }
+                    if s.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
                     let n = u16::from_be_bytes(len) as usize;
                     s.read_exact(&mut buf[..n]).await.unwrap();
                     tr.read_message(&buf[..n], &mut out).unwrap();
@@ -176,19 +228,31 @@ fn frames(c: &mut Criterion) {
         let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
-            let mut conn = TcpConnection::accept(s, &bsrv, HandshakeLimits::default()).await.unwrap();
+            let mut conn = TcpConnection::accept(s, &bsrv, HandshakeLimits::default())
+                .await
+                .unwrap();
             loop {
                 for _ in 0..FRAMES {
-                    if conn.recv().await.is_err() { return; }
+                    if conn.recv().await.is_err() {
+                        return;
+                    }
                 }
                 let _ = ack_tx.send(());
             }
         });
-        let conn = TcpConnection::connect(&addr, &a, None, HandshakeLimits::default()).await.unwrap();
+        let conn = TcpConnection::connect(&addr, &a, None, HandshakeLimits::default())
+            .await
+            .unwrap();
         (conn, ack_rx)
     });
-    let env = Envelope::DirectMessage(DirectMessage { message_id: 1, blob: vec![0x5a; BLOB] });
-    assert!(env.encode().len() <= sremp::wire::MAX_NOISE_PLAINTEXT, "one frame per envelope");
+    let env = Envelope::DirectMessage(DirectMessage {
+        message_id: 1,
+        blob: vec![0x5a; BLOB],
+    });
+    assert!(
+        env.encode().len() <= sremp::wire::MAX_NOISE_PLAINTEXT,
+        "one frame per envelope"
+    );
     let mut sremp_ack = sremp_ack;
     g.bench_function("sremp", |b| {
         b.iter_custom(|iters| {

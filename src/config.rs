@@ -176,8 +176,7 @@ pub fn parse_relay_hint(s: &str) -> Result<crate::wire::rendezvous::RelayHint, C
     let (key, ep) = s
         .split_once('@')
         .ok_or_else(|| bad(format!("{s}: expected <relay id>@host:port")))?;
-    let key: crate::identity::IdentityKey =
-        key.parse().map_err(|e| bad(format!("{s}: {e}")))?;
+    let key: crate::identity::IdentityKey = key.parse().map_err(|e| bad(format!("{s}: {e}")))?;
     let endpoint: crate::wire::Endpoint = ep.parse().map_err(|e| bad(format!("{s}: {e}")))?;
     Ok(crate::wire::rendezvous::RelayHint {
         endpoint,
@@ -186,7 +185,7 @@ pub fn parse_relay_hint(s: &str) -> Result<crate::wire::rendezvous::RelayHint, C
 }
 
 /// The whole `node-config.toml`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the identity, database and control socket live. Default: `$SREMP_DATA_DIR`, else
@@ -205,20 +204,6 @@ pub struct Config {
     pub relay: crate::relay::RelayConfig,
     /// Rendezvous servers to use and, in `[rendezvous.server]`, `sremp rendezvous` settings.
     pub rendezvous: crate::rendezvous::RendezvousConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            data_dir: None,
-            username: None,
-            log: LogConfig::default(),
-            listen: ListenConfig::default(),
-            node: NodeConfig::default(),
-            relay: crate::relay::RelayConfig::default(),
-            rendezvous: crate::rendezvous::RendezvousConfig::default(),
-        }
-    }
 }
 
 impl Config {
@@ -257,10 +242,11 @@ impl Config {
             });
         }
         for a in &self.listen.advertise {
-            a.parse::<crate::wire::Endpoint>().map_err(|e| ConfigError::Value {
-                key: "listen.advertise",
-                why: format!("{a}: {e}"),
-            })?;
+            a.parse::<crate::wire::Endpoint>()
+                .map_err(|e| ConfigError::Value {
+                    key: "listen.advertise",
+                    why: format!("{a}: {e}"),
+                })?;
         }
         self.node.relay_hints()?;
         if self.node.direct_timeout_ms == 0 || self.node.ack_timeout_ms == 0 {
@@ -287,7 +273,11 @@ impl Config {
     pub fn username(&self) -> String {
         self.username
             .clone()
-            .or_else(|| std::env::var("USER").ok().filter(|u| crate::identity::Username::new(u.clone()).is_ok()))
+            .or_else(|| {
+                std::env::var("USER")
+                    .ok()
+                    .filter(|u| crate::identity::Username::new(u.clone()).is_ok())
+            })
             .unwrap_or_else(|| "sremp-user".into())
     }
 }
@@ -331,7 +321,10 @@ mod tests {
 
     #[test]
     fn typos_and_bad_values_are_refused() {
-        assert!(matches!(Config::parse("lisen = 1", Path::new("x")), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            Config::parse("lisen = 1", Path::new("x")),
+            Err(ConfigError::Parse { .. })
+        ));
         assert!(matches!(
             Config::parse("[listen]\nmax_connections = 0", Path::new("x")),
             Err(ConfigError::Value { .. })

@@ -52,4 +52,3 @@ pub enum Error {
         source: std::io::Error,
     },
 }
-

@@ -35,15 +35,30 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
         Command::Init { username } => {
             let dir = cfg.data_dir();
             if UserIdentity::exists(&dir) {
-                return Err(sremp::identity::keys::KeyFileError::AlreadyExists(UserIdentity::path(&dir)).into());
+                return Err(sremp::identity::keys::KeyFileError::AlreadyExists(
+                    UserIdentity::path(&dir),
+                )
+                .into());
             }
-            let user = UserIdentity::generate(&username, Flags::default(), Timestamp::now(), &mut rand::rngs::OsRng)?;
+            let user = UserIdentity::generate(
+                &username,
+                Flags::default(),
+                Timestamp::now(),
+                &mut rand::rngs::OsRng,
+            )?;
             sremp::node::create_private_dir(&dir)?;
             user.create_file(&dir)?;
             if cli.global.json {
-                println!("{}", serde_json::json!({ "id": user.key().to_string(), "data_dir": dir }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "id": user.key().to_string(), "data_dir": dir })
+                );
             } else {
-                println!("created identity {} for {}", user.key(), user.identity().username());
+                println!(
+                    "created identity {} for {}",
+                    user.key(),
+                    user.identity().username()
+                );
                 println!("data directory: {}", dir.display());
             }
             Ok(())
@@ -57,7 +72,11 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
             let endpoints = if cfg.listen.advertise.is_empty() {
                 vec![sremp::wire::Endpoint::from_socket_addr(cfg.listen.address)]
             } else {
-                cfg.listen.advertise.iter().filter_map(|a| a.parse().ok()).collect()
+                cfg.listen
+                    .advertise
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect()
             };
             let card = ContactCard {
                 identity: user.identity().clone(),
@@ -90,7 +109,10 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
         Command::Relay => sremp::relay::run_cli(&cfg),
         Command::Rendezvous => sremp::rendezvous::run_cli(&cfg),
         Command::Certs { out, name } => sremp::rendezvous::run_certs_cli(&out, &name),
-        cmd @ (Command::Contacts { .. } | Command::Send { .. } | Command::Messages { .. } | Command::Status) => {
+        cmd @ (Command::Contacts { .. }
+        | Command::Send { .. }
+        | Command::Messages { .. }
+        | Command::Status) => {
             sremp::node::control::run_cli(&cfg, &cli.global, cmd).map_err(Into::into)
         }
         Command::Run => {
@@ -98,7 +120,10 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
-                .map_err(|source| sremp::Error::Io { context: "starting the runtime".into(), source })?;
+                .map_err(|source| sremp::Error::Io {
+                    context: "starting the runtime".into(),
+                    source,
+                })?;
             rt.block_on(async {
                 let node = sremp::node::Node::start(&cfg).await?;
                 wait_for_signal().await;

@@ -123,6 +123,9 @@ mod tests {
                 assert_eq!(verify(&vk, ctx, &[b"abc"], &sig), Err(BadSignature));
             }
         }
-        assert_eq!(verify(&vk, SigContext::RelayAuth, &[b"abd"], &sig), Err(BadSignature));
+        assert_eq!(
+            verify(&vk, SigContext::RelayAuth, &[b"abd"], &sig),
+            Err(BadSignature)
+        );
     }
 }

@@ -1,4 +1,5 @@
 //! The real binary: `sremp init`, `sremp id`, and `sremp run` serving Noise connections.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -7,7 +8,11 @@ use std::process::Command;
 use std::time::Duration;
 
 fn sremp(args: &[&str]) -> std::process::Output {
-    Command::new(bin()).args(args).env_remove("RUST_LOG").output().unwrap()
+    Command::new(bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -16,13 +21,21 @@ fn init_refuses_to_overwrite_and_keys_are_private() {
     let d = dir.path().join("alice");
     let d = d.to_str().unwrap();
     let first = sremp(&["init", "--data-dir", d, "--username", "alice"]);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let key_file = std::path::Path::new(d).join("identity.key");
     let before = std::fs::read(&key_file).unwrap();
     let second = sremp(&["init", "--data-dir", d, "--username", "mallory"]);
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("already exists"));
-    assert_eq!(std::fs::read(&key_file).unwrap(), before, "key file was modified");
+    assert_eq!(
+        std::fs::read(&key_file).unwrap(),
+        before,
+        "key file was modified"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -47,7 +60,9 @@ fn bad_usernames_are_refused() {
 fn id_prints_contact_id_and_a_card_that_parses() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    assert!(sremp(&["init", "--data-dir", d, "--username", "bob"]).status.success());
+    assert!(sremp(&["init", "--data-dir", d, "--username", "bob"])
+        .status
+        .success());
     let out = sremp(&["id", "--data-dir", d, "--json"]);
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -76,7 +91,10 @@ fn run_creates_identity_serves_noise_and_logs_bad_peers() {
     let addr = node
         .wait_for_field("node listening", "listen", Duration::from_secs(20))
         .unwrap_or_else(|| panic!("node did not start:\n{}", node.log()));
-    assert!(dir.path().join("data/identity.key").exists(), "identity created on first start");
+    assert!(
+        dir.path().join("data/identity.key").exists(),
+        "identity created on first start"
+    );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -113,5 +131,9 @@ fn run_creates_identity_serves_noise_and_logs_bad_peers() {
         assert_eq!(conn.peer.username().as_str(), "tester");
     });
     let line = node.wait_for_line("not a SREMP peer", Duration::from_secs(5));
-    assert!(line.is_some(), "no clear log line for the garbage peer:\n{}", node.log());
+    assert!(
+        line.is_some(),
+        "no clear log line for the garbage peer:\n{}",
+        node.log()
+    );
 }

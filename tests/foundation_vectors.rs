@@ -3,9 +3,12 @@
 //! Every value is recomputed from the secrets in the file and compared byte for byte. Run with
 //! `SREMP_REGEN_VECTORS=1` to rewrite the files after an intentional wire change (and update
 //! docs/PROTOCOL.md with it).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::{json, Value};
-use sremp::identity::{Flags, Identity, IdentityKey, IdentityVerifiedData, NoiseKey, UserIdentity, Username};
+use sremp::identity::{
+    Flags, Identity, IdentityKey, IdentityVerifiedData, NoiseKey, UserIdentity, Username,
+};
 use sremp::noise::{prologue, Handshake};
 use sremp::sig::SigContext;
 use sremp::time::Timestamp;
@@ -15,7 +18,9 @@ use sremp::wire::{Envelope, Version, VersionHeader};
 use std::path::PathBuf;
 
 fn path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors")
+        .join(name)
 }
 
 /// Compares `computed` with the stored vector, or writes it when regenerating.
@@ -26,8 +31,14 @@ fn check(name: &str, computed: Value) {
         std::fs::write(&p, serde_json::to_string_pretty(&computed).unwrap() + "\n").unwrap();
         return;
     }
-    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap();
-    assert_eq!(stored, computed, "vector {name} no longer matches the implementation");
+    let stored: Value = serde_json::from_str(
+        &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .unwrap();
+    assert_eq!(
+        stored, computed,
+        "vector {name} no longer matches the implementation"
+    );
 }
 
 fn user(seed: u8, noise: u8, name: &str) -> UserIdentity {
@@ -37,7 +48,10 @@ fn user(seed: u8, noise: u8, name: &str) -> UserIdentity {
         username: Username::new(name).unwrap(),
         identity_key: IdentityKey(sk.verifying_key().to_bytes()),
         noise_key: NoiseKey(x25519_dalek::PublicKey::from(&ns).to_bytes()),
-        flags: Flags { uses_relay: true, ..Flags::default() },
+        flags: Flags {
+            uses_relay: true,
+            ..Flags::default()
+        },
         extensions: None,
         version: 1,
         created: Timestamp(1_767_225_600_000),
@@ -89,11 +103,17 @@ fn version_header_vector() {
 fn handshake_vector() {
     let alice = user(0x11, 0x22, "alice");
     let bob = user(0x33, 0x44, "bob");
-    let p = prologue(VersionHeader(Version::CURRENT), VersionHeader(Version::CURRENT));
+    let p = prologue(
+        VersionHeader(Version::CURRENT),
+        VersionHeader(Version::CURRENT),
+    );
     let ei = [0x55u8; 32];
     let er = [0x66u8; 32];
-    let mut i = Handshake::with_fixed_ephemeral_for_testing_only(&alice, &p, Some(bob.key()), true, &ei).unwrap();
-    let mut r = Handshake::with_fixed_ephemeral_for_testing_only(&bob, &p, None, false, &er).unwrap();
+    let mut i =
+        Handshake::with_fixed_ephemeral_for_testing_only(&alice, &p, Some(bob.key()), true, &ei)
+            .unwrap();
+    let mut r =
+        Handshake::with_fixed_ephemeral_for_testing_only(&bob, &p, None, false, &er).unwrap();
     let m1 = i.write_message().unwrap();
     r.read_message(&m1).unwrap();
     let m2 = r.write_message().unwrap();
@@ -106,10 +126,16 @@ fn handshake_vector() {
     let (_, mut rrecv, peer_a) = r.finish().unwrap();
     assert_eq!(peer_b.key(), bob.key());
     assert_eq!(peer_a.key(), alice.key());
-    let env = Envelope::DirectMessage(DirectMessage { message_id: 7, blob: b"hello bob".to_vec() });
+    let env = Envelope::DirectMessage(DirectMessage {
+        message_id: 7,
+        blob: b"hello bob".to_vec(),
+    });
     let mut frame = Vec::new();
     isend.seal(&env, &mut frame).unwrap();
-    let got = rrecv.open(&frame[2..], std::time::Instant::now()).unwrap().unwrap();
+    let got = rrecv
+        .open(&frame[2..], std::time::Instant::now())
+        .unwrap()
+        .unwrap();
     assert_eq!(got, env);
     check(
         "handshake_xx.json",
@@ -142,7 +168,10 @@ fn handshake_vector() {
 fn chunk_vector() {
     // A DirectMessage whose blob is bytes (i mod 251) for i in 0..70000: too large for one frame.
     let blob: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
-    let env = Envelope::DirectMessage(DirectMessage { message_id: 1, blob });
+    let env = Envelope::DirectMessage(DirectMessage {
+        message_id: 1,
+        blob,
+    });
     let encoded = env.encode();
     let chunks: Vec<Value> = split(9, &encoded)
         .map(|c| {

@@ -1,6 +1,7 @@
 //! `scripts/localnet.sh`: up 2 (rendezvous, relay, two nodes), the demo (direct and relay
 //! paths), and down, with the binary under test. Skips when bash is not available. Loopback
 //! only; every step has a deadline and `down` runs even when a step fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Two in-process nodes and a relay: direct delivery, relay fallback (dead endpoint, tarpit),
 //! offline recipients, rejected contacts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use sremp::config::Config;
 use sremp::identity::{Trust, UserIdentity};
@@ -19,7 +20,13 @@ struct TestRelay {
 
 async fn start_relay(dir: &Path) -> TestRelay {
     let me = Arc::new(
-        UserIdentity::generate("relay", Default::default(), sremp::time::Timestamp(1), &mut rand::rngs::OsRng).unwrap(),
+        UserIdentity::generate(
+            "relay",
+            Default::default(),
+            sremp::time::Timestamp(1),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap(),
     );
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("relay-db")).unwrap());
     let relay = Relay::start(
@@ -38,15 +45,28 @@ async fn start_relay(dir: &Path) -> TestRelay {
     let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let key = me.key();
-    tokio::spawn(listener::serve(l, me, ListenerConfig::default(), rx, move |conn, _| {
-        let r = relay.clone();
-        async move { r.serve_connection(conn, None).await }
-    }));
-    TestRelay { hint: format!("{key}@{addr}"), _stop: tx }
+    tokio::spawn(listener::serve(
+        l,
+        me,
+        ListenerConfig::default(),
+        rx,
+        move |conn, _| {
+            let r = relay.clone();
+            async move { r.serve_connection(conn, None).await }
+        },
+    ));
+    TestRelay {
+        hint: format!("{key}@{addr}"),
+        _stop: tx,
+    }
 }
 
 fn config(dir: &Path, name: &str, extra_listen: &str, relays: &[&str], port: u16) -> Config {
-    let relays = relays.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(",");
+    let relays = relays
+        .iter()
+        .map(|r| format!("\"{r}\""))
+        .collect::<Vec<_>>()
+        .join(",");
     let text = format!(
         "data_dir = \"{}\"\nusername = \"{name}\"\n[listen]\naddress = \"127.0.0.1:{port}\"\n{extra_listen}\n[node]\nrelays = [{relays}]\ndirect_timeout_ms = 1000\nack_timeout_ms = 3000\nretry_initial_ms = 100\nretry_max_ms = 400\n",
         dir.join(name).display()
@@ -54,14 +74,22 @@ fn config(dir: &Path, name: &str, extra_listen: &str, relays: &[&str], port: u16
     Config::parse(&text, Path::new("test")).unwrap()
 }
 
-async fn wait_for<F: Fn(&[HistoryEntry]) -> bool>(node: &Node, what: &str, timeout: Duration, f: F) -> Vec<HistoryEntry> {
+async fn wait_for<F: Fn(&[HistoryEntry]) -> bool>(
+    node: &Node,
+    what: &str,
+    timeout: Duration,
+    f: F,
+) -> Vec<HistoryEntry> {
     let deadline = Instant::now() + timeout;
     loop {
         let h = node.messages(None, 1000).unwrap();
         if f(&h) {
             return h;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {h:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {h:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -72,20 +100,33 @@ fn exchange(a: &NodeHandle, b: &NodeHandle) {
 }
 
 fn received<'a>(h: &'a [HistoryEntry], text: &str) -> Vec<&'a HistoryEntry> {
-    h.iter().filter(|e| e.direction == Direction::In && e.text == text).collect()
+    h.iter()
+        .filter(|e| e.direction == Direction::In && e.text == text)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_delivery_both_ways() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Node::start(&config(dir.path(), "alice", "", &[], 0)).await.unwrap();
-    let b = Node::start(&config(dir.path(), "bob", "", &[], 0)).await.unwrap();
+    let a = Node::start(&config(dir.path(), "alice", "", &[], 0))
+        .await
+        .unwrap();
+    let b = Node::start(&config(dir.path(), "bob", "", &[], 0))
+        .await
+        .unwrap();
     exchange(&a, &b);
     let sent = a.node.send("bob", "hello bob").await.unwrap();
     assert_eq!(sent.status, Status::Queued);
-    let done = a.node.wait_delivered(&sent.id, Duration::from_secs(10)).await.unwrap();
+    let done = a
+        .node
+        .wait_delivered(&sent.id, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(done.path, Some(DeliveryPath::Direct));
-    let h = wait_for(&b.node, "bob receives", Duration::from_secs(10), |h| !received(h, "hello bob").is_empty()).await;
+    let h = wait_for(&b.node, "bob receives", Duration::from_secs(10), |h| {
+        !received(h, "hello bob").is_empty()
+    })
+    .await;
     let got = received(&h, "hello bob");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].id, sent.id);
@@ -108,15 +149,39 @@ async fn dead_endpoint_goes_through_the_relay() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(dir.path()).await;
     // Bob advertises a loopback port where nothing listens.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let a = Node::start(&config(dir.path(), "alice", "", &[], 0)).await.unwrap();
-    let b = Node::start(&config(dir.path(), "bob", &format!("advertise = [\"{dead}\"]"), &[&relay.hint], 0)).await.unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let a = Node::start(&config(dir.path(), "alice", "", &[], 0))
+        .await
+        .unwrap();
+    let b = Node::start(&config(
+        dir.path(),
+        "bob",
+        &format!("advertise = [\"{dead}\"]"),
+        &[&relay.hint],
+        0,
+    ))
+    .await
+    .unwrap();
     exchange(&a, &b);
     let sent = a.node.send("bob", "via relay").await.unwrap();
-    let h = wait_for(&b.node, "bob receives", Duration::from_secs(10), |h| !received(h, "via relay").is_empty()).await;
+    let h = wait_for(&b.node, "bob receives", Duration::from_secs(10), |h| {
+        !received(h, "via relay").is_empty()
+    })
+    .await;
     assert_eq!(received(&h, "via relay")[0].path, Some(DeliveryPath::Relay));
-    let done = a.node.wait_delivered(&sent.id, Duration::from_secs(10)).await.unwrap();
-    assert_eq!(done.path, Some(DeliveryPath::Relay), "first accepted by the relay");
+    let done = a
+        .node
+        .wait_delivered(&sent.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.path,
+        Some(DeliveryPath::Relay),
+        "first accepted by the relay"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -134,16 +199,33 @@ async fn tarpit_endpoint_goes_through_the_relay_quickly() {
             held.push(s);
         }
     });
-    let a = Node::start(&config(dir.path(), "alice", "", &[], 0)).await.unwrap();
-    let b = Node::start(&config(dir.path(), "bob", &format!("advertise = [\"{tarpit_addr}\"]"), &[&relay.hint], 0)).await.unwrap();
+    let a = Node::start(&config(dir.path(), "alice", "", &[], 0))
+        .await
+        .unwrap();
+    let b = Node::start(&config(
+        dir.path(),
+        "bob",
+        &format!("advertise = [\"{tarpit_addr}\"]"),
+        &[&relay.hint],
+        0,
+    ))
+    .await
+    .unwrap();
     exchange(&a, &b);
     // Let bob's collector register at the relay so the push is immediate.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start = Instant::now();
     a.node.send("bob", "past the tarpit").await.unwrap();
-    wait_for(&b.node, "bob receives", Duration::from_secs(10), |h| !received(h, "past the tarpit").is_empty()).await;
+    wait_for(&b.node, "bob receives", Duration::from_secs(10), |h| {
+        !received(h, "past the tarpit").is_empty()
+    })
+    .await;
     // Well within the 1 s direct deadline: the relay attempt never waited for the direct one.
-    assert!(start.elapsed() < Duration::from_millis(900), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "took {:?}",
+        start.elapsed()
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -151,18 +233,40 @@ async fn tarpit_endpoint_goes_through_the_relay_quickly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_recipient_gets_it_when_it_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let a = Node::start(&config(dir.path(), "alice", "", &[], 0)).await.unwrap();
-    let b = Node::start(&config(dir.path(), "bob", "", &[], port)).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let a = Node::start(&config(dir.path(), "alice", "", &[], 0))
+        .await
+        .unwrap();
+    let b = Node::start(&config(dir.path(), "bob", "", &[], port))
+        .await
+        .unwrap();
     exchange(&a, &b);
     b.shutdown().await;
     let sent = a.node.send("bob", "while you were out").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let queued = a.node.messages(None, 10).unwrap();
-    assert_eq!(queued.iter().find(|e| e.id == sent.id).unwrap().status, Status::Queued);
-    let b = Node::start(&config(dir.path(), "bob", "", &[], port)).await.unwrap();
-    wait_for(&b.node, "bob receives after restart", Duration::from_secs(10), |h| received(h, "while you were out").len() == 1).await;
-    a.node.wait_delivered(&sent.id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        queued.iter().find(|e| e.id == sent.id).unwrap().status,
+        Status::Queued
+    );
+    let b = Node::start(&config(dir.path(), "bob", "", &[], port))
+        .await
+        .unwrap();
+    wait_for(
+        &b.node,
+        "bob receives after restart",
+        Duration::from_secs(10),
+        |h| received(h, "while you were out").len() == 1,
+    )
+    .await;
+    a.node
+        .wait_delivered(&sent.id, Duration::from_secs(10))
+        .await
+        .unwrap();
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -170,15 +274,25 @@ async fn offline_recipient_gets_it_when_it_starts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_contacts_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Node::start(&config(dir.path(), "alice", "", &[], 0)).await.unwrap();
-    let b = Node::start(&config(dir.path(), "bob", "", &[], 0)).await.unwrap();
+    let a = Node::start(&config(dir.path(), "alice", "", &[], 0))
+        .await
+        .unwrap();
+    let b = Node::start(&config(dir.path(), "bob", "", &[], 0))
+        .await
+        .unwrap();
     exchange(&a, &b);
     b.node.set_trust("alice", Trust::Rejected).unwrap();
     let sent = a.node.send("bob", "let me in").await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(received(&b.node.messages(None, 100).unwrap(), "let me in").is_empty());
     assert_ne!(
-        a.node.messages(None, 10).unwrap().iter().find(|e| e.id == sent.id).unwrap().status,
+        a.node
+            .messages(None, 10)
+            .unwrap()
+            .iter()
+            .find(|e| e.id == sent.id)
+            .unwrap()
+            .status,
         Status::Delivered
     );
     // Bob cannot send to a contact he rejected either.

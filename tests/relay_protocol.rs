@@ -471,7 +471,10 @@ async fn integrated_relay_serves_only_its_owner() {
     let e = ca.retrieve(None, None, 0).await.unwrap_err();
     assert_eq!(e.code(), Some(RelayErrorCode::Unauthorized));
     // Alice has used her burst: the next request is limited.
-    let e = ca.store(owner.key(), b"again".to_vec(), 3).await.unwrap_err();
+    let e = ca
+        .store(owner.key(), b"again".to_vec(), 3)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(RelayErrorCode::RateLimited));
     let (co, _) = r.client(&owner).await;
     let got = co.retrieve_all(2).await.unwrap();
@@ -544,7 +547,7 @@ impl Store for FailingStore {
         self.check()?;
         self.inner.scan(tree, prefix, after, limit)
     }
-    fn last(&self, tree: Tree, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, tree: Tree, prefix: &[u8]) -> Result<Option<sremp::store::Entry>, StoreError> {
         self.check()?;
         self.inner.last(tree, prefix)
     }
@@ -632,6 +635,10 @@ async fn many_concurrent_senders_one_recipient() {
     // Whether stores share flushes here depends on timing (in a debug build signature checks,
     // not flushes, pace the senders); sharing itself is asserted deterministically by the
     // store's unit test `concurrent_stores_share_flushes`.
-    assert!(s.flushes <= 500, "at most one flush per store: {} flushes", s.flushes);
+    assert!(
+        s.flushes <= 500,
+        "at most one flush per store: {} flushes",
+        s.flushes
+    );
     r.stop().await;
 }

@@ -52,7 +52,9 @@ impl ContactCard {
             .map_err(|_| IdentityError::Invalid("contact card is not valid base64url"))?;
         let card: ContactCard = msgpack::decode(&bytes)?;
         if card.endpoints.len() > MAX_CARD_ENTRIES || card.relays.len() > MAX_CARD_ENTRIES {
-            return Err(IdentityError::Invalid("too many endpoints or relays on the card"));
+            return Err(IdentityError::Invalid(
+                "too many endpoints or relays on the card",
+            ));
         }
         Ok(card)
     }
@@ -76,8 +78,13 @@ mod tests {
 
     #[test]
     fn card_round_trip_and_rejects_garbage() {
-        let u = UserIdentity::generate("carol", Flags::default(), Timestamp(1), &mut rand::rngs::OsRng)
-            .unwrap();
+        let u = UserIdentity::generate(
+            "carol",
+            Flags::default(),
+            Timestamp(1),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
         let card = ContactCard {
             identity: u.identity().clone(),
             endpoints: vec!["127.0.0.1:4000".parse().unwrap()],

@@ -102,7 +102,11 @@ impl Observation {
 }
 
 /// The TOFU rule. `existing` must be the contact pinned for `incoming.key()`, if any.
-pub fn observe(existing: Option<&ContactIdentity>, incoming: &Identity, now: Timestamp) -> Observation {
+pub fn observe(
+    existing: Option<&ContactIdentity>,
+    incoming: &Identity,
+    now: Timestamp,
+) -> Observation {
     let Some(c) = existing else {
         return Observation::New(ContactIdentity {
             identity: incoming.clone(),
@@ -183,7 +187,11 @@ impl ContactBook {
     }
 
     /// Applies the TOFU rule to `incoming` and persists the result (durably).
-    pub fn observe(&self, incoming: &Identity, now: Timestamp) -> Result<Observation, ContactError> {
+    pub fn observe(
+        &self,
+        incoming: &Identity,
+        now: Timestamp,
+    ) -> Result<Observation, ContactError> {
         let existing = self.get(&incoming.key())?;
         let obs = observe(existing.as_ref(), incoming, now);
         match &obs {
@@ -217,7 +225,11 @@ impl ContactBook {
     }
 
     /// Sets the user's trust in a contact.
-    pub fn set_trust(&self, key: &IdentityKey, trust: Trust) -> Result<ContactIdentity, ContactError> {
+    pub fn set_trust(
+        &self,
+        key: &IdentityKey,
+        trust: Trust,
+    ) -> Result<ContactIdentity, ContactError> {
         let mut c = self.get(key)?.ok_or(ContactError::Unknown(*key))?;
         c.trust = trust;
         self.put(&c)?;
@@ -226,7 +238,11 @@ impl ContactBook {
 
     fn put(&self, c: &ContactIdentity) -> Result<(), ContactError> {
         let mut b = Batch::new();
-        b.put(Tree::Contacts, c.identity.key().as_bytes().to_vec(), msgpack::encode(c));
+        b.put(
+            Tree::Contacts,
+            c.identity.key().as_bytes().to_vec(),
+            msgpack::encode(c),
+        );
         self.store.commit(b)?;
         Ok(())
     }
@@ -249,18 +265,36 @@ mod tests {
     fn tofu_rules() {
         let dir = tempfile::tempdir().unwrap();
         let book = ContactBook::new(Arc::new(SledStore::open(dir.path()).unwrap()));
-        let mut u = UserIdentity::generate("dave", Flags::default(), Timestamp(1), &mut rand::rngs::OsRng)
-            .unwrap();
+        let mut u = UserIdentity::generate(
+            "dave",
+            Flags::default(),
+            Timestamp(1),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
         let v1 = u.identity().clone();
-        assert!(matches!(book.observe(&v1, Timestamp(10)).unwrap(), Observation::New(_)));
-        assert!(matches!(book.observe(&v1, Timestamp(11)).unwrap(), Observation::Same(_)));
+        assert!(matches!(
+            book.observe(&v1, Timestamp(10)).unwrap(),
+            Observation::New(_)
+        ));
+        assert!(matches!(
+            book.observe(&v1, Timestamp(11)).unwrap(),
+            Observation::Same(_)
+        ));
         book.set_trust(&v1.key(), Trust::Trusted).unwrap();
         u.update(Some("david"), None, None, Timestamp(12)).unwrap();
         let v2 = u.identity().clone();
         let obs = book.observe(&v2, Timestamp(13)).unwrap();
         assert!(matches!(obs, Observation::Updated(_)));
-        assert_eq!(obs.contact().trust, Trust::Trusted, "trust survives updates");
-        assert!(matches!(book.observe(&v1, Timestamp(14)).unwrap(), Observation::Stale(_)));
+        assert_eq!(
+            obs.contact().trust,
+            Trust::Trusted,
+            "trust survives updates"
+        );
+        assert!(matches!(
+            book.observe(&v1, Timestamp(14)).unwrap(),
+            Observation::Stale(_)
+        ));
         let stored = book.get(&v1.key()).unwrap().unwrap();
         assert_eq!(stored.identity.version(), 2);
         assert_eq!(stored.first_seen, Timestamp(10));
@@ -273,15 +307,35 @@ mod tests {
             v1.clone(),
         )
         .unwrap();
-        fork.update(Some("evil twin"), None, None, Timestamp(15)).unwrap();
+        fork.update(Some("evil twin"), None, None, Timestamp(15))
+            .unwrap();
         assert_eq!(fork.identity().version(), 2);
-        assert!(matches!(book.observe(fork.identity(), Timestamp(16)).unwrap(), Observation::Conflict(_)));
-        assert_eq!(book.get(&v1.key()).unwrap().unwrap().identity.username().as_str(), "david");
+        assert!(matches!(
+            book.observe(fork.identity(), Timestamp(16)).unwrap(),
+            Observation::Conflict(_)
+        ));
+        assert_eq!(
+            book.get(&v1.key())
+                .unwrap()
+                .unwrap()
+                .identity
+                .username()
+                .as_str(),
+            "david"
+        );
 
         // Another key with the same username is another contact.
-        let other = UserIdentity::generate("david", Flags::default(), Timestamp(1), &mut rand::rngs::OsRng)
-            .unwrap();
-        assert!(matches!(book.observe(other.identity(), Timestamp(20)).unwrap(), Observation::New(_)));
+        let other = UserIdentity::generate(
+            "david",
+            Flags::default(),
+            Timestamp(1),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        assert!(matches!(
+            book.observe(other.identity(), Timestamp(20)).unwrap(),
+            Observation::New(_)
+        ));
         assert_eq!(book.list().unwrap().len(), 2);
         assert_eq!(book.get(&v1.key()).unwrap().unwrap().trust, Trust::Trusted);
     }

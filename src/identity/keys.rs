@@ -123,7 +123,9 @@ impl UserIdentity {
         if signing.verifying_key().to_bytes() != identity.key().0
             || x25519_dalek::PublicKey::from(&noise_secret).to_bytes() != identity.noise_key().0
         {
-            return Err(IdentityError::Invalid("identity does not match its private keys"));
+            return Err(IdentityError::Invalid(
+                "identity does not match its private keys",
+            ));
         }
         Ok(UserIdentity {
             identity,
@@ -188,7 +190,11 @@ impl UserIdentity {
         Ok(())
     }
 
-    fn resign(&mut self, mut data: IdentityVerifiedData, now: Timestamp) -> Result<(), IdentityError> {
+    fn resign(
+        &mut self,
+        mut data: IdentityVerifiedData,
+        now: Timestamp,
+    ) -> Result<(), IdentityError> {
         data.version = data
             .version
             .checked_add(1)
@@ -291,10 +297,13 @@ impl UserIdentity {
             path: path.clone(),
             source,
         })?);
-        let kf: KeyFile =
-            msgpack::decode(&bytes).map_err(|e| KeyFileError::Corrupt(path.clone(), e.to_string()))?;
+        let kf: KeyFile = msgpack::decode(&bytes)
+            .map_err(|e| KeyFileError::Corrupt(path.clone(), e.to_string()))?;
         if kf.format != 1 {
-            return Err(KeyFileError::Corrupt(path, format!("unknown format {}", kf.format)));
+            return Err(KeyFileError::Corrupt(
+                path,
+                format!("unknown format {}", kf.format),
+            ));
         }
         let identity = Identity::from_bytes(&kf.identity)?;
         UserIdentity::from_secrets(&kf.ed25519_seed, &kf.x25519_secret, identity)
@@ -328,8 +337,13 @@ mod tests {
     use super::*;
 
     fn user() -> UserIdentity {
-        UserIdentity::generate("bob", Flags::default(), Timestamp(5), &mut rand::rngs::OsRng)
-            .unwrap()
+        UserIdentity::generate(
+            "bob",
+            Flags::default(),
+            Timestamp(5),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -346,7 +360,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(UserIdentity::path(dir.path())).unwrap().permissions().mode();
+            let mode = std::fs::metadata(UserIdentity::path(dir.path()))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
             std::fs::set_permissions(
                 UserIdentity::path(dir.path()),
@@ -378,7 +395,8 @@ mod tests {
         u.update(Some("bobby"), None, None, Timestamp(10)).unwrap();
         assert_eq!(u.identity().version(), 2);
         assert_eq!(u.identity().data().created, Timestamp(10));
-        u.rotate_noise_key(Timestamp(11), &mut rand::rngs::OsRng).unwrap();
+        u.rotate_noise_key(Timestamp(11), &mut rand::rngs::OsRng)
+            .unwrap();
         assert_eq!(u.identity().version(), 3);
         assert_eq!(u.key(), key);
         assert_ne!(u.identity().noise_key(), old_noise);
@@ -392,6 +410,9 @@ mod tests {
         let mut f = open_private(&path).unwrap();
         f.write_all(b"\x94\x01garbage").unwrap();
         drop(f);
-        assert!(matches!(UserIdentity::load_file(dir.path()), Err(KeyFileError::Corrupt(..))));
+        assert!(matches!(
+            UserIdentity::load_file(dir.path()),
+            Err(KeyFileError::Corrupt(..))
+        ));
     }
 }

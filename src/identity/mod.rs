@@ -111,7 +111,11 @@ pub struct NoiseKey(#[serde(with = "crate::wire::bytes::fixed")] pub [u8; 32]);
 
 impl fmt::Debug for NoiseKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NoiseKey({})", hex::encode(self.0.get(..4).unwrap_or_default()))
+        write!(
+            f,
+            "NoiseKey({})",
+            hex::encode(self.0.get(..4).unwrap_or_default())
+        )
     }
 }
 
@@ -140,44 +144,44 @@ pub fn is_low_order_x25519(key: &[u8; 32]) -> bool {
 
 /// X25519 u-coordinates of small order (libsodium's blocklist).
 pub const LOW_ORDER_POINTS: [[u8; 32]; 7] = [
-        // 0 (order 4)
-        [0; 32],
-        // 1 (order 1)
-        [
-            1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            0, 0, 0,
-        ],
-        // order 8
-        [
-            0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f,
-            0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16,
-            0x5f, 0x49, 0xb8, 0x00,
-        ],
-        // order 8
-        [
-            0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83,
-            0xef, 0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd,
-            0xd0, 0x9f, 0x11, 0x57,
-        ],
-        // p - 1 (order 2)
-        [
-            0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0xff, 0xff, 0xff, 0x7f,
-        ],
-        // p (= 0, non-canonical)
-        [
-            0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0xff, 0xff, 0xff, 0x7f,
-        ],
-        // p + 1 (= 1, non-canonical)
-        [
-            0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0xff, 0xff, 0xff, 0x7f,
-        ],
-    ];
+    // 0 (order 4)
+    [0; 32],
+    // 1 (order 1)
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    // order 8
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    // order 8
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    // p - 1 (order 2)
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // p (= 0, non-canonical)
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // p + 1 (= 1, non-canonical)
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
 
 /// A validated username: 1 to 40 Unicode scalar values, no control characters.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -190,10 +194,14 @@ impl Username {
         let s = s.into();
         let n = s.chars().count();
         if n == 0 || n > MAX_USERNAME_CHARS {
-            return Err(IdentityError::Invalid("username must be 1 to 40 characters"));
+            return Err(IdentityError::Invalid(
+                "username must be 1 to 40 characters",
+            ));
         }
         if s.chars().any(char::is_control) {
-            return Err(IdentityError::Invalid("username must not contain control characters"));
+            return Err(IdentityError::Invalid(
+                "username must not contain control characters",
+            ));
         }
         Ok(Username(s))
     }
@@ -272,7 +280,11 @@ impl IdentityVerifiedData {
             return Err(IdentityError::WeakNoiseKey);
         }
         if let Some(ext) = &self.extensions {
-            if ext.profile_picture.as_ref().is_some_and(|p| p.len() > MAX_PICTURE) {
+            if ext
+                .profile_picture
+                .as_ref()
+                .is_some_and(|p| p.len() > MAX_PICTURE)
+            {
                 return Err(IdentityError::Invalid("profile picture too large"));
             }
             if let Some(meta) = &ext.additional_metadata {
@@ -317,7 +329,9 @@ impl Identity {
         key: &ed25519_dalek::SigningKey,
     ) -> Result<Identity, IdentityError> {
         if key.verifying_key().to_bytes() != data.identity_key.0 {
-            return Err(IdentityError::Invalid("signing key does not match identity_key"));
+            return Err(IdentityError::Invalid(
+                "signing key does not match identity_key",
+            ));
         }
         data.validate()?;
         let data_bytes = msgpack::encode(&data);
@@ -548,7 +562,8 @@ mod tests {
         let id = Identity::sign(data.clone(), &sk).unwrap();
         let other_noise =
             x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([3u8; 32]));
-        let variants: Vec<Box<dyn Fn(&mut IdentityVerifiedData)>> = vec![
+        type Tamper = Box<dyn Fn(&mut IdentityVerifiedData)>;
+        let variants: Vec<Tamper> = vec![
             Box::new(|d| d.username = Username::new("mallory").unwrap()),
             Box::new(move |d| d.noise_key = NoiseKey(other_noise.to_bytes())),
             Box::new(|d| d.flags.is_relay_server = true),
@@ -600,7 +615,10 @@ mod tests {
     fn weak_noise_keys_and_bad_usernames() {
         let (sk, mut data) = sample();
         data.noise_key = NoiseKey([0; 32]);
-        assert!(matches!(Identity::sign(data.clone(), &sk), Err(IdentityError::WeakNoiseKey)));
+        assert!(matches!(
+            Identity::sign(data.clone(), &sk),
+            Err(IdentityError::WeakNoiseKey)
+        ));
         assert!(Username::new("").is_err());
         assert!(Username::new("a".repeat(41)).is_err());
         assert!(Username::new("é".repeat(40)).is_ok());
@@ -613,7 +631,9 @@ mod tests {
         let s = x25519_dalek::StaticSecret::from([9u8; 32]);
         for k in LOW_ORDER_POINTS {
             assert!(is_low_order_x25519(&k));
-            assert!(!s.diffie_hellman(&x25519_dalek::PublicKey::from(k)).was_contributory());
+            assert!(!s
+                .diffie_hellman(&x25519_dalek::PublicKey::from(k))
+                .was_contributory());
         }
         let good = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([4u8; 32]));
         assert!(!is_low_order_x25519(good.as_bytes()));

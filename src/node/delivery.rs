@@ -27,7 +27,7 @@ use super::outbox::{self, OutboxEntry};
 use super::{commit, Inner, Node, NodeError};
 use crate::config::DeliveryMode;
 use crate::identity::{ContactIdentity, IdentityKey, Trust};
-use crate::ratchet::{PeerKeys, Payload};
+use crate::ratchet::{Payload, PeerKeys};
 use crate::relay::{RelayClient, RelayClientError, RelayEvent};
 use crate::time::Timestamp;
 use crate::wire::relay::DeliveryConfirmation;
@@ -201,7 +201,10 @@ pub(crate) async fn confirmed(node: &Node, client: &RelayClient, c: DeliveryConf
         return;
     }
     let peer = IdentityKey(c.delivered_to);
-    if upgrade(&node.inner, &peer, c.message_id, None).await.is_ok() {
+    if upgrade(&node.inner, &peer, c.message_id, None)
+        .await
+        .is_ok()
+    {
         let _ = client.ack_confirmation(&c).await;
     }
 }
@@ -531,7 +534,9 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
     let stored = Some((Status::StoredAtRelay, DeliveryPath::Relay));
     match p {
         Plan::Wait => None,
-        Plan::DirectOnly => direct(node.clone(), e.clone(), endpoints).await.then_some(delivered)?,
+        Plan::DirectOnly => direct(node.clone(), e.clone(), endpoints)
+            .await
+            .then_some(delivered)?,
         Plan::RelayOnly => try_relay(node, e, &relays).await.then_some(stored)?,
         Plan::DirectThenRelay => {
             if direct(node.clone(), e.clone(), endpoints).await {
@@ -669,7 +674,10 @@ mod tests {
         use DeliveryMode::*;
         assert_eq!(plan(unproven, Race, true, true), Plan::Race);
         assert_eq!(plan(proven, Race, true, true), Plan::Hedge);
-        assert_eq!(plan(unproven, DirectFirst, true, true), Plan::DirectThenRelay);
+        assert_eq!(
+            plan(unproven, DirectFirst, true, true),
+            Plan::DirectThenRelay
+        );
         assert_eq!(plan(proven, DirectFirst, true, true), Plan::DirectThenRelay);
         assert_eq!(plan(unproven, Race, true, false), Plan::DirectOnly);
         assert_eq!(plan(unproven, Race, false, true), Plan::RelayOnly);

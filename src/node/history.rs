@@ -182,8 +182,16 @@ impl History {
         };
         let mut b = Batch::new();
         b.put(Tree::History, seq_key(seq), msgpack::encode(&entry));
-        b.put(Tree::History, index_key(direction, peer, id), seq.to_be_bytes().to_vec());
-        b.put(Tree::History, id_key(direction, id), seq.to_be_bytes().to_vec());
+        b.put(
+            Tree::History,
+            index_key(direction, peer, id),
+            seq.to_be_bytes().to_vec(),
+        );
+        b.put(
+            Tree::History,
+            id_key(direction, id),
+            seq.to_be_bytes().to_vec(),
+        );
         (entry, b)
     }
 
@@ -194,7 +202,10 @@ impl History {
         peer: &IdentityKey,
         id: u64,
     ) -> Result<Option<HistoryEntry>, StoreError> {
-        let Some(seq) = self.store.get(Tree::History, &index_key(direction, peer, id))? else {
+        let Some(seq) = self
+            .store
+            .get(Tree::History, &index_key(direction, peer, id))?
+        else {
             return Ok(None);
         };
         let seq = <[u8; 8]>::try_from(seq.as_slice())
@@ -204,7 +215,11 @@ impl History {
     }
 
     /// The most recent entry with this message id in `direction`, whoever the peer.
-    pub fn find_by_id(&self, direction: Direction, id: u64) -> Result<Option<HistoryEntry>, StoreError> {
+    pub fn find_by_id(
+        &self,
+        direction: Direction,
+        id: u64,
+    ) -> Result<Option<HistoryEntry>, StoreError> {
         let Some(seq) = self.store.get(Tree::History, &id_key(direction, id))? else {
             return Ok(None);
         };
@@ -252,20 +267,46 @@ mod tests {
         let h = History::open(store.clone()).unwrap();
         let peer = IdentityKey([9; 32]);
         for i in 0..5u64 {
-            let (_, b) = h.record(Direction::Out, &peer, None, i, format!("m{i}"), Timestamp(1), Timestamp(2), Status::Queued, None);
+            let (_, b) = h.record(
+                Direction::Out,
+                &peer,
+                None,
+                i,
+                format!("m{i}"),
+                Timestamp(1),
+                Timestamp(2),
+                Status::Queued,
+                None,
+            );
             store.commit(b).unwrap();
         }
         let mut e = h.find(Direction::Out, &peer, 3).unwrap().unwrap();
         assert_eq!(e.text, "m3");
         e.status = Status::Delivered;
         store.commit(h.update(&e)).unwrap();
-        assert_eq!(h.find(Direction::Out, &peer, 3).unwrap().unwrap().status, Status::Delivered);
+        assert_eq!(
+            h.find(Direction::Out, &peer, 3).unwrap().unwrap().status,
+            Status::Delivered
+        );
         assert!(h.find(Direction::In, &peer, 3).unwrap().is_none());
         let after2 = h.list(Some(2), 10).unwrap();
-        assert_eq!(after2.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            after2.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         drop(h);
         let h2 = History::open(store).unwrap();
-        let (e6, _) = h2.record(Direction::In, &peer, None, 9, "x".into(), Timestamp(1), Timestamp(2), Status::Received, None);
+        let (e6, _) = h2.record(
+            Direction::In,
+            &peer,
+            None,
+            9,
+            "x".into(),
+            Timestamp(1),
+            Timestamp(2),
+            Status::Received,
+            None,
+        );
         assert_eq!(e6.seq, 6);
         assert_eq!(parse_id(&format_id(0xabc)), Some(0xabc));
     }

@@ -35,8 +35,12 @@ pub enum Source {
 /// The address the node uses to reach its own listener.
 pub fn integrated_addr(local: SocketAddr) -> SocketAddr {
     match local.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, local.port())),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, local.port())),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, local.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, local.port()))
+        }
         _ => local,
     }
 }
@@ -57,7 +61,11 @@ pub(crate) async fn collect(node: Node, source: Source) {
             inner.me.key(),
             DeliveryPath::Direct,
         ),
-        Source::Home(h) => (h.endpoint.to_string(), IdentityKey(h.relay_key), DeliveryPath::Relay),
+        Source::Home(h) => (
+            h.endpoint.to_string(),
+            IdentityKey(h.relay_key),
+            DeliveryPath::Relay,
+        ),
     };
     let mut backoff = Duration::from_millis(200);
     let mut warned = false;
@@ -129,7 +137,12 @@ async fn drain(node: &Node, client: &RelayClient, path: DeliveryPath) -> bool {
 }
 
 /// Decrypts, records and confirms one stored message.
-pub(crate) async fn handle(node: &Node, client: &RelayClient, m: StoredMessage, path: DeliveryPath) {
+pub(crate) async fn handle(
+    node: &Node,
+    client: &RelayClient,
+    m: StoredMessage,
+    path: DeliveryPath,
+) {
     match receive(node, &m, path).await {
         Ok(()) => {
             if let Err(e) = client.confirm(IdentityKey(m.sender), m.message_id).await {
@@ -166,7 +179,9 @@ async fn receive(node: &Node, m: &StoredMessage, path: DeliveryPath) -> Result<(
             return Ok(());
         }
         Err(crate::ratchet::ReceiveError::Local(e)) => {
-            return Err(NodeError::Store(crate::store::StoreError::Io(e.to_string())))
+            return Err(NodeError::Store(crate::store::StoreError::Io(
+                e.to_string(),
+            )))
         }
     };
     if incoming.sender != m.sender {

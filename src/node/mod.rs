@@ -32,8 +32,7 @@ pub mod outbox;
 
 use crate::config::Config;
 use crate::identity::{
-    ContactBook, ContactCard, ContactIdentity, Flags, IdentityKey, Observation, Trust,
-    UserIdentity,
+    ContactBook, ContactCard, ContactIdentity, Flags, IdentityKey, Observation, Trust, UserIdentity,
 };
 use crate::noise::listener::{self, ListenerConfig};
 use crate::noise::stream::{HandshakeLimits, TcpConnection};
@@ -123,7 +122,9 @@ pub enum NodeError {
     #[error("timed out waiting for delivery of {0}")]
     Timeout(String),
     /// The contact presented a conflicting identity.
-    #[error("contact card conflicts with the pinned identity of {0} (same version, different contents)")]
+    #[error(
+        "contact card conflicts with the pinned identity of {0} (same version, different contents)"
+    )]
     Conflict(String),
     /// Local storage failed.
     #[error("storage: {0}")]
@@ -258,7 +259,10 @@ impl NodeHandle {
         let _ = self.shutdown.send(true);
         self.node.inner.wake.notify_waiters();
         for t in self.tasks {
-            if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+            {
                 tracing::warn!("a node task did not stop in time");
             }
         }
@@ -315,7 +319,9 @@ impl Node {
         let rendezvous = if cfg.rendezvous.servers.is_empty() {
             None
         } else {
-            Some(crate::rendezvous::client::RegistrarSettings::from_config(cfg)?)
+            Some(crate::rendezvous::client::RegistrarSettings::from_config(
+                cfg,
+            )?)
         };
         let identity = Arc::new(user);
         let relay = Relay::start(
@@ -528,7 +534,11 @@ impl Node {
     }
 
     /// Waits until the message `id` (16 hex) is delivered.
-    pub async fn wait_delivered(&self, id: &str, timeout: Duration) -> Result<HistoryEntry, NodeError> {
+    pub async fn wait_delivered(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<HistoryEntry, NodeError> {
         let mut rx = self.inner.events.subscribe();
         let num = history::parse_id(id).ok_or_else(|| NodeError::UnknownMessage(id.into()))?;
         let find = || -> Result<Option<HistoryEntry>, NodeError> {
@@ -543,7 +553,11 @@ impl Node {
         let wait = async {
             loop {
                 match rx.recv().await {
-                    Ok(e) if e.id == id && e.direction == Direction::Out && e.status == Status::Delivered => {
+                    Ok(e)
+                        if e.id == id
+                            && e.direction == Direction::Out
+                            && e.status == Status::Delivered =>
+                    {
                         return Ok(e)
                     }
                     Ok(_) => {}
@@ -554,7 +568,9 @@ impl Node {
                             }
                         }
                     }
-                    Err(broadcast::error::RecvError::Closed) => return Err(NodeError::ShuttingDown),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(NodeError::ShuttingDown)
+                    }
                 }
             }
         };
@@ -568,7 +584,11 @@ impl Node {
     }
 
     /// History entries after `after_seq`, oldest first.
-    pub fn messages(&self, after_seq: Option<u64>, limit: usize) -> Result<Vec<HistoryEntry>, NodeError> {
+    pub fn messages(
+        &self,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, NodeError> {
         Ok(self.inner.history.list(after_seq, limit)?)
     }
 
@@ -579,25 +599,36 @@ impl Node {
 
     /// The node's state.
     pub fn status(&self) -> NodeStatus {
-        let sources = self.inner.sources.lock().map(|s| s.clone()).unwrap_or_default();
+        let sources = self
+            .inner
+            .sources
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
         let me = self.inner.me.key();
         let integrated_ep = inbox::integrated_addr(self.inner.local_addr).to_string();
-        let (registered, known, error) = match self.inner.registrar.lock().ok().and_then(|r| r.clone()) {
-            Some(rx) => {
-                let s = rx.borrow().clone();
-                (
-                    s.registered.iter().map(|(e, _)| e.to_string()).collect(),
-                    s.known.iter().map(|e| e.to_string()).collect(),
-                    s.last_error.clone(),
-                )
-            }
-            None => (Vec::new(), Vec::new(), None),
-        };
+        let (registered, known, error) =
+            match self.inner.registrar.lock().ok().and_then(|r| r.clone()) {
+                Some(rx) => {
+                    let s = rx.borrow().clone();
+                    (
+                        s.registered.iter().map(|(e, _)| e.to_string()).collect(),
+                        s.known.iter().map(|e| e.to_string()).collect(),
+                        s.last_error.clone(),
+                    )
+                }
+                None => (Vec::new(), Vec::new(), None),
+            };
         NodeStatus {
             id: me.to_string(),
             username: self.inner.me.identity().username().to_string(),
             listen: self.inner.local_addr.to_string(),
-            advertised: self.inner.advertised.iter().map(|e| e.to_string()).collect(),
+            advertised: self
+                .inner
+                .advertised
+                .iter()
+                .map(|e| e.to_string())
+                .collect(),
             integrated_relay: RelayState {
                 connected: sources.get(&integrated_ep).copied().unwrap_or(false),
                 endpoint: integrated_ep,
@@ -610,7 +641,10 @@ impl Node {
                 .map(|h| RelayState {
                     endpoint: h.endpoint.to_string(),
                     id: IdentityKey(h.relay_key).to_string(),
-                    connected: sources.get(&h.endpoint.to_string()).copied().unwrap_or(false),
+                    connected: sources
+                        .get(&h.endpoint.to_string())
+                        .copied()
+                        .unwrap_or(false),
                 })
                 .collect(),
             rendezvous_registered: registered,

@@ -72,7 +72,10 @@ pub fn for_recipient(
 }
 
 /// Recipients with queued messages (at most `limit` distinct ones), and the total count seen.
-pub fn recipients(store: &dyn Store, limit: usize) -> Result<(BTreeSet<IdentityKey>, usize), StoreError> {
+pub fn recipients(
+    store: &dyn Store,
+    limit: usize,
+) -> Result<(BTreeSet<IdentityKey>, usize), StoreError> {
     let mut out = BTreeSet::new();
     let mut total = 0usize;
     let mut after: Option<Vec<u8>> = None;

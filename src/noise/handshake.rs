@@ -80,7 +80,10 @@ impl std::fmt::Debug for Handshake {
     }
 }
 
-fn builder<'a>(local: &'a [u8; 32], prologue: &'a [u8]) -> Result<snow::Builder<'a>, HandshakeError> {
+fn builder<'a>(
+    local: &'a [u8; 32],
+    prologue: &'a [u8],
+) -> Result<snow::Builder<'a>, HandshakeError> {
     let params: snow::params::NoiseParams = PATTERN.parse().map_err(|_| HandshakeError::Noise)?;
     snow::Builder::new(params)
         .local_private_key(local)
@@ -167,7 +170,11 @@ impl Handshake {
             return Err(HandshakeError::OutOfTurn);
         }
         // Message 1 carries nothing; messages 2 and 3 carry our identity.
-        let payload: &[u8] = if self.step == 0 { &[] } else { &self.local_identity };
+        let payload: &[u8] = if self.step == 0 {
+            &[]
+        } else {
+            &self.local_identity
+        };
         let mut out = vec![0u8; MAX_MSG23];
         let n = self
             .state
@@ -259,11 +266,15 @@ mod tests {
     use crate::wire::{Version, VersionHeader};
 
     fn user(name: &str) -> UserIdentity {
-        UserIdentity::generate(name, Flags::default(), Timestamp(0), &mut rand::rngs::OsRng).unwrap()
+        UserIdentity::generate(name, Flags::default(), Timestamp(0), &mut rand::rngs::OsRng)
+            .unwrap()
     }
 
     fn p() -> Vec<u8> {
-        super::super::prologue(VersionHeader(Version::CURRENT), VersionHeader(Version::CURRENT))
+        super::super::prologue(
+            VersionHeader(Version::CURRENT),
+            VersionHeader(Version::CURRENT),
+        )
     }
 
     fn run(i: &mut Handshake, r: &mut Handshake) -> Result<(), HandshakeError> {
@@ -308,7 +319,10 @@ mod tests {
         let (a, b, c) = (user("a"), user("b"), user("c"));
         let mut i = Handshake::initiator(&a, &p(), Some(c.key())).unwrap();
         let mut r = Handshake::responder(&b, &p()).unwrap();
-        assert!(matches!(run(&mut i, &mut r), Err(HandshakeError::UnexpectedPeer { .. })));
+        assert!(matches!(
+            run(&mut i, &mut r),
+            Err(HandshakeError::UnexpectedPeer { .. })
+        ));
     }
 
     #[test]
@@ -330,7 +344,10 @@ mod tests {
         let mut r = Handshake::responder(&m2, &p()).unwrap();
         r.local_identity = forged.to_bytes();
         let mut i = Handshake::initiator(&a, &p(), None).unwrap();
-        assert!(matches!(run(&mut i, &mut r), Err(HandshakeError::NoiseKeyMismatch)));
+        assert!(matches!(
+            run(&mut i, &mut r),
+            Err(HandshakeError::NoiseKeyMismatch)
+        ));
     }
 
     #[test]

@@ -91,7 +91,10 @@ pub async fn serve<H, Fut>(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(remaining = tasks.len(), "handlers still running after the grace period; aborting");
+        tracing::warn!(
+            remaining = tasks.len(),
+            "handlers still running after the grace period; aborting"
+        );
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }

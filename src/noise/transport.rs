@@ -66,7 +66,9 @@ pub struct RecvHalf {
 
 impl std::fmt::Debug for SendHalf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendHalf").field("nonce", &self.nonce).finish_non_exhaustive()
+        f.debug_struct("SendHalf")
+            .field("nonce", &self.nonce)
+            .finish_non_exhaustive()
     }
 }
 impl std::fmt::Debug for RecvHalf {
@@ -149,7 +151,11 @@ impl SendHalf {
     }
 
     /// Like [`SendHalf::seal`] for an already-encoded envelope.
-    pub fn seal_encoded(&mut self, encoded: &[u8], out: &mut Vec<u8>) -> Result<(), TransportError> {
+    pub fn seal_encoded(
+        &mut self,
+        encoded: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), TransportError> {
         if encoded.len() > self.max_message {
             return Err(TransportError::TooLarge {
                 len: encoded.len(),
@@ -206,14 +212,24 @@ impl RecvHalf {
     }
 
     /// Opens one frame body. Returns an envelope when one is complete.
-    pub fn open(&mut self, ciphertext: &[u8], now: Instant) -> Result<Option<Envelope>, TransportError> {
+    pub fn open(
+        &mut self,
+        ciphertext: &[u8],
+        now: Instant,
+    ) -> Result<Option<Envelope>, TransportError> {
         let mut plain = std::mem::take(&mut self.plain);
-        let result = self.decrypt(ciphertext, &mut plain).and_then(|()| self.open_plain(&plain, now));
+        let result = self
+            .decrypt(ciphertext, &mut plain)
+            .and_then(|()| self.open_plain(&plain, now));
         self.plain = plain;
         result
     }
 
-    fn open_plain(&mut self, plain: &[u8], now: Instant) -> Result<Option<Envelope>, TransportError> {
+    fn open_plain(
+        &mut self,
+        plain: &[u8],
+        now: Instant,
+    ) -> Result<Option<Envelope>, TransportError> {
         self.reassembler.expire(now);
         match Envelope::decode(plain)? {
             Envelope::Chunk(c) => match self.reassembler.push(c, now)? {

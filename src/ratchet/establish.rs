@@ -201,34 +201,6 @@ pub fn accept(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand_core::OsRng;
-
-    #[test]
-    fn both_sides_derive_the_same_first_chain() {
-        let (a_ik, b_ik) = ([1u8; 32], [2u8; 32]);
-        let b_noise = [4u8; 32];
-        let b_pub = PublicKey::from(&StaticSecret::from(b_noise)).to_bytes();
-        let mut alice =
-            initiate(&mut OsRng, &a_ik, &[3u8; 32], &b_ik, &b_pub, Timestamp(9)).unwrap();
-        let m = alice.encrypt(&mut OsRng, b"first").unwrap();
-        let header = Header::decode(&m.header).unwrap();
-        let acc = accept(&b_ik, &b_noise, &a_ik, &header).unwrap();
-        assert_eq!(
-            acc.remote_noise_key,
-            PublicKey::from(&StaticSecret::from([3u8; 32])).to_bytes()
-        );
-        let mut bob = acc.session;
-        assert_eq!(bob.id(), alice.id());
-        assert_eq!(bob.created_at(), 9);
-        assert_eq!(bob.decrypt_message(&m).unwrap(), b"first");
-        // Swapped identity keys change the prologue and so the handshake.
-        assert!(accept(&a_ik, &b_noise, &b_ik, &header).is_err());
-    }
-}
-
 /// A snow random source that yields exactly one 32-byte value (our ephemeral key drawn from
 /// the caller's CSPRNG) and fails on any further request, so snow can never silently use
 /// anything else.
@@ -276,5 +248,33 @@ impl snow::resolvers::CryptoResolver for CallerRandomResolver {
         _: &snow::params::CipherChoice,
     ) -> Option<Box<dyn snow::types::Cipher>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::OsRng;
+
+    #[test]
+    fn both_sides_derive_the_same_first_chain() {
+        let (a_ik, b_ik) = ([1u8; 32], [2u8; 32]);
+        let b_noise = [4u8; 32];
+        let b_pub = PublicKey::from(&StaticSecret::from(b_noise)).to_bytes();
+        let mut alice =
+            initiate(&mut OsRng, &a_ik, &[3u8; 32], &b_ik, &b_pub, Timestamp(9)).unwrap();
+        let m = alice.encrypt(&mut OsRng, b"first").unwrap();
+        let header = Header::decode(&m.header).unwrap();
+        let acc = accept(&b_ik, &b_noise, &a_ik, &header).unwrap();
+        assert_eq!(
+            acc.remote_noise_key,
+            PublicKey::from(&StaticSecret::from([3u8; 32])).to_bytes()
+        );
+        let mut bob = acc.session;
+        assert_eq!(bob.id(), alice.id());
+        assert_eq!(bob.created_at(), 9);
+        assert_eq!(bob.decrypt_message(&m).unwrap(), b"first");
+        // Swapped identity keys change the prologue and so the handshake.
+        assert!(accept(&a_ik, &b_noise, &b_ik, &header).is_err());
     }
 }

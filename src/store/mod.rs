@@ -103,8 +103,11 @@ pub enum StoreError {
     },
 }
 
+/// One key-value pair, the key without the tree byte.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// Key-value pairs returned by a scan, keys without the tree byte.
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+pub type Entries = Vec<Entry>;
 
 /// The storage trait. See the module docs.
 pub trait Store: Send + Sync + 'static {
@@ -120,7 +123,7 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Entries, StoreError>;
     /// The entry of `tree` with the greatest key starting with `prefix`.
-    fn last(&self, tree: Tree, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last(&self, tree: Tree, prefix: &[u8]) -> Result<Option<Entry>, StoreError>;
     /// Applies a batch atomically. Not durable until [`Store::flush`] returns.
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
     /// Makes every batch applied so far durable (fsync).

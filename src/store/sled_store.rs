@@ -111,7 +111,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn last(&self, tree: Tree, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, tree: Tree, prefix: &[u8]) -> Result<Option<super::Entry>, StoreError> {
         match self.db.scan_prefix(tree.key(prefix)).next_back() {
             None => Ok(None),
             Some(item) => {
@@ -211,7 +211,10 @@ mod tests {
             assert_eq!(all.len(), 2);
             let after = s.scan(Tree::Contacts, b"a", Some(b"a1"), 10).unwrap();
             assert_eq!(after, vec![(b"a2".to_vec(), b"y".to_vec())]);
-            assert_eq!(s.last(Tree::Contacts, b"a").unwrap(), Some((b"a2".to_vec(), b"y".to_vec())));
+            assert_eq!(
+                s.last(Tree::Contacts, b"a").unwrap(),
+                Some((b"a2".to_vec(), b"y".to_vec()))
+            );
             assert_eq!(s.last(Tree::Sessions, b"b").unwrap(), None);
         }
         let s = SledStore::open(dir.path()).unwrap();

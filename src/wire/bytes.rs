@@ -14,7 +14,9 @@ pub mod fixed {
     }
 
     /// Deserializes a `bin` of exactly N bytes.
-    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
         struct V<const N: usize>;
         impl<'de, const N: usize> Visitor<'de> for V<N> {
             type Value = [u8; N];
@@ -52,7 +54,10 @@ pub mod fixed_vec {
     ) -> Result<Vec<[u8; N]>, D::Error> {
         let raw: Vec<serde_bytes::ByteBuf> = serde::Deserialize::deserialize(d)?;
         raw.into_iter()
-            .map(|b| <[u8; N]>::try_from(b.as_slice()).map_err(|_| D::Error::invalid_length(b.len(), &"N bytes")))
+            .map(|b| {
+                <[u8; N]>::try_from(b.as_slice())
+                    .map_err(|_| D::Error::invalid_length(b.len(), &"N bytes"))
+            })
             .collect()
     }
 }

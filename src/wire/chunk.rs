@@ -213,7 +213,11 @@ impl Reassembler {
                 max: self.limits.max_message,
             });
         }
-        let pos = match self.partials.iter().position(|p| p.message_id == h.message_id) {
+        let pos = match self
+            .partials
+            .iter()
+            .position(|p| p.message_id == h.message_id)
+        {
             Some(pos) => pos,
             None => {
                 if self.partials.len() >= self.limits.max_partial.max(1) {
@@ -352,8 +356,14 @@ mod tests {
     fn chunk_bombs_are_refused() {
         let mut r = Reassembler::new(limits());
         let now = Instant::now();
-        assert!(matches!(r.push(chunk(1, 5, 5, b"x"), now), Err(ChunkError::IndexOutOfRange { .. })));
-        assert!(matches!(r.push(chunk(1, 0, 1, b"x"), now), Err(ChunkError::TooFewChunks(1))));
+        assert!(matches!(
+            r.push(chunk(1, 5, 5, b"x"), now),
+            Err(ChunkError::IndexOutOfRange { .. })
+        ));
+        assert!(matches!(
+            r.push(chunk(1, 0, 1, b"x"), now),
+            Err(ChunkError::TooFewChunks(1))
+        ));
         let mut bad = chunk(1, 0, 2, b"xy");
         bad.header.chunk_size = 1;
         assert!(matches!(r.push(bad, now), Err(ChunkError::BadSize { .. })));
@@ -361,22 +371,49 @@ mod tests {
         let mut other = full.clone();
         other[0] = 8;
         // A short piece that is not the last one.
-        assert!(matches!(r.push(chunk(2, 0, 3, b"a"), now), Err(ChunkError::BadSize { .. })));
+        assert!(matches!(
+            r.push(chunk(2, 0, 3, b"a"), now),
+            Err(ChunkError::BadSize { .. })
+        ));
         // An empty last piece.
-        assert!(matches!(r.push(chunk(2, 2, 3, b""), now), Err(ChunkError::BadSize { .. })));
+        assert!(matches!(
+            r.push(chunk(2, 2, 3, b""), now),
+            Err(ChunkError::BadSize { .. })
+        ));
         assert_eq!(r.push(chunk(2, 0, 3, &full), now).unwrap(), None);
-        assert!(matches!(r.push(chunk(2, 1, 4, &full), now), Err(ChunkError::InconsistentTotal { expected: 3, got: 4 })));
+        assert!(matches!(
+            r.push(chunk(2, 1, 4, &full), now),
+            Err(ChunkError::InconsistentTotal {
+                expected: 3,
+                got: 4
+            })
+        ));
         assert_eq!(r.partial_count(), 0);
         assert_eq!(r.push(chunk(3, 0, 3, &full), now).unwrap(), None);
-        assert!(matches!(r.push(chunk(3, 0, 3, &other), now), Err(ChunkError::ConflictingDuplicate(0))));
+        assert!(matches!(
+            r.push(chunk(3, 0, 3, &other), now),
+            Err(ChunkError::ConflictingDuplicate(0))
+        ));
         // A header announcing more than the limit is refused before any allocation: 65535
         // chunks from a 30-byte frame cannot reserve 65535 slots.
-        assert!(matches!(r.push(chunk(4, 65_534, 65_535, b"a"), now), Err(ChunkError::MessageTooLarge { .. })));
-        let small = Limits { max_message: CHUNK_PAYLOAD_MAX + 3, ..limits() };
+        assert!(matches!(
+            r.push(chunk(4, 65_534, 65_535, b"a"), now),
+            Err(ChunkError::MessageTooLarge { .. })
+        ));
+        let small = Limits {
+            max_message: CHUNK_PAYLOAD_MAX + 3,
+            ..limits()
+        };
         let mut r = Reassembler::new(small);
-        assert!(matches!(r.push(chunk(5, 0, 3, &full), now), Err(ChunkError::MessageTooLarge { .. })));
+        assert!(matches!(
+            r.push(chunk(5, 0, 3, &full), now),
+            Err(ChunkError::MessageTooLarge { .. })
+        ));
         assert_eq!(r.push(chunk(6, 1, 2, &[1; 6]), now).unwrap(), None);
-        assert!(matches!(r.push(chunk(6, 0, 2, &full), now), Err(ChunkError::MessageTooLarge { .. })));
+        assert!(matches!(
+            r.push(chunk(6, 0, 2, &full), now),
+            Err(ChunkError::MessageTooLarge { .. })
+        ));
         assert_eq!(r.buffered(), 0);
     }
 
@@ -385,7 +422,8 @@ mod tests {
         let mut r = Reassembler::new(limits());
         let t0 = Instant::now();
         for id in 0..10u64 {
-            r.push(chunk(id, 1, 2, &[0; 1000]), t0 + Duration::from_millis(id)).unwrap();
+            r.push(chunk(id, 1, 2, &[0; 1000]), t0 + Duration::from_millis(id))
+                .unwrap();
             assert!(r.partial_count() <= 2);
         }
         assert_eq!(r.evicted(), 8);

@@ -38,7 +38,9 @@ impl Endpoint {
                     && label.len() <= 63
                     && !label.starts_with('-')
                     && !label.ends_with('-')
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
             });
         if !is_ip && !is_name {
             return Err(DecodeError::Invalid {
@@ -132,6 +134,9 @@ mod tests {
         assert!("[[::1]]:1".parse::<Endpoint>().is_err());
         assert!("a..b:1".parse::<Endpoint>().is_err());
         assert!("-a:1".parse::<Endpoint>().is_err());
-        assert_eq!("relay.example.org:443".parse::<Endpoint>().unwrap().host(), "relay.example.org");
+        assert_eq!(
+            "relay.example.org:443".parse::<Endpoint>().unwrap().host(),
+            "relay.example.org"
+        );
     }
 }

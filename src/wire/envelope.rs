@@ -130,7 +130,7 @@ envelope! {
 
 fn write_head(out: &mut Vec<u8>, kind: u16) {
     out.push(0x92); // fixarray of 2
-    // Writing into a Vec cannot fail.
+                    // Writing into a Vec cannot fail.
     let _ = rmp::encode::write_uint(out, u64::from(kind));
 }
 
@@ -185,7 +185,10 @@ mod tests {
     #[test]
     fn unknown_kind_is_kept_apart() {
         let bytes = [0x92, 0xcd, 0x12, 0x34, 0x93, 1, 2, 3];
-        assert_eq!(Envelope::decode(&bytes).unwrap(), Envelope::Unknown { kind: 0x1234 });
+        assert_eq!(
+            Envelope::decode(&bytes).unwrap(),
+            Envelope::Unknown { kind: 0x1234 }
+        );
     }
 
     #[test]
@@ -200,7 +203,12 @@ mod tests {
     #[test]
     fn chunk_round_trip() {
         let e = Envelope::Chunk(Chunk {
-            header: ChunkHeader { message_id: 9, chunk_index: 1, total_chunks: 3, chunk_size: 2 },
+            header: ChunkHeader {
+                message_id: 9,
+                chunk_index: 1,
+                total_chunks: 3,
+                chunk_size: 2,
+            },
             payload: vec![0xaa, 0xbb],
         });
         assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);

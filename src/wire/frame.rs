@@ -115,7 +115,13 @@ mod tests {
         write(&mut a, &[7u8; 1000], &mut scratch).await.unwrap();
         let mut r = FrameReader::new(b);
         assert_eq!(r.read(10).await.unwrap(), b"hello");
-        assert!(matches!(r.read(999).await, Err(FrameError::TooLarge { len: 1000, max: 999 })));
+        assert!(matches!(
+            r.read(999).await,
+            Err(FrameError::TooLarge {
+                len: 1000,
+                max: 999
+            })
+        ));
         drop(a);
     }
 

@@ -115,18 +115,36 @@ mod tests {
     #[test]
     fn lengths_of_simple_values() {
         assert_eq!(value_len(&[0x01], 4).unwrap(), 1);
-        assert_eq!(value_len(&[0x92, 0x01, 0xc4, 0x01, 0xff, 0x00], 4).unwrap(), 5);
-        assert!(matches!(value_len(&[0x92, 0x01], 4), Err(DecodeError::Truncated)));
-        assert!(matches!(value_len(&[0xc6, 0xff, 0xff, 0xff, 0xff], 4), Err(DecodeError::Truncated)));
-        assert!(matches!(value_len(&[0xdd, 0xff, 0xff, 0xff, 0xff], 4), Err(DecodeError::Truncated)));
-        assert!(matches!(value_len(&[0xc1], 4), Err(DecodeError::ReservedMarker)));
+        assert_eq!(
+            value_len(&[0x92, 0x01, 0xc4, 0x01, 0xff, 0x00], 4).unwrap(),
+            5
+        );
+        assert!(matches!(
+            value_len(&[0x92, 0x01], 4),
+            Err(DecodeError::Truncated)
+        ));
+        assert!(matches!(
+            value_len(&[0xc6, 0xff, 0xff, 0xff, 0xff], 4),
+            Err(DecodeError::Truncated)
+        ));
+        assert!(matches!(
+            value_len(&[0xdd, 0xff, 0xff, 0xff, 0xff], 4),
+            Err(DecodeError::Truncated)
+        ));
+        assert!(matches!(
+            value_len(&[0xc1], 4),
+            Err(DecodeError::ReservedMarker)
+        ));
     }
 
     #[test]
     fn depth_is_bounded() {
         let mut deep = vec![0x91u8; 100];
         deep.push(0x00);
-        assert!(matches!(value_len(&deep, MAX_DEPTH), Err(DecodeError::TooDeep { .. })));
+        assert!(matches!(
+            value_len(&deep, MAX_DEPTH),
+            Err(DecodeError::TooDeep { .. })
+        ));
         let mut ok = vec![0x91u8; MAX_DEPTH];
         ok.push(0x00);
         assert_eq!(value_len(&ok, MAX_DEPTH).unwrap(), ok.len());
@@ -134,7 +152,10 @@ mod tests {
 
     #[test]
     fn trailing_data_is_an_error() {
-        assert!(matches!(decode::<u8>(&[0x01, 0x02]), Err(DecodeError::TrailingData { extra: 1 })));
+        assert!(matches!(
+            decode::<u8>(&[0x01, 0x02]),
+            Err(DecodeError::TrailingData { extra: 1 })
+        ));
     }
 
     proptest! {

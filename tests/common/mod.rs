@@ -1,5 +1,6 @@
 //! Helpers shared by integration tests: in-process nodes, the real binary, bounded waits.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! Helpers for the rendezvous integration tests: a localnet CA made in the test, in-process
 //! servers on 127.0.0.1:0, deterministic identities.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use rand::SeedableRng;
 use sremp::identity::{Flags, UserIdentity};
