@@ -16,7 +16,8 @@
 //! - [`relay`]: relay protocol core, relay service and policies.
 //! - [`rendezvous`]: rendezvous protocol core, TLS server and client.
 //! - [`node`]: the personal node: listener, connections, routing.
-//! - [`config`], [`cli`], [`logging`]: the binary's configuration, command line and tracing.
+//! - [`config`], [`cli`], [`logging`], [`shutdown`]: the binary's configuration, command line,
+//!   tracing and signal handling.
 //!
 //! Protocol cores (`wire`, `noise::handshake`, `ratchet`, relay/rendezvous cores) never do I/O
 //! and never read the clock; the async shells around them own sockets and time.
@@ -31,6 +32,7 @@ pub mod noise;
 pub mod ratchet;
 pub mod relay;
 pub mod rendezvous;
+pub mod shutdown;
 pub mod sig;
 pub mod store;
 pub mod time;

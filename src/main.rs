@@ -126,34 +126,11 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
                 })?;
             rt.block_on(async {
                 let node = sremp::node::Node::start(&cfg).await?;
-                wait_for_signal().await;
+                sremp::shutdown::wait_for_signal().await;
                 tracing::info!("shutting down");
                 node.shutdown().await;
                 Ok(())
             })
         }
-    }
-}
-
-/// Ends the process with the control command's error (its own message, exit status 1).
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -424,7 +424,7 @@ pub fn run_cli(cfg: &crate::config::Config) -> Result<(), crate::Error> {
         let opts = server::ServerOptions::from_config(cfg)?;
         let server = Server::bind(opts).await?;
         let handle = server.spawn();
-        wait_for_signal().await;
+        crate::shutdown::wait_for_signal().await;
         tracing::info!("rendezvous server shutting down");
         handle.shutdown().await;
         Ok(())
@@ -444,28 +444,6 @@ pub fn run_certs_cli(out: &std::path::Path, names: &[String]) -> Result<(), crat
         out.join("ca.pem").display()
     );
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 #[cfg(test)]
