@@ -7,6 +7,8 @@
 //!
 //! Verification is always `verify_strict` (rejects small-order public keys and non-canonical
 //! `R`/`s` encodings) over the exact bytes that were received, never over a re-encoding.
+//! The one exception is [`verify_batch`], which the relay uses for `STORE_MESSAGE` sender
+//! signatures received together; its doc states exactly how its accepted set differs.
 //!
 //! This module does no I/O and holds no keys; it only composes `ed25519-dalek`.
 
@@ -85,6 +87,134 @@ pub fn verifying_key(bytes: &[u8; 32]) -> Result<VerifyingKey, BadSignature> {
     Ok(key)
 }
 
+/// Verifies several signatures by one key, each made by [`sign`] over `ctx || parts...`;
+/// returns one result per item, in order.
+///
+/// Two or more candidates are checked with one `ed25519_dalek::verify_batch`; if that fails
+/// (or fewer than two are left) each candidate is checked alone with `verify_strict`, so a bad
+/// signature is found and refused on its own. A signature is a candidate only if its `s` is
+/// canonical (`s < ℓ`) and its `R` is not an encoding of a small-order point: both are refused
+/// here exactly as `verify_strict` refuses them. A weak (small-order) `key` is checked one
+/// signature at a time (`verify_strict` refuses them all).
+///
+/// Accepted set: an honestly made signature passes both ways. The batch equation is
+/// cofactorless with random 128-bit weights `z_i` derived from the inputs,
+/// `Σ z_i·(s_i·B − R_i − k_i·A) = 0`, so it differs from `verify_strict` only when some
+/// `s_i·B − R_i − k_i·A` is a non-zero torsion point (an `R` or key with a small-order
+/// component): such a signature can pass the batch (when the `z_i` cancel the torsion, about
+/// 1 in 8) although `verify_strict` refuses it. Making one needs the private key of `key`.
+/// The batch also does not require a canonical `R` encoding; the only decodable non-canonical
+/// encodings are of small-order points (refused before the batch) or have `y < 19`.
+/// docs/PROTOCOL.md ("Relay", "Storing") states where this is used.
+pub fn verify_batch(
+    key: &VerifyingKey,
+    ctx: SigContext,
+    items: &[(&[&[u8]], &[u8; 64])],
+) -> Vec<Result<(), BadSignature>> {
+    if items.len() < 2 || key.is_weak() {
+        return items
+            .iter()
+            .map(|(parts, signature)| verify(key, ctx, parts, signature))
+            .collect();
+    }
+    let mut out = vec![Err(BadSignature); items.len()];
+    // (index in `items`, message, signature) of the candidates.
+    let mut candidates: Vec<(usize, Vec<u8>, Signature)> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, signature))| batchable(signature))
+        .map(|(i, (parts, signature))| (i, concat(ctx, parts), Signature::from_bytes(signature)))
+        .collect();
+    let together = candidates.len() >= 2 && {
+        let msgs: Vec<&[u8]> = candidates.iter().map(|(_, m, _)| m.as_slice()).collect();
+        let sigs: Vec<Signature> = candidates.iter().map(|(_, _, s)| *s).collect();
+        let keys = vec![*key; candidates.len()];
+        ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()
+    };
+    for (i, msg, signature) in candidates.drain(..) {
+        let r = if together {
+            Ok(())
+        } else {
+            key.verify_strict(&msg, &signature)
+                .map_err(|_| BadSignature)
+        };
+        if let Some(o) = out.get_mut(i) {
+            *o = r;
+        }
+    }
+    out
+}
+
+/// The group order ℓ = 2^252 + 27742317777372353535851937790883648493, little-endian.
+const ORDER_L: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+/// The `y` fields (sign bit cleared) of every encoding that decodes to a point of small order:
+/// `y ≡ 1` (the identity: `1` and the non-canonical `p + 1`), `y ≡ −1` (order 2), `y ≡ 0`
+/// (order 4: `0` and the non-canonical `p`), and `±y8` (order 8), `p = 2^255 − 19`. With either
+/// sign bit these are all 14 small-order encodings that `verify_strict` refuses as `R`.
+const SMALL_ORDER_Y: [[u8; 32]; 7] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+];
+
+/// True if the scalar `s` (little-endian) is reduced, `s < ℓ`, as `verify_strict` requires.
+fn canonical_s(s: &[u8; 32]) -> bool {
+    for (a, l) in s.iter().rev().zip(ORDER_L.iter().rev()) {
+        if a != l {
+            return a < l;
+        }
+    }
+    false
+}
+
+/// True if `r` is one of the encodings of a small-order point (any sign bit).
+fn small_order_r(r: &[u8; 32]) -> bool {
+    let mut y = *r;
+    y[31] &= 0x7f;
+    SMALL_ORDER_Y.contains(&y)
+}
+
+/// A signature that may go into a batch: `s` canonical and `R` not of small order. Whatever
+/// fails this, `verify_strict` refuses too.
+fn batchable(signature: &[u8; 64]) -> bool {
+    let (r, s) = signature.split_at(32);
+    match (<&[u8; 32]>::try_from(r), <&[u8; 32]>::try_from(s)) {
+        (Ok(r), Ok(s)) => canonical_s(s) && !small_order_r(r),
+        _ => false,
+    }
+}
+
 fn concat(ctx: SigContext, parts: &[&[u8]]) -> Vec<u8> {
     let prefix = ctx.prefix();
     let len = prefix.len() + parts.iter().map(|p| p.len()).sum::<usize>();
@@ -110,6 +240,135 @@ mod tests {
             }
             assert_eq!(a.prefix().last(), Some(&0u8));
         }
+    }
+
+    /// `a + b` on 256-bit little-endian numbers (no overflow in these tests).
+    fn add_le(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = u16::from(a[i]) + u16::from(b[i]) + carry;
+            out[i] = v as u8;
+            carry = v >> 8;
+        }
+        out
+    }
+
+    #[test]
+    fn small_order_list_matches_verify_strict() {
+        let mut decoded = 0;
+        for y in SMALL_ORDER_Y {
+            for sign in [0u8, 0x80] {
+                let mut r = y;
+                r[31] |= sign;
+                assert!(small_order_r(&r));
+                // Every listed encoding is refused as R by verify_strict: it does not decode,
+                // or decodes to a point of small order.
+                if let Ok(p) = VerifyingKey::from_bytes(&r) {
+                    assert!(p.is_weak(), "{}", hex::encode(r));
+                    decoded += 1;
+                }
+            }
+        }
+        // All 14 decode: the 8 points of order dividing 8 (canonical), the identity and the
+        // point of order 2 with the sign bit set (x = 0), and y = p, p + 1 with either sign.
+        assert_eq!(decoded, 14);
+        for i in 0..64u8 {
+            let r = SigningKey::from_bytes(&[i; 32]).verifying_key().to_bytes();
+            assert!(!small_order_r(&r));
+        }
+    }
+
+    #[test]
+    fn canonical_s_is_the_bound_verify_strict_uses() {
+        let one = {
+            let mut v = [0u8; 32];
+            v[0] = 1;
+            v
+        };
+        let l_minus_1 = {
+            let mut v = ORDER_L;
+            v[0] -= 1;
+            v
+        };
+        assert!(canonical_s(&[0; 32]));
+        assert!(canonical_s(&l_minus_1));
+        assert!(!canonical_s(&ORDER_L));
+        assert!(!canonical_s(&add_le(&ORDER_L, &one)));
+        assert!(!canonical_s(&[0xff; 32]));
+        // dalek refuses s = ℓ as a scalar format error, s = ℓ − 1 only by the equation.
+        let key = SigningKey::from_bytes(&[9u8; 32]);
+        let vk = key.verifying_key();
+        let good = sign(&key, SigContext::StoreMessage, &[b"m"]);
+        let with_s = |s: &[u8; 32]| {
+            let mut b = good;
+            b[32..].copy_from_slice(s);
+            Signature::from_bytes(&b)
+        };
+        let msg = concat(SigContext::StoreMessage, &[b"m"]);
+        let e_l = vk.verify_strict(&msg, &with_s(&ORDER_L)).unwrap_err();
+        let e_l1 = vk.verify_strict(&msg, &with_s(&l_minus_1)).unwrap_err();
+        assert!(e_l.to_string().to_lowercase().contains("scalar"), "{e_l}");
+        assert!(
+            !e_l1.to_string().to_lowercase().contains("scalar"),
+            "{e_l1}"
+        );
+        // A valid signature's s is canonical; s + ℓ (same point s·B) is not, and is refused.
+        let s: [u8; 32] = good[32..].try_into().unwrap();
+        assert!(canonical_s(&s) && batchable(&good));
+        let mut malleated = good;
+        malleated[32..].copy_from_slice(&add_le(&s, &ORDER_L));
+        assert!(!batchable(&malleated));
+        assert!(verify(&vk, SigContext::StoreMessage, &[b"m"], &malleated).is_err());
+    }
+
+    #[test]
+    fn verify_batch_answers_each_item_like_verify() {
+        let key = SigningKey::from_bytes(&[3u8; 32]);
+        let vk = key.verifying_key();
+        let other = SigningKey::from_bytes(&[4u8; 32]);
+        let ctx = SigContext::StoreMessage;
+        let msgs: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
+        let mut sigs: Vec<[u8; 64]> = msgs.iter().map(|m| sign(&key, ctx, &[m])).collect();
+        let check = |sigs: &[[u8; 64]]| {
+            let parts: Vec<[&[u8]; 1]> = msgs.iter().map(|m| [m.as_slice()]).collect();
+            let items: Vec<(&[&[u8]], &[u8; 64])> = parts
+                .iter()
+                .zip(sigs)
+                .map(|(p, s)| (p.as_slice(), s))
+                .collect();
+            let got = verify_batch(&vk, ctx, &items);
+            let want: Vec<_> = items.iter().map(|(p, s)| verify(&vk, ctx, p, s)).collect();
+            assert_eq!(got, want);
+            got
+        };
+        assert!(check(&sigs).iter().all(|r| r.is_ok()));
+        assert!(check(&sigs[..1]).iter().all(|r| r.is_ok()));
+        assert!(check(&[]).is_empty());
+        // One forged (another key), one over other bytes, one with s + ℓ, one with a
+        // small-order R: exactly those four are refused.
+        sigs[2] = sign(&other, ctx, &[&msgs[2]]);
+        sigs[5] = sign(&key, ctx, &[b"something else"]);
+        let s: [u8; 32] = sigs[7][32..].try_into().unwrap();
+        sigs[7][32..].copy_from_slice(&add_le(&s, &ORDER_L));
+        sigs[9][..32].copy_from_slice(&SMALL_ORDER_Y[1]);
+        let got = check(&sigs);
+        let refused: Vec<usize> = (0..got.len()).filter(|&i| got[i].is_err()).collect();
+        assert_eq!(refused, vec![2, 5, 7, 9]);
+        // All bad.
+        let bad: Vec<[u8; 64]> = msgs.iter().map(|m| sign(&other, ctx, &[m])).collect();
+        assert!(check(&bad).iter().all(|r| r.is_err()));
+        // Another context never verifies.
+        let parts: Vec<[&[u8]; 1]> = msgs.iter().map(|m| [m.as_slice()]).collect();
+        let good: Vec<[u8; 64]> = msgs.iter().map(|m| sign(&key, ctx, &[m])).collect();
+        let items: Vec<(&[&[u8]], &[u8; 64])> = parts
+            .iter()
+            .zip(&good)
+            .map(|(p, s)| (p.as_slice(), s))
+            .collect();
+        assert!(verify_batch(&vk, SigContext::Message, &items)
+            .iter()
+            .all(|r| r.is_err()));
     }
 
     #[test]

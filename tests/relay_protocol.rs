@@ -642,3 +642,96 @@ async fn many_concurrent_senders_one_recipient() {
     );
     r.stop().await;
 }
+
+#[tokio::test]
+async fn stores_received_together_refuse_exactly_the_forged_one() {
+    let r = TestRelay::start(RelayConfig::default(), |_| RelayMode::Open).await;
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let mut c = TcpConnection::connect(&r.addr, &alice, None, HandshakeLimits::default())
+        .await
+        .unwrap();
+    c.send(&Envelope::RelayHello(RelayHello { features: 0 }))
+        .await
+        .unwrap();
+    let Envelope::RelayChallenge(ch) = c.recv().await.unwrap() else {
+        panic!("no challenge")
+    };
+    let binding = sremp::relay::auth::SessionBinding {
+        handshake_hash: c.handshake_hash,
+        nonce: ch.nonce,
+    };
+    c.send(&Envelope::RelayRegister(RelayRegister {
+        identity: alice.key().0,
+        auth_signature: sremp::relay::auth::sign_register(
+            alice.signing_key(),
+            &binding,
+            &r.id.key().0,
+        ),
+        capabilities: ch.capabilities.clone(),
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(
+        c.recv().await.unwrap(),
+        Envelope::RelayRegistered(_)
+    ));
+    // 20 stores in one write, so the relay receives them together: #5 is signed by carol, and
+    // a CONFIRMATION_ACK in the middle splits them into two batches.
+    const FORGED: u64 = 5;
+    let mut envs = Vec::new();
+    for id in 0..20u64 {
+        if id == 12 {
+            envs.push(Envelope::ConfirmationAck(ConfirmationAck {
+                delivered_to: [0; 32],
+                message_id: 0,
+            }));
+        }
+        let blob = vec![id as u8; 200];
+        let signer = if id == FORGED { &carol } else { &alice };
+        envs.push(Envelope::StoreMessage(StoreMessage {
+            recipient: bob.key().0,
+            sender_signature: sremp::relay::auth::sign_store(
+                signer.signing_key(),
+                &bob.key().0,
+                id,
+                &blob,
+            ),
+            encrypted_blob: blob,
+            message_id: id,
+        }));
+    }
+    c.writer.send_all(&envs).await.unwrap();
+    let mut answered = std::collections::BTreeMap::new();
+    while answered.len() < 20 {
+        match tokio::time::timeout(T, c.recv()).await.unwrap().unwrap() {
+            Envelope::StoreResponse(resp) => {
+                assert!(answered.insert(resp.message_id, resp).is_none());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for (id, resp) in &answered {
+        if *id == FORGED {
+            assert!(!resp.success);
+            assert_eq!(resp.error, Some(RelayErrorCode::BadSignature.code()));
+        } else {
+            assert!(resp.success, "message {id}: {resp:?}");
+        }
+    }
+    let (cb, _) = r.client(&bob).await;
+    let got = cb.retrieve_all(100).await.unwrap();
+    let ids: Vec<u64> = got.iter().map(|m| m.message_id).collect();
+    let want: Vec<u64> = (0..20).filter(|id| *id != FORGED).collect();
+    assert_eq!(ids, want);
+    for m in &got {
+        assert_eq!(m.encrypted_blob, vec![m.message_id as u8; 200]);
+    }
+    let s = r.relay.stats().snapshot();
+    assert_eq!(s.stored, 19);
+    assert_eq!(s.rejected["bad_signature"], 1);
+    assert!(
+        s.signatures_batched >= 2,
+        "the stores were not verified together: {s:?}"
+    );
+    r.stop().await;
+}

@@ -10,7 +10,8 @@
 //! 1. client `RELAY_HELLO` → relay `RELAY_CHALLENGE` (32 fresh random bytes + capabilities);
 //! 2. client `RELAY_REGISTER`, signed over the challenge *and* the Noise handshake hash, so it
 //!    is useless on any other connection → `RELAY_REGISTERED` (granted capabilities);
-//! 3. `STORE_MESSAGE` (sender signature verified) → `STORE_RESPONSE` after the group commit
+//! 3. `STORE_MESSAGE` (sender signature verified; the signatures of stores received together
+//!    in one batch, [`crate::sig::verify_batch`]) → `STORE_RESPONSE` after the group commit
 //!    that made it durable; a connected recipient gets it pushed at once;
 //! 4. `RETRIEVE_MESSAGES` → `MESSAGE_BATCH` pages (`has_more`, continue `after` the last);
 //! 5. recipient `DELIVERY_CONFIRMATION` → the message is deleted and the confirmation is pushed
@@ -164,7 +165,7 @@ async fn run(cfg: &Config) -> Result<(), crate::Error> {
             async move { r.serve_connection(conn, None).await }
         },
     ));
-    wait_for_signal().await;
+    crate::shutdown::wait_for_signal().await;
     tracing::info!("signal received; finishing in-flight commits");
     let _ = stop_tx.send(true);
     let shutdown = relay.shutdown(Duration::from_secs(10)).await;
@@ -178,26 +179,4 @@ fn watch_pair() -> (
     tokio::sync::watch::Receiver<bool>,
 ) {
     tokio::sync::watch::channel(false)
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

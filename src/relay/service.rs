@@ -10,7 +10,7 @@ use super::stats::Stats;
 use super::store::{NewMessage, RelayStore, RelayStoreError, StoreOutcome};
 use super::RelayError;
 use crate::identity::IdentityKey;
-use crate::noise::stream::{Connection, Reader, Writer};
+use crate::noise::stream::{Connection, ConnectionError, Reader, Writer};
 use crate::sig;
 use crate::store::Store;
 use crate::time::Timestamp;
@@ -20,9 +20,12 @@ use crate::wire::Envelope;
 use ed25519_dalek::VerifyingKey;
 use rand::RngCore;
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
@@ -34,6 +37,11 @@ const OUT_QUEUE: usize = 256;
 const MAX_INFLIGHT_STORES: usize = 64;
 /// Kept confirmations sent to a sender right after it registers.
 const KEPT_CONFIRMATIONS_ON_REGISTER: usize = 1000;
+/// Most `STORE_MESSAGE`s, already received together, whose sender signatures are verified as
+/// one batch.
+const MAX_VERIFY_BATCH: usize = 32;
+/// Blob bytes after which no further `STORE_MESSAGE` joins a verification batch.
+const MAX_VERIFY_BATCH_BYTES: usize = 256 * 1024;
 
 /// Whom a relay serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -389,6 +397,25 @@ fn err(code: RelayErrorCode, message: &str) -> Envelope {
     })
 }
 
+/// Receives the next envelope, handing the reader back with it: one such receive stays in
+/// flight across turns of [`ConnState::run`] (`Reader::recv` is not cancel-safe, so a receive
+/// found pending is resumed later, never dropped and restarted).
+async fn recv_owned<R: AsyncRead + Unpin>(
+    mut reader: Reader<R>,
+) -> (Result<Envelope, ConnectionError>, Reader<R>) {
+    let r = reader.recv().await;
+    (r, reader)
+}
+
+/// Polls `f` once without registering for a wake-up: its output if it is ready now (the bytes
+/// are already buffered or readable), `None` otherwise. Whoever awaits `f` next registers.
+fn ready_now<F: Future>(f: Pin<&mut F>) -> Option<F::Output> {
+    match f.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
 /// What ends a connection.
 enum Flow {
     Continue,
@@ -396,32 +423,78 @@ enum Flow {
 }
 
 impl ConnState {
+    /// Reads and handles envelopes in order. A `STORE_MESSAGE` after registration takes with
+    /// it the `STORE_MESSAGE`s that can be received at once without waiting (up to
+    /// [`MAX_VERIFY_BATCH`]), so that their signatures are verified as one batch; nothing ever
+    /// waits for more input to fill a batch.
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
-        mut reader: Reader<R>,
+        reader: Reader<R>,
         first: Option<Envelope>,
     ) -> &'static str {
         let idle = self.relay.inner.opts.idle_timeout;
         let mut stop = self.relay.shutdown_signal();
         if let Some(env) = first {
-            if let Flow::Close(why) = self.handle(env).await {
+            if let Flow::Close(why) = Box::pin(self.handle(env)).await {
                 return why;
             }
         }
+        // The receive lives across the handling of what it received; the handling is boxed
+        // so that its state is allocated only while it runs, not kept in every idle
+        // connection's task.
+        let mut recv = std::pin::pin!(recv_owned(reader));
+        // Received while gathering a batch, to be handled after it.
+        let mut next: Option<Result<Envelope, ConnectionError>> = None;
         loop {
-            let env = tokio::select! {
-                r = tokio::time::timeout(idle, reader.recv()) => match r {
-                    Err(_) => return "idle timeout",
-                    Ok(Ok(env)) => env,
-                    Ok(Err(e)) if e.is_closed() => return "closed by peer",
-                    Ok(Err(_)) => return "transport error",
-                },
-                _ = async { stop.wait_for(|s| *s).await.is_ok() } => {
-                    self.send(err(RelayErrorCode::ShuttingDown, "relay shutting down")).await;
-                    return "relay shutdown";
+            let r = match next.take() {
+                Some(r) => r,
+                None => {
+                    let got = tokio::select! {
+                        r = tokio::time::timeout(idle, recv.as_mut()) => match r {
+                            Err(_) => return "idle timeout",
+                            Ok(got) => got,
+                        },
+                        _ = async { stop.wait_for(|s| *s).await.is_ok() } => {
+                            self.send(err(RelayErrorCode::ShuttingDown, "relay shutting down")).await;
+                            return "relay shutdown";
+                        }
+                    };
+                    let (r, reader) = got;
+                    recv.set(recv_owned(reader));
+                    r
                 }
             };
-            if let Flow::Close(why) = self.handle(env).await {
+            let env = match r {
+                Ok(env) => env,
+                Err(e) if e.is_closed() => return "closed by peer",
+                Err(_) => return "transport error",
+            };
+            let flow = match (&self.phase, env) {
+                (Phase::Registered { who, key, caps, .. }, Envelope::StoreMessage(m)) => {
+                    let (who, key, max) = (*who, **key, caps.max_message_size);
+                    let mut bytes = m.encrypted_blob.len();
+                    let mut batch = vec![m];
+                    while batch.len() < MAX_VERIFY_BATCH && bytes < MAX_VERIFY_BATCH_BYTES {
+                        let Some((r, reader)) = ready_now(recv.as_mut()) else {
+                            break;
+                        };
+                        recv.set(recv_owned(reader));
+                        match r {
+                            Ok(Envelope::StoreMessage(m)) => {
+                                bytes = bytes.saturating_add(m.encrypted_blob.len());
+                                batch.push(m);
+                            }
+                            other => {
+                                next = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    Box::pin(self.stores(who, &key, max, batch)).await
+                }
+                (_, env) => Box::pin(self.handle(env)).await,
+            };
+            if let Flow::Close(why) = flow {
                 return why;
             }
         }
@@ -531,28 +604,22 @@ impl ConnState {
         }
     }
 
-    async fn registered(
+    /// Handles `STORE_MESSAGE`s received together from the registered `who`, in order, as if
+    /// one at a time: each is charged and checked (integrated owner, size) on its own, the
+    /// signatures of those that pass are verified together ([`auth::verify_store_batch`]), and
+    /// each is then refused with its own code or queued for the group commit.
+    async fn stores(
         &mut self,
         who: IdentityKey,
         key: &VerifyingKey,
-        binding: SessionBinding,
         max: u32,
-        env: Envelope,
+        ms: Vec<StoreMessage>,
     ) -> Flow {
         let inner = self.relay.inner.clone();
-        match env {
-            Envelope::StoreMessage(m) => {
-                let id = m.message_id;
-                let refused = |code: RelayErrorCode| {
-                    Envelope::StoreResponse(StoreResponse {
-                        success: false,
-                        stored_at: Timestamp(0),
-                        message_id: id,
-                        error: Some(code.code()),
-                    })
-                };
-                let check = self
-                    .relay
+        let pre: Vec<Result<(), RelayErrorCode>> = ms
+            .iter()
+            .map(|m| {
+                self.relay
                     .charge(who)
                     .and_then(|()| match inner.opts.mode {
                         RelayMode::Integrated { owner } if owner.0 != m.recipient => {
@@ -565,59 +632,107 @@ impl ConnState {
                     } else {
                         Ok(())
                     })
-                    .and_then(|()| {
-                        auth::verify_store_with(key, &m).map_err(|_| RelayErrorCode::BadSignature)
-                    });
-                if let Err(code) = check {
-                    inner.stats.reject(code);
-                    tracing::debug!(peer = %who.short(), reason = code.name(), "store refused");
-                    self.send(refused(code)).await;
-                    return Flow::Continue;
-                }
-                // Bound the stores waiting for a commit on this connection, and hold a slot
-                // of its outgoing queue for the response, so the commit thread can answer
-                // without waiting (pushes that find a queue full are dropped instead).
-                let Ok(permit) = self.inflight.clone().acquire_owned().await else {
-                    return Flow::Close("closing");
-                };
-                let Ok(slot) = self.tx.clone().reserve_owned().await else {
-                    return Flow::Close("writer gone");
-                };
-                let recipient = IdentityKey(m.recipient);
-                let push_to = self.relay.online(&recipient);
-                let new = NewMessage {
-                    recipient,
-                    sender: who,
-                    message_id: id,
-                    sender_signature: m.sender_signature,
-                    blob: m.encrypted_blob,
-                    now: Timestamp::now(),
-                };
-                let stats = inner.stats.clone();
-                // Runs on the commit thread once the message is durable (or refused).
-                let then = move |r: Result<StoreOutcome, RelayStoreError>, m: NewMessage| {
-                    let _permit = permit;
-                    if let (Ok(StoreOutcome::Stored(t)), Some(out)) = (&r, push_to) {
-                        let pushed = StoredMessage {
-                            message_id: id,
-                            sender: who.0,
-                            timestamp: *t,
-                            encrypted_blob: m.blob,
-                            sender_signature: m.sender_signature,
-                        };
-                        if out
-                            .try_send(Box::new(Envelope::StoredMessage(pushed)))
-                            .is_ok()
-                        {
-                            stats.pushed.fetch_add(1, Relaxed);
-                        }
-                    }
-                    let resp = store_response(&stats, id, r);
-                    slot.send(Box::new(Envelope::StoreResponse(resp)));
-                };
-                inner.store.store_then(new, Box::new(then)).await;
-                Flow::Continue
+            })
+            .collect();
+        let to_verify: Vec<&StoreMessage> = ms
+            .iter()
+            .zip(&pre)
+            .filter(|(_, p)| p.is_ok())
+            .map(|(m, _)| m)
+            .collect();
+        if to_verify.len() >= 2 {
+            inner
+                .stats
+                .signatures_batched
+                .fetch_add(to_verify.len() as u64, Relaxed);
+        }
+        let mut verdicts = auth::verify_store_batch(key, &to_verify).into_iter();
+        drop(to_verify);
+        for (m, p) in ms.into_iter().zip(pre) {
+            let check = p.and_then(|()| match verdicts.next() {
+                Some(Ok(())) => Ok(()),
+                _ => Err(RelayErrorCode::BadSignature),
+            });
+            if let Err(code) = check {
+                inner.stats.reject(code);
+                tracing::debug!(peer = %who.short(), reason = code.name(), "store refused");
+                self.send(Envelope::StoreResponse(StoreResponse {
+                    success: false,
+                    stored_at: Timestamp(0),
+                    message_id: m.message_id,
+                    error: Some(code.code()),
+                }))
+                .await;
+                continue;
             }
+            if let Flow::Close(why) = self.commit_store(who, m).await {
+                return Flow::Close(why);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Queues a checked `STORE_MESSAGE` for the group commit; its `STORE_RESPONSE` (and push)
+    /// is sent from the commit thread once it is durable (or refused there).
+    async fn commit_store(&mut self, who: IdentityKey, m: StoreMessage) -> Flow {
+        let inner = self.relay.inner.clone();
+        let id = m.message_id;
+        // Bound the stores waiting for a commit on this connection, and hold a slot
+        // of its outgoing queue for the response, so the commit thread can answer
+        // without waiting (pushes that find a queue full are dropped instead).
+        let Ok(permit) = self.inflight.clone().acquire_owned().await else {
+            return Flow::Close("closing");
+        };
+        let Ok(slot) = self.tx.clone().reserve_owned().await else {
+            return Flow::Close("writer gone");
+        };
+        let recipient = IdentityKey(m.recipient);
+        let push_to = self.relay.online(&recipient);
+        let new = NewMessage {
+            recipient,
+            sender: who,
+            message_id: id,
+            sender_signature: m.sender_signature,
+            blob: m.encrypted_blob,
+            now: Timestamp::now(),
+        };
+        let stats = inner.stats.clone();
+        // Runs on the commit thread once the message is durable (or refused).
+        let then = move |r: Result<StoreOutcome, RelayStoreError>, m: NewMessage| {
+            let _permit = permit;
+            if let (Ok(StoreOutcome::Stored(t)), Some(out)) = (&r, push_to) {
+                let pushed = StoredMessage {
+                    message_id: id,
+                    sender: who.0,
+                    timestamp: *t,
+                    encrypted_blob: m.blob,
+                    sender_signature: m.sender_signature,
+                };
+                if out
+                    .try_send(Box::new(Envelope::StoredMessage(pushed)))
+                    .is_ok()
+                {
+                    stats.pushed.fetch_add(1, Relaxed);
+                }
+            }
+            let resp = store_response(&stats, id, r);
+            slot.send(Box::new(Envelope::StoreResponse(resp)));
+        };
+        inner.store.store_then(new, Box::new(then)).await;
+        Flow::Continue
+    }
+
+    async fn registered(
+        &mut self,
+        who: IdentityKey,
+        key: &VerifyingKey,
+        binding: SessionBinding,
+        max: u32,
+        env: Envelope,
+    ) -> Flow {
+        let inner = self.relay.inner.clone();
+        match env {
+            Envelope::StoreMessage(m) => self.stores(who, key, max, vec![m]).await,
             Envelope::RetrieveMessages(r) => {
                 if let Err(code) = self.relay.charge(who) {
                     self.refuse(code, "rate limited").await;

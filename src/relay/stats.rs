@@ -31,6 +31,9 @@ pub struct Stats {
     pub connections_open: AtomicU64,
     /// Group commits (flushes).
     pub flushes: AtomicU64,
+    /// `STORE_MESSAGE` sender signatures checked in a batch of two or more (a batch that fails
+    /// is re-checked one signature at a time).
+    pub signatures_batched: AtomicU64,
     rejected: [AtomicU64; RelayErrorCode::ALL.len()],
 }
 
@@ -68,6 +71,7 @@ impl Stats {
             connections_total: self.connections_total.load(Relaxed),
             connections_open: self.connections_open.load(Relaxed),
             flushes: self.flushes.load(Relaxed),
+            signatures_batched: self.signatures_batched.load(Relaxed),
             rejected: RelayErrorCode::ALL
                 .iter()
                 .map(|c| (c.name(), self.rejected(*c)))
@@ -101,6 +105,8 @@ pub struct StatsSnapshot {
     pub connections_open: u64,
     /// See [`Stats::flushes`].
     pub flushes: u64,
+    /// See [`Stats::signatures_batched`].
+    pub signatures_batched: u64,
     /// Refusals by reason (the names of [`RelayErrorCode::name`]).
     pub rejected: BTreeMap<&'static str, u64>,
 }
