@@ -300,3 +300,60 @@ async fn rejected_contacts_are_refused() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_kept_at_the_relay_reaches_a_restarted_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let bob_cfg = config(
+        dir.path(),
+        "bob",
+        &format!("advertise = [\"{dead}\"]"),
+        &[&relay.hint],
+        0,
+    );
+    let a = Node::start(&config(dir.path(), "alice", "", &[], 0))
+        .await
+        .unwrap();
+    let b = Node::start(&bob_cfg).await.unwrap();
+    exchange(&a, &b);
+    b.shutdown().await;
+    // Bob is offline: the relay stores it.
+    let sent = a.node.send("bob", "confirm me later").await.unwrap();
+    wait_for(
+        &a.node,
+        "stored at the relay",
+        Duration::from_secs(10),
+        |h| {
+            h.iter()
+                .any(|e| e.id == sent.id && e.status == Status::StoredAtRelay)
+        },
+    )
+    .await;
+    // Alice goes away (her connection to the relay with her), Bob comes back and confirms:
+    // the relay keeps the confirmation for Alice.
+    a.shutdown().await;
+    let b = Node::start(&bob_cfg).await.unwrap();
+    wait_for(&b.node, "bob receives", Duration::from_secs(10), |h| {
+        received(h, "confirm me later").len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Alice restarts without sending anything: she reconnects to the relay that holds her
+    // confirmation and learns the message was delivered.
+    let a = Node::start(&config(dir.path(), "alice", "", &[], 0))
+        .await
+        .unwrap();
+    let done = a
+        .node
+        .wait_delivered(&sent.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.status, Status::Delivered);
+    a.shutdown().await;
+    b.shutdown().await;
+}

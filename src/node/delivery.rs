@@ -29,6 +29,7 @@ use crate::config::DeliveryMode;
 use crate::identity::{ContactIdentity, IdentityKey, Trust};
 use crate::ratchet::{Payload, PeerKeys};
 use crate::relay::{RelayClient, RelayClientError, RelayEvent};
+use crate::store::Tree;
 use crate::time::Timestamp;
 use crate::wire::relay::DeliveryConfirmation;
 use crate::wire::rendezvous::RelayHint;
@@ -226,9 +227,81 @@ async fn upgrade(
     if e.path.is_none() {
         e.path = path;
     }
-    commit(&inner.store, inner.history.update(&e)).await?;
+    let mut batch = inner.history.update(&e);
+    batch.delete(Tree::Awaiting, e.seq.to_be_bytes().to_vec());
+    commit(&inner.store, batch).await?;
     let _ = inner.events.send(e);
     Ok(())
+}
+
+/// A message a relay stored for us whose delivery confirmation has not arrived.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct AwaitingConfirmation {
+    /// The relay that stored it (where the confirmation will be kept for us).
+    relay: RelayHint,
+}
+
+/// How often the node reconnects to relays that hold messages awaiting confirmation.
+pub const CONFIRMATION_POLL: Duration = Duration::from_secs(30);
+
+/// Reconnects (through the pool) to every relay that stored a message of ours whose
+/// confirmation has not arrived, so that confirmations it kept while we were away reach us:
+/// shortly after start, then every [`CONFIRMATION_POLL`]. Entries whose message is delivered
+/// (or gone) are dropped.
+pub(crate) async fn confirmations(node: Node) {
+    let inner = node.inner.clone();
+    let mut stop = inner.stop.clone();
+    let mut wait = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = super::stopped(&mut stop) => return,
+        }
+        wait = CONFIRMATION_POLL;
+        let entries = match inner.store.scan(Tree::Awaiting, b"", None, 10_000) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read awaiting confirmations");
+                continue;
+            }
+        };
+        let mut relays: Vec<RelayHint> = Vec::new();
+        let mut stale = crate::store::Batch::new();
+        for (k, v) in entries {
+            let seq = <[u8; 8]>::try_from(k.as_slice()).map(u64::from_be_bytes);
+            let entry: Result<AwaitingConfirmation, _> = crate::wire::msgpack::decode(&v);
+            let pending = match (&seq, &entry) {
+                (Ok(seq), Ok(_)) => matches!(
+                    inner.history.get(*seq),
+                    Ok(Some(h)) if h.status == Status::StoredAtRelay
+                ),
+                _ => false,
+            };
+            match entry {
+                Ok(a) if pending => {
+                    if !relays.contains(&a.relay) {
+                        relays.push(a.relay);
+                    }
+                }
+                _ => stale.delete(Tree::Awaiting, k),
+            }
+        }
+        if !stale.is_empty() {
+            let _ = commit(&inner.store, stale).await;
+        }
+        for hint in relays.into_iter().take(MAX_ROUTES * 16) {
+            let got = tokio::time::timeout(
+                Duration::from_millis(inner.cfg.direct_timeout_ms),
+                inner
+                    .pool
+                    .get(&node, &hint.endpoint, IdentityKey(hint.relay_key)),
+            )
+            .await;
+            if !matches!(got, Ok(Ok(_))) {
+                tracing::debug!(relay = %hint.endpoint, "relay holding confirmations unreachable");
+            }
+        }
+    }
 }
 
 /// Encrypts and queues a message (the `send` path). Holds the ratchet lock across the commit.
@@ -609,10 +682,23 @@ async fn try_direct(node: &Node, e: &OutboxEntry, endpoints: &[Endpoint]) -> boo
     false
 }
 
-/// Stores `e` at one of the recipient's relays.
+/// Stores `e` at one of the recipient's relays, remembering which one so that its delivery
+/// confirmation can be collected later even if this connection is gone by then.
 async fn try_relay(node: &Node, e: &OutboxEntry, relays: &[RelayHint]) -> bool {
     for hint in relays {
         if store_at(node, e, &hint.endpoint, IdentityKey(hint.relay_key)).await {
+            let mut b = crate::store::Batch::new();
+            let rec = AwaitingConfirmation {
+                relay: hint.clone(),
+            };
+            b.put(
+                Tree::Awaiting,
+                e.history_seq.to_be_bytes().to_vec(),
+                crate::wire::msgpack::encode(&rec),
+            );
+            if let Err(err) = commit(&node.inner.store, b).await {
+                tracing::warn!(error = %err, "cannot record the relay awaiting confirmation");
+            }
             return true;
         }
     }

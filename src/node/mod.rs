@@ -408,6 +408,7 @@ impl Node {
             )));
         }
         tasks.push(tokio::spawn(delivery::engine(node.clone())));
+        tasks.push(tokio::spawn(delivery::confirmations(node.clone())));
         if let Some(settings) = rendezvous {
             if settings.register {
                 let h = crate::rendezvous::client::spawn_registrar(

@@ -40,6 +40,8 @@ pub enum Tree {
     RelayConfirmations = 8,
     /// Rendezvous client: remembered servers.
     Servers = 9,
+    /// Node: messages stored at a relay whose delivery confirmation has not arrived yet.
+    Awaiting = 10,
 }
 
 impl Tree {
