@@ -363,7 +363,7 @@ pub(crate) async fn engine(node: Node) {
         woken.as_mut().enable();
         workers.retain(|_, h| !h.is_finished());
         match outbox::recipients(&*inner.store, 10_000) {
-            Ok((recipients, _)) => {
+            Ok(recipients) => {
                 for r in recipients {
                     workers
                         .entry(r)

@@ -653,9 +653,7 @@ impl Node {
             rendezvous_error: error,
             inbound_connections: self.inner.inbound.load(Ordering::Relaxed),
             outbound_connections: self.inner.pool.len(),
-            outbox: outbox::recipients(&*self.inner.store, usize::MAX)
-                .map(|(_, n)| n)
-                .unwrap_or(0),
+            outbox: outbox::count(&*self.inner.store).unwrap_or(0),
         }
     }
 }

@@ -71,30 +71,85 @@ pub fn for_recipient(
         .collect()
 }
 
-/// Recipients with queued messages (at most `limit` distinct ones), and the total count seen.
-pub fn recipients(
-    store: &dyn Store,
-    limit: usize,
-) -> Result<(BTreeSet<IdentityKey>, usize), StoreError> {
+/// Recipients with queued messages, at most `limit` of them.
+///
+/// Reads one entry per recipient (each scan skips past the previous recipient's keys), so the
+/// delivery engine's periodic check costs O(recipients), however many messages wait.
+pub fn recipients(store: &dyn Store, limit: usize) -> Result<BTreeSet<IdentityKey>, StoreError> {
     let mut out = BTreeSet::new();
+    let mut after: Option<Vec<u8>> = None;
+    while out.len() < limit {
+        let page = store.scan(Tree::Outbox, b"", after.as_deref(), 1)?;
+        let Some(r) = page
+            .first()
+            .and_then(|(k, _)| k.get(..32))
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        else {
+            break;
+        };
+        out.insert(IdentityKey(r));
+        // Every key of this recipient is `r || seq` (40 bytes) and sorts at or before this.
+        let mut next = r.to_vec();
+        next.extend_from_slice(&[0xff; 8]);
+        after = Some(next);
+    }
+    Ok(out)
+}
+
+/// Messages waiting in the outbox (for `status`; walks every entry).
+pub fn count(store: &dyn Store) -> Result<usize, StoreError> {
     let mut total = 0usize;
     let mut after: Option<Vec<u8>> = None;
-    // Bounded walk: pages of 1024 keys, at most 1000 pages.
-    for _ in 0..1000 {
+    loop {
         let page = store.scan(Tree::Outbox, b"", after.as_deref(), 1024)?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.clone());
         total += page.len();
-        for (k, _) in &page {
-            if let Some(r) = k.get(..32).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
-                if out.len() < limit {
-                    out.insert(IdentityKey(r));
-                }
-            }
-        }
-        if page.len() < 1024 {
-            break;
+        match page.last() {
+            Some((last, _)) if page.len() == 1024 => after = Some(last.clone()),
+            _ => return Ok(total),
         }
     }
-    Ok((out, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    #[test]
+    fn recipients_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for (r, n) in [(1u8, 3u64), (2, 1), (7, 2000)] {
+            let mut b = Batch::new();
+            for seq in 0..n {
+                b.extend(
+                    OutboxEntry {
+                        message_id: seq,
+                        recipient: [r; 32],
+                        wire: vec![0; 8],
+                        history_seq: seq,
+                    }
+                    .put(),
+                );
+            }
+            store.commit(b).unwrap();
+        }
+        let rs = recipients(&store, 10).unwrap();
+        assert_eq!(
+            rs.into_iter().collect::<Vec<_>>(),
+            vec![
+                IdentityKey([1; 32]),
+                IdentityKey([2; 32]),
+                IdentityKey([7; 32])
+            ]
+        );
+        assert_eq!(recipients(&store, 2).unwrap().len(), 2);
+        assert_eq!(count(&store).unwrap(), 2004);
+        assert_eq!(
+            for_recipient(&store, &IdentityKey([2; 32]), 10)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 }
