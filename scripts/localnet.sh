@@ -16,6 +16,8 @@
 #                 shows each path plainly) or "race" (the sremp default)
 #   LOCALNET_UNREACHABLE  node names (e.g. "node3") whose listen.advertise points at
 #                 127.0.0.1:1, where nothing listens: contacts can reach them only via the relay
+#   LOCALNET_INTRODUCE  "1" (default): `up` exchanges the nodes' contact cards; "0": it does
+#                 not (the nodes find each other with `sremp discover`)
 #
 # Every address is 127.0.0.1; every port is picked by the OS (port 0) and read back, and a
 # node's port is then fixed in its config so a restarted node comes back on the same address.
@@ -233,14 +235,16 @@ EOF
 
     # Exchange contact cards (each running node's live card: real port and home relay).
     local a b card
-    while read -r a; do
-        card="$(node_cli "$a" id --json | json_field card)"
-        [[ -n "$card" ]] || die "no card from $a"
-        while read -r b; do
-            [[ "$a" == "$b" ]] && continue
-            node_cli "$b" contacts add "$card" >/dev/null
+    if [[ "${LOCALNET_INTRODUCE:-1}" != "0" ]]; then
+        while read -r a; do
+            card="$(node_cli "$a" id --json | json_field card)"
+            [[ -n "$card" ]] || die "no card from $a"
+            while read -r b; do
+                [[ "$a" == "$b" ]] && continue
+                node_cli "$b" contacts add "$card" >/dev/null
+            done <"$NODES"
         done <"$NODES"
-    done <"$NODES"
+    fi
 
     echo "localnet up in $BASE"
     printf '%-12s %-64s %s\n' NAME ID DATA_DIR

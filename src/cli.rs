@@ -94,15 +94,34 @@ pub enum Command {
     },
     /// State of the running node: listen address, relays, rendezvous, connections.
     Status,
+    /// Browse or search the configured rendezvous servers: online peers (merged over every
+    /// server, de-duplicated, online first), or one contact id. Does not need a running node
+    /// unless `--add` is given.
+    Discover {
+        /// A 64-hex contact id to look up, or a username filter (case-insensitive substring).
+        query: Option<String>,
+        /// Page through every peer each server lists (default: the first page of each).
+        #[arg(long)]
+        all: bool,
+        /// Add the one peer found as a contact of the running node (pinned by TOFU).
+        #[arg(long)]
+        add: bool,
+    },
 }
 
 /// `sremp contacts` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ContactsCommand {
-    /// Add a contact from its card (`sremp1:...`, as printed by `sremp id`).
+    /// Add a contact from its card (`sremp1:...`, as printed by `sremp id`), or find it by id
+    /// at the rendezvous servers (`--from-rendezvous ID`).
     Add {
         /// The contact card.
-        card: String,
+        #[arg(required_unless_present = "from_rendezvous", conflicts_with = "from_rendezvous")]
+        card: Option<String>,
+        /// Look this contact id up at the configured rendezvous servers and add what they
+        /// answer (the same as `sremp discover --add ID`).
+        #[arg(long, value_name = "ID")]
+        from_rendezvous: Option<String>,
     },
     /// List contacts.
     List,

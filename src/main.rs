@@ -112,7 +112,8 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
         cmd @ (Command::Contacts { .. }
         | Command::Send { .. }
         | Command::Messages { .. }
-        | Command::Status) => {
+        | Command::Status
+        | Command::Discover { .. }) => {
             sremp::node::control::run_cli(&cfg, &cli.global, cmd).map_err(Into::into)
         }
         Command::Run => {

@@ -74,6 +74,7 @@ use super::Node;
 use crate::cli::{Command, ContactsCommand, GlobalArgs};
 use crate::config::Config;
 use crate::identity::{ContactIdentity, Trust};
+use crate::rendezvous::discover::{Discovery, Found, FoundView, Query, ServerFailure};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
@@ -155,6 +156,12 @@ pub enum ControlError {
     /// The async runtime could not start.
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
+    /// Asking the rendezvous servers failed (every server failed, or none is configured).
+    #[error(transparent)]
+    Rendezvous(#[from] crate::rendezvous::RendezvousError),
+    /// A discovery found nothing to add, or more than one peer.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// A control request (one JSON line; see the module doc for the shapes).
@@ -902,7 +909,7 @@ pub fn run_cli(cfg: &Config, global: &GlobalArgs, command: Command) -> Result<()
         .enable_all()
         .build()
         .map_err(ControlError::Runtime)?;
-    match rt.block_on(run_command(&path, global.json, command)) {
+    match rt.block_on(run_command(cfg, &path, global.json, command)) {
         // `sremp messages --follow | head`: the reader is gone, which is not a failure.
         Err(ControlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
@@ -973,8 +980,35 @@ async fn call_ok(path: &Path, req: &Request) -> Result<Response, ControlError> {
     request(path, req).await?.into_result()
 }
 
-async fn run_command(path: &Path, json: bool, command: Command) -> Result<(), ControlError> {
+async fn run_command(
+    cfg: &Config,
+    path: &Path,
+    json: bool,
+    command: Command,
+) -> Result<(), ControlError> {
     match command {
+        Command::Discover { query, all, add } => {
+            discover(cfg, path, json, query.as_deref(), all, add).await
+        }
+        Command::Contacts {
+            command:
+                ContactsCommand::Add {
+                    from_rendezvous: Some(id),
+                    ..
+                },
+        } => {
+            let key: crate::identity::IdentityKey = id.parse().map_err(|_| {
+                ControlError::BadArgument(format!("--from-rendezvous needs a 64-hex contact id, not {id:?}"))
+            })?;
+            let found = discover_peers(cfg, &Query::Id(key)).await?;
+            let peer = only_one(&found, &id)?;
+            let c = add_found(path, peer).await?;
+            if json {
+                print_json(&c)
+            } else {
+                print_line(&format_contact(&c))
+            }
+        }
         Command::Status => {
             let status = call_ok(path, &Request::Status)
                 .await?
@@ -990,7 +1024,11 @@ async fn run_command(path: &Path, json: bool, command: Command) -> Result<(), Co
         }
         Command::Contacts { command } => {
             let req = match command {
-                ContactsCommand::Add { card } => Request::ContactsAdd { card },
+                ContactsCommand::Add { card, .. } => Request::ContactsAdd {
+                    card: card.ok_or_else(|| {
+                        ControlError::BadArgument("give a card or --from-rendezvous ID".into())
+                    })?,
+                },
                 ContactsCommand::List => Request::ContactsList,
                 ContactsCommand::Trust { contact } => Request::ContactsTrust { contact },
                 ContactsCommand::Reject { contact } => Request::ContactsReject { contact },
@@ -1064,6 +1102,104 @@ async fn run_command(path: &Path, json: bool, command: Command) -> Result<(), Co
             "not a control command: {other:?}"
         ))),
     }
+}
+
+/// `sremp discover --json`: the peers found, the servers that answered and failed, and the
+/// contact added with `--add` (README, "JSON output").
+#[derive(Debug, Serialize)]
+struct DiscoverView {
+    peers: Vec<FoundView>,
+    answered: Vec<String>,
+    errors: Vec<ServerFailure>,
+    added: Option<ContactView>,
+}
+
+async fn discover_peers(cfg: &Config, query: &Query) -> Result<Discovery, ControlError> {
+    let settings = crate::rendezvous::client::RegistrarSettings::from_config(cfg)?;
+    let me = crate::identity::UserIdentity::load_file(&cfg.data_dir())
+        .ok()
+        .map(|u| u.key());
+    Ok(crate::rendezvous::discover::discover(&settings, query, me).await?)
+}
+
+fn only_one<'a>(d: &'a Discovery, query: &str) -> Result<&'a Found, ControlError> {
+    match d.peers.as_slice() {
+        [one] => Ok(one),
+        [] => Err(ControlError::NotFound(format!(
+            "no peer matching {query:?} at the rendezvous servers"
+        ))),
+        many => Err(ControlError::NotFound(format!(
+            "{} peers match {query:?}; give the contact id",
+            many.len()
+        ))),
+    }
+}
+
+/// Adds a discovered peer through the running node (TOFU, like a card).
+async fn add_found(path: &Path, peer: &Found) -> Result<ContactView, ControlError> {
+    let req = Request::ContactsAdd {
+        card: peer.card().to_text(),
+    };
+    call_ok(path, &req)
+        .await?
+        .contact
+        .ok_or_else(|| missing("contact"))
+}
+
+/// `sremp discover [--all] [--add] [QUERY]`.
+async fn discover(
+    cfg: &Config,
+    path: &Path,
+    json: bool,
+    query: Option<&str>,
+    all: bool,
+    add: bool,
+) -> Result<(), ControlError> {
+    let q = Query::parse(query, all);
+    let found = discover_peers(cfg, &q).await?;
+    let added = if add {
+        Some(add_found(path, only_one(&found, query.unwrap_or(""))?).await?)
+    } else {
+        None
+    };
+    if json {
+        return print_json(&DiscoverView {
+            peers: found.peers.iter().map(Found::view).collect(),
+            answered: found.answered,
+            errors: found.errors,
+            added,
+        });
+    }
+    for e in &found.errors {
+        eprintln!("warning: rendezvous server {}: {}", e.server, e.error);
+    }
+    if found.peers.is_empty() {
+        print_line("no peers found")?;
+    }
+    for p in &found.peers {
+        let state = if p.online {
+            "online".to_string()
+        } else {
+            format!("offline since {}", format_time(p.last_seen.0))
+        };
+        let ep = p
+            .endpoints
+            .first()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        print_line(&format!(
+            "{}  {:<20}  v{:<3} {:<8} {}",
+            p.identity.key(),
+            p.identity.username(),
+            p.identity.version(),
+            state,
+            ep
+        ))?;
+    }
+    if let Some(c) = added {
+        print_line(&format!("added: {}", format_contact(&c)))?;
+    }
+    Ok(())
 }
 
 /// `sremp messages`: history (all, the newest `limit`, or after `after`), then optionally follow.

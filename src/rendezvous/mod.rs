@@ -2,7 +2,8 @@
 //!
 //! What it owns: the registry core ([`core`]), server lists and gossip merging ([`gossip`]),
 //! TLS configuration and the localnet CA ([`tls`]), the async server ([`server`]), the client
-//! and the node's background registrar ([`client`]), and the `[rendezvous]` configuration.
+//! and the node's background registrar ([`client`]), discovery for people (`sremp discover`:
+//! [`discover`]), and the `[rendezvous]` configuration.
 //! The byte-exact protocol is docs/PROTOCOL.md, section "Rendezvous".
 //!
 //! Flow on one connection:
@@ -44,6 +45,7 @@
 
 pub mod client;
 pub mod core;
+pub mod discover;
 pub mod gossip;
 pub mod server;
 pub mod tls;
