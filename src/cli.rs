@@ -38,11 +38,15 @@ pub enum Command {
         #[arg(long)]
         username: String,
     },
-    /// Print this node's contact id, contact card and its QR code.
+    /// Print this node's contact id, contact card and its QR code; or publish a new version
+    /// of the identity (`rename`, `rotate-noise-key`).
     Id {
         /// Do not draw the QR code.
         #[arg(long)]
         no_qr: bool,
+        /// Publish a new identity version instead of printing it.
+        #[command(subcommand)]
+        command: Option<IdCommand>,
     },
     /// Run the personal node (creates an identity on first start).
     Run,
@@ -109,6 +113,21 @@ pub enum Command {
     },
 }
 
+/// `sremp id` subcommands: each publishes a new identity version (version + 1, created now,
+/// re-signed). Through the running node when there is one (it re-registers at rendezvous and
+/// tells contacts at once), else in the key file (carried on the next start).
+#[derive(Debug, Subcommand)]
+pub enum IdCommand {
+    /// A new username (1 to 40 characters).
+    Rename {
+        /// The new username.
+        name: String,
+    },
+    /// A fresh Noise static key. The old one still opens first-contact messages sealed to it
+    /// for `node.noise_key_grace_secs` (default 7 days), then it is forgotten.
+    RotateNoiseKey,
+}
+
 /// `sremp contacts` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ContactsCommand {
@@ -116,7 +135,10 @@ pub enum ContactsCommand {
     /// at the rendezvous servers (`--from-rendezvous ID`).
     Add {
         /// The contact card.
-        #[arg(required_unless_present = "from_rendezvous", conflicts_with = "from_rendezvous")]
+        #[arg(
+            required_unless_present = "from_rendezvous",
+            conflicts_with = "from_rendezvous"
+        )]
         card: Option<String>,
         /// Look this contact id up at the configured rendezvous servers and add what they
         /// answer (the same as `sremp discover --add ID`).

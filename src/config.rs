@@ -144,6 +144,10 @@ pub struct NodeConfig {
     /// While messages wait for an offline contact, ask rendezvous for it this often.
     /// Default 2000.
     pub lookup_interval_ms: u64,
+    /// After `sremp id rotate-noise-key`, the old Noise key still opens first-contact messages
+    /// sealed to it (in flight at relays) for this many seconds, then it is forgotten.
+    /// Default 604800 (7 days).
+    pub noise_key_grace_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -156,11 +160,17 @@ impl Default for NodeConfig {
             retry_initial_ms: 500,
             retry_max_ms: 30_000,
             lookup_interval_ms: 2000,
+            noise_key_grace_secs: 7 * 24 * 3600,
         }
     }
 }
 
 impl NodeConfig {
+    /// The grace period of a rotated-out Noise key.
+    pub fn noise_key_grace(&self) -> Duration {
+        Duration::from_secs(self.noise_key_grace_secs)
+    }
+
     /// Parses `relays`.
     pub fn relay_hints(&self) -> Result<Vec<crate::wire::rendezvous::RelayHint>, ConfigError> {
         self.relays.iter().map(|r| parse_relay_hint(r)).collect()

@@ -1,8 +1,9 @@
 //! The `sremp` binary: parse the command line, set up tracing, call into the library.
 
 use clap::Parser;
-use sremp::cli::{Cli, Command, GlobalArgs};
+use sremp::cli::{Cli, Command, GlobalArgs, IdCommand};
 use sremp::config::Config;
+use sremp::identity::rotation::Change;
 use sremp::identity::{ContactCard, Flags, UserIdentity};
 use sremp::time::Timestamp;
 use std::process::ExitCode;
@@ -27,6 +28,24 @@ fn load_config(g: &GlobalArgs) -> Result<Config, sremp::Error> {
         cfg.data_dir = Some(d.clone());
     }
     Ok(cfg)
+}
+
+/// The card of a stopped node: configured endpoints, no relays.
+fn offline_card(cfg: &Config, user: &UserIdentity) -> ContactCard {
+    let endpoints = if cfg.listen.advertise.is_empty() {
+        vec![sremp::wire::Endpoint::from_socket_addr(cfg.listen.address)]
+    } else {
+        cfg.listen
+            .advertise
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    };
+    ContactCard {
+        identity: user.identity().clone(),
+        endpoints,
+        relays: Vec::new(),
+    }
 }
 
 fn run(cli: Cli) -> Result<(), sremp::Error> {
@@ -63,26 +82,51 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
             }
             Ok(())
         }
-        Command::Id { no_qr } => {
+        Command::Id {
+            command: Some(sub), ..
+        } => {
+            let change = match sub {
+                IdCommand::Rename { name } => Change::Rename(name),
+                IdCommand::RotateNoiseKey => Change::RotateNoiseKey,
+            };
+            let (view, live) = match sremp::node::control::update_live_id(&cfg, &change)? {
+                Some(v) => (v, true),
+                None => {
+                    let dir = cfg.data_dir();
+                    let user = sremp::identity::rotation::apply_update(
+                        &dir,
+                        &change,
+                        cfg.node.noise_key_grace(),
+                        Timestamp::now(),
+                    )?;
+                    let card = offline_card(&cfg, &user);
+                    (sremp::node::control::IdentityView::of(&card), false)
+                }
+            };
+            if cli.global.json {
+                let mut v = serde_json::json!(view);
+                v["live"] = serde_json::json!(live);
+                println!("{v}");
+            } else {
+                println!("id:      {}", view.id);
+                println!("name:    {}", view.username);
+                println!("version: {}", view.version);
+                println!("card:    {}", view.card);
+                if live {
+                    println!("published through the running node (re-registered, contacts told)");
+                } else {
+                    println!("saved; the node publishes it when it starts");
+                }
+            }
+            Ok(())
+        }
+        Command::Id { no_qr, .. } => {
             if sremp::node::control::print_live_id(&cfg, cli.global.json, no_qr) {
                 return Ok(());
             }
             let dir = cfg.data_dir();
             let user = UserIdentity::load_file(&dir)?;
-            let endpoints = if cfg.listen.advertise.is_empty() {
-                vec![sremp::wire::Endpoint::from_socket_addr(cfg.listen.address)]
-            } else {
-                cfg.listen
-                    .advertise
-                    .iter()
-                    .filter_map(|a| a.parse().ok())
-                    .collect()
-            };
-            let card = ContactCard {
-                identity: user.identity().clone(),
-                endpoints,
-                relays: Vec::new(),
-            };
+            let card = offline_card(&cfg, &user);
             if cli.global.json {
                 println!(
                     "{}",

@@ -19,6 +19,7 @@
 pub mod card;
 pub mod contact;
 pub mod keys;
+pub mod rotation;
 
 pub use card::ContactCard;
 pub use contact::{ContactBook, ContactIdentity, Observation, Trust};

@@ -17,6 +17,8 @@
 //! {"cmd":"wait_delivered","id":"<16-hex message id>","timeout_ms":30000}
 //! {"cmd":"messages","after_seq":null,"limit":100}
 //! {"cmd":"follow","after_seq":12}
+//! {"cmd":"id_rename","username":"alice2"}
+//! {"cmd":"id_rotate_noise_key"}
 //! ```
 //! `after_seq` and `limit` are optional (`limit` defaults to 100 and is capped at
 //! [`MAX_MESSAGES`]); `timeout_ms` defaults to 30000 and is capped at [`MAX_WAIT`].
@@ -27,6 +29,8 @@
 //! ```text
 //! status          {"ok":true,"status":{...node status...}}
 //! card            {"ok":true,"identity":{"id":"<64 hex>","username":"alice","version":1,"card":"sremp1:..."}}
+//! id_rename       {"ok":true,"identity":{...}}          (the new version, as for card)
+//! id_rotate_noise_key {"ok":true,"identity":{...}}      (the new version, as for card)
 //! contacts_add    {"ok":true,"contact":CONTACT}
 //! contacts_list   {"ok":true,"contacts":[CONTACT,...]}
 //! contacts_trust  {"ok":true,"contact":CONTACT}
@@ -73,6 +77,7 @@ use super::history::{DeliveryPath, Direction, HistoryEntry, Status};
 use super::Node;
 use crate::cli::{Command, ContactsCommand, GlobalArgs};
 use crate::config::Config;
+use crate::identity::rotation::Change;
 use crate::identity::{ContactIdentity, Trust};
 use crate::rendezvous::discover::{Discovery, Found, FoundView, Query, ServerFailure};
 use serde::{Deserialize, Serialize};
@@ -219,6 +224,13 @@ pub enum Request {
         #[serde(default)]
         after_seq: Option<u64>,
     },
+    /// Publish a new identity version with a new username.
+    IdRename {
+        /// 1 to 40 characters.
+        username: String,
+    },
+    /// Publish a new identity version with a fresh Noise key.
+    IdRotateNoiseKey,
 }
 
 /// This node's identity and card (`card` response; the shape of `sremp id --json`).
@@ -232,6 +244,18 @@ pub struct IdentityView {
     pub version: u64,
     /// The `sremp1:` card with the live endpoints and home relays.
     pub card: String,
+}
+
+impl IdentityView {
+    /// The view of a card.
+    pub fn of(card: &crate::identity::ContactCard) -> Self {
+        IdentityView {
+            id: card.identity.key().to_string(),
+            username: card.identity.username().as_str().to_string(),
+            version: card.identity.version(),
+            card: card.to_text(),
+        }
+    }
 }
 
 /// A contact as the control API shows it.
@@ -601,18 +625,17 @@ pub async fn execute(node: &Node, req: Request) -> Response {
             },
             Err(e) => Response::error(format!("could not encode the status: {e}")),
         },
-        Request::Card => {
-            let card = node.card();
-            Response {
-                identity: Some(IdentityView {
-                    id: card.identity.key().to_string(),
-                    username: card.identity.username().as_str().to_string(),
-                    version: card.identity.version(),
-                    card: card.to_text(),
-                }),
-                ..Response::ok()
+        Request::Card => card_response(node),
+        Request::IdRename { username } => {
+            match node.update_identity(Change::Rename(username)).await {
+                Ok(_) => card_response(node),
+                Err(e) => Response::error(e.to_string()),
             }
         }
+        Request::IdRotateNoiseKey => match node.update_identity(Change::RotateNoiseKey).await {
+            Ok(_) => card_response(node),
+            Err(e) => Response::error(e.to_string()),
+        },
         Request::ContactsAdd { card } => {
             let n = node.clone();
             blocking(move || n.add_contact(&card)).await
@@ -651,6 +674,14 @@ pub async fn execute(node: &Node, req: Request) -> Response {
             resp
         }
         Request::Follow { .. } => Response::error("follow needs its own connection"),
+    }
+}
+
+fn card_response(node: &Node) -> Response {
+    let card = node.card();
+    Response {
+        identity: Some(IdentityView::of(&card)),
+        ..Response::ok()
     }
 }
 
@@ -957,6 +988,27 @@ pub fn print_live_id(cfg: &Config, json: bool, no_qr: bool) -> bool {
     true
 }
 
+/// `sremp id rename|rotate-noise-key` while the node runs: the update goes through the node
+/// (which announces it). `Ok(None)`: no node answers; the caller updates the key file itself.
+pub fn update_live_id(cfg: &Config, change: &Change) -> Result<Option<IdentityView>, ControlError> {
+    let path = socket_path(&cfg.data_dir());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ControlError::Runtime)?;
+    let req = match change {
+        Change::Rename(username) => Request::IdRename {
+            username: username.clone(),
+        },
+        Change::RotateNoiseKey => Request::IdRotateNoiseKey,
+    };
+    match rt.block_on(call_ok(&path, &req)) {
+        Ok(r) => r.identity.map(Some).ok_or_else(|| missing("identity")),
+        Err(ControlError::NotRunning(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn print_json<T: Serialize>(v: &T) -> Result<(), ControlError> {
     let s = serde_json::to_string(v).map_err(|e| ControlError::BadResponse(e.to_string()))?;
     let mut out = std::io::stdout().lock();
@@ -998,7 +1050,9 @@ async fn run_command(
                 },
         } => {
             let key: crate::identity::IdentityKey = id.parse().map_err(|_| {
-                ControlError::BadArgument(format!("--from-rendezvous needs a 64-hex contact id, not {id:?}"))
+                ControlError::BadArgument(format!(
+                    "--from-rendezvous needs a 64-hex contact id, not {id:?}"
+                ))
             })?;
             let found = discover_peers(cfg, &Query::Id(key)).await?;
             let peer = only_one(&found, &id)?;

@@ -145,7 +145,7 @@ impl Pool {
     }
 
     /// A registered connection to `endpoint` whose Noise identity must be `key`.
-    async fn get(
+    pub(crate) async fn get(
         &self,
         node: &Node,
         endpoint: &Endpoint,
@@ -167,15 +167,45 @@ impl Pool {
             return Ok(c);
         }
         let inner = &node.inner;
-        let (client, events) =
-            RelayClient::connect(&endpoint.to_string(), &inner.me, Some(key), inner.handshake)
-                .await?;
+        let (client, events) = RelayClient::connect(
+            &endpoint.to_string(),
+            &inner.me(),
+            Some(key),
+            inner.handshake,
+        )
+        .await?;
         let client = Arc::new(client);
+        learn_update(inner, client.peer_identity()).await;
         if let Ok(mut c) = self.clients.lock() {
             c.insert(k.clone(), client.clone());
         }
         tokio::spawn(outbound_events(node.clone(), k, client.clone(), events));
         Ok(client)
+    }
+}
+
+/// A contact's node presented its identity in our handshake: pin a newer version (its
+/// username or Noise key changed), as an inbound handshake would. Relays are not contacts and
+/// are left alone.
+async fn learn_update(inner: &Arc<super::Inner>, peer: &crate::identity::Identity) {
+    let book = inner.contacts.clone();
+    let p = peer.clone();
+    let r = tokio::task::spawn_blocking(move || match book.get(&p.key())? {
+        Some(c) if c.identity.version() < p.version() => {
+            book.observe(&p, Timestamp::now()).map(Some)
+        }
+        _ => Ok(None),
+    })
+    .await;
+    match r {
+        Ok(Ok(Some(obs))) => tracing::info!(
+            peer = %peer.key().short(),
+            version = obs.contact().identity.version(),
+            "contact presented a newer identity version"
+        ),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "contact store failed"),
+        Err(_) => {}
     }
 }
 
@@ -198,7 +228,7 @@ async fn outbound_events(
 
 /// A recipient confirmed one of our messages (routed back by a relay).
 pub(crate) async fn confirmed(node: &Node, client: &RelayClient, c: DeliveryConfirmation) {
-    if c.sender != node.inner.me.key().0 {
+    if c.sender != node.inner.me().key().0 {
         return;
     }
     let peer = IdentityKey(c.delivered_to);
@@ -322,7 +352,7 @@ pub(crate) async fn enqueue(
         noise_key: c.identity.noise_key().0,
     };
     let out = inner
-        .sessions
+        .sessions()
         .encrypt(&*inner.store, &mut rand::rngs::OsRng, &peer, &payload)?;
     let (mut batch, wire) = out.into_parts();
     let (entry, hb) = inner.history.record(

@@ -58,7 +58,7 @@ pub(crate) async fn collect(node: Node, source: Source) {
     let (addr, key, path) = match &source {
         Source::Integrated => (
             integrated_addr(inner.local_addr).to_string(),
-            inner.me.key(),
+            inner.me().key(),
             DeliveryPath::Direct,
         ),
         Source::Home(h) => (
@@ -73,7 +73,7 @@ pub(crate) async fn collect(node: Node, source: Source) {
         if *stop.borrow() {
             return;
         }
-        match RelayClient::connect(&addr, &inner.me, Some(key), inner.handshake).await {
+        match RelayClient::connect(&addr, &inner.me(), Some(key), inner.handshake).await {
             Ok((client, mut events)) => {
                 tracing::debug!(source = %addr, "collecting messages");
                 set_connected(&node, &addr, true);
@@ -167,7 +167,7 @@ async fn receive(node: &Node, m: &StoredMessage, path: DeliveryPath) -> Result<(
         return Ok(());
     }
     let _one = inner.crypto.lock().await;
-    let incoming = match inner.sessions.decrypt(&*inner.store, &m.encrypted_blob) {
+    let incoming = match inner.sessions().decrypt(&*inner.store, &m.encrypted_blob) {
         Ok(i) => i,
         Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Duplicate))
         | Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Replayed { .. })) => {

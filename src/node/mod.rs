@@ -31,6 +31,7 @@ pub mod inbox;
 pub mod outbox;
 
 use crate::config::Config;
+use crate::identity::rotation::{Change, PreviousNoiseKeys};
 use crate::identity::{
     ContactBook, ContactCard, ContactIdentity, Flags, IdentityKey, Observation, Trust, UserIdentity,
 };
@@ -138,6 +139,9 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// Updating the identity (key file) failed.
+    #[error("identity update: {0}")]
+    Identity(#[from] crate::identity::keys::KeyFileError),
 }
 
 /// One relay connection's state in [`NodeStatus`].
@@ -181,11 +185,18 @@ pub struct NodeStatus {
 }
 
 pub(crate) struct Inner {
-    me: Arc<UserIdentity>,
+    /// Our identity; a new version replaces it while the node runs (`sremp id rename`,
+    /// `rotate-noise-key`), and the listener and registrar follow it.
+    me: watch::Sender<Arc<UserIdentity>>,
     store: Arc<dyn Store>,
     contacts: ContactBook,
     history: History,
-    sessions: SessionManager,
+    /// Replaced when our Noise keys change (rotation, end of a grace period).
+    sessions: std::sync::RwLock<Arc<SessionManager>>,
+    /// One identity update (or grace-period expiry) at a time.
+    updating: tokio::sync::Mutex<()>,
+    /// Wakes the grace-period task after a rotation.
+    keys_changed: Notify,
     /// One ratchet operation at a time (load → compute → commit must not interleave).
     crypto: tokio::sync::Mutex<()>,
     events: broadcast::Sender<HistoryEntry>,
@@ -214,7 +225,7 @@ pub struct Node {
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
-            .field("id", &self.inner.me.key())
+            .field("id", &self.inner.me().key())
             .finish_non_exhaustive()
     }
 }
@@ -338,20 +349,27 @@ impl Node {
         )
         .await?;
         let (tx, rx) = watch::channel(false);
-        let keys = LocalKeys::new(
-            identity.signing_key().clone(),
-            identity.noise_secret().to_bytes(),
-        );
+        let keys = {
+            let mut prev = PreviousNoiseKeys::load(&dir)?;
+            if prev.prune(Timestamp::now()) > 0 {
+                prev.save(&dir)?;
+                tracing::info!("forgot rotated-out noise keys whose grace period ended");
+            }
+            local_keys(&identity, &prev)
+        };
+        let (me_tx, me_rx) = watch::channel(identity.clone());
         let (events, _) = broadcast::channel(1024);
         let handshake = HandshakeLimits {
             timeout: Duration::from_millis(cfg.node.direct_timeout_ms),
         };
         let inner = Arc::new(Inner {
-            me: identity.clone(),
+            me: me_tx,
             store: store.clone(),
             contacts: contacts.clone(),
             history,
-            sessions: SessionManager::new(keys),
+            sessions: std::sync::RwLock::new(Arc::new(SessionManager::new(keys))),
+            updating: tokio::sync::Mutex::new(()),
+            keys_changed: Notify::new(),
             crypto: tokio::sync::Mutex::new(()),
             events,
             cfg: cfg.node.clone(),
@@ -387,10 +405,10 @@ impl Node {
         {
             let node = node.clone();
             let relay = relay.clone();
-            let id = identity.clone();
+            let id = me_rx.clone();
             let stop = rx.clone();
             tasks.push(tokio::spawn(async move {
-                listener::serve(listener, id, lcfg, stop.clone(), move |conn, addr| {
+                listener::serve_live(listener, id, lcfg, stop.clone(), move |conn, addr| {
                     serve_peer(node.clone(), relay.clone(), conn, addr, idle, stop.clone())
                 })
                 .await;
@@ -411,9 +429,9 @@ impl Node {
         tasks.push(tokio::spawn(delivery::confirmations(node.clone())));
         if let Some(settings) = rendezvous {
             if settings.register {
-                let h = crate::rendezvous::client::spawn_registrar(
+                let h = crate::rendezvous::client::spawn_registrar_live(
                     settings,
-                    identity.clone(),
+                    me_rx.clone(),
                     advertised.clone(),
                     my_relays.clone(),
                     rx.clone(),
@@ -424,6 +442,7 @@ impl Node {
                 tasks.push(h.join);
             }
         }
+        tasks.push(tokio::spawn(forget_expired_noise_keys(node.clone())));
         tasks.push(tokio::spawn(control::serve(
             node.clone(),
             dir.join(CONTROL_SOCKET),
@@ -444,7 +463,12 @@ impl Node {
 
     /// Our contact id.
     pub fn id(&self) -> IdentityKey {
-        self.inner.me.key()
+        self.inner.me().key()
+    }
+
+    /// Our current identity (with its private keys).
+    pub fn identity(&self) -> Arc<UserIdentity> {
+        self.inner.me()
     }
 
     /// The data directory.
@@ -455,7 +479,7 @@ impl Node {
     /// Our contact card: identity, advertised endpoints and home relays.
     pub fn card(&self) -> ContactCard {
         ContactCard {
-            identity: self.inner.me.identity().clone(),
+            identity: self.inner.me().identity().clone(),
             endpoints: self.inner.advertised.clone(),
             relays: self.inner.my_relays.clone(),
         }
@@ -606,7 +630,7 @@ impl Node {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default();
-        let me = self.inner.me.key();
+        let me = self.inner.me().key();
         let integrated_ep = inbox::integrated_addr(self.inner.local_addr).to_string();
         let (registered, known, error) =
             match self.inner.registrar.lock().ok().and_then(|r| r.clone()) {
@@ -622,7 +646,7 @@ impl Node {
             };
         NodeStatus {
             id: me.to_string(),
-            username: self.inner.me.identity().username().to_string(),
+            username: self.inner.me().identity().username().to_string(),
             listen: self.inner.local_addr.to_string(),
             advertised: self
                 .inner
@@ -658,6 +682,178 @@ impl Node {
     }
 }
 
+impl Inner {
+    /// Our current identity.
+    pub(crate) fn me(&self) -> Arc<UserIdentity> {
+        self.me.borrow().clone()
+    }
+
+    /// The session manager for our current Noise keys.
+    pub(crate) fn sessions(&self) -> Arc<SessionManager> {
+        match self.sessions.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_sessions(&self, keys: LocalKeys) {
+        let m = Arc::new(SessionManager::new(keys));
+        match self.sessions.write() {
+            Ok(mut s) => *s = m,
+            Err(poisoned) => *poisoned.into_inner() = m,
+        }
+    }
+}
+
+/// Our ratchet keys: the current Noise key first, then the rotated-out ones still in grace.
+fn local_keys(user: &UserIdentity, previous: &PreviousNoiseKeys) -> LocalKeys {
+    let mut keys = LocalKeys::new(user.signing_key().clone(), user.noise_secret().to_bytes());
+    for k in previous.keys().iter().rev() {
+        keys = keys.with_previous_noise_key(*k.secret);
+    }
+    keys
+}
+
+/// Most contacts announced to at once after an identity update.
+const ANNOUNCE_PARALLEL: usize = 8;
+
+impl Node {
+    /// Publishes a new version of our identity while the node runs: writes the key file (and,
+    /// for a rotation, keeps the old Noise key for `node.noise_key_grace_secs`), switches the
+    /// listener, ratchet and registrar to it (the registrar re-registers at once), drops
+    /// outgoing connections made with the old version, and connects to every contact with a
+    /// known endpoint so that its handshake carries the new version to them now.
+    pub async fn update_identity(&self, change: Change) -> Result<Arc<UserIdentity>, NodeError> {
+        let inner = &self.inner;
+        let _one = inner.updating.lock().await;
+        let dir = inner.data_dir.clone();
+        let grace = inner.cfg.noise_key_grace();
+        let (user, prev) = tokio::task::spawn_blocking(move || {
+            let user =
+                crate::identity::rotation::apply_update(&dir, &change, grace, Timestamp::now())?;
+            let prev = PreviousNoiseKeys::load(&dir)?;
+            Ok::<_, NodeError>((user, prev))
+        })
+        .await
+        .map_err(|_| NodeError::ShuttingDown)??;
+        if user.key() != inner.me().key() {
+            // Someone replaced the key file with another identity: refuse to switch.
+            return Err(NodeError::Identity(
+                crate::identity::keys::KeyFileError::AlreadyExists(UserIdentity::path(
+                    &inner.data_dir,
+                )),
+            ));
+        }
+        let user = Arc::new(user);
+        {
+            let _crypto = inner.crypto.lock().await;
+            inner.set_sessions(local_keys(&user, &prev));
+            inner.me.send_replace(user.clone());
+        }
+        inner.keys_changed.notify_one();
+        tracing::info!(
+            version = user.identity().version(),
+            user = %user.identity().username(),
+            "identity updated"
+        );
+        inner.pool.close_all().await;
+        inner.wake.notify_waiters();
+        let node = self.clone();
+        tokio::spawn(async move { announce(&node).await });
+        Ok(user)
+    }
+}
+
+/// Connects to every contact that has a direct endpoint (bounded in parallel and in time), so
+/// its node sees our new identity version in the handshake.
+async fn announce(node: &Node) {
+    let inner = &node.inner;
+    let book = inner.contacts.clone();
+    let Ok(Ok(contacts)) = tokio::task::spawn_blocking(move || book.list()).await else {
+        return;
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(ANNOUNCE_PARALLEL));
+    let mut set = tokio::task::JoinSet::new();
+    for c in contacts {
+        if c.trust == Trust::Rejected || c.endpoints.is_empty() {
+            continue;
+        }
+        let node = node.clone();
+        let slots = slots.clone();
+        set.spawn(async move {
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            let key = c.identity.key();
+            let limit = Duration::from_millis(node.inner.cfg.direct_timeout_ms);
+            for ep in &c.endpoints {
+                let r = tokio::time::timeout(limit, node.inner.pool.get(&node, ep, key)).await;
+                if let Ok(Ok(_)) = r {
+                    tracing::debug!(peer = %key.short(), endpoint = %ep, "announced our new identity version");
+                    return;
+                }
+            }
+            tracing::debug!(peer = %key.short(), "contact not reachable; it learns our update on the next connection");
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+/// Forgets rotated-out Noise keys when their grace period ends (rewrites
+/// `previous-noise-keys` and rebuilds the ratchet keys without them).
+async fn forget_expired_noise_keys(node: Node) {
+    let inner = &node.inner;
+    let mut stop = inner.stop.clone();
+    loop {
+        let dir = inner.data_dir.clone();
+        let next = tokio::task::spawn_blocking(move || {
+            PreviousNoiseKeys::load(&dir)
+                .ok()
+                .and_then(|p| p.next_expiry())
+        })
+        .await
+        .ok()
+        .flatten();
+        let wait = match next {
+            Some(t) => Duration::from_millis(t.0.saturating_sub(Timestamp::now().0)),
+            None => Duration::from_secs(3600),
+        }
+        .min(Duration::from_secs(3600));
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = inner.keys_changed.notified() => continue,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let _one = inner.updating.lock().await;
+        let dir = inner.data_dir.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            let mut prev = PreviousNoiseKeys::load(&dir)?;
+            let n = prev.prune(Timestamp::now());
+            if n > 0 {
+                prev.save(&dir)?;
+            }
+            Ok::<_, crate::identity::keys::KeyFileError>((n, prev))
+        })
+        .await;
+        match pruned {
+            Ok(Ok((0, _))) => {}
+            Ok(Ok((n, prev))) => {
+                let _crypto = inner.crypto.lock().await;
+                inner.set_sessions(local_keys(&inner.me(), &prev));
+                tracing::info!(
+                    forgotten = n,
+                    "rotated-out noise key forgotten (grace period over)"
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read previous noise keys");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// One inbound authenticated connection: TOFU, refuse Rejected contacts, then hand relay
 /// protocol connections to the integrated relay.
 async fn serve_peer(
@@ -671,7 +867,7 @@ async fn serve_peer(
     let inner = &node.inner;
     let peer = conn.peer.clone();
     let short = peer.key().short();
-    if peer.key() != inner.me.key() {
+    if peer.key() != inner.me().key() {
         let book = inner.contacts.clone();
         let p = peer.clone();
         match tokio::task::spawn_blocking(move || book.observe(&p, Timestamp::now())).await {

@@ -37,10 +37,27 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5
 
 /// Runs until `shutdown` becomes true; then stops accepting, gives handlers
 /// [`SHUTDOWN_GRACE`] to finish (handlers that hold a clone of `shutdown` should return
-/// promptly), and aborts the rest.
+/// promptly), and aborts the rest. The local identity is fixed; see [`serve_live`] for one
+/// that may be updated while serving.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     local: Arc<UserIdentity>,
+    cfg: ListenerConfig,
+    shutdown: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(TcpConnection, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (_keep, local) = watch::channel(local);
+    serve_live(listener, local, cfg, shutdown, handler).await;
+}
+
+/// [`serve`] with the local identity read from `local` at every accept, so a new identity
+/// version (a rotated Noise key, a new username) is used from the next connection on.
+pub async fn serve_live<H, Fut>(
+    listener: TcpListener,
+    local: watch::Receiver<Arc<UserIdentity>>,
     cfg: ListenerConfig,
     mut shutdown: watch::Receiver<bool>,
     handler: H,
@@ -70,7 +87,8 @@ pub async fn serve<H, Fut>(
             drop(stream);
             continue;
         };
-        let local = local.clone();
+        // The identity current at accept time (it may be updated while the node runs).
+        let local = local.borrow().clone();
         let handler = handler.clone();
         tasks.spawn(async move {
             let _permit = permit;

@@ -89,6 +89,8 @@ type Waiter = Arc<Mutex<Option<oneshot::Sender<Result<MessageBatch, RelayClientE
 pub struct RelayClient {
     key: SigningKey,
     relay: IdentityKey,
+    /// The identity the peer presented in the Noise handshake.
+    peer: crate::identity::Identity,
     binding: SessionBinding,
     capabilities: RelayCapabilities,
     /// Envelopes waiting for the writer; whoever holds the writer sends all of them with one
@@ -146,6 +148,7 @@ impl RelayClient {
         asked: RelayCapabilities,
     ) -> Result<(RelayClient, mpsc::Receiver<RelayEvent>), RelayClientError> {
         let relay = conn.peer.key();
+        let peer = conn.peer.clone();
         conn.send(&Envelope::RelayHello(RelayHello { features: 0 }))
             .await?;
         let challenge = match conn.recv().await? {
@@ -226,6 +229,7 @@ impl RelayClient {
             RelayClient {
                 key,
                 relay,
+                peer,
                 binding,
                 capabilities,
                 outbox: Mutex::new(Vec::new()),
@@ -242,6 +246,11 @@ impl RelayClient {
     /// What the relay granted.
     pub fn capabilities(&self) -> &RelayCapabilities {
         &self.capabilities
+    }
+
+    /// The identity the peer presented in the handshake (for a node: its current version).
+    pub fn peer_identity(&self) -> &crate::identity::Identity {
+        &self.peer
     }
 
     /// The relay's identity key.

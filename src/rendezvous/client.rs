@@ -553,6 +553,20 @@ pub fn spawn_registrar(
     relays: Vec<RelayHint>,
     shutdown: watch::Receiver<bool>,
 ) -> RegistrarHandle {
+    let (_keep, user) = watch::channel(user);
+    spawn_registrar_live(settings, user, endpoints, relays, shutdown)
+}
+
+/// [`spawn_registrar`] for an identity that may be updated while it runs: every new version
+/// sent on `user` is registered again at once with every server (re-signed), so lookups
+/// return it.
+pub fn spawn_registrar_live(
+    settings: RegistrarSettings,
+    user: watch::Receiver<Arc<UserIdentity>>,
+    endpoints: Vec<Endpoint>,
+    relays: Vec<RelayHint>,
+    shutdown: watch::Receiver<bool>,
+) -> RegistrarHandle {
     let (tx, status) = watch::channel(RegistrarStatus::default());
     let join = tokio::spawn(registrar(settings, user, endpoints, relays, shutdown, tx));
     RegistrarHandle { join, status }
@@ -615,7 +629,7 @@ async fn withdraw_all(
 
 async fn registrar(
     settings: RegistrarSettings,
-    user: Arc<UserIdentity>,
+    mut user_rx: watch::Receiver<Arc<UserIdentity>>,
     endpoints: Vec<Endpoint>,
     relays: Vec<RelayHint>,
     mut shutdown: watch::Receiver<bool>,
@@ -625,6 +639,8 @@ async fn registrar(
         status.send_modify(|s| s.stopped = true);
         return;
     }
+    let mut user = user_rx.borrow_and_update().clone();
+    let mut user_live = true;
     let mut known = ServerList::new(None, &settings.servers, MAX_REMEMBERED);
     known.merge(&settings.candidates());
     let mut targets: HashMap<Endpoint, Target> = HashMap::new();
@@ -708,6 +724,17 @@ async fn registrar(
                     break;
                 }
             }
+            changed = user_rx.changed(), if user_live => match changed {
+                Ok(()) => {
+                    user = user_rx.borrow_and_update().clone();
+                    tracing::info!(version = user.identity().version(), "identity updated; registering it again");
+                    let now = tokio::time::Instant::now();
+                    for t in targets.values_mut() {
+                        t.due = now;
+                    }
+                }
+                Err(_) => user_live = false,
+            },
         }
     }
     for t in targets.values() {

@@ -229,7 +229,12 @@ pub fn merge(answers: Vec<(ServerEntry, Vec<PeerInfo>)>, me: Option<IdentityKey>
     out.sort_by(|a, b| {
         b.online
             .cmp(&a.online)
-            .then_with(|| a.identity.username().as_str().cmp(b.identity.username().as_str()))
+            .then_with(|| {
+                a.identity
+                    .username()
+                    .as_str()
+                    .cmp(b.identity.username().as_str())
+            })
             .then_with(|| a.identity.key().cmp(&b.identity.key()))
     });
     out
@@ -367,10 +372,7 @@ mod tests {
                 ),
                 (
                     s2.clone(),
-                    vec![
-                        info(&a2, 11, true, 90),
-                        info(b.identity(), 21, false, 60),
-                    ],
+                    vec![info(&a2, 11, true, 90), info(b.identity(), 21, false, 60)],
                 ),
             ],
             Some(me.key()),
