@@ -29,17 +29,20 @@ pub enum SigContext {
     Message,
     /// `DELIVERY_CONFIRMATION` signed by the recipient.
     DeliveryConfirmation,
+    /// `SESSION_RESET` signed by the recipient that could not decrypt a message.
+    SessionReset,
 }
 
 impl SigContext {
     /// All contexts, for tests that check they are prefix-free.
-    pub const ALL: [SigContext; 6] = [
+    pub const ALL: [SigContext; 7] = [
         SigContext::Identity,
         SigContext::RendezvousRegister,
         SigContext::RelayAuth,
         SigContext::StoreMessage,
         SigContext::Message,
         SigContext::DeliveryConfirmation,
+        SigContext::SessionReset,
     ];
 
     /// The exact prefix bytes, as written in docs/PROTOCOL.md.
@@ -51,6 +54,7 @@ impl SigContext {
             SigContext::StoreMessage => b"SREMP-1 store-message\0",
             SigContext::Message => b"SREMP-1 message\0",
             SigContext::DeliveryConfirmation => b"SREMP-1 delivery-confirmation\0",
+            SigContext::SessionReset => b"SREMP-1 session-reset\0",
         }
     }
 }

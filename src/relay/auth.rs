@@ -15,7 +15,7 @@
 //! signature is worthless on any other connection.
 
 use crate::sig::{self, SigContext};
-use crate::wire::relay::{DeliveryConfirmation, RetrieveMessages, StoreMessage};
+use crate::wire::relay::{DeliveryConfirmation, RetrieveMessages, SessionReset, StoreMessage};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
 /// Tag byte of a registration signature.
@@ -214,6 +214,35 @@ pub fn verify_confirmation(c: &DeliveryConfirmation) -> Result<(), sig::BadSigna
         SigContext::DeliveryConfirmation,
         &[&confirmation_bytes(c)],
         &c.signature,
+    )
+}
+
+/// The bytes a [`SessionReset`] signature covers (docs/PROTOCOL.md, "Session reset").
+pub fn session_reset_bytes(n: &SessionReset) -> Vec<u8> {
+    let mut v = Vec::with_capacity(113);
+    v.extend_from_slice(&n.sender);
+    v.extend_from_slice(&n.recipient);
+    v.extend_from_slice(&n.message_id.to_be_bytes());
+    v.extend_from_slice(&n.timestamp.0.to_be_bytes());
+    v.push(n.reason);
+    v.extend_from_slice(&n.digest);
+    v
+}
+
+/// Fills in `n.recipient` and `n.signature`.
+pub fn sign_session_reset(key: &SigningKey, n: &mut SessionReset) {
+    n.recipient = key.verifying_key().to_bytes();
+    n.signature = sig::sign(key, SigContext::SessionReset, &[&session_reset_bytes(n)]);
+}
+
+/// Verifies a session-reset notice's signature by `n.recipient`.
+pub fn verify_session_reset(n: &SessionReset) -> Result<(), sig::BadSignature> {
+    let vk = sig::verifying_key(&n.recipient)?;
+    sig::verify(
+        &vk,
+        SigContext::SessionReset,
+        &[&session_reset_bytes(n)],
+        &n.signature,
     )
 }
 

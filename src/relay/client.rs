@@ -78,6 +78,9 @@ pub enum RelayEvent {
     /// A confirmation that a message we stored was delivered (acknowledge it with
     /// [`RelayClient::ack_confirmation`]).
     Confirmation(DeliveryConfirmation),
+    /// The recipient of a message we stored could not decrypt it and asks us to start a new
+    /// session (verify it with [`auth::verify_session_reset`] against the pinned identity).
+    SessionReset(SessionReset),
     /// An error not tied to a waiting request.
     Error(ErrorMsg),
 }
@@ -210,6 +213,7 @@ impl RelayClient {
                     },
                     Envelope::StoredMessage(m) => RelayEvent::Message(m),
                     Envelope::DeliveryConfirmation(c) => RelayEvent::Confirmation(c),
+                    Envelope::SessionReset(n) => RelayEvent::SessionReset(n),
                     _ => continue,
                 };
                 if events_tx.send(event).await.is_err() {
@@ -391,6 +395,30 @@ impl RelayClient {
         };
         auth::sign_confirmation(&self.key, &mut c);
         self.send(Envelope::DeliveryConfirmation(c)).await
+    }
+
+    /// Answers `sender`'s message `message_id`, which we could not decrypt, with a signed
+    /// `SESSION_RESET`: the relay deletes the message (without a delivery confirmation) and
+    /// forwards the notice to the sender if it is connected.
+    pub async fn session_reset(
+        &self,
+        sender: IdentityKey,
+        message_id: u64,
+        reason: ResetReason,
+        blob: &[u8],
+    ) -> Result<(), RelayClientError> {
+        use sha2::Digest;
+        let mut n = SessionReset {
+            message_id,
+            sender: sender.0,
+            recipient: [0; 32],
+            timestamp: Timestamp::now(),
+            reason: reason as u8,
+            digest: sha2::Sha256::digest(blob).into(),
+            signature: [0; 64],
+        };
+        auth::sign_session_reset(&self.key, &mut n);
+        self.send(Envelope::SessionReset(n)).await
     }
 
     /// Tells the relay we received a forwarded confirmation, so it can forget it.

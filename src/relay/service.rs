@@ -821,6 +821,41 @@ impl ConnState {
                 }
                 Flow::Continue
             }
+            Envelope::SessionReset(n) => {
+                if let Err(code) = self.relay.charge(who) {
+                    self.refuse(code, "rate limited").await;
+                    return Flow::Continue;
+                }
+                if n.recipient != who.0 {
+                    self.refuse(RelayErrorCode::Unauthorized, "session reset for someone else")
+                        .await;
+                    return Flow::Continue;
+                }
+                if auth::verify_session_reset(&n).is_err() {
+                    self.refuse(RelayErrorCode::BadSignature, "bad session reset signature")
+                        .await;
+                    return Flow::Continue;
+                }
+                let sender = IdentityKey(n.sender);
+                // Deleted like a confirmed message; forwarded only to a connected sender (never
+                // kept: a sender that was away re-stores later and gets a fresh notice).
+                match inner.store.confirm(who, sender, n.message_id).await {
+                    Ok(true) => {
+                        if let Some(out) = self.relay.online(&sender) {
+                            let _ = out.try_send(Box::new(Envelope::SessionReset(n)));
+                        }
+                    }
+                    Ok(false) => {
+                        tracing::debug!(peer = %who.short(), "session reset for an unknown message ignored")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "session reset failed");
+                        self.refuse(RelayErrorCode::StorageFailure, "storage failure")
+                            .await;
+                    }
+                }
+                Flow::Continue
+            }
             Envelope::ConfirmationAck(a) => {
                 if let Err(e) = inner
                     .store

@@ -122,6 +122,8 @@ envelope! {
     StoredMessage = 0x29,
     /// The sender received a forwarded delivery confirmation.
     ConfirmationAck = 0x2a,
+    /// The recipient could not decrypt a message (no session): delete it, tell its sender.
+    SessionReset = 0x2b,
     /// An end-to-end message sent directly.
     DirectMessage = 0x40,
     /// Its durable acknowledgement.

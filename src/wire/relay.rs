@@ -7,7 +7,8 @@
 //!    relay → client [`RelayRegistered`] or an `ErrorMsg` with a [`RelayErrorCode`].
 //! 3. Any number of [`StoreMessage`] → [`StoreResponse`], [`RetrieveMessages`] →
 //!    [`MessageBatch`], [`DeliveryConfirmation`] (recipient → relay, and relay → sender), and
-//!    [`ConfirmationAck`] (sender → relay). The relay pushes [`StoredMessage`]s to a connected
+//!    [`ConfirmationAck`] (sender → relay), and [`SessionReset`] (recipient → relay → sender,
+//!    in place of a confirmation for a message the recipient could not decrypt). The relay pushes [`StoredMessage`]s to a connected
 //!    recipient as they are stored.
 //!
 //! Nothing here does I/O; sizes are bounded by the frame/chunk limits of the transport and by
@@ -248,6 +249,67 @@ pub struct ConfirmationAck {
     pub message_id: u64,
 }
 
+/// **[gap]** `SESSION_RESET`: the recipient could not decrypt a stored message because it has no
+/// matching ratchet state (lost state, restored from an older backup). Sent by the recipient
+/// to the relay that held the message *instead of* a [`DeliveryConfirmation`]: the relay
+/// deletes the message and forwards this notice to the sender if it is connected (it is not
+/// kept for an absent sender). The sender verifies the signature against the recipient's
+/// pinned identity, starts a new session and re-sends what the recipient has not confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionReset {
+    /// The message that could not be decrypted.
+    pub message_id: u64,
+    /// Its sender (who should reset the session).
+    #[serde(with = "crate::wire::bytes::fixed")]
+    pub sender: [u8; 32],
+    /// The recipient who could not decrypt it (the signer).
+    #[serde(with = "crate::wire::bytes::fixed")]
+    pub recipient: [u8; 32],
+    /// When (the recipient's clock).
+    pub timestamp: Timestamp,
+    /// Why: a [`ResetReason`] value.
+    pub reason: u8,
+    /// SHA-256 of the `encrypted_blob` that could not be decrypted, so the sender can tell a
+    /// copy sent before an earlier reset (just store the current copy again) from its current
+    /// copy (start a new session).
+    #[serde(with = "crate::wire::bytes::fixed")]
+    pub digest: [u8; 32],
+    /// The recipient's signature (session-reset context).
+    #[serde(with = "crate::wire::bytes::fixed")]
+    pub signature: [u8; 64],
+}
+
+/// **[gap]** Why a [`SessionReset`] was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ResetReason {
+    /// No session with this id and no first-contact header (or one sealed to a noise key we
+    /// do not hold).
+    NoSession = 1,
+    /// A session with this id exists but its state cannot decrypt the (validly signed)
+    /// message: the recipient's ratchet state is older than the sender's.
+    StateMismatch = 2,
+}
+
+impl ResetReason {
+    /// The reason for a wire number (unknown numbers are treated like `StateMismatch`).
+    pub fn from_u8(v: u8) -> ResetReason {
+        if v == ResetReason::NoSession as u8 {
+            ResetReason::NoSession
+        } else {
+            ResetReason::StateMismatch
+        }
+    }
+
+    /// A stable lower-case name (logs, history lines).
+    pub fn name(self) -> &'static str {
+        match self {
+            ResetReason::NoSession => "no session",
+            ResetReason::StateMismatch => "ratchet state mismatch",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +342,10 @@ mod tests {
                     encrypted_blob: blob, sender_signature: [5; 64],
                 }),
                 Envelope::ConfirmationAck(ConfirmationAck { delivered_to: [6; 32], message_id: id }),
+                Envelope::SessionReset(SessionReset {
+                    message_id: id, sender: [7; 32], recipient: [8; 32], timestamp: Timestamp(t),
+                    reason: 1, digest: [10; 32], signature: [9; 64],
+                }),
                 Envelope::StoreResponse(StoreResponse { success: false, stored_at: Timestamp(t), message_id: id, error: Some(0x2005) }),
             ];
             for e in envs {
