@@ -148,6 +148,12 @@ pub struct NodeConfig {
     /// sealed to it (in flight at relays) for this many seconds, then it is forgotten.
     /// Default 604800 (7 days).
     pub noise_key_grace_secs: u64,
+    /// A message stored at a relay (or at the recipient's node) stays kept by the sender until
+    /// the recipient's delivery confirmation arrives; if none arrived this many milliseconds
+    /// after it was stored, the sender stores it again (de-duplicated by id at the relay and at
+    /// the recipient), and again after each further interval, for at most 30 days.
+    /// Default 600000 (10 minutes).
+    pub restore_after_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -161,6 +167,7 @@ impl Default for NodeConfig {
             retry_max_ms: 30_000,
             lookup_interval_ms: 2000,
             noise_key_grace_secs: 7 * 24 * 3600,
+            restore_after_ms: 600_000,
         }
     }
 }

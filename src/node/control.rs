@@ -1339,6 +1339,7 @@ fn status_name(s: Status) -> &'static str {
         Status::StoredAtRelay => "stored at relay",
         Status::Delivered => "delivered",
         Status::Received => "received",
+        Status::Notice => "notice",
     }
 }
 

@@ -27,11 +27,11 @@ use super::outbox::{self, OutboxEntry};
 use super::{commit, Inner, Node, NodeError};
 use crate::config::DeliveryMode;
 use crate::identity::{ContactIdentity, IdentityKey, Trust};
-use crate::ratchet::{Payload, PeerKeys};
+use crate::ratchet::{Content, MessageId, Payload, PeerKeys};
 use crate::relay::{RelayClient, RelayClientError, RelayEvent};
 use crate::store::Tree;
 use crate::time::Timestamp;
-use crate::wire::relay::DeliveryConfirmation;
+use crate::wire::relay::{DeliveryConfirmation, ResetReason, SessionReset};
 use crate::wire::rendezvous::RelayHint;
 use crate::wire::Endpoint;
 use std::collections::HashMap;
@@ -219,6 +219,7 @@ async fn outbound_events(
     while let Some(ev) = events.recv().await {
         match ev {
             RelayEvent::Confirmation(c) => confirmed(&node, &client, c).await,
+            RelayEvent::SessionReset(n) => session_reset(&node, n).await,
             RelayEvent::Message(_) => {}
             RelayEvent::Error(e) => tracing::debug!(code = e.code, "relay error event"),
         }
@@ -240,6 +241,187 @@ pub(crate) async fn confirmed(node: &Node, client: &RelayClient, c: DeliveryConf
     }
 }
 
+/// A recipient could not decrypt one of our messages and says so in a signed notice, routed
+/// back by the relay that held it (which deleted that copy). Verified against the recipient's
+/// pinned identity; see [`reset`] for what follows.
+pub(crate) async fn session_reset(node: &Node, n: SessionReset) {
+    let inner = &node.inner;
+    if n.sender != inner.me.key().0 {
+        return;
+    }
+    let peer = IdentityKey(n.recipient);
+    let contact = match inner.contacts.get(&peer) {
+        Ok(Some(c)) if c.trust != Trust::Rejected && c.identity.key() == peer => c,
+        _ => {
+            tracing::debug!(peer = %peer.short(), "session reset from an unknown or rejected contact ignored");
+            return;
+        }
+    };
+    if crate::relay::auth::verify_session_reset(&n).is_err() {
+        tracing::warn!(peer = %peer.short(), "session reset notice with a bad signature ignored");
+        return;
+    }
+    match reset(inner, &contact, &n).await {
+        Ok(Some(count)) => {
+            tracing::info!(peer = %peer.short(), resent = count, "peer lost our session; started a new one and re-sent unconfirmed messages");
+            inner.wake.notify_waiters();
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(peer = %peer.short(), error = %e, "session reset failed"),
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The copy of our message `seq` to `peer` we hold now: queued, or kept awaiting confirmation.
+fn current_copy(
+    inner: &Inner,
+    peer: &IdentityKey,
+    seq: u64,
+) -> Result<(Option<OutboxEntry>, Option<OutboxEntry>), NodeError> {
+    let mut key = peer.0.to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    let queued = inner
+        .store
+        .get(Tree::Outbox, &key)?
+        .and_then(|v| crate::wire::msgpack::decode::<OutboxEntry>(&v).ok());
+    let kept = inner
+        .store
+        .get(Tree::Awaiting, &seq.to_be_bytes())?
+        .and_then(|v| crate::wire::msgpack::decode::<AwaitingConfirmation>(&v).ok())
+        .and_then(|a| a.entry);
+    Ok((queued, kept))
+}
+
+/// Acts on a verified notice. If it names an older copy than the one we hold (sent before an
+/// earlier reset), only that message is stored again. If it names our current copy, every
+/// session with the peer is forgotten and each message the peer has not confirmed (queued or
+/// kept, at most [`MAX_RESEND`], oldest first) is encrypted again from the history under a new
+/// session (first contact), with its original ids, and queued; each goes back to `queued`, and
+/// a `notice` line records the reset. At most one reset per peer per [`RESET_MIN_INTERVAL`].
+/// Returns the number re-sent, or `None` when nothing was reset.
+async fn reset(
+    inner: &Arc<Inner>,
+    contact: &ContactIdentity,
+    n: &SessionReset,
+) -> Result<Option<usize>, NodeError> {
+    let peer = contact.identity.key();
+    let _one = inner.crypto.lock().await;
+    let Some(named) = inner.history.find(Direction::Out, &peer, n.message_id)? else {
+        return Ok(None);
+    };
+    if named.status == Status::Delivered {
+        return Ok(None);
+    }
+    let (queued, kept) = current_copy(inner, &peer, named.seq)?;
+    let current = queued.as_ref().or(kept.as_ref());
+    if current.map(|e| digest(&e.wire)) != Some(n.digest) {
+        // A copy from before an earlier reset; the relay deleted it, so the current copy (if it
+        // was accepted as a duplicate of that one) must be stored again.
+        if let (None, Some(e)) = (&queued, &kept) {
+            let mut batch = e.put();
+            batch.delete(Tree::Awaiting, named.seq.to_be_bytes().to_vec());
+            commit(&inner.store, batch).await?;
+            inner.wake.notify_waiters();
+            tracing::debug!(peer = %peer.short(), id = %named.id, "old copy dropped by the peer; storing the current one again");
+        }
+        return Ok(None);
+    }
+    if let Ok(mut m) = inner.resets.lock() {
+        if m.get(&peer)
+            .is_some_and(|t| t.elapsed() < RESET_MIN_INTERVAL)
+        {
+            tracing::debug!(peer = %peer.short(), "session reset notice within the minimum interval ignored");
+            return Ok(None);
+        }
+        m.insert(peer, Instant::now());
+    }
+    // Everything the peer has not confirmed: queued, and kept after a store.
+    let mut pending: Vec<OutboxEntry> = outbox::for_recipient(&*inner.store, &peer, MAX_RESEND)?;
+    for (_, v) in inner.store.scan(Tree::Awaiting, b"", None, RETAIN_SCAN)? {
+        if let Ok(AwaitingConfirmation {
+            entry: Some(e), ..
+        }) = crate::wire::msgpack::decode::<AwaitingConfirmation>(&v)
+        {
+            if e.recipient == peer.0 {
+                pending.push(e);
+            }
+        }
+    }
+    pending.sort_by_key(|e| e.history_seq);
+    pending.dedup_by_key(|e| e.history_seq);
+    pending.truncate(MAX_RESEND);
+    commit(&inner.store, inner.sessions.forget(&peer.0)).await?;
+    let keys = PeerKeys {
+        identity_key: peer.0,
+        noise_key: contact.identity.noise_key().0,
+    };
+    let mut resent = 0usize;
+    for e in pending {
+        let Some(mut h) = inner.history.get(e.history_seq)? else {
+            continue;
+        };
+        if h.direction != Direction::Out || h.status == Status::Delivered {
+            continue;
+        }
+        let id = match <[u8; 16]>::try_from(e.payload_id.as_slice()) {
+            Ok(id) => MessageId(id),
+            Err(_) => {
+                // Written before full ids were kept: the same history id, fresh low half.
+                let mut id = MessageId::random(&mut rand::rngs::OsRng);
+                id.0[..8].copy_from_slice(&e.message_id.to_be_bytes());
+                id
+            }
+        };
+        let payload = Payload {
+            id,
+            sent_at: Timestamp(h.sent_at),
+            content: Content::Text(h.text.clone()),
+        };
+        let out = inner
+            .sessions
+            .encrypt(&*inner.store, &mut rand::rngs::OsRng, &keys, &payload)?;
+        let (mut batch, wire) = out.into_parts();
+        let again = OutboxEntry {
+            wire,
+            payload_id: id.0.to_vec(),
+            ..e
+        };
+        batch.extend(again.put());
+        batch.delete(Tree::Awaiting, h.seq.to_be_bytes().to_vec());
+        h.status = Status::Queued;
+        h.path = None;
+        batch.extend(inner.history.update(&h));
+        commit(&inner.store, batch).await?;
+        let _ = inner.events.send(h);
+        resent += 1;
+    }
+    let reason = ResetReason::from_u8(n.reason);
+    let now = Timestamp::now();
+    let (line, batch) = inner.history.record(
+        Direction::Out,
+        &peer,
+        Some(contact.identity.username().to_string()),
+        rand::random::<u64>(),
+        format!(
+            "session reset: {} could not decrypt message {} ({}); new session started, {resent} unconfirmed message(s) re-sent",
+            contact.identity.username(),
+            named.id,
+            reason.name()
+        ),
+        now,
+        now,
+        Status::Notice,
+        None,
+    );
+    commit(&inner.store, batch).await?;
+    let _ = inner.events.send(line);
+    Ok(Some(resent))
+}
+
 /// Marks an outgoing message delivered (if it is not already).
 async fn upgrade(
     inner: &Arc<Inner>,
@@ -259,20 +441,49 @@ async fn upgrade(
     }
     let mut batch = inner.history.update(&e);
     batch.delete(Tree::Awaiting, e.seq.to_be_bytes().to_vec());
+    // A copy re-queued for a re-store (or after a session reset) is no longer needed.
+    let mut key = peer.0.to_vec();
+    key.extend_from_slice(&e.seq.to_be_bytes());
+    batch.delete(Tree::Outbox, key);
     commit(&inner.store, batch).await?;
     let _ = inner.events.send(e);
     Ok(())
 }
 
-/// A message a relay stored for us whose delivery confirmation has not arrived.
+/// A message a relay (or the recipient's integrated relay) stored whose delivery confirmation
+/// has not arrived. Keyed by the history seq in `Tree::Awaiting`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct AwaitingConfirmation {
-    /// The relay that stored it (where the confirmation will be kept for us).
+    /// The relay that stored it (where the confirmation will be kept for us). For a direct
+    /// store: the recipient's node endpoint and identity key.
     relay: RelayHint,
+    /// The message as it was stored (so it can be stored again). `None` in records written
+    /// before senders kept their messages.
+    #[serde(default)]
+    entry: Option<OutboxEntry>,
+    /// When it was first accepted (ms since the epoch).
+    #[serde(default)]
+    first_stored: u64,
+    /// When it was last accepted (ms since the epoch).
+    #[serde(default)]
+    last_stored: u64,
 }
 
-/// How often the node reconnects to relays that hold messages awaiting confirmation.
+/// How often the node reconnects to relays that hold messages awaiting confirmation (and
+/// checks for messages to re-store): this, or `restore_after_ms / 2` if that is shorter.
 pub const CONFIRMATION_POLL: Duration = Duration::from_secs(30);
+/// How long a sender keeps a stored message whose delivery confirmation never arrives (and
+/// keeps re-storing it every `restore_after_ms`): 30 days, the longest a relay keeps one by
+/// default. After that the message stays `stored_at_relay` in the history and is no longer kept.
+pub const RETAIN_MAX_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Most kept (awaiting) messages examined per round; the rest wait for the next round.
+pub const RETAIN_SCAN: usize = 10_000;
+/// A sender acts on at most one session reset per peer in this interval; later notices in it
+/// concern copies sent before the reset, which the reset already re-queued.
+pub const RESET_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Most unconfirmed messages re-sent by one session reset (oldest first); any beyond stay kept
+/// and are re-stored with their old ciphertext, which triggers the next reset.
+pub const MAX_RESEND: usize = 1000;
 
 /// Reconnects (through the pool) to every relay that stored a message of ours whose
 /// confirmation has not arrived, so that confirmations it kept while we were away reach us:
@@ -281,22 +492,26 @@ pub const CONFIRMATION_POLL: Duration = Duration::from_secs(30);
 pub(crate) async fn confirmations(node: Node) {
     let inner = node.inner.clone();
     let mut stop = inner.stop.clone();
-    let mut wait = Duration::from_secs(1);
+    let restore_after = inner.cfg.restore_after_ms.max(1);
+    let poll = CONFIRMATION_POLL.min(Duration::from_millis((restore_after / 2).max(100)));
+    let mut wait = Duration::from_secs(1).min(poll);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = super::stopped(&mut stop) => return,
         }
-        wait = CONFIRMATION_POLL;
-        let entries = match inner.store.scan(Tree::Awaiting, b"", None, 10_000) {
+        wait = poll;
+        let entries = match inner.store.scan(Tree::Awaiting, b"", None, RETAIN_SCAN) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read awaiting confirmations");
                 continue;
             }
         };
+        let now = Timestamp::now().0;
         let mut relays: Vec<RelayHint> = Vec::new();
         let mut stale = crate::store::Batch::new();
+        let mut requeued = 0usize;
         for (k, v) in entries {
             let seq = <[u8; 8]>::try_from(k.as_slice()).map(u64::from_be_bytes);
             let entry: Result<AwaitingConfirmation, _> = crate::wire::msgpack::decode(&v);
@@ -309,15 +524,44 @@ pub(crate) async fn confirmations(node: Node) {
             };
             match entry {
                 Ok(a) if pending => {
-                    if !relays.contains(&a.relay) {
-                        relays.push(a.relay);
+                    let first = if a.first_stored == 0 { now } else { a.first_stored };
+                    match a.entry {
+                        Some(_) if now.saturating_sub(first) > RETAIN_MAX_MS => {
+                            tracing::warn!(seq = ?seq, "no delivery confirmation within the retention limit; message no longer kept");
+                            stale.delete(Tree::Awaiting, k);
+                        }
+                        // No confirmation in time: store it again (the relay de-duplicates by
+                        // id, and stores it anew if it lost it; the recipient drops a copy it
+                        // already recorded and confirms it again).
+                        Some(e) if now.saturating_sub(a.last_stored) >= restore_after => {
+                            if inner.store.get(Tree::Outbox, &e.key()).ok().flatten().is_none() {
+                                stale.extend(e.put());
+                                requeued += 1;
+                            }
+                            stale.delete(Tree::Awaiting, k);
+                        }
+                        _ => {
+                            if !relays.contains(&a.relay) {
+                                relays.push(a.relay);
+                            }
+                        }
                     }
                 }
                 _ => stale.delete(Tree::Awaiting, k),
             }
         }
         if !stale.is_empty() {
-            let _ = commit(&inner.store, stale).await;
+            match commit(&inner.store, stale).await {
+                Ok(()) if requeued > 0 => {
+                    tracing::info!(
+                        messages = requeued,
+                        "no delivery confirmation in time; storing again"
+                    );
+                    inner.wake.notify_waiters();
+                }
+                Ok(()) => {}
+                Err(e) => tracing::error!(error = %e, "cannot update kept messages"),
+            }
         }
         for hint in relays.into_iter().take(MAX_ROUTES * 16) {
             let got = tokio::time::timeout(
@@ -373,6 +617,7 @@ pub(crate) async fn enqueue(
             recipient: key.0,
             wire,
             history_seq: entry.seq,
+            payload_id: payload.id.0.to_vec(),
         }
         .put(),
     );
@@ -506,7 +751,7 @@ async fn worker(node: Node, recipient: IdentityKey) {
                 let Some(Ok((e, r))) = done else { continue };
                 in_flight.remove(&e.history_seq);
                 match r {
-                    Some((status, path)) => match finalize(&inner, &e, status, path).await {
+                    Some((status, path, hint)) => match finalize(&inner, &e, status, path, hint).await {
                         Ok(()) => backoff = initial,
                         Err(err) => {
                             tracing::error!(error = %err, "cannot record delivery");
@@ -571,11 +816,42 @@ async fn finalize(
     e: &OutboxEntry,
     status: Status,
     path: DeliveryPath,
+    hint: RelayHint,
 ) -> Result<(), NodeError> {
+    let _one = inner.crypto.lock().await;
+    // A session reset may have replaced this entry with a re-encrypted copy (same key), and a
+    // confirmation may have removed it: then this acceptance concerns a copy that is gone.
+    let still_queued = inner
+        .store
+        .get(Tree::Outbox, &e.key())?
+        .and_then(|v| crate::wire::msgpack::decode::<OutboxEntry>(&v).ok())
+        .is_some_and(|q| q.wire == e.wire);
+    if !still_queued {
+        return Ok(());
+    }
     let mut batch = e.delete();
+    // Kept until the recipient confirms it (see `confirmations`).
+    let now = Timestamp::now().0;
+    let first_stored = inner
+        .store
+        .get(Tree::Awaiting, &e.history_seq.to_be_bytes())?
+        .and_then(|v| crate::wire::msgpack::decode::<AwaitingConfirmation>(&v).ok())
+        .map(|a| a.first_stored)
+        .filter(|t| *t != 0)
+        .unwrap_or(now);
+    batch.put(
+        Tree::Awaiting,
+        e.history_seq.to_be_bytes().to_vec(),
+        crate::wire::msgpack::encode(&AwaitingConfirmation {
+            relay: hint,
+            entry: Some(e.clone()),
+            first_stored,
+            last_stored: now,
+        }),
+    );
     let entry = match inner.history.get(e.history_seq)? {
         Some(mut h) => {
-            if h.status < status {
+            if h.status < status && h.status != Status::Delivered {
                 h.status = status;
             }
             if h.path.is_none() {
@@ -614,9 +890,14 @@ fn path_state(inner: &Inner, peer: &IdentityKey) -> PathState {
         .unwrap_or_default()
 }
 
-type Outcome = Option<(Status, DeliveryPath)>;
+/// Who accepted a message: its status, path, and where its confirmation will come from.
+type Outcome = Option<(Status, DeliveryPath, RelayHint)>;
 
 /// Delivers one message according to [`plan`]. `None`: nobody accepted it this time.
+///
+/// Either acceptance (the recipient's integrated relay, or one of its relays) makes it
+/// `stored_at_relay` with the path it took; only the recipient's delivery confirmation, sent
+/// after it decrypted and recorded the message, makes it `delivered`.
 async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Outcome {
     let inner = &node.inner;
     let peer = contact.identity.key();
@@ -630,24 +911,29 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
     );
     let direct = |node: Node, e: OutboxEntry, endpoints: Vec<Endpoint>| async move {
         let ok = try_direct(&node, &e, &endpoints).await;
-        set_proven(&node.inner, &IdentityKey(e.recipient), ok);
+        set_proven(&node.inner, &IdentityKey(e.recipient), ok.is_some());
         ok
     };
-    let delivered = Some((Status::Delivered, DeliveryPath::Direct));
-    let stored = Some((Status::StoredAtRelay, DeliveryPath::Relay));
+    let at_node = |ep: Endpoint| {
+        Some((
+            Status::StoredAtRelay,
+            DeliveryPath::Direct,
+            RelayHint {
+                endpoint: ep,
+                relay_key: peer.0,
+            },
+        ))
+    };
+    let at_relay = |h: RelayHint| Some((Status::StoredAtRelay, DeliveryPath::Relay, h));
     match p {
         Plan::Wait => None,
-        Plan::DirectOnly => direct(node.clone(), e.clone(), endpoints)
-            .await
-            .then_some(delivered)?,
-        Plan::RelayOnly => try_relay(node, e, &relays).await.then_some(stored)?,
+        Plan::DirectOnly => at_node(direct(node.clone(), e.clone(), endpoints).await?),
+        Plan::RelayOnly => at_relay(try_relay(node, e, &relays).await?),
         Plan::DirectThenRelay => {
-            if direct(node.clone(), e.clone(), endpoints).await {
-                delivered
-            } else if try_relay(node, e, &relays).await {
-                stored
+            if let Some(ep) = direct(node.clone(), e.clone(), endpoints).await {
+                at_node(ep)
             } else {
-                None
+                at_relay(try_relay(node, e, &relays).await?)
             }
         }
         Plan::Race | Plan::Hedge => {
@@ -655,10 +941,10 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
             if p == Plan::Hedge {
                 tokio::select! {
                     r = &mut d => {
-                        if matches!(r, Ok(true)) {
-                            return delivered;
+                        if let Ok(Some(ep)) = r {
+                            return at_node(ep);
                         }
-                        return try_relay(node, e, &relays).await.then_some(stored)?;
+                        return at_relay(try_relay(node, e, &relays).await?);
                     }
                     _ = tokio::time::sleep(HEDGE) => {}
                 }
@@ -667,33 +953,21 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
             tokio::pin!(r);
             tokio::select! {
                 dr = &mut d => {
-                    if matches!(dr, Ok(true)) {
-                        delivered
-                    } else if r.await {
-                        stored
+                    if let Ok(Some(ep)) = dr {
+                        at_node(ep)
                     } else {
-                        None
+                        at_relay(r.await?)
                     }
                 }
                 rr = &mut r => {
-                    if rr {
-                        // The direct attempt goes on; if it succeeds the message was also
-                        // delivered directly and the path is proven for the next one.
-                        let inner = inner.clone();
-                        let (peer, id) = (peer, e.message_id);
-                        tokio::spawn(async move {
-                            if matches!(d.await, Ok(true)) {
-                                // It reached the recipient's node directly too. If this lands
-                                // before the relay's acceptance was recorded, the entry shows
-                                // the direct path (both accepted it; the record is consistent).
-                                let _ = upgrade(&inner, &peer, id, Some(DeliveryPath::Direct)).await;
-                            }
-                        });
-                        stored
-                    } else if matches!(d.await, Ok(true)) {
-                        delivered
-                    } else {
-                        None
+                    match rr {
+                        // The direct attempt goes on in the background (it proves the path for
+                        // the next message); the recipient drops the second copy.
+                        Some(h) => at_relay(h),
+                        None => match d.await {
+                            Ok(Some(ep)) => at_node(ep),
+                            _ => None,
+                        },
                     }
                 }
             }
@@ -702,37 +976,25 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
 }
 
 /// Stores `e` at the recipient's integrated relay (its own node), trying each endpoint.
-async fn try_direct(node: &Node, e: &OutboxEntry, endpoints: &[Endpoint]) -> bool {
+async fn try_direct(node: &Node, e: &OutboxEntry, endpoints: &[Endpoint]) -> Option<Endpoint> {
     let recipient = IdentityKey(e.recipient);
     for ep in endpoints {
         if store_at(node, e, ep, recipient).await {
-            return true;
+            return Some(ep.clone());
         }
     }
-    false
+    None
 }
 
-/// Stores `e` at one of the recipient's relays, remembering which one so that its delivery
-/// confirmation can be collected later even if this connection is gone by then.
-async fn try_relay(node: &Node, e: &OutboxEntry, relays: &[RelayHint]) -> bool {
+/// Stores `e` at one of the recipient's relays; returns the one that stored it (its delivery
+/// confirmation can be collected there later, even if this connection is gone by then).
+async fn try_relay(node: &Node, e: &OutboxEntry, relays: &[RelayHint]) -> Option<RelayHint> {
     for hint in relays {
         if store_at(node, e, &hint.endpoint, IdentityKey(hint.relay_key)).await {
-            let mut b = crate::store::Batch::new();
-            let rec = AwaitingConfirmation {
-                relay: hint.clone(),
-            };
-            b.put(
-                Tree::Awaiting,
-                e.history_seq.to_be_bytes().to_vec(),
-                crate::wire::msgpack::encode(&rec),
-            );
-            if let Err(err) = commit(&node.inner.store, b).await {
-                tracing::warn!(error = %err, "cannot record the relay awaiting confirmation");
-            }
-            return true;
+            return Some(hint.clone());
         }
     }
-    false
+    None
 }
 
 async fn store_at(node: &Node, e: &OutboxEntry, ep: &Endpoint, key: IdentityKey) -> bool {

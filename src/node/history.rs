@@ -36,6 +36,9 @@ pub enum Status {
     Delivered,
     /// A message we received.
     Received,
+    /// A line the node wrote itself, not a message: a session with the peer was reset (after
+    /// one side lost its ratchet state) and what was re-sent. Never sent anywhere.
+    Notice,
 }
 
 /// How a message travelled.

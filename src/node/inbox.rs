@@ -18,7 +18,7 @@ use crate::identity::{IdentityKey, Trust};
 use crate::ratchet::{Content, DecryptError};
 use crate::relay::{RelayClient, RelayEvent};
 use crate::time::Timestamp;
-use crate::wire::relay::StoredMessage;
+use crate::wire::relay::{ResetReason, StoredMessage};
 use crate::wire::rendezvous::RelayHint;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -85,6 +85,7 @@ pub(crate) async fn collect(node: Node, source: Source) {
                             ev = events.recv() => match ev {
                                 Some(RelayEvent::Message(m)) => handle(&node, &client, m, path).await,
                                 Some(RelayEvent::Confirmation(c)) => super::delivery::confirmed(&node, &client, c).await,
+                                Some(RelayEvent::SessionReset(n)) => super::delivery::session_reset(&node, n).await,
                                 Some(RelayEvent::Error(e)) => tracing::debug!(source = %addr, code = e.code, "relay error"),
                                 None => break,
                             },
@@ -144,9 +145,31 @@ pub(crate) async fn handle(
     path: DeliveryPath,
 ) {
     match receive(node, &m, path).await {
-        Ok(()) => {
+        Ok(Received::Done) => {
             if let Err(e) = client.confirm(IdentityKey(m.sender), m.message_id).await {
                 tracing::debug!(error = %e, "confirmation not sent");
+            }
+        }
+        Ok(Received::Lost(reason)) => {
+            let sender = IdentityKey(m.sender);
+            // Only the signer of the blob may be told (and the notice names the copy by digest).
+            let signed_by_sender = crate::ratchet::SignedMessage::decode(&m.encrypted_blob)
+                .is_ok_and(|s| s.sender == m.sender);
+            if !signed_by_sender {
+                tracing::warn!(peer = %sender.short(), "undecryptable message not signed by its sender; dropped");
+                if let Err(e) = client.confirm(sender, m.message_id).await {
+                    tracing::debug!(error = %e, "confirmation not sent");
+                }
+                return;
+            }
+            note_lost(node, &sender, reason).await;
+            // In place of a confirmation: the source deletes the copy and tells the sender,
+            // who starts a new session and re-sends. Never `delivered` for this copy.
+            if let Err(e) = client
+                .session_reset(sender, m.message_id, reason, &m.encrypted_blob)
+                .await
+            {
+                tracing::debug!(error = %e, "session reset notice not sent");
             }
         }
         Err(e) => {
@@ -156,15 +179,72 @@ pub(crate) async fn handle(
     }
 }
 
-/// Ok: handled (recorded, or refused/duplicate/undecryptable and safe to delete).
-async fn receive(node: &Node, m: &StoredMessage, path: DeliveryPath) -> Result<(), NodeError> {
+/// How a stored message was handled.
+#[derive(Debug)]
+enum Received {
+    /// Recorded, or refused/duplicate/malformed: confirm it (the source deletes it).
+    Done,
+    /// Validly signed by its sender but undecryptable with our ratchet state (we lost it):
+    /// answer with a session reset notice instead of a confirmation.
+    Lost(ResetReason),
+}
+
+/// Writes a `notice` line for a sender whose messages we could not decrypt, at most once per
+/// [`super::delivery::RESET_MIN_INTERVAL`] per sender.
+async fn note_lost(node: &Node, sender: &IdentityKey, reason: ResetReason) {
+    let inner = &node.inner;
+    if let Ok(mut m) = inner.reset_notes.lock() {
+        if m.get(sender)
+            .is_some_and(|t| t.elapsed() < super::delivery::RESET_MIN_INTERVAL)
+        {
+            return;
+        }
+        m.insert(*sender, std::time::Instant::now());
+    }
+    let name = inner
+        .contacts
+        .get(sender)
+        .ok()
+        .flatten()
+        .map(|c| c.identity.username().to_string());
+    let now = Timestamp::now();
+    let (line, batch) = inner.history.record(
+        Direction::In,
+        sender,
+        name.clone(),
+        rand::random::<u64>(),
+        format!(
+            "session reset: could not decrypt a message from {} ({}); asked the sender to start a new session and re-send",
+            name.unwrap_or_else(|| sender.short()),
+            reason.name()
+        ),
+        now,
+        now,
+        Status::Notice,
+        None,
+    );
+    match super::commit(&inner.store, batch).await {
+        Ok(()) => {
+            tracing::warn!(peer = %sender.short(), reason = reason.name(), "cannot decrypt a message (lost ratchet state); asked the sender to reset the session");
+            let _ = inner.events.send(line);
+        }
+        Err(e) => tracing::error!(error = %e, "cannot record the session reset notice"),
+    }
+}
+
+/// Ok: handled (see [`Received`]); Err: a local failure, leave it at the source.
+async fn receive(
+    node: &Node,
+    m: &StoredMessage,
+    path: DeliveryPath,
+) -> Result<Received, NodeError> {
     let inner = &node.inner;
     let sender = IdentityKey(m.sender);
     let contact = inner.contacts.get(&sender)?;
     let known = contact.is_some();
     if contact.as_ref().is_some_and(|c| c.trust == Trust::Rejected) {
         tracing::info!(peer = %sender.short(), "refused a message from a rejected contact");
-        return Ok(());
+        return Ok(Received::Done);
     }
     let _one = inner.crypto.lock().await;
     let incoming = match inner.sessions().decrypt(&*inner.store, &m.encrypted_blob) {
@@ -172,11 +252,21 @@ async fn receive(node: &Node, m: &StoredMessage, path: DeliveryPath) -> Result<(
         Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Duplicate))
         | Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Replayed { .. })) => {
             tracing::debug!(peer = %sender.short(), "duplicate message dropped");
-            return Ok(());
+            return Ok(Received::Done);
         }
+        // The sender's signature verified (these come after the check): our state is missing
+        // or older than the sender's.
+        Err(crate::ratchet::ReceiveError::Rejected(
+            DecryptError::NoSession | DecryptError::UnknownNoiseKey,
+        )) => return Ok(Received::Lost(ResetReason::NoSession)),
+        Err(crate::ratchet::ReceiveError::Rejected(
+            DecryptError::Decrypt
+            | DecryptError::UnexpectedRatchetKey
+            | DecryptError::TooBigMessageGap { .. },
+        )) => return Ok(Received::Lost(ResetReason::StateMismatch)),
         Err(crate::ratchet::ReceiveError::Rejected(e)) => {
             tracing::warn!(peer = %sender.short(), error = %e, "undecryptable message dropped");
-            return Ok(());
+            return Ok(Received::Done);
         }
         Err(crate::ratchet::ReceiveError::Local(e)) => {
             return Err(NodeError::Store(crate::store::StoreError::Io(
@@ -186,7 +276,7 @@ async fn receive(node: &Node, m: &StoredMessage, path: DeliveryPath) -> Result<(
     };
     if incoming.sender != m.sender {
         tracing::warn!(peer = %sender.short(), "message signed by someone other than its claimed sender; dropped");
-        return Ok(());
+        return Ok(Received::Done);
     }
     let text = match &incoming.payload.content {
         Content::Text(t) => t.clone(),
@@ -218,5 +308,5 @@ async fn receive(node: &Node, m: &StoredMessage, path: DeliveryPath) -> Result<(
         let inner = inner.clone();
         tokio::spawn(async move { super::delivery::lookup(&inner, &sender).await });
     }
-    Ok(())
+    Ok(Received::Done)
 }

@@ -213,6 +213,10 @@ pub(crate) struct Inner {
     wake: Notify,
     inbound: AtomicUsize,
     sources: Mutex<std::collections::HashMap<String, bool>>,
+    /// Sender side: when we last reset our session with a peer after its notice.
+    resets: Mutex<std::collections::HashMap<IdentityKey, std::time::Instant>>,
+    /// Recipient side: when we last wrote a "could not decrypt" notice line for a sender.
+    reset_notes: Mutex<std::collections::HashMap<IdentityKey, std::time::Instant>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -385,6 +389,8 @@ impl Node {
             wake: Notify::new(),
             inbound: AtomicUsize::new(0),
             sources: Mutex::new(Default::default()),
+            resets: Mutex::new(Default::default()),
+            reset_notes: Mutex::new(Default::default()),
             stop: rx.clone(),
         });
         let node = Node { inner };

@@ -4,8 +4,10 @@
 //! message in the history, before `send` returns, so a crash at any point after `send` returned
 //! leaves the message either here or accepted by a peer or relay. Entries are keyed by
 //! `recipient || history seq`, so one recipient's messages are a prefix scan in send order.
-//! An entry is removed only in the batch that records its acceptance (direct acknowledgement or
-//! durable relay store).
+//! An entry is removed only in the batch that records its acceptance (durable store at the
+//! recipient's node or at a relay), and that batch keeps a copy in `Tree::Awaiting` until the
+//! recipient's delivery confirmation arrives (see `delivery::confirmations`): a relay that loses
+//! its store, or a recipient that loses its state, cannot lose the message for good.
 
 use crate::identity::IdentityKey;
 use crate::store::{Batch, Store, StoreError, Tree};
@@ -26,6 +28,10 @@ pub struct OutboxEntry {
     pub wire: Vec<u8>,
     /// The history entry it belongs to.
     pub history_seq: u64,
+    /// The full 16-byte payload id (the recipient de-duplicates on it), so that a re-send
+    /// after a session reset carries the same id. Empty in entries written before it existed.
+    #[serde(default, with = "serde_bytes")]
+    pub payload_id: Vec<u8>,
 }
 
 impl OutboxEntry {
@@ -128,6 +134,7 @@ mod tests {
                         recipient: [r; 32],
                         wire: vec![0; 8],
                         history_seq: seq,
+                        payload_id: Vec::new(),
                     }
                     .put(),
                 );
