@@ -735,3 +735,82 @@ async fn stores_received_together_refuse_exactly_the_forged_one() {
     );
     r.stop().await;
 }
+
+#[tokio::test]
+async fn session_reset_deletes_the_message_and_reaches_only_a_connected_sender() {
+    let r = TestRelay::start(RelayConfig::default(), |_| RelayMode::Open).await;
+    let (alice, bob, eve) = (user("alice"), user("bob"), user("eve"));
+    let (ca, mut ea) = r.client(&alice).await;
+    ca.store(bob.key(), b"lost".to_vec(), 5).await.unwrap();
+    ca.store(bob.key(), b"lost too".to_vec(), 6).await.unwrap();
+    let (cb, _eb) = r.client(&bob).await;
+    assert_eq!(cb.retrieve_all(10).await.unwrap().len(), 2);
+    // Bob cannot decrypt message 5: the relay deletes it and forwards the signed notice.
+    cb.session_reset(alice.key(), 5, ResetReason::NoSession, b"lost")
+        .await
+        .unwrap();
+    match next_event(&mut ea).await {
+        RelayEvent::SessionReset(n) => {
+            assert_eq!((n.message_id, n.sender, n.recipient), (5, alice.key().0, bob.key().0));
+            assert_eq!(ResetReason::from_u8(n.reason), ResetReason::NoSession);
+            use sha2::Digest;
+            assert_eq!(n.digest, <[u8; 32]>::from(sha2::Sha256::digest(b"lost")));
+            sremp::relay::auth::verify_session_reset(&n).unwrap();
+        }
+        other => panic!("expected a session reset, got {other:?}"),
+    }
+    let left = cb.retrieve_all(10).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].message_id, 6);
+    // Not a delivery: the relay counts no delivery and keeps no confirmation for it.
+    assert_eq!(r.relay.stats().snapshot().confirmations_kept, 0);
+    // A notice for an id the relay does not hold deletes nothing and is not forwarded.
+    cb.session_reset(alice.key(), 9999, ResetReason::NoSession, b"?")
+        .await
+        .unwrap();
+    // A forged notice (eve signs as bob) and one for someone else's message are refused; the
+    // message stays.
+    let (ce, mut ee) = r.client(&eve).await;
+    let mut forged = SessionReset {
+        message_id: 6,
+        sender: alice.key().0,
+        recipient: bob.key().0,
+        timestamp: Timestamp::now(),
+        reason: 1,
+        digest: [0; 32],
+        signature: [7; 64],
+    };
+    ce.send_raw(&Envelope::SessionReset(forged.clone()))
+        .await
+        .unwrap();
+    match next_event(&mut ee).await {
+        RelayEvent::Error(e) => assert_eq!(e.code, RelayErrorCode::Unauthorized.code()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    forged.recipient = eve.key().0;
+    ce.send_raw(&Envelope::SessionReset(forged)).await.unwrap();
+    match next_event(&mut ee).await {
+        RelayEvent::Error(e) => assert_eq!(e.code, RelayErrorCode::BadSignature.code()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(tokio::time::timeout(Duration::from_millis(300), ea.recv())
+        .await
+        .is_err());
+    assert_eq!(cb.retrieve_all(10).await.unwrap().len(), 1);
+    // With alice away, a notice is not kept for her.
+    ca.close().await;
+    drop(ca);
+    drop(ea);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cb.session_reset(alice.key(), 6, ResetReason::StateMismatch, b"lost too")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(cb.retrieve_all(10).await.unwrap().is_empty());
+    let (_ca, mut ea) = r.client(&alice).await;
+    assert!(tokio::time::timeout(Duration::from_millis(300), ea.recv())
+        .await
+        .is_err());
+    still_serving(&r).await;
+    r.stop().await;
+}

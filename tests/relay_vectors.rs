@@ -68,6 +68,26 @@ fn compute() -> Value {
     conf_body.extend_from_slice(&pk);
     conf_body.extend_from_slice(&42u64.to_be_bytes());
     conf_body.extend_from_slice(&1_700_000_000_500u64.to_be_bytes());
+    // SESSION_RESET: the recipient could not decrypt message 42 (blob above), reason 1.
+    let mut reset = SessionReset {
+        message_id: 42,
+        sender: ck,
+        recipient: [0; 32],
+        timestamp: Timestamp(1_700_000_000_700),
+        reason: 1,
+        digest: {
+            use sha2::Digest;
+            sha2::Sha256::digest(&blob).into()
+        },
+        signature: [0; 64],
+    };
+    auth::sign_session_reset(&recipient, &mut reset);
+    let mut reset_body = ck.to_vec();
+    reset_body.extend_from_slice(&pk);
+    reset_body.extend_from_slice(&42u64.to_be_bytes());
+    reset_body.extend_from_slice(&1_700_000_000_700u64.to_be_bytes());
+    reset_body.push(1);
+    reset_body.extend_from_slice(&reset.digest);
     let store_env = Envelope::StoreMessage(StoreMessage {
         recipient: pk,
         encrypted_blob: blob.clone(),
@@ -103,6 +123,13 @@ fn compute() -> Value {
             "signature": hex::encode(conf.signature),
             "envelope": hex::encode(Envelope::DeliveryConfirmation(conf.clone()).encode()),
         },
+        "session_reset": {
+            "message_id": 42, "timestamp": 1_700_000_000_700u64, "reason": 1,
+            "digest": hex::encode(reset.digest),
+            "signed_message": with_prefix(SigContext::SessionReset, &reset_body),
+            "signature": hex::encode(reset.signature),
+            "envelope": hex::encode(Envelope::SessionReset(reset.clone()).encode()),
+        },
     })
 }
 
@@ -120,6 +147,7 @@ fn relay_signature_vectors() {
         ("retrieve_messages", "client_key"),
         ("store_message", "client_key"),
         ("delivery_confirmation", "recipient_key"),
+        ("session_reset", "recipient_key"),
     ] {
         let pk: [u8; 32] = hex::decode(stored["keys"][key].as_str().unwrap())
             .unwrap()
@@ -143,6 +171,16 @@ fn relay_signature_vectors() {
     .unwrap();
     match Envelope::decode(&env).unwrap() {
         Envelope::DeliveryConfirmation(c) => auth::verify_confirmation(&c).unwrap(),
+        other => panic!("{other:?}"),
+    }
+    let env = hex::decode(stored["session_reset"]["envelope"].as_str().unwrap()).unwrap();
+    match Envelope::decode(&env).unwrap() {
+        Envelope::SessionReset(mut n) => {
+            auth::verify_session_reset(&n).unwrap();
+            // Any change to a signed field breaks it.
+            n.reason = 2;
+            assert!(auth::verify_session_reset(&n).is_err());
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -620,7 +620,7 @@ pub fn relay_messages(data: &[u8]) {
     let Some((sel, body)) = data.split_first() else {
         return;
     };
-    match sel % 13 {
+    match sel % 14 {
         0 => round_trip::<RelayHello>(body),
         1 => round_trip::<RelayChallenge>(body),
         2 => round_trip::<RelayRegister>(body),
@@ -633,6 +633,7 @@ pub fn relay_messages(data: &[u8]) {
         9 => round_trip::<DeliveryConfirmation>(body),
         10 => round_trip::<ConfirmationAck>(body),
         11 => round_trip::<RelayCapabilities>(body),
+        12 => round_trip::<SessionReset>(body),
         _ => round_trip::<RetrieveCursor>(body),
     }
 }
