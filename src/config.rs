@@ -152,7 +152,7 @@ pub struct NodeConfig {
     /// the recipient's delivery confirmation arrives; if none arrived this many milliseconds
     /// after it was stored, the sender stores it again (de-duplicated by id at the relay and at
     /// the recipient), and again after each further interval, for at most 30 days.
-    /// Default 600000 (10 minutes).
+    /// Default 600000 (10 minutes); at least 100.
     pub restore_after_ms: u64,
 }
 
@@ -272,6 +272,12 @@ impl Config {
                 why: "timeouts must be at least 1 ms".into(),
             });
         }
+        if self.node.restore_after_ms < 100 {
+            return Err(ConfigError::Value {
+                key: "node.restore_after_ms",
+                why: "must be at least 100 ms".into(),
+            });
+        }
         if let Some(u) = &self.username {
             crate::identity::Username::new(u.clone()).map_err(|e| ConfigError::Value {
                 key: "username",
@@ -347,5 +353,6 @@ mod tests {
             Err(ConfigError::Value { .. })
         ));
         assert!(Config::parse("[listen]\nadvertise = [\"nope\"]", Path::new("x")).is_err());
+        assert!(Config::parse("[node]\nrestore_after_ms = 0", Path::new("x")).is_err());
     }
 }

@@ -751,7 +751,10 @@ async fn session_reset_deletes_the_message_and_reaches_only_a_connected_sender()
         .unwrap();
     match next_event(&mut ea).await {
         RelayEvent::SessionReset(n) => {
-            assert_eq!((n.message_id, n.sender, n.recipient), (5, alice.key().0, bob.key().0));
+            assert_eq!(
+                (n.message_id, n.sender, n.recipient),
+                (5, alice.key().0, bob.key().0)
+            );
             assert_eq!(ResetReason::from_u8(n.reason), ResetReason::NoSession);
             use sha2::Digest;
             assert_eq!(n.digest, <[u8; 32]>::from(sha2::Sha256::digest(b"lost")));

@@ -170,7 +170,14 @@ fn recipient_restored_from_an_older_copy_recovers_the_session() {
     wait_history(&a, "alice gets bob's reply", Duration::from_secs(20), |h| {
         received(h, "reply 2").len() == 1
     });
-    let out = a.json(&["send", &b_id, "after reset", "--wait", "--timeout-secs", "30"]);
+    let out = a.json(&[
+        "send",
+        &b_id,
+        "after reset",
+        "--wait",
+        "--timeout-secs",
+        "30",
+    ]);
     assert_eq!(out["status"], "delivered", "{out}");
     // Nothing arrives twice later on.
     std::thread::sleep(Duration::from_millis(700));
@@ -189,7 +196,10 @@ fn recipient_restored_from_an_older_copy_recovers_the_session() {
 
 fn stop_relay(r: &mut BinRelay) {
     signal(&r.proc.child, libc::SIGTERM);
-    assert!(reap(&mut r.proc.child, Duration::from_secs(20)), "relay did not stop");
+    assert!(
+        reap(&mut r.proc.child, Duration::from_secs(20)),
+        "relay did not stop"
+    );
 }
 
 #[test]
@@ -210,10 +220,15 @@ fn relay_that_loses_its_store_gets_the_messages_again_from_the_sender() {
     b.stop();
     let texts: Vec<String> = (0..20).map(|i| format!("kept {i}")).collect();
     let ids: Vec<String> = texts.iter().map(|t| a.send(&b_id, t)).collect();
-    wait_history(&a, "all 20 stored at the relay", Duration::from_secs(30), |h| {
-        ids.iter()
-            .all(|id| sent(h, id).is_some_and(|e| e["status"] == "stored_at_relay"))
-    });
+    wait_history(
+        &a,
+        "all 20 stored at the relay",
+        Duration::from_secs(30),
+        |h| {
+            ids.iter()
+                .all(|id| sent(h, id).is_some_and(|e| e["status"] == "stored_at_relay"))
+        },
+    );
     // The relay loses its store: same identity, same address, empty database.
     stop_relay(&mut relay);
     let data = dir.path().join("relay").join("data");

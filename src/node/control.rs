@@ -45,7 +45,10 @@
 //! [`HistoryEntry`](super::history::HistoryEntry):
 //! `{"seq":1,"id":"<16 hex>","direction":"out"|"in","peer":"<64 hex>","peer_name":"bob"|null,
 //! "text":"...","sent_at":MS,"recorded_at":MS,"status":"queued"|"stored_at_relay"|"delivered"|
-//! "received","path":"direct"|"relay"|null}`. Times are milliseconds since the Unix epoch.
+//! "received"|"notice","path":"direct"|"relay"|null}`. Times are milliseconds since the Unix
+//! epoch. A `notice` entry is a line the node wrote itself, not a message (a session reset
+//! after lost state: on the sender, `direction` `out`, saying how many messages were re-sent;
+//! on the recipient, `direction` `in`); its `id` is random and matches nothing.
 //!
 //! `follow` turns the connection into a stream: first `{"ok":true,"following":true}`, then, if
 //! `after_seq` was given, every entry with a larger seq as `{"ok":true,"entry":ENTRY}`, then one

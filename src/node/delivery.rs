@@ -12,10 +12,17 @@
 //! The same message may thus arrive twice (once directly, once through the relay): the
 //! recipient drops the second copy on its `(sender, message id)` check, so a copy is harmless.
 //!
-//! Status: a direct acknowledgement (the recipient's integrated relay stored it durably) makes
-//! the message `delivered`; a relay's `STORE_RESPONSE` makes it `stored_at_relay`, and the
-//! recipient's `DELIVERY_CONFIRMATION`, routed back by that relay, makes it `delivered`. A
-//! background direct attempt that succeeds after the relay won also upgrades it to `delivered`.
+//! Status: a store (a direct acknowledgement from the recipient's integrated relay, or a
+//! relay's `STORE_RESPONSE`) makes the message `stored_at_relay` with its path; only the
+//! recipient's `DELIVERY_CONFIRMATION`, sent after it decrypted and recorded the message and
+//! routed back by the relay that held it, makes it `delivered`.
+//!
+//! Keeping: a stored message leaves the outbox for a `Tree::Awaiting` record holding its
+//! ciphertext, and [`confirmations`] stores it again every `restore_after_ms` until the
+//! confirmation arrives (at most [`RETAIN_MAX_MS`]). Session reset: a recipient that lost its
+//! ratchet state answers with a signed `SESSION_RESET`; [`session_reset`] verifies it against
+//! the pinned identity, forgets the session and re-encrypts every unconfirmed message from the
+//! history under a new one (docs/PROTOCOL.md, "Session recovery").
 //!
 //! Retries: a recipient whose messages nobody accepted is retried with exponential backoff
 //! (`retry_initial_ms` doubling to `retry_max_ms`), at once when it connects to us or its
@@ -342,9 +349,8 @@ async fn reset(
     // Everything the peer has not confirmed: queued, and kept after a store.
     let mut pending: Vec<OutboxEntry> = outbox::for_recipient(&*inner.store, &peer, MAX_RESEND)?;
     for (_, v) in inner.store.scan(Tree::Awaiting, b"", None, RETAIN_SCAN)? {
-        if let Ok(AwaitingConfirmation {
-            entry: Some(e), ..
-        }) = crate::wire::msgpack::decode::<AwaitingConfirmation>(&v)
+        if let Ok(AwaitingConfirmation { entry: Some(e), .. }) =
+            crate::wire::msgpack::decode::<AwaitingConfirmation>(&v)
         {
             if e.recipient == peer.0 {
                 pending.push(e);
@@ -524,7 +530,11 @@ pub(crate) async fn confirmations(node: Node) {
             };
             match entry {
                 Ok(a) if pending => {
-                    let first = if a.first_stored == 0 { now } else { a.first_stored };
+                    let first = if a.first_stored == 0 {
+                        now
+                    } else {
+                        a.first_stored
+                    };
                     match a.entry {
                         Some(_) if now.saturating_sub(first) > RETAIN_MAX_MS => {
                             tracing::warn!(seq = ?seq, "no delivery confirmation within the retention limit; message no longer kept");
@@ -534,7 +544,13 @@ pub(crate) async fn confirmations(node: Node) {
                         // id, and stores it anew if it lost it; the recipient drops a copy it
                         // already recorded and confirms it again).
                         Some(e) if now.saturating_sub(a.last_stored) >= restore_after => {
-                            if inner.store.get(Tree::Outbox, &e.key()).ok().flatten().is_none() {
+                            if inner
+                                .store
+                                .get(Tree::Outbox, &e.key())
+                                .ok()
+                                .flatten()
+                                .is_none()
+                            {
                                 stale.extend(e.put());
                                 requeued += 1;
                             }

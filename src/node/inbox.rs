@@ -10,7 +10,11 @@
 //! entry are committed in one batch — only then is the message confirmed to the source, which
 //! deletes it and routes the confirmation back to the sender. A duplicate (same sender and
 //! message id, e.g. the second copy of a raced send) is confirmed without being shown again. A
-//! local failure leaves the message unconfirmed at the source for the next attempt.
+//! message whose sender signature verifies but which our ratchet state cannot decrypt (lost or
+//! older state) is answered with a signed `SESSION_RESET` instead of a confirmation (the source
+//! deletes it and tells the sender, who starts a new session and re-sends), and a `notice`
+//! line is written. A local failure leaves the message unconfirmed at the source for the next
+//! attempt.
 
 use super::history::{DeliveryPath, Direction, Status};
 use super::{Node, NodeError};

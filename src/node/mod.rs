@@ -20,9 +20,12 @@
 //!
 //! Invariants: a message is in the outbox (committed with the ratchet state and its history
 //! entry) before `send` returns; it leaves the outbox only in the batch that records who
-//! accepted it; a received message is recorded (committed with the ratchet state) before it is
+//! accepted it, which keeps it (`Tree::Awaiting`) until the recipient confirms it; it is
+//! `delivered` only after that confirmation; a received message is recorded (committed with the ratchet state) before it is
 //! confirmed to the relay that held it; duplicates are dropped on the ratchet's
-//! `(sender, message id)` check. Messages from contacts marked Rejected are refused.
+//! `(sender, message id)` check; a validly signed message we cannot decrypt for lack of
+//! ratchet state is answered with a session-reset notice, never confirmed. Messages from
+//! contacts marked Rejected are refused.
 
 pub mod control;
 pub mod delivery;

@@ -827,8 +827,11 @@ impl ConnState {
                     return Flow::Continue;
                 }
                 if n.recipient != who.0 {
-                    self.refuse(RelayErrorCode::Unauthorized, "session reset for someone else")
-                        .await;
+                    self.refuse(
+                        RelayErrorCode::Unauthorized,
+                        "session reset for someone else",
+                    )
+                    .await;
                     return Flow::Continue;
                 }
                 if auth::verify_session_reset(&n).is_err() {
