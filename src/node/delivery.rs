@@ -516,7 +516,7 @@ pub(crate) async fn confirmations(node: Node) {
         };
         let now = Timestamp::now().0;
         let mut relays: Vec<RelayHint> = Vec::new();
-        let mut stale = crate::store::Batch::new();
+        let mut changes = crate::store::Batch::new();
         let mut requeued = 0usize;
         for (k, v) in entries {
             let seq = <[u8; 8]>::try_from(k.as_slice()).map(u64::from_be_bytes);
@@ -538,7 +538,7 @@ pub(crate) async fn confirmations(node: Node) {
                     match a.entry {
                         Some(_) if now.saturating_sub(first) > RETAIN_MAX_MS => {
                             tracing::warn!(seq = ?seq, "no delivery confirmation within the retention limit; message no longer kept");
-                            stale.delete(Tree::Awaiting, k);
+                            changes.delete(Tree::Awaiting, k);
                         }
                         // No confirmation in time: store it again (the relay de-duplicates by
                         // id, and stores it anew if it lost it; the recipient drops a copy it
@@ -551,10 +551,18 @@ pub(crate) async fn confirmations(node: Node) {
                                 .flatten()
                                 .is_none()
                             {
-                                stale.extend(e.put());
+                                changes.extend(e.put());
                                 requeued += 1;
                             }
-                            stale.delete(Tree::Awaiting, k);
+                            // The record stays (with `first_stored`, so the retention limit
+                            // holds across re-stores) until the store overwrites it.
+                            let again = AwaitingConfirmation {
+                                relay: a.relay,
+                                entry: Some(e),
+                                first_stored: first,
+                                last_stored: now,
+                            };
+                            changes.put(Tree::Awaiting, k, crate::wire::msgpack::encode(&again));
                         }
                         _ => {
                             if !relays.contains(&a.relay) {
@@ -563,11 +571,11 @@ pub(crate) async fn confirmations(node: Node) {
                         }
                     }
                 }
-                _ => stale.delete(Tree::Awaiting, k),
+                _ => changes.delete(Tree::Awaiting, k),
             }
         }
-        if !stale.is_empty() {
-            match commit(&inner.store, stale).await {
+        if !changes.is_empty() {
+            match commit(&inner.store, changes).await {
                 Ok(()) if requeued > 0 => {
                     tracing::info!(
                         messages = requeued,
@@ -1057,6 +1065,50 @@ async fn store_at(node: &Node, e: &OutboxEntry, ep: &Endpoint, key: IdentityKey)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn awaiting_records_written_before_senders_kept_messages_still_decode() {
+        #[derive(serde::Serialize)]
+        struct Old {
+            relay: RelayHint,
+        }
+        let relay = RelayHint {
+            endpoint: "127.0.0.1:9".parse().unwrap(),
+            relay_key: [5; 32],
+        };
+        let old = crate::wire::msgpack::encode(&Old {
+            relay: relay.clone(),
+        });
+        let a: AwaitingConfirmation = crate::wire::msgpack::decode(&old).unwrap();
+        assert_eq!(
+            a,
+            AwaitingConfirmation {
+                relay,
+                entry: None,
+                first_stored: 0,
+                last_stored: 0
+            }
+        );
+        // And an outbox entry without `payload_id`.
+        #[derive(serde::Serialize)]
+        struct OldEntry {
+            message_id: u64,
+            #[serde(with = "crate::wire::bytes::fixed")]
+            recipient: [u8; 32],
+            #[serde(with = "serde_bytes")]
+            wire: Vec<u8>,
+            history_seq: u64,
+        }
+        let old = crate::wire::msgpack::encode(&OldEntry {
+            message_id: 1,
+            recipient: [2; 32],
+            wire: vec![3],
+            history_seq: 4,
+        });
+        let e: OutboxEntry = crate::wire::msgpack::decode(&old).unwrap();
+        assert!(e.payload_id.is_empty());
+        assert_eq!((e.message_id, e.history_seq), (1, 4));
+    }
 
     #[test]
     fn plans() {
