@@ -328,13 +328,22 @@ async fn reset(
     if current.map(|e| digest(&e.wire)) != Some(n.digest) {
         // A copy from before an earlier reset; the relay deleted it, so the current copy (if it
         // was accepted as a duplicate of that one) must be stored again.
-        if let (None, Some(e)) = (&queued, &kept) {
-            let mut batch = e.put();
-            batch.delete(Tree::Awaiting, named.seq.to_be_bytes().to_vec());
-            commit(&inner.store, batch).await?;
-            inner.wake.notify_waiters();
-            tracing::debug!(peer = %peer.short(), id = %named.id, "old copy dropped by the peer; storing the current one again");
+        match (&queued, &kept) {
+            (None, Some(e)) => {
+                let mut batch = e.put();
+                batch.delete(Tree::Awaiting, named.seq.to_be_bytes().to_vec());
+                commit(&inner.store, batch).await?;
+                inner.wake.notify_waiters();
+            }
+            // Its store may be in flight right now: store it once more when that finishes.
+            (Some(_), _) => {
+                if let Ok(mut r) = inner.restore.lock() {
+                    r.insert(named.seq);
+                }
+            }
+            (None, None) => return Ok(None),
         }
+        tracing::debug!(peer = %peer.short(), id = %named.id, "old copy dropped by the peer; storing the current one again");
         return Ok(None);
     }
     if let Ok(mut m) = inner.resets.lock() {
@@ -452,6 +461,9 @@ async fn upgrade(
     key.extend_from_slice(&e.seq.to_be_bytes());
     batch.delete(Tree::Outbox, key);
     commit(&inner.store, batch).await?;
+    if let Ok(mut r) = inner.restore.lock() {
+        r.remove(&e.seq);
+    }
     let _ = inner.events.send(e);
     Ok(())
 }
@@ -851,6 +863,16 @@ async fn finalize(
         .and_then(|v| crate::wire::msgpack::decode::<OutboxEntry>(&v).ok())
         .is_some_and(|q| q.wire == e.wire);
     if !still_queued {
+        return Ok(());
+    }
+    // The relay may have answered this store as a duplicate of an older copy that the
+    // recipient has since dropped (session reset): leave it queued, to be stored once more.
+    if inner
+        .restore
+        .lock()
+        .map(|mut r| r.remove(&e.history_seq))
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     let mut batch = e.delete();

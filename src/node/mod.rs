@@ -218,6 +218,9 @@ pub(crate) struct Inner {
     sources: Mutex<std::collections::HashMap<String, bool>>,
     /// Sender side: when we last reset our session with a peer after its notice.
     resets: Mutex<std::collections::HashMap<IdentityKey, std::time::Instant>>,
+    /// Sender side: history seqs of queued messages whose store in flight may have been taken
+    /// as a duplicate of a copy the recipient has since dropped: store them once more.
+    restore: Mutex<std::collections::HashSet<u64>>,
     /// Recipient side: when we last wrote a "could not decrypt" notice line for a sender.
     reset_notes: Mutex<std::collections::HashMap<IdentityKey, std::time::Instant>>,
     stop: watch::Receiver<bool>,
@@ -393,6 +396,7 @@ impl Node {
             inbound: AtomicUsize::new(0),
             sources: Mutex::new(Default::default()),
             resets: Mutex::new(Default::default()),
+            restore: Mutex::new(Default::default()),
             reset_notes: Mutex::new(Default::default()),
             stop: rx.clone(),
         });
