@@ -253,7 +253,7 @@ pub(crate) async fn confirmed(node: &Node, client: &RelayClient, c: DeliveryConf
 /// pinned identity; see [`reset`] for what follows.
 pub(crate) async fn session_reset(node: &Node, n: SessionReset) {
     let inner = &node.inner;
-    if n.sender != inner.me.key().0 {
+    if n.sender != inner.me().key().0 {
         return;
     }
     let peer = IdentityKey(n.recipient);
@@ -369,7 +369,7 @@ async fn reset(
     pending.sort_by_key(|e| e.history_seq);
     pending.dedup_by_key(|e| e.history_seq);
     pending.truncate(MAX_RESEND);
-    commit(&inner.store, inner.sessions.forget(&peer.0)).await?;
+    commit(&inner.store, inner.sessions().forget(&peer.0)).await?;
     let keys = PeerKeys {
         identity_key: peer.0,
         noise_key: contact.identity.noise_key().0,
@@ -396,9 +396,10 @@ async fn reset(
             sent_at: Timestamp(h.sent_at),
             content: Content::Text(h.text.clone()),
         };
-        let out = inner
-            .sessions
-            .encrypt(&*inner.store, &mut rand::rngs::OsRng, &keys, &payload)?;
+        let out =
+            inner
+                .sessions()
+                .encrypt(&*inner.store, &mut rand::rngs::OsRng, &keys, &payload)?;
         let (mut batch, wire) = out.into_parts();
         let again = OutboxEntry {
             wire,
