@@ -91,6 +91,9 @@ fn recipient_restored_from_an_older_copy_recovers_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = BinNode::new(dir.path(), &BinNodeOptions::loopback("alice"));
     let mut b = BinNode::new(dir.path(), &BinNodeOptions::loopback("bob"));
+    // The backstop for a notice that never arrives (known residual race, see the report of
+    // issue 18): an unconfirmed message is stored again after 5 s.
+    node_setting(&a, "restore_after_ms = 5000");
     a.start();
     b.start();
     let (a_id, b_id) = introduce(&a, &b);
