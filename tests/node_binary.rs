@@ -363,3 +363,50 @@ fn rejected_contact_is_refused() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("rejected"));
 }
+
+/// Issue 9 item 5: two nodes share one home relay (`sremp relay`) and neither has a usable
+/// direct endpoint. Each node's delivery connection to the relay registers under its own
+/// identity, next to its collecting connection; pushes must go to the collecting one (the one
+/// that sent `RETRIEVE_MESSAGES`), so messages in both directions arrive at once, not when the
+/// relay's 300 s idle timeout recycles the delivery connection.
+#[test]
+fn shared_home_relay_pushes_to_the_collecting_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = BinRelay::start(dir.path(), "127.0.0.1:0", None);
+    let mut alice = BinNodeOptions::loopback("alice");
+    alice.advertise = vec![format!("127.0.0.1:{}", free_port())];
+    alice.relays = vec![relay.hint.clone()];
+    let mut bob = BinNodeOptions::loopback("bob");
+    bob.advertise = vec![format!("127.0.0.1:{}", free_port())];
+    bob.relays = vec![relay.hint.clone()];
+    let mut a = BinNode::new(dir.path(), &alice);
+    let mut b = BinNode::new(dir.path(), &bob);
+    a.start();
+    b.start();
+    let (a_id, b_id) = introduce(&a, &b);
+    wait_relay_connected(&a);
+    wait_relay_connected(&b);
+    // Well below the relay's 300 s idle timeout (and the 30 s confirmation sweep).
+    let bound = Duration::from_secs(10);
+    for round in 0..3 {
+        let to_bob = format!("alice to bob {round}");
+        let id = a.send(&b_id, &to_bob);
+        let h = wait_history(&b, &format!("bob receives round {round}"), bound, |h| {
+            received(h, &to_bob).len() == 1
+        });
+        assert_eq!(received(&h, &to_bob)[0]["path"], "relay");
+        wait_history(&a, "alice sees delivered", bound, |h| {
+            sent(h, &id).is_some_and(|e| e["status"] == "delivered")
+        });
+        let to_alice = format!("bob to alice {round}");
+        let id = b.send(&a_id, &to_alice);
+        let h = wait_history(&a, &format!("alice receives round {round}"), bound, |h| {
+            received(h, &to_alice).len() == 1
+        });
+        assert_eq!(received(&h, &to_alice)[0]["path"], "relay");
+        wait_history(&b, "bob sees delivered", bound, |h| {
+            sent(h, &id).is_some_and(|e| e["status"] == "delivered")
+        });
+    }
+    drop(relay);
+}

@@ -73,13 +73,80 @@ pub struct RelayOptions {
 
 type Out = mpsc::Sender<Box<Envelope>>;
 
+/// One registered connection of an identity, as the relay routes to it.
+struct Route {
+    conn: u64,
+    out: Out,
+    /// The connection sent an authorised `RETRIEVE_MESSAGES`: it collects the identity's
+    /// messages, so pushes go to it. A connection that only registered (to store or to wait
+    /// for confirmations) never receives pushes.
+    collecting: bool,
+}
+
+/// Registered connections per identity, oldest first; the newest collector gets pushes (see
+/// [`Routes::push_target`]).
+#[derive(Default)]
+struct Routes(HashMap<IdentityKey, Vec<Route>>);
+
+impl Routes {
+    fn register(&mut self, who: IdentityKey, conn: u64, out: Out) {
+        self.0.entry(who).or_default().push(Route {
+            conn,
+            out,
+            collecting: false,
+        });
+    }
+
+    /// `conn` asked to collect: it becomes the newest collector of `who`.
+    fn collecting(&mut self, who: &IdentityKey, conn: u64) {
+        if let Some(list) = self.0.get_mut(who) {
+            if let Some(i) = list.iter().position(|r| r.conn == conn) {
+                let mut r = list.remove(i);
+                r.collecting = true;
+                list.push(r);
+            }
+        }
+    }
+
+    fn remove(&mut self, who: &IdentityKey, conn: u64) {
+        if let Some(list) = self.0.get_mut(who) {
+            list.retain(|r| r.conn != conn);
+            if list.is_empty() {
+                self.0.remove(who);
+            }
+        }
+    }
+
+    /// Where a `StoredMessage` for `who` is pushed: the connection that most recently asked to
+    /// collect, if any is still open.
+    fn push_target(&self, who: &IdentityKey) -> Option<Out> {
+        self.0
+            .get(who)?
+            .iter()
+            .rev()
+            .find(|r| r.collecting)
+            .map(|r| r.out.clone())
+    }
+
+    /// Where a confirmation for the sender `who` is forwarded: the newest collector, else the
+    /// newest registered connection.
+    fn confirmation_target(&self, who: &IdentityKey) -> Option<Out> {
+        let list = self.0.get(who)?;
+        list.iter()
+            .rev()
+            .find(|r| r.collecting)
+            .or(list.last())
+            .map(|r| r.out.clone())
+    }
+}
+
 struct Inner {
     store: RelayStore,
     opts: RelayOptions,
     stats: Arc<Stats>,
     rate: Mutex<RateLimiter>,
     origin: Instant,
-    online: Mutex<HashMap<IdentityKey, (u64, Out)>>,
+    online: Mutex<Routes>,
     next_conn: AtomicU64,
     shutdown: watch::Sender<bool>,
     idle: Notify,
@@ -142,7 +209,7 @@ impl Relay {
                 stats,
                 rate: Mutex::new(RateLimiter::default()),
                 origin: Instant::now(),
-                online: Mutex::new(HashMap::new()),
+                online: Mutex::new(Routes::default()),
                 next_conn: AtomicU64::new(1),
                 shutdown,
                 idle: Notify::new(),
@@ -269,12 +336,20 @@ impl Relay {
         }
     }
 
-    fn online(&self, who: &IdentityKey) -> Option<Out> {
+    fn push_target(&self, who: &IdentityKey) -> Option<Out> {
         self.inner
             .online
             .lock()
             .ok()
-            .and_then(|m| m.get(who).map(|(_, tx)| tx.clone()))
+            .and_then(|m| m.push_target(who))
+    }
+
+    fn confirmation_target(&self, who: &IdentityKey) -> Option<Out> {
+        self.inner
+            .online
+            .lock()
+            .ok()
+            .and_then(|m| m.confirmation_target(who))
     }
 
     /// Serves one authenticated connection until it closes, idles out, breaks the protocol, or
@@ -311,9 +386,7 @@ impl Relay {
         tracing::debug!(peer = %peer.short(), conn = conn_id, %reason, "relay connection ended");
         if let Phase::Registered { who, .. } = c.phase {
             if let Ok(mut m) = inner.online.lock() {
-                if m.get(&who).is_some_and(|(id, _)| *id == conn_id) {
-                    m.remove(&who);
-                }
+                m.remove(&who, conn_id);
             }
         }
         drop(c.tx);
@@ -562,7 +635,7 @@ impl ConnState {
                     caps: caps.clone(),
                 };
                 if let Ok(mut m) = inner.online.lock() {
-                    m.insert(who, (self.conn_id, self.tx.clone()));
+                    m.register(who, self.conn_id, self.tx.clone());
                 }
                 tracing::debug!(peer = %who.short(), "registered");
                 self.send(Envelope::RelayRegistered(RelayRegistered {
@@ -687,7 +760,7 @@ impl ConnState {
             return Flow::Close("writer gone");
         };
         let recipient = IdentityKey(m.recipient);
-        let push_to = self.relay.online(&recipient);
+        let relay = self.relay.clone();
         let new = NewMessage {
             recipient,
             sender: who,
@@ -700,6 +773,12 @@ impl ConnState {
         // Runs on the commit thread once the message is durable (or refused).
         let then = move |r: Result<StoreOutcome, RelayStoreError>, m: NewMessage| {
             let _permit = permit;
+            // Looked up once the message is durable, so that a connection that asked to
+            // collect before this point either read it from the store or gets it pushed.
+            let push_to = match &r {
+                Ok(StoreOutcome::Stored(_)) => relay.push_target(&recipient),
+                _ => None,
+            };
             if let (Ok(StoreOutcome::Stored(t)), Some(out)) = (&r, push_to) {
                 let pushed = StoredMessage {
                     message_id: id,
@@ -748,6 +827,10 @@ impl ConnState {
                         .await;
                     return Flow::Continue;
                 }
+                // This connection collects `who`'s messages from now on: pushes go to it.
+                if let Ok(mut m) = inner.online.lock() {
+                    m.collecting(&who, self.conn_id);
+                }
                 let max = inner.opts.policy.batch_messages;
                 let limit = if r.limit == 0 || r.limit > max {
                     max
@@ -795,7 +878,7 @@ impl ConnState {
                 }
                 let sender = IdentityKey(c.sender);
                 match inner.store.confirm(who, sender, c.message_id).await {
-                    Ok(true) => match self.relay.online(&sender) {
+                    Ok(true) => match self.relay.confirmation_target(&sender) {
                         Some(out)
                             if out
                                 .try_send(Box::new(Envelope::DeliveryConfirmation(c.clone())))
