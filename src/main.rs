@@ -61,7 +61,7 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
             }
             let user = UserIdentity::generate(
                 &username,
-                Flags::default(),
+                sremp::node::WantedFlags::node(&cfg).apply(Flags::default()),
                 Timestamp::now(),
                 &mut rand::rngs::OsRng,
             )?;
@@ -134,6 +134,7 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
                         "id": user.key().to_string(),
                         "username": user.identity().username().as_str(),
                         "version": user.identity().version(),
+                        "flags": user.identity().data().flags,
                         "card": card.to_text(),
                     })
                 );

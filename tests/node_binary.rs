@@ -410,3 +410,74 @@ fn shared_home_relay_pushes_to_the_collecting_connection() {
     }
     drop(relay);
 }
+
+/// Issue 10 (identity flags): `sremp relay` publishes `is_relay_server`, `sremp run` publishes
+/// `uses_relay` exactly when it has home relays; a start that changes the flags publishes a new
+/// identity version (stored, so `sremp id` offline shows it too), a start that changes nothing
+/// does not, and a contact learns the new version on the next connection.
+#[test]
+fn identity_flags_follow_home_relays_and_relay_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = BinRelay::start(dir.path(), "127.0.0.1:0", None);
+    let relay_cfg = dir.path().join("relay").join("relay.toml");
+    let o = common::run_bin(&["--config", relay_cfg.to_str().unwrap(), "id", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["flags"]["is_relay_server"], true, "{v}");
+    assert_eq!(v["flags"]["uses_relay"], false, "{v}");
+    assert_eq!(relay.hint.split('@').next().unwrap(), v["id"], "{v}");
+
+    // Alice starts without home relays: version 1, uses_relay = false.
+    let alice_opts = BinNodeOptions::loopback("alice");
+    let (mut a, b, _) = start_pair(
+        dir.path(),
+        alice_opts.clone(),
+        BinNodeOptions::loopback("bob"),
+    );
+    let v = a.json(&["id"]);
+    assert_eq!(v["flags"]["uses_relay"], false, "{v}");
+    assert_eq!(v["flags"]["is_relay_server"], false, "{v}");
+    assert_eq!(v["version"], 1, "{v}");
+    let a_id = v["id"].as_str().unwrap().to_string();
+    a.stop();
+
+    // Restarted with a home relay: a new version with uses_relay = true, in the key file too.
+    let mut with_relay = alice_opts.clone();
+    with_relay.relays = vec![relay.hint.clone()];
+    let old_logs = a.logs();
+    drop(a);
+    let mut a = BinNode::new(dir.path(), &with_relay);
+    a.old_logs = old_logs;
+    a.start();
+    let v = a.json(&["id"]);
+    assert_eq!(v["flags"]["uses_relay"], true, "{v}");
+    assert_eq!(v["version"], 2, "{v}");
+    assert_eq!(v["id"], a_id.as_str());
+    a.stop();
+    let v = a.json(&["id"]);
+    assert_eq!(v["flags"]["uses_relay"], true, "offline: {v}");
+    assert_eq!(v["version"], 2, "offline: {v}");
+
+    // Unchanged flags: no new version.
+    a.start();
+    assert_eq!(a.json(&["id"])["version"], 2);
+
+    // Bob pinned version 1; the next connection from Alice carries version 2.
+    let out = a.json(&[
+        "send",
+        &b.card().0,
+        "flags changed",
+        "--wait",
+        "--timeout-secs",
+        "20",
+    ]);
+    assert_eq!(out["status"], "delivered", "{out}");
+    let contacts = b.json(&["contacts", "list"]);
+    let alice = contacts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == a_id.as_str())
+        .unwrap_or_else(|| panic!("alice not in bob's contacts: {contacts}"));
+    assert_eq!(alice["version"], 2, "{alice}");
+}

@@ -28,7 +28,7 @@
 //! (unknown command, malformed JSON, unknown contact, bad card, timeout...). Successes:
 //! ```text
 //! status          {"ok":true,"status":{...node status...}}
-//! card            {"ok":true,"identity":{"id":"<64 hex>","username":"alice","version":1,"card":"sremp1:..."}}
+//! card            {"ok":true,"identity":{"id":"<64 hex>","username":"alice","version":1,"flags":FLAGS,"card":"sremp1:..."}}
 //! id_rename       {"ok":true,"identity":{...}}          (the new version, as for card)
 //! id_rotate_noise_key {"ok":true,"identity":{...}}      (the new version, as for card)
 //! contacts_add    {"ok":true,"contact":CONTACT}
@@ -45,10 +45,12 @@
 //! [`HistoryEntry`](super::history::HistoryEntry):
 //! `{"seq":1,"id":"<16 hex>","direction":"out"|"in","peer":"<64 hex>","peer_name":"bob"|null,
 //! "text":"...","sent_at":MS,"recorded_at":MS,"status":"queued"|"stored_at_relay"|"delivered"|
-//! "received"|"notice","path":"direct"|"relay"|null}`. Times are milliseconds since the Unix
-//! epoch. A `notice` entry is a line the node wrote itself, not a message (a session reset
-//! after lost state: on the sender, `direction` `out`, saying how many messages were re-sent;
-//! on the recipient, `direction` `in`); its `id` is random and matches nothing.
+//! "received"|"notice","path":"direct"|"relay"|null}`; `FLAGS` is `{"uses_relay":bool,
+//! "is_machine_account":bool,"is_relay_server":bool,"prefers_async":bool}`. Times are
+//! milliseconds since the Unix epoch. A `notice` entry is a line the node wrote itself, not a
+//! message (a session reset after lost state: on the sender, `direction` `out`, saying how many
+//! messages were re-sent; on the recipient, `direction` `in`); its `id` is random and matches
+//! nothing.
 //!
 //! `follow` turns the connection into a stream: first `{"ok":true,"following":true}`, then, if
 //! `after_seq` was given, every entry with a larger seq as `{"ok":true,"entry":ENTRY}`, then one
@@ -245,6 +247,10 @@ pub struct IdentityView {
     pub username: String,
     /// Identity version.
     pub version: u64,
+    /// The identity's flags (`uses_relay`, `is_machine_account`, `is_relay_server`,
+    /// `prefers_async`).
+    #[serde(default)]
+    pub flags: crate::identity::Flags,
     /// The `sremp1:` card with the live endpoints and home relays.
     pub card: String,
 }
@@ -256,6 +262,7 @@ impl IdentityView {
             id: card.identity.key().to_string(),
             username: card.identity.username().as_str().to_string(),
             version: card.identity.version(),
+            flags: card.identity.data().flags,
             card: card.to_text(),
         }
     }

@@ -64,14 +64,75 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 /// Longest text a message may carry (bytes), so that it fits every relay's default limit.
 pub const MAX_TEXT: usize = 64 * 1024;
 
-/// Loads the identity in `dir`, or creates one (owner-only key file) if there is none.
-pub fn load_or_create_identity(dir: &Path, username: &str) -> Result<(UserIdentity, bool), Error> {
+/// The identity flags this process publishes, as the draft means them: `uses_relay` when the
+/// node has home relays (`node.relays`), `is_relay_server` for a relay-only identity (`sremp
+/// relay`). The other two flags are kept as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WantedFlags {
+    /// `uses_relay`.
+    pub uses_relay: bool,
+    /// `is_relay_server`.
+    pub is_relay_server: bool,
+}
+
+impl WantedFlags {
+    /// The flags of `sremp run` (and `init`) with this configuration.
+    pub fn node(cfg: &crate::config::Config) -> WantedFlags {
+        WantedFlags {
+            uses_relay: !cfg.node.relays.is_empty(),
+            is_relay_server: false,
+        }
+    }
+
+    /// The flags of `sremp relay`.
+    pub fn relay() -> WantedFlags {
+        WantedFlags {
+            uses_relay: false,
+            is_relay_server: true,
+        }
+    }
+
+    /// `current` with these two flags applied.
+    pub fn apply(self, current: Flags) -> Flags {
+        Flags {
+            uses_relay: self.uses_relay,
+            is_relay_server: self.is_relay_server,
+            ..current
+        }
+    }
+}
+
+/// Loads the identity in `dir`, or creates one (owner-only key file) if there is none; true
+/// when it was created. If the stored identity's flags differ from `wanted`, publishes a new
+/// version (version + 1, `created = now`, re-signed) and replaces the key file atomically
+/// before returning it.
+pub fn load_or_create_identity(
+    dir: &Path,
+    username: &str,
+    wanted: WantedFlags,
+) -> Result<(UserIdentity, bool), Error> {
     if UserIdentity::exists(dir) {
-        return Ok((UserIdentity::load_file(dir)?, false));
+        let mut user = UserIdentity::load_file(dir)?;
+        let current = user.identity().data().flags;
+        let flags = wanted.apply(current);
+        if flags != current {
+            let old = user.identity().version();
+            user.update(None, Some(flags), None, Timestamp::now())?;
+            user.save_file(dir)?;
+            tracing::info!(
+                id = %user.key(),
+                from = old,
+                to = user.identity().version(),
+                uses_relay = flags.uses_relay,
+                is_relay_server = flags.is_relay_server,
+                "identity flags changed; published a new identity version"
+            );
+        }
+        return Ok((user, false));
     }
     let user = UserIdentity::generate(
         username,
-        Flags::default(),
+        wanted.apply(Flags::default()),
         Timestamp::now(),
         &mut rand::rngs::OsRng,
     )?;
@@ -310,7 +371,8 @@ impl Node {
     /// delivery engine, rendezvous registrar and control socket.
     pub async fn start(cfg: &Config) -> Result<NodeHandle, Error> {
         let dir = cfg.data_dir();
-        let (user, created) = load_or_create_identity(&dir, &cfg.username())?;
+        let (user, created) =
+            load_or_create_identity(&dir, &cfg.username(), WantedFlags::node(cfg))?;
         if created {
             tracing::info!(id = %user.key(), dir = %dir.display(), "created a new identity");
         }

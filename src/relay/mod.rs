@@ -113,7 +113,11 @@ pub fn run_cli(cfg: &Config) -> Result<(), crate::Error> {
 
 async fn run(cfg: &Config) -> Result<(), crate::Error> {
     let dir = cfg.data_dir();
-    let (user, created) = crate::node::load_or_create_identity(&dir, &cfg.username())?;
+    let (user, created) = crate::node::load_or_create_identity(
+        &dir,
+        &cfg.username(),
+        crate::node::WantedFlags::relay(),
+    )?;
     let user = Arc::new(user);
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join(DB_DIR))?);
     let relay = Relay::start(
