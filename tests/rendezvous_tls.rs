@@ -418,3 +418,46 @@ async fn every_limit_is_answered_with_its_error_while_others_are_served() {
     assert!(bystander.lookup(&alice.key()).await.unwrap().is_some());
     h.shutdown().await;
 }
+
+/// Issue 9 item 10: an `ErrorMsg` never echoes received bytes — neither the server name of a
+/// `WrongServer` registration nor a string found where the decoder wanted another type — and
+/// a refused request keeps the connection.
+#[tokio::test]
+async fn error_messages_never_echo_the_request_and_keep_the_connection() {
+    let marker = "ECHO-MARKER-7f3a";
+    let net = Net::new(&["rv1.test"]);
+    let h = net.start(net.config("rv1.test"), Clock::System).await;
+    let server = entry(&h, "rv1.test");
+    let alice = user(1);
+    let mut c = Client::connect(&server, net.tls.clone(), TIMEOUT)
+        .await
+        .unwrap();
+    let ts = c.next_timestamp();
+    let wrong = sign_register(&alice, &c.exporter(), marker, &ep(7001), 600, ts, &[]).unwrap();
+    match c.call(&wrong.into()).await {
+        Err(RendezvousError::Refused { code, message }) => {
+            assert_eq!(code, RendezvousErrorCode::WrongServer as u16);
+            assert!(!message.contains(marker), "echoed: {message:?}");
+            assert!(message.contains("rv1.test"), "{message:?}");
+        }
+        other => panic!("expected WrongServer, got {other:?}"),
+    }
+    // A REGISTER_REQUEST whose body is a string where an identity array belongs.
+    let raw = rmp_serde::to_vec(&(0x10u16, (marker,))).unwrap();
+    match c.call_raw(&raw).await {
+        Err(RendezvousError::Refused { code, message }) => {
+            assert_eq!(code, RendezvousErrorCode::Malformed as u16);
+            assert!(!message.contains(marker), "echoed: {message:?}");
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+    // The connection stayed: the same session registers and looks up.
+    c.register(&alice, &ep(7001), 600, &[]).await.unwrap();
+    assert!(c.lookup(&alice.key()).await.unwrap().unwrap().online);
+    // Signed requests in the same millisecond: the client's timestamps still increase.
+    // (renewals of the same endpoint, back to back)
+    for _ in 0..5 {
+        c.register(&alice, &ep(7001), 600, &[]).await.unwrap();
+    }
+    h.shutdown().await;
+}

@@ -61,7 +61,8 @@ pub enum RequestError {
         /// The last accepted timestamp in this session.
         last: Timestamp,
     },
-    /// The request names another server.
+    /// The request names another server. The `ErrorMsg` names only ours (never what the
+    /// client sent); `got` is for local logs.
     #[error("request is for server {got:?}, this is {ours:?}")]
     WrongServer {
         /// The name in the request.
@@ -127,11 +128,17 @@ impl RequestError {
         }
     }
 
-    /// The `ErrorMsg` sent to the client.
+    /// The `ErrorMsg` sent to the client. Its text never echoes bytes the client sent.
     pub fn to_msg(&self) -> ErrorMsg {
+        let message = match self {
+            RequestError::WrongServer { ours, .. } => {
+                format!("request is for another server, this is {ours:?}")
+            }
+            other => other.to_string(),
+        };
         ErrorMsg {
             code: self.code() as u16,
-            message: self.to_string(),
+            message,
         }
     }
 }

@@ -119,7 +119,16 @@ impl Shared {
         }
         let env = match Envelope::decode(body) {
             Ok(env) => env,
-            Err(e) => return RequestError::Malformed(e.to_string()).to_msg().into(),
+            Err(e) => {
+                // A MessagePack type error may quote the client's bytes: never echo it.
+                let why = match e {
+                    crate::wire::DecodeError::Msgpack(_) => {
+                        "malformed message: wrong shape or type".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                return RequestError::Malformed(why).to_msg().into();
+            }
         };
         let reply: Result<Envelope, RequestError> = match env {
             Envelope::RegisterRequest(req) => {
