@@ -201,3 +201,42 @@ fn stored_vectors_decrypt_with_a_fresh_receiver() {
         assert_eq!(hex::encode(pt), m["payload"].as_str().unwrap());
     }
 }
+
+/// docs/PROTOCOL.md, "The vector's random numbers": the generator rebuilt from the text (PCG32
+/// key expansion, then the ChaCha20 keystream taken in order) and the documented draw offsets
+/// give the vector's `seed`, ephemeral, ratchet keys and every `MessageId`.
+#[test]
+fn documented_generator_and_draw_order_reproduce_the_vector() {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let want: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let mut state: u64 = RNG_SEED;
+    let mut key = [0u8; 32];
+    for chunk in key.chunks_exact_mut(4) {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(11_634_580_027_462_260_723);
+        let x = ((((state >> 18) ^ state) >> 27) as u32).rotate_right((state >> 59) as u32);
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    let mut ks = [0u8; 272];
+    rand_chacha::ChaCha20Rng::from_seed(key).fill_bytes(&mut ks);
+    let hex_at = |from: usize, len: usize| hex::encode(&ks[from..from + len]);
+    let x25519_pub = |from: usize| {
+        let mut s = [0u8; 32];
+        s.copy_from_slice(&ks[from..from + 32]);
+        hex::encode(x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(s)).as_bytes())
+    };
+    assert_eq!(hex_at(32, 32), want["first_message"]["x_seed"]);
+    let msgs = want["messages"].as_array().unwrap();
+    // e, seed, A1; id1; id2; id3, B1; id4, A2; id5, B2
+    for (i, at) in [96usize, 112, 128, 176, 224].into_iter().enumerate() {
+        let payload = msgs[i]["payload"].as_str().unwrap();
+        assert_eq!(&payload[6..38], hex_at(at, 16), "message {i} id");
+    }
+    // The ephemeral is in the first header; each ratchet key in the header of a message.
+    assert!(msgs[0]["header"].as_str().unwrap().contains(&x25519_pub(0)));
+    for (i, at) in [(0usize, 64usize), (2, 144), (3, 192), (4, 240)] {
+        let header = msgs[i]["header"].as_str().unwrap();
+        assert!(header.contains(&x25519_pub(at)), "message {i} ratchet key");
+    }
+}
