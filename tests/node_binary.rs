@@ -481,3 +481,79 @@ fn identity_flags_follow_home_relays_and_relay_mode() {
         .unwrap_or_else(|| panic!("alice not in bob's contacts: {contacts}"));
     assert_eq!(alice["version"], 2, "{alice}");
 }
+
+/// docs/PROTOCOL.md "Contacts and trust", one rule: a peer presenting an older identity version
+/// than the pinned one (`Stale`) is disconnected; the pinned version is kept and the current
+/// version is served.
+#[test]
+fn outdated_identity_version_is_disconnected() {
+    use sremp::identity::{ContactCard, Flags, UserIdentity};
+    use sremp::noise::HandshakeLimits;
+    use sremp::relay::RelayClient;
+    use sremp::time::Timestamp;
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = BinNode::new(dir.path(), &BinNodeOptions::loopback("bob"));
+    b.start();
+    let (_, b_card) = b.card();
+    let b_key = ContactCard::from_text(&b_card).unwrap().identity.key();
+    let addr = ContactCard::from_text(&b_card).unwrap().endpoints[0].to_string();
+    // Carol's version 1, and version 2 with a rotated noise key (two copies of one key file).
+    let keys = dir.path().join("carol");
+    let v1 = UserIdentity::generate(
+        "carol",
+        Flags::default(),
+        Timestamp::now(),
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap();
+    v1.create_file(&keys).unwrap();
+    let mut v2 = UserIdentity::load_file(&keys).unwrap();
+    v2.rotate_noise_key(Timestamp::now(), &mut rand::rngs::OsRng)
+        .unwrap();
+    assert_eq!(v2.identity().version(), 2);
+    let card = ContactCard {
+        identity: v2.identity().clone(),
+        endpoints: Vec::new(),
+        relays: Vec::new(),
+    };
+    b.json(&["contacts", "add", &card.to_text()]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let limits = HandshakeLimits::default();
+    let stale = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(15),
+            RelayClient::connect(&addr, &v1, Some(b_key), limits),
+        )
+        .await
+    });
+    assert!(
+        matches!(stale, Ok(Err(_))),
+        "a stale identity version was served (or hung): {:?}",
+        stale.map(|r| r.map(|_| ()))
+    );
+    let current = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(15),
+            RelayClient::connect(&addr, &v2, Some(b_key), limits),
+        )
+        .await
+    });
+    assert!(matches!(current, Ok(Ok(_))), "current version refused");
+    let contacts = b.json(&["contacts", "list"]);
+    let carol = contacts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["username"] == "carol")
+        .unwrap_or_else(|| panic!("{contacts}"));
+    assert_eq!(carol["version"], 2, "{carol}");
+    assert!(
+        b.logs().contains("outdated identity version"),
+        "{}",
+        b.logs()
+    );
+    let _ = b_id;
+}

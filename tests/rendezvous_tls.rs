@@ -461,3 +461,27 @@ async fn error_messages_never_echo_the_request_and_keep_the_connection() {
     }
     h.shutdown().await;
 }
+
+/// docs/PROTOCOL.md "Transport": a client that offers no ALPN is accepted and served; one that
+/// offers only another protocol fails the TLS handshake.
+#[tokio::test]
+async fn clients_without_alpn_are_served_and_other_alpn_is_refused() {
+    let net = Net::new(&["rv1.test"]);
+    let h = net.start(net.config("rv1.test"), Clock::System).await;
+    let server = entry(&h, "rv1.test");
+    let mut none = (*net.tls).clone();
+    none.alpn_protocols.clear();
+    let mut c = Client::connect(&server, std::sync::Arc::new(none), TIMEOUT)
+        .await
+        .unwrap();
+    assert!(c.lookup(&user(1).key()).await.unwrap().is_none());
+    let mut other = (*net.tls).clone();
+    other.alpn_protocols = vec![b"http/1.1".to_vec()];
+    assert!(
+        Client::connect(&server, std::sync::Arc::new(other), TIMEOUT)
+            .await
+            .is_err(),
+        "a client offering only another ALPN protocol was accepted"
+    );
+    h.shutdown().await;
+}

@@ -912,6 +912,54 @@ mod tests {
         );
     }
 
+    /// docs/PROTOCOL.md "Home relays": a withdrawal removes only its endpoint; the kept home
+    /// relays (and identity) stay, whatever relays the withdrawal names.
+    #[test]
+    fn withdrawal_keeps_the_home_relays() {
+        let mut r = reg();
+        let a = user(1);
+        let mut s = Session::new([1; 32]);
+        let home = RelayHint {
+            endpoint: ep(9000),
+            relay_key: [9; 32],
+        };
+        let other = RelayHint {
+            endpoint: ep(9001),
+            relay_key: [8; 32],
+        };
+        let ts = |n: u64| Timestamp(T0.0 + n);
+        let add = sign_register(
+            &a,
+            &[1; 32],
+            NAME,
+            &ep(1),
+            60,
+            ts(1),
+            std::slice::from_ref(&home),
+        );
+        r.register(&mut s, &add.unwrap(), T0).unwrap();
+        let gone = sign_register(
+            &a,
+            &[1; 32],
+            NAME,
+            &ep(1),
+            0,
+            ts(2),
+            std::slice::from_ref(&other),
+        );
+        r.register(&mut s, &gone.unwrap(), T0).unwrap();
+        let q = LookupRequest {
+            target_identity: Some(a.key()),
+            list_all: false,
+            cursor: None,
+            limit: 0,
+        };
+        let peers = r.lookup(&q, T0).peers;
+        assert_eq!(peers.len(), 1);
+        assert!(!peers[0].online);
+        assert_eq!(peers[0].relays, vec![home]);
+    }
+
     #[test]
     fn withdraw_and_limits() {
         let limits = Limits {
