@@ -555,5 +555,4 @@ fn outdated_identity_version_is_disconnected() {
         "{}",
         b.logs()
     );
-    let _ = b_id;
 }
