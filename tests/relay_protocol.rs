@@ -817,3 +817,52 @@ async fn session_reset_deletes_the_message_and_reaches_only_a_connected_sender()
     still_serving(&r).await;
     r.stop().await;
 }
+
+/// Issue 9 item 5 at the protocol level: with several registered connections of one identity,
+/// pushes go to the newest one that asked to collect (sent an authorised RETRIEVE_MESSAGES),
+/// never to one that only registered; without a collector nothing is pushed and the message
+/// waits in the store.
+#[tokio::test]
+async fn pushes_go_to_the_newest_collecting_connection_only() {
+    let r = TestRelay::start(RelayConfig::default(), |_| RelayMode::Open).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    let (ca, _ea) = r.client(&alice).await;
+    let (collector, mut ec) = r.client(&bob).await;
+    assert!(collector.retrieve_all(10).await.unwrap().is_empty());
+    // Bob's second, newer connection only registers (a node's delivery connection).
+    let (sender_only, mut es) = r.client(&bob).await;
+    ca.store(bob.key(), b"one".to_vec(), 1).await.unwrap();
+    match next_event(&mut ec).await {
+        RelayEvent::Message(m) => assert_eq!(m.message_id, 1),
+        other => panic!("expected a push to the collector, got {other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), es.recv())
+            .await
+            .is_err(),
+        "a connection that never retrieved got a push"
+    );
+    // The collector goes away: no push, the message stays stored.
+    collector.close().await;
+    drop(collector);
+    drop(ec);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ca.store(bob.key(), b"two".to_vec(), 2).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), es.recv())
+            .await
+            .is_err(),
+        "pushed to a connection that never retrieved"
+    );
+    // Once it retrieves, it collects: it reads what is stored and gets the next push.
+    let stored = sender_only.retrieve_all(10).await.unwrap();
+    let mut ids: Vec<u64> = stored.iter().map(|m| m.message_id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2]);
+    ca.store(bob.key(), b"three".to_vec(), 3).await.unwrap();
+    match next_event(&mut es).await {
+        RelayEvent::Message(m) => assert_eq!(m.message_id, 3),
+        other => panic!("expected a push, got {other:?}"),
+    }
+    r.stop().await;
+}
