@@ -927,7 +927,7 @@ impl ConnState {
                 // kept: a sender that was away re-stores later and gets a fresh notice).
                 match inner.store.confirm(who, sender, n.message_id).await {
                     Ok(true) => {
-                        if let Some(out) = self.relay.online(&sender) {
+                        if let Some(out) = self.relay.confirmation_target(&sender) {
                             let _ = out.try_send(Box::new(Envelope::SessionReset(n)));
                         }
                     }
