@@ -59,6 +59,11 @@ use tokio::task::JoinHandle;
 
 /// Directory inside the data dir that holds the database.
 pub const DB_DIR: &str = "db";
+/// What a node tells the user when its store is damaged.
+pub const NODE_DAMAGE_ADVICE: &str = "The node will not start on it (it would run with history, \
+contacts and sessions missing). Restore the store from a backup with `sremp restore BACKUP \
+--key KEYFILE --force` (the damaged directory is kept beside it as db.damaged-<time>); see \
+\"After damage\" in the README";
 /// The control socket inside the data dir.
 pub const CONTROL_SOCKET: &str = "control.sock";
 /// Longest text a message may carry (bytes), so that it fits every relay's default limit.
@@ -353,7 +358,11 @@ impl NodeHandle {
             tracing::warn!(error = %e, "integrated relay shutdown");
         }
         let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+        match tokio::task::spawn_blocking(move || store.close()).await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "closing the store"),
+            Err(e) => tracing::warn!(error = %e, "closing the store"),
+            Ok(Ok(())) => {}
+        }
         let _ = std::fs::remove_file(self.node.data_dir().join(CONTROL_SOCKET));
     }
 }
@@ -376,7 +385,9 @@ impl Node {
         if created {
             tracing::info!(id = %user.key(), dir = %dir.display(), "created a new identity");
         }
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join(DB_DIR))?);
+        let store: Arc<dyn Store> = Arc::new(
+            SledStore::open_checked(&dir.join(DB_DIR)).map_err(|e| e.with_advice(NODE_DAMAGE_ADVICE))?,
+        );
         let contacts = ContactBook::new(store.clone());
         let history = History::open(store.clone())?;
         let listener = tokio::net::TcpListener::bind(cfg.listen.address)

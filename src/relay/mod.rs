@@ -79,6 +79,11 @@ pub const ADDR_FILE: &str = "relay.addr";
 pub const STATS_FILE: &str = "relay-stats.json";
 /// Directory of the relay's database inside the data dir.
 pub const DB_DIR: &str = "relay-db";
+/// What a relay-only relay tells its operator when its store is damaged.
+pub const RELAY_DAMAGE_ADVICE: &str = "The relay will not start on it (stored messages would be \
+silently gone). Restore it with `sremp restore BACKUP --relay --key KEYFILE --force` if you \
+have a backup; otherwise move relay-db and relay-db.commit aside and start again (an empty \
+store): the messages it held are lost unless their senders send them again";
 
 /// A relay failure (local; peers' misbehaviour is answered on the wire, never an error here).
 #[derive(Debug, thiserror::Error)]
@@ -119,9 +124,12 @@ async fn run(cfg: &Config) -> Result<(), crate::Error> {
         crate::node::WantedFlags::relay(),
     )?;
     let user = Arc::new(user);
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join(DB_DIR))?);
+    let store: Arc<dyn Store> = Arc::new(
+        SledStore::open_checked(&dir.join(DB_DIR))
+            .map_err(|e| e.with_advice(RELAY_DAMAGE_ADVICE))?,
+    );
     let relay = Relay::start(
-        store,
+        store.clone(),
         RelayOptions {
             policy: cfg.relay.clone(),
             mode: RelayMode::Open,
@@ -175,6 +183,9 @@ async fn run(cfg: &Config) -> Result<(), crate::Error> {
     let shutdown = relay.shutdown(Duration::from_secs(10)).await;
     let _ = server.await;
     shutdown?;
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .map_err(|e| crate::store::StoreError::Io(format!("closing the store: {e}")))??;
     Ok(())
 }
 

@@ -11,10 +11,22 @@
 //! a single small write is cheap.
 //!
 //! Keys inside a tree are opaque bytes; callers that need ordering use big-endian integers.
+//!
+//! # Damage detection
+//!
+//! Every record carries a CRC-32 over its tree, key and value, and every applied batch also
+//! rewrites a checksummed *manifest* record (store id, commit sequence, record count per tree)
+//! in the same atomic sled batch, so the manifest always describes exactly the data committed
+//! with it. A small *commit marker* file outside the database (written after a flush, at most
+//! once a second and at close) remembers the last durable sequence: it only ever lags behind
+//! the database, so a crash never looks like damage, while a database that lost committed data
+//! (truncated, zeroed, replaced, deleted) is older than its marker. [`SledStore::open_checked`]
+//! verifies all of it and returns [`StoreError::Damaged`] instead of starting on a partial store.
+//! See `docs/PROTOCOL.md` ("Local store integrity").
 
 mod sled_store;
 
-pub use sled_store::SledStore;
+pub use sled_store::{marker_path, restore_store, RecordSource, Restored, SledStore, MARKER_SUFFIX};
 
 /// A namespace. The byte is the first byte of every physical key, so trees never overlap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -95,6 +107,16 @@ pub enum StoreError {
     /// The store is already opened by another process.
     #[error("store at {0} is locked by another process")]
     Locked(String),
+    /// The store on disk is damaged: it must not be used (it would start with data missing).
+    #[error("store damaged: {path}: {detail}. {advice}")]
+    Damaged {
+        /// The damaged file or directory.
+        path: String,
+        /// What is wrong.
+        detail: String,
+        /// What the user can do (set by the node or relay that opened the store).
+        advice: String,
+    },
     /// A stored value did not decode.
     #[error("corrupt record in {tree:?}: {detail}")]
     Corrupt {
@@ -137,4 +159,47 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Approximate bytes on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// Flushes and records the durable state for the next open (the commit marker). Call once
+    /// at shutdown; the store stays usable.
+    fn close(&self) -> Result<(), StoreError> {
+        self.flush()
+    }
+    /// A point-in-time copy of every record: commits are held back while `sink` is called
+    /// for each (tree byte, key, value) in key order. Returns the number of records.
+    fn export(&self, sink: &mut dyn FnMut(u8, &[u8], &[u8]) -> Result<(), StoreError>)
+        -> Result<u64, StoreError>;
+}
+
+impl StoreError {
+    /// The same error with `advice` as the user-facing next step when it is [`StoreError::Damaged`].
+    pub fn with_advice(self, advice: &str) -> Self {
+        match self {
+            StoreError::Damaged { path, detail, .. } => StoreError::Damaged {
+                path,
+                detail,
+                advice: advice.to_string(),
+            },
+            other => other,
+        }
+    }
+}
+
+impl Tree {
+    /// The tree whose key byte is `b`.
+    pub fn from_byte(b: u8) -> Option<Tree> {
+        Some(match b {
+            0 => Tree::Meta,
+            1 => Tree::Contacts,
+            2 => Tree::Sessions,
+            3 => Tree::Outbox,
+            4 => Tree::History,
+            5 => Tree::Seen,
+            6 => Tree::RelayMessages,
+            7 => Tree::RelayIndex,
+            8 => Tree::RelayConfirmations,
+            9 => Tree::Servers,
+            10 => Tree::Awaiting,
+            _ => return None,
+        })
+    }
 }

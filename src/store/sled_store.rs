@@ -1,7 +1,138 @@
-//! The sled implementation of [`Store`](super::Store).
+//! The sled implementation of [`Store`](super::Store), with damage detection (see the
+//! module docs of [`crate::store`]) and the offline restore of a backup.
 
 use super::{Batch, Entries, Store, StoreError, Tree};
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Appended to the database directory's name for its commit marker file (`db` → `db.commit`).
+pub const MARKER_SUFFIX: &str = ".commit";
+
+/// The physical key of the manifest record (0xFF is no [`Tree`]).
+const MANIFEST_KEY: &[u8] = &[0xFF, b'M'];
+const MANIFEST_MAGIC: &[u8; 8] = b"SRMPMAN1";
+const MARKER_MAGIC: &[u8; 8] = b"SRMPCMT1";
+/// Tree slots in the manifest (tree bytes 0..16).
+const SLOTS: usize = 16;
+const MANIFEST_LEN: usize = 8 + 16 + 8 + SLOTS * 8 + 4;
+const MARKER_LEN: usize = 8 + 16 + 8 + 4;
+/// The marker is rewritten after a flush at most this often (and always at close).
+const MARKER_INTERVAL: Duration = Duration::from_secs(1);
+/// The advice a damaged store carries unless the node or relay sets its own.
+const DEFAULT_ADVICE: &str =
+    "Do not use this store: restore it from a backup (`sremp restore BACKUP --key KEYFILE --force`)";
+
+/// What the database committed, as the manifest record and the in-memory state hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Manifest {
+    store_id: [u8; 16],
+    /// Batches applied since the store was created.
+    seq: u64,
+    /// Records per tree byte.
+    counts: [u64; SLOTS],
+}
+
+impl Manifest {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MANIFEST_LEN);
+        out.extend_from_slice(MANIFEST_MAGIC);
+        out.extend_from_slice(&self.store_id);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        for c in self.counts {
+            out.extend_from_slice(&c.to_be_bytes());
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Manifest> {
+        if b.len() != MANIFEST_LEN || b.get(..8)? != MANIFEST_MAGIC {
+            return None;
+        }
+        let (body, crc) = b.split_at(MANIFEST_LEN - 4);
+        if crc32fast::hash(body).to_le_bytes() != crc {
+            return None;
+        }
+        let store_id: [u8; 16] = body.get(8..24)?.try_into().ok()?;
+        let seq = u64::from_be_bytes(body.get(24..32)?.try_into().ok()?);
+        let mut counts = [0u64; SLOTS];
+        for (i, c) in counts.iter_mut().enumerate() {
+            let at = 32 + i * 8;
+            *c = u64::from_be_bytes(body.get(at..at + 8)?.try_into().ok()?);
+        }
+        Some(Manifest {
+            store_id,
+            seq,
+            counts,
+        })
+    }
+}
+
+/// The commit marker: the last sequence known durable, outside the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Marker {
+    store_id: [u8; 16],
+    seq: u64,
+}
+
+impl Marker {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MARKER_LEN);
+        out.extend_from_slice(MARKER_MAGIC);
+        out.extend_from_slice(&self.store_id);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Marker> {
+        if b.len() != MARKER_LEN || b.get(..8)? != MARKER_MAGIC {
+            return None;
+        }
+        let (body, crc) = b.split_at(MARKER_LEN - 4);
+        if crc32fast::hash(body).to_le_bytes() != crc {
+            return None;
+        }
+        Some(Marker {
+            store_id: body.get(8..24)?.try_into().ok()?,
+            seq: u64::from_be_bytes(body.get(24..32)?.try_into().ok()?),
+        })
+    }
+}
+
+/// `value ‖ crc32(physical key ‖ value)` (little-endian).
+fn seal(pkey: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut h = crc32fast::Hasher::new();
+    h.update(pkey);
+    h.update(value);
+    let mut out = Vec::with_capacity(value.len() + 4);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out
+}
+
+/// The value of a sealed record, or `None` when its checksum does not match.
+fn unseal<'a>(pkey: &[u8], stored: &'a [u8]) -> Option<&'a [u8]> {
+    let split = stored.len().checked_sub(4)?;
+    let (value, crc) = stored.split_at(split);
+    let mut h = crc32fast::Hasher::new();
+    h.update(pkey);
+    h.update(value);
+    (h.finalize().to_le_bytes() == crc).then_some(value)
+}
+
+fn unseal_owned(tree: Tree, pkey: &[u8], stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+    unseal(pkey, stored)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| StoreError::Corrupt {
+            tree,
+            detail: "record checksum mismatch (the store file is damaged)".into(),
+        })
+}
 
 /// A [`Store`] on a sled database in one directory.
 ///
@@ -15,11 +146,24 @@ use std::path::Path;
 /// takes a ticket after its writes were applied; a flush that *starts* after the ticket was
 /// taken covers those writes. One caller at a time leads a flush; the others wait for one that
 /// covers their ticket (leader/follower, as databases do for their write-ahead logs).
+///
+/// Integrity: see the [module docs](crate::store). Batches are applied one at a time (each
+/// updates the manifest record inside the same sled batch).
 #[derive(Clone)]
 pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     db: sled::Db,
-    data_file: std::sync::Arc<std::fs::File>,
-    flusher: std::sync::Arc<Flusher>,
+    data_file: std::fs::File,
+    /// The commit marker file, when this store keeps one.
+    marker: Option<PathBuf>,
+    /// The committed manifest; its lock serializes applies (and export).
+    state: Mutex<Manifest>,
+    flusher: Flusher,
+    /// When the marker was last written.
+    marker_written: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -34,8 +178,8 @@ struct FlushState {
 
 #[derive(Default)]
 struct Flusher {
-    state: std::sync::Mutex<FlushState>,
-    done: std::sync::Condvar,
+    state: Mutex<FlushState>,
+    done: Condvar,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -48,37 +192,314 @@ fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-impl SledStore {
-    /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
+fn poisoned() -> StoreError {
+    StoreError::Io("store state poisoned".into())
+}
+
+fn damaged(path: &Path, detail: impl Into<String>) -> StoreError {
+    StoreError::Damaged {
+        path: path.display().to_string(),
+        detail: detail.into(),
+        advice: DEFAULT_ADVICE.into(),
+    }
+}
+
+/// The commit marker file of the database directory `dir`.
+pub fn marker_path(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(MARKER_SUFFIX);
+    dir.with_file_name(name)
+}
+
+fn read_marker(path: &Path) -> Result<Option<Marker>, StoreError> {
+    match std::fs::read(path) {
+        Ok(b) => Marker::decode(&b).map(Some).ok_or_else(|| {
+            damaged(
+                path,
+                "the commit marker is corrupt, so the database cannot be checked for lost data",
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io(format!("reading {}: {e}", path.display()))),
+    }
+}
+
+/// Writes the marker atomically: a temporary file, fdatasync, rename.
+fn write_marker(path: &Path, m: &Marker) -> Result<(), StoreError> {
+    let tmp = path.with_extension("commit-tmp");
+    let res = (|| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&m.encode())?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
+    })();
+    res.map_err(|e| StoreError::Io(format!("writing {}: {e}", path.display())))
+}
+
+/// sled's `conf` file: its body followed by a little-endian CRC-32. sled itself reports a
+/// damaged one as "created using a sled version earlier than 0.29"; name it plainly instead.
+fn check_conf(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join("conf");
+    let b = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::Io(format!("reading {}: {e}", path.display()))),
+    };
+    let ok = b
+        .len()
+        .checked_sub(4)
+        .filter(|&n| n > 4)
+        .map(|n| b.split_at(n))
+        .is_some_and(|(body, crc)| crc32fast::hash(body).to_le_bytes() == crc);
+    if ok {
+        Ok(())
+    } else {
+        Err(damaged(
+            &path,
+            "the database configuration file is corrupt (checksum mismatch)",
+        ))
+    }
+}
+
+fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+    let d = dir.to_path_buf();
+    let opened = std::panic::catch_unwind(move || {
+        sled::Config::new()
+            .path(d)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
             .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref ioe) if ioe.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Locked(dir.display().to_string())
-                }
-                sled::Error::Io(ref ioe) if ioe.to_string().contains("lock") => {
-                    StoreError::Locked(dir.display().to_string())
-                }
-                other => io(other),
-            })?;
-        // sled 0.34 keeps its log in `<dir>/db`.
-        let data_file = std::fs::File::open(dir.join("db"))
-            .map_err(|e| StoreError::Io(format!("opening {}: {e}", dir.join("db").display())))?;
-        Ok(SledStore {
-            db,
-            data_file: std::sync::Arc::new(data_file),
-            flusher: Default::default(),
-        })
+    });
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(sled::Error::Io(ref ioe)))
+            if ioe.kind() == std::io::ErrorKind::WouldBlock || ioe.to_string().contains("lock") =>
+        {
+            Err(StoreError::Locked(dir.display().to_string()))
+        }
+        Ok(Err(sled::Error::Io(ioe))) if ioe.kind() != std::io::ErrorKind::UnexpectedEof => {
+            Err(StoreError::Io(format!("opening {}: {ioe}", dir.display())))
+        }
+        Ok(Err(e)) => Err(damaged(
+            &dir.join("db"),
+            format!("the database could not be read ({e})"),
+        )),
+        Err(_) => Err(damaged(
+            &dir.join("db"),
+            "the database could not be read (its reader failed on the damaged data)",
+        )),
     }
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`, verifying every record checksum and the
+    /// manifest, without a commit marker (tests, tools).
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_inner(dir, None)
+    }
+
+    /// Opens (or creates) the database in `dir` with its commit marker `<dir>.commit`
+    /// ([`marker_path`]): what the node and the relay use. Refuses a damaged store with
+    /// [`StoreError::Damaged`]; never starts on a store that lost committed data.
+    pub fn open_checked(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_inner(dir, Some(marker_path(dir)))
+    }
+
+    fn open_inner(dir: &Path, marker: Option<PathBuf>) -> Result<Self, StoreError> {
+        let mark = match &marker {
+            Some(p) => read_marker(p)?,
+            None => None,
+        };
+        let db_file = dir.join("db");
+        if let (Some(m), Some(p)) = (&mark, &marker) {
+            if !db_file.exists() {
+                return Err(damaged(
+                    &db_file,
+                    format!(
+                        "the database file is missing, but {} records {} committed batches",
+                        p.display(),
+                        m.seq
+                    ),
+                ));
+            }
+        }
+        check_conf(dir)?;
+        let db = open_sled(dir)?;
+        let data_file = std::fs::File::open(&db_file)
+            .map_err(|e| StoreError::Io(format!("opening {}: {e}", db_file.display())))?;
+        let manifest = verify(&db, &db_file, mark.as_ref(), marker.as_deref())?;
+        let store = SledStore {
+            inner: Arc::new(Inner {
+                db,
+                data_file,
+                marker,
+                state: Mutex::new(manifest),
+                flusher: Flusher::default(),
+                marker_written: Mutex::new(None),
+            }),
+        };
+        // Record what was verified (and, for a new or migrated store, make it durable).
+        store.close()?;
+        Ok(store)
+    }
+
+    /// Writes the marker for `seq` if one is kept and `force` or the interval has passed.
+    fn maybe_write_marker(&self, m: &Manifest, force: bool) -> Result<(), StoreError> {
+        let Some(path) = &self.inner.marker else {
+            return Ok(());
+        };
+        let mut last = self.inner.marker_written.lock().map_err(|_| poisoned())?;
+        if !force && last.is_some_and(|t| t.elapsed() < MARKER_INTERVAL) {
+            return Ok(());
+        }
+        write_marker(
+            path,
+            &Marker {
+                store_id: m.store_id,
+                seq: m.seq,
+            },
+        )?;
+        *last = Some(Instant::now());
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.db.flush().map_err(io)?;
+        self.inner
+            .data_file
+            .sync_data()
+            .map_err(|e| StoreError::Io(format!("fdatasync: {e}")))
+    }
+}
+
+/// Reads every record: checksums, tree bytes, counts against the manifest, manifest against
+/// the marker. Creates the manifest of a new store and migrates a store written before
+/// checksums existed (records but neither manifest nor marker).
+fn verify(
+    db: &sled::Db,
+    db_file: &Path,
+    mark: Option<&Marker>,
+    marker_file: Option<&Path>,
+) -> Result<Manifest, StoreError> {
+    let mut counts = [0u64; SLOTS];
+    let mut manifest_raw = None;
+    let mut bad: Vec<(Tree, Vec<u8>)> = Vec::new();
+    let mut bad_count = 0u64;
+    for item in db.iter() {
+        let (k, v) = item.map_err(|e| {
+            damaged(db_file, format!("reading the records failed ({e})"))
+        })?;
+        if &k[..] == MANIFEST_KEY {
+            manifest_raw = Some(v.to_vec());
+            continue;
+        }
+        let tree = k.first().copied().and_then(Tree::from_byte).ok_or_else(|| {
+            damaged(db_file, "a record has a key that belongs to no tree")
+        })?;
+        if let Some(c) = counts.get_mut(tree as usize) {
+            *c += 1;
+        }
+        if unseal(&k, &v).is_none() {
+            bad_count += 1;
+            if bad.len() < 64 {
+                bad.push((tree, k.to_vec()));
+            }
+        }
+    }
+    let total: u64 = counts.iter().sum();
+    let marker_name = marker_file
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let Some(raw) = manifest_raw else {
+        if let Some(m) = mark {
+            return Err(damaged(
+                db_file,
+                format!(
+                    "the database holds {total} records but no manifest, while {marker_name} \
+                     records {} committed batches: committed data was lost",
+                    m.seq
+                ),
+            ));
+        }
+        // New store, or one written before checksums: seal every record, write a manifest.
+        let mut store_id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut store_id);
+        let manifest = Manifest {
+            store_id,
+            seq: 0,
+            counts,
+        };
+        let mut b = sled::Batch::default();
+        for item in db.iter() {
+            let (k, v) = item.map_err(io)?;
+            b.insert(k.to_vec(), seal(&k, &v));
+        }
+        b.insert(MANIFEST_KEY, manifest.encode());
+        db.apply_batch(b).map_err(io)?;
+        if total > 0 {
+            tracing::info!(records = total, "added checksums to a store written without them");
+        }
+        return Ok(manifest);
+    };
+    let manifest = Manifest::decode(&raw)
+        .ok_or_else(|| damaged(db_file, "the manifest record is corrupt"))?;
+    if bad_count > 0 {
+        let trees: std::collections::BTreeSet<String> =
+            bad.iter().map(|(t, _)| format!("{t:?}")).collect();
+        return Err(damaged(
+            db_file,
+            format!(
+                "{bad_count} records fail their checksum (in {})",
+                trees.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    if manifest.counts != counts {
+        let mut diffs = Vec::new();
+        for (i, (want, have)) in manifest.counts.iter().zip(counts.iter()).enumerate() {
+            if want != have {
+                let name = u8::try_from(i)
+                    .ok()
+                    .and_then(Tree::from_byte)
+                    .map(|t| format!("{t:?}"))
+                    .unwrap_or_else(|| format!("tree {i}"));
+                diffs.push(format!("{name}: {have} records, {want} committed"));
+            }
+        }
+        return Err(damaged(
+            db_file,
+            format!("records are missing or extra ({})", diffs.join("; ")),
+        ));
+    }
+    if let Some(m) = mark {
+        if m.store_id != manifest.store_id {
+            return Err(damaged(
+                db_file,
+                format!("the database is not the one {marker_name} describes (it was replaced)"),
+            ));
+        }
+        if manifest.seq < m.seq {
+            return Err(damaged(
+                db_file,
+                format!(
+                    "the database ends at batch {} but {} were committed durably \
+                     ({marker_name}): committed data was lost",
+                    manifest.seq, m.seq
+                ),
+            ));
+        }
+    }
+    Ok(manifest)
 }
 
 impl Store for SledStore {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(tree.key(key)).map_err(io)?.map(|v| v.to_vec()))
+        let k = tree.key(key);
+        match self.inner.db.get(&k).map_err(io)? {
+            None => Ok(None),
+            Some(v) => unseal_owned(tree, &k, &v).map(Some),
+        }
     }
 
     fn scan(
@@ -88,15 +509,16 @@ impl Store for SledStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
+        let db = &self.inner.db;
         let full_prefix = tree.key(prefix);
         let mut out = Vec::new();
         let iter = match after {
-            Some(a) if tree.key(a) >= full_prefix => self.db.range((
+            Some(a) if tree.key(a) >= full_prefix => db.range((
                 std::ops::Bound::Excluded(tree.key(a)),
                 std::ops::Bound::Unbounded,
             )),
-            Some(_) => self.db.range(full_prefix.clone()..),
-            None => self.db.range(full_prefix.clone()..),
+            Some(_) => db.range(full_prefix.clone()..),
+            None => db.range(full_prefix.clone()..),
         };
         for item in iter {
             if out.len() >= limit {
@@ -106,35 +528,62 @@ impl Store for SledStore {
             if !k.starts_with(&full_prefix) {
                 break;
             }
-            out.push((k.get(1..).unwrap_or_default().to_vec(), v.to_vec()));
+            let value = unseal_owned(tree, &k, &v)?;
+            out.push((k.get(1..).unwrap_or_default().to_vec(), value));
         }
         Ok(out)
     }
 
     fn last(&self, tree: Tree, prefix: &[u8]) -> Result<Option<super::Entry>, StoreError> {
-        match self.db.scan_prefix(tree.key(prefix)).next_back() {
+        match self.inner.db.scan_prefix(tree.key(prefix)).next_back() {
             None => Ok(None),
             Some(item) => {
                 let (k, v) = item.map_err(io)?;
-                Ok(Some((k.get(1..).unwrap_or_default().to_vec(), v.to_vec())))
+                let value = unseal_owned(tree, &k, &v)?;
+                Ok(Some((k.get(1..).unwrap_or_default().to_vec(), value)))
             }
         }
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let db = &self.inner.db;
+        let mut st = self.inner.state.lock().map_err(|_| poisoned())?;
+        let mut next = *st;
+        let mut seen: HashMap<Vec<u8>, bool> = HashMap::new();
         let mut b = sled::Batch::default();
         for (tree, key, value) in batch.ops {
+            let k = tree.key(&key);
+            let existed = match seen.get(&k) {
+                Some(e) => *e,
+                None => db.contains_key(&k).map_err(io)?,
+            };
+            let count = next.counts.get_mut(tree as usize);
             match value {
-                Some(v) => b.insert(tree.key(&key), v),
-                None => b.remove(tree.key(&key)),
+                Some(v) => {
+                    if let (false, Some(c)) = (existed, count) {
+                        *c += 1;
+                    }
+                    b.insert(k.clone(), seal(&k, &v));
+                    seen.insert(k, true);
+                }
+                None => {
+                    if let (true, Some(c)) = (existed, count) {
+                        *c = c.saturating_sub(1);
+                    }
+                    b.remove(k.clone());
+                    seen.insert(k, false);
+                }
             }
         }
-        self.db.apply_batch(b).map_err(io)
+        next.seq += 1;
+        b.insert(MANIFEST_KEY, next.encode());
+        db.apply_batch(b).map_err(io)?;
+        *st = next;
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        let poisoned = || StoreError::Io("flush state poisoned".into());
-        let f = &self.flusher;
+        let f = &self.inner.flusher;
         let mut st = f.state.lock().map_err(|_| poisoned())?;
         st.issued += 1;
         let ticket = st.issued;
@@ -150,10 +599,11 @@ impl Store for SledStore {
             st.running = true;
             let target = st.issued;
             drop(st);
-            let result = self.db.flush().map_err(io).and_then(|_| {
-                self.data_file
-                    .sync_data()
-                    .map_err(|e| StoreError::Io(format!("fdatasync: {e}")))
+            // Every batch up to this manifest was applied before the flush starts.
+            let covered = self.inner.state.lock().map(|m| *m).map_err(|_| poisoned());
+            let result = covered.and_then(|m| {
+                self.sync()?;
+                self.maybe_write_marker(&m, false)
             });
             st = f.state.lock().map_err(|_| poisoned())?;
             st.running = false;
@@ -167,8 +617,150 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(io)
+        self.inner.db.size_on_disk().map_err(io)
     }
+
+    fn close(&self) -> Result<(), StoreError> {
+        // Hold applies back so the marker describes exactly what was flushed.
+        let st = self.inner.state.lock().map_err(|_| poisoned())?;
+        self.sync()?;
+        self.maybe_write_marker(&st, true)
+    }
+
+    fn export(
+        &self,
+        sink: &mut dyn FnMut(u8, &[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        // Holding the apply lock makes this a point-in-time copy: no batch lands meanwhile.
+        let _st = self.inner.state.lock().map_err(|_| poisoned())?;
+        let mut n = 0u64;
+        for item in self.inner.db.iter() {
+            let (k, v) = item.map_err(io)?;
+            if &k[..] == MANIFEST_KEY {
+                continue;
+            }
+            let (Some(&tb), Some(key)) = (k.first(), k.get(1..)) else {
+                continue;
+            };
+            let tree = Tree::from_byte(tb).ok_or_else(|| StoreError::Corrupt {
+                tree: Tree::Meta,
+                detail: format!("record with unknown tree byte {tb}"),
+            })?;
+            let value = unseal_owned(tree, &k, &v)?;
+            sink(tb, key, &value)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// What [`restore_store`] did.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// Records written.
+    pub records: u64,
+    /// Where the previous database directory was moved, if there was one.
+    pub moved_aside: Option<PathBuf>,
+}
+
+/// A source of records for [`restore_store`]: called once with a sink for every record.
+pub type RecordSource<'a> =
+    &'a mut dyn FnMut(&mut dyn FnMut(u8, Vec<u8>, Vec<u8>) -> Result<(), StoreError>) -> Result<(), StoreError>;
+
+/// Replaces the database in `dir` with the records `source` yields (the process using the
+/// store must be stopped: a locked store is refused).
+///
+/// A healthy store is refused unless `force`. The new database is built and flushed in
+/// `<dir>.restore-tmp` first; if `source` fails (a backup that does not authenticate),
+/// nothing else was touched. Then, in this order: the new commit marker replaces the old one
+/// (a crash here leaves the old database with a marker of another store: refused, not used),
+/// the old directory moves to `<dir>.damaged-<unix seconds>` (kept, never deleted; a crash
+/// here leaves no database but a marker: refused), the new one takes its place.
+pub fn restore_store(dir: &Path, force: bool, source: RecordSource<'_>) -> Result<Restored, StoreError> {
+    let exists = dir.join("db").exists();
+    if exists {
+        match SledStore::open_checked(dir) {
+            Ok(s) => {
+                drop(s);
+                if !force {
+                    return Err(StoreError::Io(format!(
+                        "{} is a healthy store; refusing to replace it without --force",
+                        dir.display()
+                    )));
+                }
+            }
+            Err(StoreError::Locked(p)) => return Err(StoreError::Locked(p)),
+            Err(StoreError::Damaged { .. }) => {}
+            Err(e) if !force => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let mut tmp_name = dir.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".restore-tmp");
+    let tmp = dir.with_file_name(tmp_name);
+    let tmp_marker = marker_path(&tmp);
+    let cleanup = |tmp: &Path| {
+        let _ = std::fs::remove_dir_all(tmp);
+        let _ = std::fs::remove_file(marker_path(tmp));
+    };
+    cleanup(&tmp);
+    let filled = (|| {
+        let store = SledStore::open_checked(&tmp)?;
+        let mut batch = Batch::new();
+        let mut records = 0u64;
+        source(&mut |tb, key, value| {
+            let tree = Tree::from_byte(tb).ok_or_else(|| StoreError::Corrupt {
+                tree: Tree::Meta,
+                detail: format!("backup record with unknown tree byte {tb}"),
+            })?;
+            batch.put(tree, key, value);
+            records += 1;
+            if batch.len() >= 1024 {
+                store.apply(std::mem::take(&mut batch))?;
+            }
+            Ok(())
+        })?;
+        store.apply(batch)?;
+        store.close()?;
+        Ok::<u64, StoreError>(records)
+    })();
+    let records = match filled {
+        Ok(n) => n,
+        Err(e) => {
+            cleanup(&tmp);
+            return Err(e);
+        }
+    };
+    let marker = marker_path(dir);
+    let fs_err = |what: &str, e: std::io::Error| StoreError::Io(format!("{what}: {e}"));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut aside_name = dir.file_name().unwrap_or_default().to_os_string();
+    aside_name.push(format!(".damaged-{stamp}"));
+    let aside = dir.with_file_name(aside_name);
+    if marker.exists() {
+        std::fs::copy(&marker, marker_path(&aside))
+            .map_err(|e| fs_err("keeping the old commit marker", e))?;
+    }
+    std::fs::rename(&tmp_marker, &marker).map_err(|e| fs_err("installing the commit marker", e))?;
+    let moved_aside = if dir.exists() {
+        std::fs::rename(dir, &aside).map_err(|e| fs_err("moving the old store aside", e))?;
+        Some(aside)
+    } else {
+        None
+    };
+    std::fs::rename(&tmp, dir).map_err(|e| fs_err("installing the restored store", e))?;
+    if let Some(parent) = dir.parent() {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(Restored {
+        records,
+        moved_aside,
+    })
 }
 
 #[cfg(test)]
@@ -192,7 +784,7 @@ mod tests {
             }
         });
         assert_eq!(s.scan(Tree::Meta, b"", None, 1000).unwrap().len(), 160);
-        let st = s.flusher.state.lock().unwrap();
+        let st = s.inner.flusher.state.lock().unwrap();
         assert_eq!(st.durable, 160, "every ticket durable");
         assert!(!st.running);
     }
