@@ -111,6 +111,31 @@ pub enum Command {
         #[arg(long)]
         add: bool,
     },
+    /// Write an encrypted point-in-time backup of the running node's store.
+    Backup {
+        /// The backup file to write (replaced if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// The key file (64 hex digits). Created (mode 0600) with a new random key if it does
+        /// not exist. Keep it apart from the backup: without it the backup cannot be restored.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Replace the store with a backup (the node or relay must be stopped). Refuses to replace
+    /// a healthy store without --force; the previous store is kept as `<db>.damaged-<time>`.
+    Restore {
+        /// The backup file written by `sremp backup`.
+        file: PathBuf,
+        /// The key file the backup was written with.
+        #[arg(long)]
+        key: PathBuf,
+        /// Replace the store even if it is healthy.
+        #[arg(long)]
+        force: bool,
+        /// Restore the relay-only store (`relay-db`) instead of the node's (`db`).
+        #[arg(long)]
+        relay: bool,
+    },
 }
 
 /// `sremp id` subcommands: each publishes a new identity version (version + 1, created now,

@@ -31,6 +31,9 @@ pub enum Error {
     /// Storage.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Backup or restore.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     /// Configuration.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),

@@ -22,6 +22,7 @@
 //! Protocol cores (`wire`, `noise::handshake`, `ratchet`, relay/rendezvous cores) never do I/O
 //! and never read the clock; the async shells around them own sockets and time.
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -154,7 +154,38 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
         Command::Relay => sremp::relay::run_cli(&cfg),
         Command::Rendezvous => sremp::rendezvous::run_cli(&cfg),
         Command::Certs { out, name } => sremp::rendezvous::run_certs_cli(&out, &name),
+        Command::Restore {
+            file,
+            key,
+            force,
+            relay,
+        } => {
+            let dir = cfg.data_dir().join(if relay {
+                sremp::relay::DB_DIR
+            } else {
+                sremp::node::DB_DIR
+            });
+            let r = sremp::backup::restore_backup(&dir, &file, &key, force)?;
+            let aside = r.moved_aside.map(|p| p.display().to_string());
+            if cli.global.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "records": r.records,
+                        "db": dir.display().to_string(),
+                        "moved_aside": aside,
+                    })
+                );
+            } else {
+                println!("restored {} records into {}", r.records, dir.display());
+                if let Some(a) = aside {
+                    println!("the previous store was moved to {a}");
+                }
+            }
+            Ok(())
+        }
         cmd @ (Command::Contacts { .. }
+        | Command::Backup { .. }
         | Command::Send { .. }
         | Command::Messages { .. }
         | Command::Status

@@ -12,9 +12,9 @@
 
 mod common;
 
-use common::{introduce, BinNode, BinNodeOptions, BinRelay, Proc};
+use common::{introduce, reap, signal, BinNode, BinNodeOptions, BinRelay, ControlConn, Proc};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The damage variants of issue 18, applied to a stopped store's files.
@@ -203,4 +203,267 @@ fn damaged_node_store_refuses_to_start() {
     copy_dir(&pristine, &b.data);
     b.start();
     assert_eq!(count_in(&b.messages()), 15);
+}
+
+#[test]
+fn damaged_relay_store_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = BinRelay::start(dir.path(), "127.0.0.1:0", None);
+    let mut bob_o = BinNodeOptions::loopback("bob");
+    bob_o.relays = vec![relay.hint.clone()];
+    let mut a = BinNode::new(dir.path(), &BinNodeOptions::loopback("alice"));
+    let mut b = BinNode::new(dir.path(), &bob_o);
+    a.start();
+    b.start();
+    let (_, b_id) = introduce(&a, &b);
+    b.stop();
+    // 20 messages for the offline Bob end up stored at the relay-only relay.
+    let ids: Vec<String> = (0..20).map(|i| a.send(&b_id, &format!("m{i}"))).collect();
+    wait_history(&a, "all stored at the relay", |h| {
+        ids.iter().all(|id| {
+            h.iter()
+                .any(|e| e["id"] == id.as_str() && e["status"] == "stored_at_relay")
+        })
+    });
+    a.stop();
+    signal(&relay.proc.child, libc::SIGTERM);
+    assert!(reap(&mut relay.proc.child, Duration::from_secs(20)));
+    let home = dir.path().join("relay");
+    let data = home.join("data");
+    let cfg = home.join("relay.toml").to_str().unwrap().to_string();
+    let pristine = dir.path().join("relay-pristine");
+    copy_dir(&data, &pristine);
+    for d in ALL {
+        copy_dir(&pristine, &data);
+        damage(&data.join("relay-db"), d);
+        let log = expect_refusal(&["relay", "--config", &cfg], &format!("relay {d:?}"));
+        assert!(log.contains("store damaged"), "{d:?}: {log}");
+        assert!(log.contains("relay-db/db"), "{d:?}: names the file: {log}");
+        assert!(
+            log.contains("move relay-db"),
+            "{d:?}: says what to do: {log}"
+        );
+    }
+    copy_dir(&pristine, &data);
+    std::fs::write(data.join("relay-db/conf"), noise(5, 100)).unwrap();
+    let log = expect_refusal(&["relay", "--config", &cfg], "relay conf garbage");
+    assert!(log.contains("relay-db/conf"), "{log}");
+    // The undamaged store starts.
+    copy_dir(&pristine, &data);
+    let p = Proc::spawn(&["relay", "--config", &cfg]);
+    assert!(
+        p.wait_for_line("relay listening", Duration::from_secs(30))
+            .is_some(),
+        "{}",
+        p.log()
+    );
+}
+
+/// A crash is not damage: nodes SIGKILLed in the middle of a burst (both the sender with
+/// commits in flight and the receiver) restart cleanly, several times.
+#[test]
+fn sigkill_mid_burst_is_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, _a_id, b_id) = conversation(dir.path(), 2);
+    for round in 0..4 {
+        let mut conn = ControlConn::connect(&a);
+        for i in 0..15 {
+            conn.send(&b_id, &format!("r{round}-{i}"));
+            if i == 7 {
+                if round % 2 == 0 {
+                    b.kill();
+                } else {
+                    // The sender dies with sends and commits in flight.
+                    a.kill();
+                    break;
+                }
+            }
+        }
+        drop(conn);
+        // Restarting must work: `start` fails the test if the node exits.
+        if a.proc.is_none() {
+            a.start();
+        }
+        if b.proc.is_none() {
+            b.start();
+        }
+        assert!(!a.logs().contains("store damaged"), "{}", a.logs());
+        assert!(!b.logs().contains("store damaged"), "{}", b.logs());
+    }
+    // And the pair still works.
+    let id = a.send(&b_id, "after the crashes");
+    wait_history(&b, "bob receives after the crashes", |h| {
+        h.iter().any(|e| e["text"] == "after the crashes")
+    });
+    wait_history(&a, "delivered", |h| {
+        h.iter()
+            .any(|e| e["id"] == id.as_str() && e["status"] == "delivered")
+    });
+}
+
+/// Every file of a directory tree with its bytes (to prove a refused restore touched nothing).
+fn snapshot_files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((e.path(), std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn backup_while_sending_then_damage_restore_and_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, mut b, a_id, b_id) = conversation(dir.path(), 10);
+    let backup = dir.path().join("bob.backup");
+    let key = dir.path().join("bob.key");
+    // Alice keeps sending while Bob's node takes the backup.
+    let sender = {
+        let mut conn = ControlConn::connect(&a);
+        let b_id = b_id.clone();
+        std::thread::spawn(move || {
+            for i in 0..40 {
+                conn.send(&b_id, &format!("flow{i}"));
+                std::thread::sleep(Duration::from_millis(15));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let out = b.json(&[
+        "backup",
+        "--out",
+        backup.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(out["key_created"], true, "{out}");
+    assert!(out["records"].as_u64().unwrap() > 20, "{out}");
+    assert_eq!(
+        out["bytes"].as_u64().unwrap(),
+        std::fs::metadata(&backup).unwrap().len()
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "key file mode");
+    }
+    sender.join().unwrap();
+    wait_history(&b, "bob has the whole flow", |h| count_in(h) == 50);
+    b.stop();
+    let cfg = b.config.to_str().unwrap().to_string();
+    let db = b.data.join("db");
+
+    // A healthy store is not replaced without --force.
+    let o = b.cmd(&[
+        "restore",
+        backup.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--force"),
+        "{o:?}"
+    );
+
+    damage(&db, Damage::RandomStart);
+    let log = expect_refusal(&["--config", &cfg, "run"], "damaged before restore");
+    assert!(log.contains("store damaged"), "{log}");
+    let before = snapshot_files(&b.data);
+
+    // Wrong key: refused, nothing touched.
+    let wrong = dir.path().join("wrong.key");
+    std::fs::write(&wrong, format!("{}\n", "ab".repeat(32))).unwrap();
+    let o = b.cmd(&[
+        "restore",
+        backup.to_str().unwrap(),
+        "--key",
+        wrong.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not authenticate"),
+        "{o:?}"
+    );
+    assert_eq!(
+        snapshot_files(&b.data),
+        before,
+        "wrong key touched the store"
+    );
+    // Tampered backup (one byte in the middle, and truncated): refused, nothing touched.
+    let good = std::fs::read(&backup).unwrap();
+    let tampered = dir.path().join("tampered.backup");
+    let mut t = good.clone();
+    let mid = t.len() / 2;
+    t[mid] ^= 0x40;
+    std::fs::write(&tampered, &t).unwrap();
+    let o = b.cmd(&[
+        "restore",
+        tampered.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not authenticate"),
+        "{o:?}"
+    );
+    std::fs::write(&tampered, &good[..good.len() - 1]).unwrap();
+    let o = b.cmd(&[
+        "restore",
+        tampered.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "{o:?}");
+    assert_eq!(
+        snapshot_files(&b.data),
+        before,
+        "a bad backup touched the store"
+    );
+
+    // The real restore (a damaged store needs no --force).
+    let r = b.json(&[
+        "restore",
+        backup.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(r["records"], out["records"], "{r}");
+    let aside = r["moved_aside"].as_str().unwrap().to_string();
+    assert!(
+        Path::new(&aside).join("db").exists(),
+        "the damaged store is kept: {r}"
+    );
+    b.start();
+    let h = b.messages();
+    let n_in = count_in(&h);
+    assert!((10..=50).contains(&n_in), "history of the snapshot: {n_in}");
+    assert!(h.iter().any(|e| e["text"] == "a9"), "{h:#?}");
+    let contacts = b.json(&["contacts", "list"]);
+    assert!(contacts.to_string().contains(&a_id), "{contacts}");
+    // The conversation continues both ways on the restored sessions.
+    let id = a.send(&b_id, "after restore");
+    wait_history(&b, "bob receives after restore", |h| {
+        h.iter().any(|e| e["text"] == "after restore")
+    });
+    wait_history(&a, "alice sees delivered", |h| {
+        h.iter()
+            .any(|e| e["id"] == id.as_str() && e["status"] == "delivered")
+    });
+    b.send(&a_id, "bob is back");
+    wait_history(&a, "alice receives bob's reply", |h| {
+        h.iter().any(|e| e["text"] == "bob is back")
+    });
 }

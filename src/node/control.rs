@@ -223,6 +223,13 @@ pub enum Request {
         #[serde(default)]
         limit: Option<usize>,
     },
+    /// Write an encrypted point-in-time backup of the store.
+    Backup {
+        /// Absolute path of the backup file to write.
+        out: String,
+        /// Absolute path of the key file (must exist).
+        key: String,
+    },
     /// Stream entries (backlog after `after_seq`, then every new entry and status change).
     Follow {
         /// Send the entries after this seq first.
@@ -340,6 +347,9 @@ pub struct Response {
     /// In a `follow` stream: this many updates were dropped because the client was slow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lagged: Option<u64>,
+    /// `backup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::backup::BackupSummary>,
 }
 
 impl Response {
@@ -684,6 +694,24 @@ pub async fn execute(node: &Node, req: Request) -> Response {
             resp
         }
         Request::Follow { .. } => Response::error("follow needs its own connection"),
+        Request::Backup { out, key } => {
+            let store = node.inner.store.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                crate::backup::write_backup(&*store, Path::new(&out), Path::new(&key))
+            })
+            .await;
+            match done {
+                Ok(Ok(summary)) => {
+                    tracing::info!(out = %summary.out, records = summary.records, "backup written");
+                    Response {
+                        backup: Some(summary),
+                        ..Response::ok()
+                    }
+                }
+                Ok(Err(e)) => Response::error(format!("backup failed: {e}")),
+                Err(_) => Response::error("internal error in the node"),
+            }
+        }
     }
 }
 
@@ -1071,6 +1099,43 @@ async fn run_command(
                 print_json(&c)
             } else {
                 print_line(&format_contact(&c))
+            }
+        }
+        Command::Backup { out, key } => {
+            let abs = |p: &Path| {
+                std::path::absolute(p)
+                    .map_err(|e| ControlError::BadArgument(format!("{}: {e}", p.display())))
+            };
+            let (out, key) = (abs(&out)?, abs(&key)?);
+            let (_, created) = crate::backup::BackupKey::load_or_create(&key)
+                .map_err(|e| ControlError::BadArgument(e.to_string()))?;
+            let req = Request::Backup {
+                out: out.display().to_string(),
+                key: key.display().to_string(),
+            };
+            let summary = call_ok(path, &req)
+                .await?
+                .backup
+                .ok_or_else(|| missing("backup"))?;
+            if json {
+                print_json(&serde_json::json!({
+                    "out": summary.out,
+                    "records": summary.records,
+                    "bytes": summary.bytes,
+                    "key": key.display().to_string(),
+                    "key_created": created,
+                }))
+            } else {
+                if created {
+                    print_line(&format!(
+                        "created key file {} (keep it safe and apart from the backup)",
+                        key.display()
+                    ))?;
+                }
+                print_line(&format!(
+                    "backup written: {} ({} records, {} bytes)",
+                    summary.out, summary.records, summary.bytes
+                ))
             }
         }
         Command::Status => {

@@ -386,7 +386,8 @@ impl Node {
             tracing::info!(id = %user.key(), dir = %dir.display(), "created a new identity");
         }
         let store: Arc<dyn Store> = Arc::new(
-            SledStore::open_checked(&dir.join(DB_DIR)).map_err(|e| e.with_advice(NODE_DAMAGE_ADVICE))?,
+            SledStore::open_checked(&dir.join(DB_DIR))
+                .map_err(|e| e.with_advice(NODE_DAMAGE_ADVICE))?,
         );
         let contacts = ContactBook::new(store.clone());
         let history = History::open(store.clone())?;

@@ -26,7 +26,9 @@
 
 mod sled_store;
 
-pub use sled_store::{marker_path, restore_store, RecordSource, Restored, SledStore, MARKER_SUFFIX};
+pub use sled_store::{
+    marker_path, restore_store, RecordSource, Restored, SledStore, MARKER_SUFFIX,
+};
 
 /// A namespace. The byte is the first byte of every physical key, so trees never overlap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -166,8 +168,10 @@ pub trait Store: Send + Sync + 'static {
     }
     /// A point-in-time copy of every record: commits are held back while `sink` is called
     /// for each (tree byte, key, value) in key order. Returns the number of records.
-    fn export(&self, sink: &mut dyn FnMut(u8, &[u8], &[u8]) -> Result<(), StoreError>)
-        -> Result<u64, StoreError>;
+    fn export(
+        &self,
+        sink: &mut dyn FnMut(u8, &[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError>;
 }
 
 impl StoreError {

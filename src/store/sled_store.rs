@@ -387,16 +387,17 @@ fn verify(
     let mut bad: Vec<(Tree, Vec<u8>)> = Vec::new();
     let mut bad_count = 0u64;
     for item in db.iter() {
-        let (k, v) = item.map_err(|e| {
-            damaged(db_file, format!("reading the records failed ({e})"))
-        })?;
+        let (k, v) =
+            item.map_err(|e| damaged(db_file, format!("reading the records failed ({e})")))?;
         if &k[..] == MANIFEST_KEY {
             manifest_raw = Some(v.to_vec());
             continue;
         }
-        let tree = k.first().copied().and_then(Tree::from_byte).ok_or_else(|| {
-            damaged(db_file, "a record has a key that belongs to no tree")
-        })?;
+        let tree = k
+            .first()
+            .copied()
+            .and_then(Tree::from_byte)
+            .ok_or_else(|| damaged(db_file, "a record has a key that belongs to no tree"))?;
         if let Some(c) = counts.get_mut(tree as usize) {
             *c += 1;
         }
@@ -438,12 +439,15 @@ fn verify(
         b.insert(MANIFEST_KEY, manifest.encode());
         db.apply_batch(b).map_err(io)?;
         if total > 0 {
-            tracing::info!(records = total, "added checksums to a store written without them");
+            tracing::info!(
+                records = total,
+                "added checksums to a store written without them"
+            );
         }
         return Ok(manifest);
     };
-    let manifest = Manifest::decode(&raw)
-        .ok_or_else(|| damaged(db_file, "the manifest record is corrupt"))?;
+    let manifest =
+        Manifest::decode(&raw).ok_or_else(|| damaged(db_file, "the manifest record is corrupt"))?;
     if bad_count > 0 {
         let trees: std::collections::BTreeSet<String> =
             bad.iter().map(|(t, _)| format!("{t:?}")).collect();
@@ -664,8 +668,9 @@ pub struct Restored {
 }
 
 /// A source of records for [`restore_store`]: called once with a sink for every record.
-pub type RecordSource<'a> =
-    &'a mut dyn FnMut(&mut dyn FnMut(u8, Vec<u8>, Vec<u8>) -> Result<(), StoreError>) -> Result<(), StoreError>;
+pub type RecordSource<'a> = &'a mut dyn FnMut(
+    &mut dyn FnMut(u8, Vec<u8>, Vec<u8>) -> Result<(), StoreError>,
+) -> Result<(), StoreError>;
 
 /// Replaces the database in `dir` with the records `source` yields (the process using the
 /// store must be stopped: a locked store is refused).
@@ -676,7 +681,11 @@ pub type RecordSource<'a> =
 /// (a crash here leaves the old database with a marker of another store: refused, not used),
 /// the old directory moves to `<dir>.damaged-<unix seconds>` (kept, never deleted; a crash
 /// here leaves no database but a marker: refused), the new one takes its place.
-pub fn restore_store(dir: &Path, force: bool, source: RecordSource<'_>) -> Result<Restored, StoreError> {
+pub fn restore_store(
+    dir: &Path,
+    force: bool,
+    source: RecordSource<'_>,
+) -> Result<Restored, StoreError> {
     let exists = dir.join("db").exists();
     if exists {
         match SledStore::open_checked(dir) {
