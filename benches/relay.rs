@@ -75,7 +75,8 @@ fn durable(c: &mut Criterion) {
     const N: u64 = 4096;
     g.throughput(Throughput::Elements(N));
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("a")).unwrap());
+    // As `sremp relay` opens it: checksums, manifest and the commit marker.
+    let store: Arc<dyn Store> = Arc::new(SledStore::open_checked(&dir.path().join("a")).unwrap());
     let policy = RelayConfig {
         quota_messages: u32::MAX,
         quota_bytes: u64::MAX,
