@@ -405,39 +405,7 @@ pub fn write_backup(
     let mut tmp_name = out.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = out.with_file_name(tmp_name);
-    let ctx = format!("writing {}", tmp.display());
-    let result = (|| {
-        let file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(ioe(ctx.clone()))?
-        };
-        let mut w =
-            Writer::new(std::io::BufWriter::new(file), &key, prefix).map_err(ioe(ctx.clone()))?;
-        let mut io_err = None;
-        store.export(&mut |tree, k, v| {
-            w.record(tree, k, v).map_err(|e| {
-                let msg = e.to_string();
-                io_err = Some(e);
-                StoreError::Io(msg)
-            })
-        })?;
-        if let Some(e) = io_err {
-            return Err(ioe(ctx.clone())(e));
-        }
-        let (buf, records, bytes) = w.finish().map_err(ioe(ctx.clone()))?;
-        let file = buf
-            .into_inner()
-            .map_err(|e| ioe(ctx.clone())(e.into_error()))?;
-        file.sync_all().map_err(ioe(ctx.clone()))?;
-        std::fs::rename(&tmp, out).map_err(ioe(format!("renaming to {}", out.display())))?;
-        Ok((records, bytes))
-    })();
+    let result = write_file(store, out, &tmp, &key, prefix);
     match result {
         Ok((records, bytes)) => Ok(BackupSummary {
             out: out.display().to_string(),
@@ -449,6 +417,47 @@ pub fn write_backup(
             Err(e)
         }
     }
+}
+
+/// Writes the backup to `tmp`, fsyncs it and renames it to `out`; returns (records, bytes).
+fn write_file(
+    store: &dyn Store,
+    out: &Path,
+    tmp: &Path,
+    key: &BackupKey,
+    prefix: [u8; 19],
+) -> Result<(u64, u64), BackupError> {
+    let ctx = format!("writing {}", tmp.display());
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(tmp)
+            .map_err(ioe(ctx.clone()))?
+    };
+    let mut w =
+        Writer::new(std::io::BufWriter::new(file), key, prefix).map_err(ioe(ctx.clone()))?;
+    let mut io_err = None;
+    store.export(&mut |tree, k, v| {
+        w.record(tree, k, v).map_err(|e| {
+            let msg = e.to_string();
+            io_err = Some(e);
+            StoreError::Io(msg)
+        })
+    })?;
+    if let Some(e) = io_err {
+        return Err(ioe(ctx)(e));
+    }
+    let (buf, records, bytes) = w.finish().map_err(ioe(ctx.clone()))?;
+    let file = buf
+        .into_inner()
+        .map_err(|e| ioe(ctx.clone())(e.into_error()))?;
+    file.sync_all().map_err(ioe(ctx))?;
+    std::fs::rename(tmp, out).map_err(ioe(format!("renaming to {}", out.display())))?;
+    Ok((records, bytes))
 }
 
 /// Replaces the store in `db_dir` (its process stopped) with the backup `file`, decrypted

@@ -120,6 +120,10 @@ pub enum Command {
         /// not exist. Keep it apart from the backup: without it the backup cannot be restored.
         #[arg(long)]
         key: PathBuf,
+        /// Back up the store of a stopped relay-only relay (`relay-db`) instead of asking the
+        /// running node.
+        #[arg(long)]
+        relay: bool,
     },
     /// Replace the store with a backup (the node or relay must be stopped). Refuses to replace
     /// a healthy store without --force; the previous store is kept as `<db>.damaged-<time>`.

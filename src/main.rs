@@ -154,6 +154,43 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
         Command::Relay => sremp::relay::run_cli(&cfg),
         Command::Rendezvous => sremp::rendezvous::run_cli(&cfg),
         Command::Certs { out, name } => sremp::rendezvous::run_certs_cli(&out, &name),
+        Command::Backup {
+            out,
+            key,
+            relay: true,
+        } => {
+            // A stopped relay's store: opened (and verified) here; a running relay holds the lock.
+            let dir = cfg.data_dir().join(sremp::relay::DB_DIR);
+            let store = sremp::store::SledStore::open_checked(&dir)
+                .map_err(|e| e.with_advice(sremp::relay::RELAY_DAMAGE_ADVICE))?;
+            let (_, created) = sremp::backup::BackupKey::load_or_create(&key)?;
+            let s = sremp::backup::write_backup(&store, &out, &key)?;
+            sremp::store::Store::close(&store)?;
+            if cli.global.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "out": s.out,
+                        "records": s.records,
+                        "bytes": s.bytes,
+                        "key": key.display().to_string(),
+                        "key_created": created,
+                    })
+                );
+            } else {
+                if created {
+                    println!(
+                        "created key file {} (keep it safe and apart from the backup)",
+                        key.display()
+                    );
+                }
+                println!(
+                    "backup written: {} ({} records, {} bytes)",
+                    s.out, s.records, s.bytes
+                );
+            }
+            Ok(())
+        }
         Command::Restore {
             file,
             key,

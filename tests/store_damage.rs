@@ -248,8 +248,26 @@ fn damaged_relay_store_refuses_to_start() {
     std::fs::write(data.join("relay-db/conf"), noise(5, 100)).unwrap();
     let log = expect_refusal(&["relay", "--config", &cfg], "relay conf garbage");
     assert!(log.contains("relay-db/conf"), "{log}");
-    // The undamaged store starts.
+    // An offline backup of the stopped relay, damage, restore: the relay starts again with
+    // the stored messages.
     copy_dir(&pristine, &data);
+    let backup = dir.path().join("relay.backup");
+    let key = dir.path().join("relay.key");
+    let (bk, kk) = (backup.to_str().unwrap(), key.to_str().unwrap());
+    let o = common::run_bin(&[
+        "--config", &cfg, "backup", "--relay", "--out", bk, "--key", kk, "--json",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let made: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(made["records"].as_u64().unwrap() >= 20, "{made}");
+    damage(&data.join("relay-db"), Damage::RandomStart);
+    expect_refusal(&["relay", "--config", &cfg], "relay damaged before restore");
+    let o = common::run_bin(&[
+        "--config", &cfg, "restore", bk, "--relay", "--key", kk, "--json",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["records"], made["records"], "{r}");
     let p = Proc::spawn(&["relay", "--config", &cfg]);
     assert!(
         p.wait_for_line("relay listening", Duration::from_secs(30))

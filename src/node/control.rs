@@ -38,6 +38,7 @@
 //! send            {"ok":true,"entry":ENTRY}            (the message is in the durable outbox)
 //! wait_delivered  {"ok":true,"entry":ENTRY}            (status is "delivered")
 //! messages        {"ok":true,"messages":[ENTRY,...]}   (oldest first, seq > after_seq)
+//! backup          {"ok":true,"backup":{"out":PATH,"records":N,"bytes":N}}
 //! ```
 //! `CONTACT` is `{"id":"<64 hex>","username":"bob","version":1,"trust":"unknown"|"trusted"|
 //! "rejected","first_seen":MS,"last_seen":MS,"endpoints":["host:port"],"relays":["<64 hex
@@ -1101,7 +1102,7 @@ async fn run_command(
                 print_line(&format_contact(&c))
             }
         }
-        Command::Backup { out, key } => {
+        Command::Backup { out, key, .. } => {
             let abs = |p: &Path| {
                 std::path::absolute(p)
                     .map_err(|e| ControlError::BadArgument(format!("{}: {e}", p.display())))

@@ -168,10 +168,14 @@ pub trait Store: Send + Sync + 'static {
     }
     /// A point-in-time copy of every record: commits are held back while `sink` is called
     /// for each (tree byte, key, value) in key order. Returns the number of records.
+    /// The default refuses (a store that cannot hold commits back cannot make a consistent copy).
     fn export(
         &self,
         sink: &mut dyn FnMut(u8, &[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<u64, StoreError> {
+        let _ = sink;
+        Err(StoreError::Io("this store cannot export a backup".into()))
+    }
 }
 
 impl StoreError {

@@ -227,14 +227,15 @@ fn read_marker(path: &Path) -> Result<Option<Marker>, StoreError> {
 /// Writes the marker atomically: a temporary file, fdatasync, rename.
 fn write_marker(path: &Path, m: &Marker) -> Result<(), StoreError> {
     let tmp = path.with_extension("commit-tmp");
-    let res = (|| {
+    fn write(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&m.encode())?;
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(bytes)?;
         f.sync_data()?;
-        std::fs::rename(&tmp, path)
-    })();
-    res.map_err(|e| StoreError::Io(format!("writing {}: {e}", path.display())))
+        std::fs::rename(tmp, path)
+    }
+    write(&tmp, path, &m.encode())
+        .map_err(|e| StoreError::Io(format!("writing {}: {e}", path.display())))
 }
 
 /// sled's `conf` file: its body followed by a little-endian CRC-32. sled itself reports a
@@ -658,6 +659,28 @@ impl Store for SledStore {
     }
 }
 
+/// Builds the new store in `tmp` from `source`; returns the number of records.
+fn fill(tmp: &Path, source: RecordSource<'_>) -> Result<u64, StoreError> {
+    let store = SledStore::open_checked(tmp)?;
+    let mut batch = Batch::new();
+    let mut records = 0u64;
+    source(&mut |tb, key, value| {
+        let tree = Tree::from_byte(tb).ok_or_else(|| StoreError::Corrupt {
+            tree: Tree::Meta,
+            detail: format!("backup record with unknown tree byte {tb}"),
+        })?;
+        batch.put(tree, key, value);
+        records += 1;
+        if batch.len() >= 1024 {
+            store.apply(std::mem::take(&mut batch))?;
+        }
+        Ok(())
+    })?;
+    store.apply(batch)?;
+    store.close()?;
+    Ok(records)
+}
+
 /// What [`restore_store`] did.
 #[derive(Debug, Clone)]
 pub struct Restored {
@@ -713,26 +736,7 @@ pub fn restore_store(
         let _ = std::fs::remove_file(marker_path(tmp));
     };
     cleanup(&tmp);
-    let filled = (|| {
-        let store = SledStore::open_checked(&tmp)?;
-        let mut batch = Batch::new();
-        let mut records = 0u64;
-        source(&mut |tb, key, value| {
-            let tree = Tree::from_byte(tb).ok_or_else(|| StoreError::Corrupt {
-                tree: Tree::Meta,
-                detail: format!("backup record with unknown tree byte {tb}"),
-            })?;
-            batch.put(tree, key, value);
-            records += 1;
-            if batch.len() >= 1024 {
-                store.apply(std::mem::take(&mut batch))?;
-            }
-            Ok(())
-        })?;
-        store.apply(batch)?;
-        store.close()?;
-        Ok::<u64, StoreError>(records)
-    })();
+    let filled = fill(&tmp, source);
     let records = match filled {
         Ok(n) => n,
         Err(e) => {
@@ -825,5 +829,118 @@ mod tests {
         b.delete(Tree::Contacts, b"a1".to_vec());
         s.commit(b).unwrap();
         assert_eq!(s.get(Tree::Contacts, b"a1").unwrap(), None);
+    }
+
+    fn put(s: &SledStore, tree: Tree, k: &[u8], v: &[u8]) {
+        let mut b = Batch::new();
+        b.put(tree, k.to_vec(), v.to_vec());
+        s.commit(b).unwrap();
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn tree_bytes_round_trip() {
+        for b in 0..=255u8 {
+            if let Some(t) = Tree::from_byte(b) {
+                assert_eq!(t as u8, b);
+            }
+        }
+        assert_eq!(Tree::from_byte(Tree::Awaiting as u8), Some(Tree::Awaiting));
+    }
+
+    #[test]
+    fn manifest_counts_follow_overwrites_and_deletes_in_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        {
+            let s = SledStore::open_checked(&db).unwrap();
+            let mut b = Batch::new();
+            b.put(Tree::History, b"a".to_vec(), b"1".to_vec());
+            b.put(Tree::History, b"a".to_vec(), b"2".to_vec());
+            b.put(Tree::History, b"b".to_vec(), b"3".to_vec());
+            b.delete(Tree::History, b"b".to_vec());
+            b.delete(Tree::History, b"never".to_vec());
+            b.put(Tree::Contacts, b"c".to_vec(), b"4".to_vec());
+            s.commit(b).unwrap();
+            let m = *s.inner.state.lock().unwrap();
+            assert_eq!(m.counts[Tree::History as usize], 1);
+            assert_eq!(m.counts[Tree::Contacts as usize], 1);
+            s.close().unwrap();
+        }
+        let s = SledStore::open_checked(&db).unwrap();
+        assert_eq!(s.get(Tree::History, b"a").unwrap(), Some(b"2".to_vec()));
+    }
+
+    /// A process that dies without closing (the marker lags behind) reopens cleanly; a
+    /// database older than its marker (lost commits) or replaced by another store is refused.
+    #[test]
+    fn lagging_marker_is_fine_older_database_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let old = dir.path().join("old");
+        {
+            let s = SledStore::open_checked(&db).unwrap();
+            put(&s, Tree::History, b"1", b"x");
+            s.close().unwrap();
+        }
+        copy_dir(&db, &old);
+        {
+            let s = SledStore::open_checked(&db).unwrap();
+            for i in 0..20u8 {
+                put(&s, Tree::History, &[i], b"y");
+            }
+            // Dropped without close: like a crash after the flushes.
+        }
+        let s = SledStore::open_checked(&db).unwrap();
+        assert_eq!(s.scan(Tree::History, b"", None, 100).unwrap().len(), 21);
+        s.close().unwrap();
+        drop(s);
+        // Roll the database back to the older copy: the marker says more was committed.
+        std::fs::remove_dir_all(&db).unwrap();
+        copy_dir(&old, &db);
+        match SledStore::open_checked(&db) {
+            Err(StoreError::Damaged { detail, .. }) => {
+                assert!(detail.contains("committed data was lost"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another store's database under this marker.
+        std::fs::remove_dir_all(&db).unwrap();
+        drop(SledStore::open(&db).unwrap());
+        match SledStore::open_checked(&db) {
+            Err(StoreError::Damaged { detail, .. }) => {
+                assert!(detail.contains("replaced"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unsealed_store_is_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        {
+            // A store written before checksums: raw sled records, no manifest, no marker.
+            let raw = sled::open(&db).unwrap();
+            raw.insert(Tree::Contacts.key(b"k"), b"v".to_vec()).unwrap();
+            raw.flush().unwrap();
+        }
+        let s = SledStore::open_checked(&db).unwrap();
+        assert_eq!(s.get(Tree::Contacts, b"k").unwrap(), Some(b"v".to_vec()));
+        s.close().unwrap();
+        drop(s);
+        let s = SledStore::open_checked(&db).unwrap();
+        assert_eq!(s.get(Tree::Contacts, b"k").unwrap(), Some(b"v".to_vec()));
     }
 }
