@@ -344,6 +344,7 @@ impl<R: BufRead> Reader<R> {
 
     /// The next record `(tree, key, value)`, or `None` after the end record (which is checked:
     /// the count matches and nothing follows).
+    #[allow(clippy::type_complexity)]
     pub fn next_record(&mut self) -> Result<Option<(u8, Vec<u8>, Vec<u8>)>, BackupError> {
         let tag = self.take(1)?;
         match tag.first() {

@@ -169,6 +169,7 @@ pub trait Store: Send + Sync + 'static {
     /// A point-in-time copy of every record: commits are held back while `sink` is called
     /// for each (tree byte, key, value) in key order. Returns the number of records.
     /// The default refuses (a store that cannot hold commits back cannot make a consistent copy).
+    #[allow(clippy::type_complexity)]
     fn export(
         &self,
         sink: &mut dyn FnMut(u8, &[u8], &[u8]) -> Result<(), StoreError>,
