@@ -101,6 +101,13 @@ fn recipient_restored_from_an_older_copy_recovers_the_session() {
     b.stop();
     let old = dir.path().join("bob-db-copy");
     copy_dir(&b.data.join("db"), &old);
+    // The copy's commit marker goes with it (as a restore installs one): the node refuses a
+    // database older than its marker as damaged.
+    std::fs::copy(
+        b.data.join("db.commit"),
+        dir.path().join("bob-db-copy.commit"),
+    )
+    .unwrap();
     b.start();
     for (from, to, text) in [
         (&a, &b_id, "before 1"),
@@ -114,6 +121,11 @@ fn recipient_restored_from_an_older_copy_recovers_the_session() {
     b.stop();
     std::fs::remove_dir_all(b.data.join("db")).unwrap();
     copy_dir(&old, &b.data.join("db"));
+    std::fs::copy(
+        dir.path().join("bob-db-copy.commit"),
+        b.data.join("db.commit"),
+    )
+    .unwrap();
     b.start();
     let texts: Vec<String> = (1..=5).map(|i| format!("after {i}")).collect();
     let ids: Vec<String> = texts.iter().map(|t| a.send(&b_id, t)).collect();
@@ -236,6 +248,13 @@ fn relay_that_loses_its_store_gets_the_messages_again_from_the_sender() {
     stop_relay(&mut relay);
     let data = dir.path().join("relay").join("data");
     std::fs::rename(data.join("relay-db"), dir.path().join("lost-relay-db")).unwrap();
+    // What the relay's damage report tells the operator: move the store and its commit marker
+    // aside (otherwise it refuses to start on a missing database).
+    std::fs::rename(
+        data.join("relay-db.commit"),
+        dir.path().join("lost-relay-db.commit"),
+    )
+    .unwrap();
     std::fs::remove_file(data.join("relay.addr")).unwrap();
     let mut relay = BinRelay::start(dir.path(), &listen, None);
     let a_proc = a.proc.as_ref().unwrap();
