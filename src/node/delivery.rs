@@ -616,13 +616,20 @@ pub(crate) async fn confirmations(node: Node) {
 }
 
 /// Encrypts and queues a message (the `send` path). Holds the ratchet lock across the commit.
+///
+/// Commit before send: the advanced ratchet session, the history entry and the outbox entry
+/// are one batch, and the delivery workers read the outbox only under the same lock, so they
+/// never see (and send) a message whose commit has not returned. The lock guard moves into the
+/// blocking commit, so a cancelled `send` cannot release it early. If the commit fails (a full
+/// disk), the store rolls its in-memory state back to what is on disk: the session is not
+/// advanced, no outbox entry exists, nothing is sent, and the next message reuses no key.
 pub(crate) async fn enqueue(
     inner: &Arc<Inner>,
     c: &ContactIdentity,
     text: &str,
 ) -> Result<HistoryEntry, NodeError> {
     let key = c.identity.key();
-    let _one = inner.crypto.lock().await;
+    let one = inner.crypto.clone().lock_owned().await;
     let now = Timestamp::now();
     let payload = Payload::text(&mut rand::rngs::OsRng, now, text);
     let mut id8 = [0u8; 8];
@@ -658,7 +665,14 @@ pub(crate) async fn enqueue(
         }
         .put(),
     );
-    commit(&inner.store, batch).await?;
+    let store = inner.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let r = store.commit(batch);
+        drop(one);
+        r
+    })
+    .await
+    .map_err(|e| crate::store::StoreError::Io(format!("commit task failed: {e}")))??;
     Ok(entry)
 }
 
@@ -720,7 +734,13 @@ async fn worker(node: Node, recipient: IdentityKey) {
         tokio::pin!(woken);
         woken.as_mut().enable();
         if !failed && in_flight.len() < PIPELINE {
-            let entries = match outbox::for_recipient(&*inner.store, &recipient, PIPELINE) {
+            // Under the ratchet lock: `enqueue` holds it until its commit returned, so what we
+            // read here is durable (or was rolled back before we could see it).
+            let read = {
+                let _committed = inner.crypto.lock().await;
+                outbox::for_recipient(&*inner.store, &recipient, PIPELINE)
+            };
+            let entries = match read {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbox");

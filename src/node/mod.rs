@@ -38,6 +38,7 @@ use crate::identity::rotation::{Change, PreviousNoiseKeys};
 use crate::identity::{
     ContactBook, ContactCard, ContactIdentity, Flags, IdentityKey, Observation, Trust, UserIdentity,
 };
+use crate::logging::LogEvery;
 use crate::noise::listener::{self, ListenerConfig};
 use crate::noise::stream::{HandshakeLimits, TcpConnection};
 use crate::ratchet::{LocalKeys, SessionManager};
@@ -262,7 +263,7 @@ pub(crate) struct Inner {
     /// Wakes the grace-period task after a rotation.
     keys_changed: Notify,
     /// One ratchet operation at a time (load → compute → commit must not interleave).
-    crypto: tokio::sync::Mutex<()>,
+    crypto: Arc<tokio::sync::Mutex<()>>,
     events: broadcast::Sender<HistoryEntry>,
     cfg: crate::config::NodeConfig,
     handshake: HandshakeLimits,
@@ -285,6 +286,8 @@ pub(crate) struct Inner {
     /// Recipient side: when we last wrote a "could not decrypt" notice line for a sender.
     reset_notes: Mutex<std::collections::HashMap<IdentityKey, std::time::Instant>>,
     stop: watch::Receiver<bool>,
+    /// Rate limit for "cannot record a received message".
+    receive_errors: LogEvery,
 }
 
 /// The node's API (cheap to clone). See the module docs.
@@ -355,6 +358,20 @@ impl NodeHandle {
         let store = self.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.flush()).await;
         let _ = std::fs::remove_file(self.node.data_dir().join(CONTROL_SOCKET));
+    }
+}
+
+impl NodeError {
+    /// True when the failure is a full disk (a store error, also inside a contact or
+    /// encryption error; `#[error(transparent)]` hides them from `source()`, so match).
+    pub fn is_disk_full(&self) -> bool {
+        use crate::identity::contact::ContactError;
+        use crate::ratchet::{SendError, SessionError};
+        match self {
+            NodeError::Store(e) | NodeError::Contact(ContactError::Store(e)) => e.is_disk_full(),
+            NodeError::Send(SendError::Local(SessionError::Store(e))) => e.is_disk_full(),
+            _ => false,
+        }
     }
 }
 
@@ -442,7 +459,7 @@ impl Node {
             sessions: std::sync::RwLock::new(Arc::new(SessionManager::new(keys))),
             updating: tokio::sync::Mutex::new(()),
             keys_changed: Notify::new(),
-            crypto: tokio::sync::Mutex::new(()),
+            crypto: Arc::new(tokio::sync::Mutex::new(())),
             events,
             cfg: cfg.node.clone(),
             handshake,
@@ -461,6 +478,7 @@ impl Node {
             restore: Mutex::new(Default::default()),
             reset_notes: Mutex::new(Default::default()),
             stop: rx.clone(),
+            receive_errors: LogEvery::default(),
         });
         let node = Node { inner };
         tracing::info!(

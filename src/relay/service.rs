@@ -456,9 +456,15 @@ fn store_response(
         },
         Ok(StoreOutcome::Refused(code)) => refused(code),
         Err(RelayStoreError::Closed) => refused(RelayErrorCode::ShuttingDown),
-        Err(e @ RelayStoreError::Store(_)) => {
-            tracing::error!(error = %e, "store failed");
-            refused(RelayErrorCode::StorageFailure)
+        Err(RelayStoreError::Store(e)) => {
+            if let Some(repeats) = stats.store_errors.due() {
+                tracing::error!(error = %e, repeats, "cannot store a message; refusing STORE until it works again");
+            }
+            if e.is_disk_full() {
+                refused(RelayErrorCode::DiskFull)
+            } else {
+                refused(RelayErrorCode::StorageFailure)
+            }
         }
     }
 }
