@@ -1,6 +1,8 @@
 //! Full disks, with the real binary: data dirs on a tmpfs the test mounts itself (root only;
 //! skipped with a message otherwise). Issue 9 item 1 and issue 18 "Disk exhaustion".
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{introduce, BinNode, BinNodeOptions};
