@@ -248,3 +248,87 @@ fn receiver_disk_full_keeps_answering_and_resumes() {
     alice.stop();
     bob.stop();
 }
+
+/// Issue 18 "Disk exhaustion", relay-only mode: a relay whose disk is full answers STORE with
+/// the typed `DiskFull` refusal (the sender keeps the message queued, never "stored"), keeps
+/// serving, and stores again by itself once space returns.
+#[test]
+fn relay_disk_full_refuses_store_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&dir.path().join("relay/data"), "4m") else {
+        return skip("cannot mount a tmpfs");
+    };
+    let relay = common::BinRelay::start(dir.path(), "127.0.0.1:0", None);
+    let mut bo = BinNodeOptions::loopback("bob");
+    // Bob advertises a port where nothing listens: everything goes through the relay.
+    bo.advertise = vec![format!("127.0.0.1:{}", common::free_port())];
+    bo.relays = vec![relay.hint.clone()];
+    let mut alice = BinNode::new(dir.path(), &BinNodeOptions::loopback("alice"));
+    let mut bob = BinNode::new(dir.path(), &bo);
+    alice.start();
+    bob.start();
+    let (_a_id, b_id) = introduce(&alice, &bob);
+    alice.send(&b_id, "before");
+    assert!(
+        wait_until(Duration::from_secs(30), || texts(&bob, "in")
+            .contains(&"before".to_string())),
+        "relay path does not work\n{}",
+        alice.logs()
+    );
+
+    let fill = fs.fill();
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let text = format!("relay-full-{i}-{}", "y".repeat(2000));
+        alice.send(&b_id, &text);
+        sent.push(text);
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || alice
+            .logs()
+            .contains("Some(DiskFull)")),
+        "no typed DiskFull refusal seen by the sender:\n{}",
+        alice.logs()
+    );
+    // What the relay refused stays queued at the sender (a message that still fitted in
+    // space sled had already allocated may have been stored for real).
+    let statuses: Vec<String> = alice
+        .messages()
+        .into_iter()
+        .filter(|m| sent.iter().any(|t| m["text"] == t.as_str()))
+        .map(|m| m["status"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        statuses.iter().any(|s| s == "queued"),
+        "no refused message stayed queued: {statuses:?}"
+    );
+    assert!(relay.proc.child.id() > 0);
+
+    std::fs::remove_file(&fill).unwrap();
+    let all = wait_until(Duration::from_secs(40), || {
+        let got = texts(&bob, "in");
+        sent.iter().all(|t| got.contains(t))
+    });
+    assert!(
+        all,
+        "messages not delivered after the relay's space returned\n--- alice:\n{}\n--- relay:\n{}",
+        alice.logs(),
+        relay.proc.log()
+    );
+    let got = texts(&bob, "in");
+    for t in &sent {
+        assert_eq!(got.iter().filter(|g| *g == t).count(), 1);
+    }
+    let refusals = relay
+        .proc
+        .log()
+        .lines()
+        .filter(|l| l.contains("cannot store a message"))
+        .count();
+    assert!(
+        refusals <= 3,
+        "{refusals} store error lines: not rate-limited"
+    );
+    alice.stop();
+    bob.stop();
+}

@@ -811,7 +811,9 @@ async fn worker(node: Node, recipient: IdentityKey) {
                     Some((status, path, hint)) => match finalize(&inner, &e, status, path, hint).await {
                         Ok(()) => backoff = initial,
                         Err(err) => {
-                            tracing::error!(error = %err, "cannot record delivery");
+                            if let Some(repeats) = inner.record_errors.due() {
+                                tracing::error!(error = %err, repeats, "cannot record delivery; will retry");
+                            }
                             failed = true;
                         }
                     },

@@ -288,6 +288,8 @@ pub(crate) struct Inner {
     stop: watch::Receiver<bool>,
     /// Rate limit for "cannot record a received message".
     receive_errors: LogEvery,
+    /// Rate limit for "cannot record delivery".
+    record_errors: LogEvery,
 }
 
 /// The node's API (cheap to clone). See the module docs.
@@ -479,6 +481,7 @@ impl Node {
             reset_notes: Mutex::new(Default::default()),
             stop: rx.clone(),
             receive_errors: LogEvery::default(),
+            record_errors: LogEvery::default(),
         });
         let node = Node { inner };
         tracing::info!(
