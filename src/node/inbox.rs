@@ -196,7 +196,7 @@ pub(crate) async fn handle(
                 if let Err(e) = client.confirm(sender, m.message_id).await {
                     tracing::debug!(error = %e, "confirmation not sent");
                 }
-                return;
+                return true;
             }
             note_lost(node, &sender, reason).await;
             // In place of a confirmation: the source deletes the copy and tells the sender,
@@ -207,6 +207,7 @@ pub(crate) async fn handle(
             {
                 tracing::debug!(error = %e, "session reset notice not sent");
             }
+            true
         }
         Err(e) => {
             // Left at the source: it will be offered again. One line per interval.
@@ -291,6 +292,10 @@ async fn receive(
         Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Duplicate))
         | Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Replayed { .. })) => {
             tracing::debug!(peer = %sender.short(), "duplicate message dropped");
+            return Ok(Received::Done);
+        }
+        Err(crate::ratchet::ReceiveError::Rejected(DecryptError::ConflictingReplay)) => {
+            tracing::warn!(peer = %sender.short(), "message dropped: it reuses a message key or id already received with different content (possible key reuse by the sender)");
             return Ok(Received::Done);
         }
         // The sender's signature verified (these come after the check): our state is missing
