@@ -99,8 +99,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio::task::JoinSet;
 
-/// Longest request line accepted, in bytes (without the newline).
-pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+/// Longest request line accepted, in bytes (without the newline): room for a `send` of the
+/// longest valid text ([`super::MAX_TEXT`]) even if JSON must escape every byte as `\u00XX`
+/// (6 bytes each), plus the contact and the rest of the request.
+pub const MAX_REQUEST_LINE: usize = 6 * super::MAX_TEXT + 4096;
 /// Longest response line a client accepts, in bytes.
 pub const MAX_RESPONSE_LINE: usize = 64 * 1024 * 1024;
 /// Most control connections served at once.
@@ -576,7 +578,11 @@ async fn handle_client(node: Node, stream: UnixStream, mut stop: watch::Receiver
         let bytes = match line {
             Err(_) | Ok(Err(_)) | Ok(Ok(None)) => return,
             Ok(Ok(Some(Line::TooLong))) => {
-                let msg = format!("request line longer than {MAX_REQUEST_LINE} bytes");
+                let msg = format!(
+                    "request line longer than {MAX_REQUEST_LINE} bytes (the control socket's line \
+                     limit; a message text may be at most {} bytes)",
+                    super::MAX_TEXT
+                );
                 let _ = write_response(&mut wr, &Response::error(msg)).await;
                 return;
             }
@@ -898,7 +904,15 @@ impl Client {
         deadline: Duration,
     ) -> Result<Response, ControlError> {
         tokio::time::timeout(deadline, async {
-            self.send(req).await?;
+            if let Err(e) = self.send(req).await {
+                // The node may have answered and closed before reading our request (it refuses
+                // connections beyond MAX_CLIENTS that way): its answer says why, a bare
+                // "Broken pipe" would not.
+                return match self.next().await {
+                    Ok(resp) => Ok(resp),
+                    Err(_) => Err(e),
+                };
+            }
             self.next().await
         })
         .await

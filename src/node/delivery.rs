@@ -4,8 +4,8 @@
 //! node tries the direct path and the recipient's relay *at the same time* (mode `race`), or the
 //! direct path first and the relay only after it failed (mode `direct-first`). Once a direct
 //! attempt succeeds the path is *proven* and used alone, with a hedge: if its acknowledgement
-//! has not arrived within [`HEDGE`], the relay attempt starts too. A failure marks the path
-//! unproven again, so the next message races. No attempt ever waits for a TCP timeout: every
+//! has not arrived within [`HEDGE`], the relay attempt starts too, and the path is marked
+//! unproven at that moment. A failure also marks it unproven, so the next message races. No attempt ever waits for a TCP timeout: every
 //! connect + handshake is cut at `direct_timeout_ms` and every acknowledgement at
 //! `ack_timeout_ms`, and the race does not wait for the loser.
 //!
@@ -978,6 +978,12 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
         !endpoints.is_empty(),
         !relays.is_empty(),
     );
+    tracing::debug!(
+        peer = %peer.short(),
+        id = %super::history::format_id(e.message_id),
+        plan = ?p,
+        "delivery plan"
+    );
     let direct = |node: Node, e: OutboxEntry, endpoints: Vec<Endpoint>| async move {
         let ok = try_direct(&node, &e, &endpoints).await;
         set_proven(&node.inner, &IdentityKey(e.recipient), ok.is_some());
@@ -1015,7 +1021,12 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
                         }
                         return at_relay(try_relay(node, e, &relays).await?);
                     }
-                    _ = tokio::time::sleep(HEDGE) => {}
+                    _ = tokio::time::sleep(HEDGE) => {
+                        // No acknowledgement within the hedge: the path is no longer proven,
+                        // so the next message races instead of paying the hedge again
+                        // (docs/PROTOCOL.md, "Route choice"). A late success proves it again.
+                        set_proven(inner, &peer, false);
+                    }
                 }
             }
             let r = try_relay(node, e, &relays);

@@ -314,6 +314,13 @@ impl Relay {
         Ok(())
     }
 
+    /// Tells every connection to stop after the request it is handling, without waiting (the
+    /// waiting part of [`Relay::shutdown`]). Idle peers are disconnected at once instead of
+    /// holding shutdown until their idle timeout.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
     /// A receiver that turns true when the relay shuts down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.inner.shutdown.subscribe()

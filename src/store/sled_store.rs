@@ -109,6 +109,9 @@ fn open_dir(dir: &Path) -> Result<Open, StoreError> {
             }
             other => io(other),
         })?;
+    #[cfg(unix)]
+    restrict(dir, 2)
+        .map_err(|e| StoreError::from_io(&format!("making {} owner-only", dir.display()), &e))?;
     // sled 0.34 keeps its log in `<dir>/db`.
     let path = dir.join("db");
     let data_file = std::fs::File::open(&path)
@@ -117,6 +120,24 @@ fn open_dir(dir: &Path) -> Result<Open, StoreError> {
         db,
         data_file: std::sync::Arc::new(data_file),
     })
+}
+
+/// Sets owner-only modes on the database directory and everything sled created in it (dirs
+/// 0700, files 0600), whatever the umask was: the database holds message history in clear.
+#[cfg(unix)]
+fn restrict(dir: &Path, depth: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        if ft.is_dir() && depth > 0 {
+            restrict(&entry.path(), depth - 1)?;
+        } else if ft.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 impl SledStore {
