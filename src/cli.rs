@@ -34,9 +34,10 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Create a new identity in the data directory (refuses to overwrite one).
     Init {
-        /// Username (1 to 40 characters).
+        /// Username (1 to 40 characters). Default: the config's `username`, else `$USER` if it
+        /// is a valid username, else `sremp-user` (the same default `run` uses).
         #[arg(long)]
-        username: String,
+        username: Option<String>,
     },
     /// Print this node's contact id, contact card and its QR code; or publish a new version
     /// of the identity (`rename`, `rotate-noise-key`).

@@ -246,6 +246,7 @@ impl Config {
 
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_log_level(&self.log.level)?;
         if self.listen.max_connections == 0 {
             return Err(ConfigError::Value {
                 key: "listen.max_connections",
@@ -287,6 +288,19 @@ impl Config {
         Ok(())
     }
 
+    /// Everything `sremp run` checks before it creates an identity or opens the store: the
+    /// ranges of [`Config::validate`], the relay policy and the rendezvous settings.
+    pub fn validate_node(&self) -> Result<(), crate::Error> {
+        self.validate()?;
+        self.relay
+            .validate()
+            .map_err(crate::relay::RelayError::from)?;
+        if !self.rendezvous.servers.is_empty() {
+            crate::rendezvous::client::RegistrarSettings::from_config(self)?;
+        }
+        Ok(())
+    }
+
     /// The data directory: the configured one or the platform default.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(default_data_dir)
@@ -303,6 +317,41 @@ impl Config {
             })
             .unwrap_or_else(|| "sremp-user".into())
     }
+}
+
+/// The level names a `[log] level` directive may use.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a `[log] level` filter strictly: every comma-separated directive must be a level
+/// (`info`) or `target=level` (`sremp=debug`). A bare word that is not a level would be read by
+/// `tracing` as a target name and silence every other line, so it is refused.
+pub fn validate_log_level(level: &str) -> Result<(), ConfigError> {
+    let bad = |why: String| ConfigError::Value {
+        key: "log.level",
+        why: format!(
+            "{level:?}: {why}; use a level ({}) or comma-separated `target=level` directives, \
+             e.g. \"info\" or \"sremp=debug,info\"",
+            LEVELS.join(", ")
+        ),
+    };
+    if level.trim().is_empty() {
+        return Err(bad("empty".into()));
+    }
+    for d in level.split(',') {
+        let d = d.trim();
+        let lvl = match d.rsplit_once('=') {
+            Some((target, lvl)) if !target.trim().is_empty() => lvl.trim(),
+            Some(_) => return Err(bad(format!("directive {d:?} has no target"))),
+            None => d,
+        };
+        if !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) {
+            return Err(bad(format!("{lvl:?} is not a level")));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(())
 }
 
 /// `$SREMP_DATA_DIR`, else `$XDG_DATA_HOME/sremp`, else `~/.local/share/sremp`, else
@@ -354,5 +403,30 @@ mod tests {
         ));
         assert!(Config::parse("[listen]\nadvertise = [\"nope\"]", Path::new("x")).is_err());
         assert!(Config::parse("[node]\nrestore_after_ms = 0", Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn log_levels_are_checked_strictly() {
+        for ok in [
+            "info",
+            "WARN",
+            "sremp=debug,info",
+            "sremp::node=trace",
+            "off",
+        ] {
+            assert!(validate_log_level(ok).is_ok(), "{ok}");
+        }
+        for bad in ["verbose", "", "sremp=loud", "=info", "info,chatty"] {
+            assert!(
+                matches!(
+                    validate_log_level(bad),
+                    Err(ConfigError::Value {
+                        key: "log.level",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 }

@@ -46,6 +46,9 @@ pub enum Error {
     /// The control socket (the CLI talking to a running node).
     #[error(transparent)]
     Control(#[from] crate::node::control::ControlError),
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] crate::node::DataDirError),
     /// Local I/O (sockets we bind, files we write).
     #[error("{context}: {source}")]
     Io {
@@ -54,4 +57,29 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// A stable machine-readable name for what failed, as printed in the `"kind"` field of a
+    /// `--json` error (README, "JSON output"): `decode`, `identity`, `key_file`, `contact`,
+    /// `handshake`, `connection`, `store`, `config`, `relay`, `rendezvous`, `control`,
+    /// `data_dir`, `backup` or `io`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Decode(_) => "decode",
+            Error::Identity(_) => "identity",
+            Error::KeyFile(_) => "key_file",
+            Error::Contact(_) => "contact",
+            Error::Handshake(_) => "handshake",
+            Error::Connection(_) => "connection",
+            Error::Store(_) => "store",
+            Error::Config(_) => "config",
+            Error::Relay(_) => "relay",
+            Error::Rendezvous(_) => "rendezvous",
+            Error::Control(_) => "control",
+            Error::DataDir(_) => "data_dir",
+            Error::Backup(_) => "backup",
+            Error::Io { .. } => "io",
+        }
+    }
 }

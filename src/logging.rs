@@ -20,3 +20,32 @@ pub fn init(cfg: &LogConfig) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// Logs a recurring local failure at most once per [`LogEvery::INTERVAL`], with the number of
+/// repeats it swallowed, instead of once per message.
+#[derive(Debug, Default)]
+pub struct LogEvery {
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl LogEvery {
+    /// The interval.
+    pub const INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// `Some(repeats suppressed since the last line)` when a line is due now.
+    pub fn due(&self) -> Option<u64> {
+        let mut st = self.state.lock().ok()?;
+        let now = std::time::Instant::now();
+        match st.0 {
+            Some(t) if now.duration_since(t) < Self::INTERVAL => {
+                st.1 += 1;
+                None
+            }
+            _ => {
+                let n = st.1;
+                *st = (Some(now), 0);
+                Some(n)
+            }
+        }
+    }
+}

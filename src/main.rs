@@ -9,14 +9,45 @@ use sremp::time::Timestamp;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Everything this process creates (data dirs, sled's files, stats and address files, the
+    // control socket) is owner-only, whatever the caller's umask; files that need it are also
+    // chmod-ed explicitly.
+    #[cfg(unix)]
+    // SAFETY: umask(2) only sets this process's file mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+    let json_requested = std::env::args_os().any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if json_requested && e.use_stderr() => {
+            print_json_error("usage", &e.kind().to_string(), &e.to_string());
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
+    let json = cli.global.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json => {
+            print_json_error(e.kind(), &e.to_string(), &e.to_string());
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// A `--json` failure: one JSON object on stderr, `{"ok":false,"kind":..,"error":..}`
+/// (README, "JSON output"). For usage errors `error` is clap's kind and `message` its text.
+fn print_json_error(kind: &str, error: &str, message: &str) {
+    let mut v = serde_json::json!({ "ok": false, "kind": kind, "error": error.trim() });
+    if message != error {
+        v["message"] = serde_json::Value::String(message.trim().to_string());
+    }
+    eprintln!("{v}");
 }
 
 fn load_config(g: &GlobalArgs) -> Result<Config, sremp::Error> {
@@ -52,20 +83,31 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
     let cfg = load_config(&cli.global)?;
     match cli.command {
         Command::Init { username } => {
+            // Refuse a config `run` would refuse before creating anything.
+            cfg.validate_node()?;
             let dir = cfg.data_dir();
-            if UserIdentity::exists(&dir) {
-                return Err(sremp::identity::keys::KeyFileError::AlreadyExists(
-                    UserIdentity::path(&dir),
-                )
+            if let Some(old) = sremp::node::ensure_private_dir(&dir)? {
+                eprintln!(
+                    "warning: data directory {} was accessible by group or others (mode {old:o}); tightened it to 0700",
+                    dir.display()
+                );
+            }
+            let key = UserIdentity::path(&dir);
+            if let Ok(meta) = std::fs::symlink_metadata(&key) {
+                return Err(if meta.is_file() {
+                    sremp::identity::keys::KeyFileError::AlreadyExists(key)
+                } else {
+                    sremp::identity::keys::KeyFileError::NotAFile(key)
+                }
                 .into());
             }
+            let username = username.unwrap_or_else(|| cfg.username());
             let user = UserIdentity::generate(
                 &username,
                 sremp::node::WantedFlags::node(&cfg).apply(Flags::default()),
                 Timestamp::now(),
                 &mut rand::rngs::OsRng,
             )?;
-            sremp::node::create_private_dir(&dir)?;
             user.create_file(&dir)?;
             if cli.global.json {
                 println!(
@@ -126,6 +168,9 @@ fn run(cli: Cli) -> Result<(), sremp::Error> {
             }
             let dir = cfg.data_dir();
             let user = UserIdentity::load_file(&dir)?;
+            if let Some(w) = sremp::node::unusable_advertise_warning(&cfg, cfg.listen.address) {
+                eprintln!("warning: {w}");
+            }
             let card = offline_card(&cfg, &user);
             if cli.global.json {
                 println!(

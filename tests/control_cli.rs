@@ -272,7 +272,7 @@ fn raw_protocol_survives_bad_requests() {
 
     // An over-long line gets an error and the connection is closed.
     let (mut r2, mut w2) = raw(&node.socket());
-    let long = vec![b'x'; 70 * 1024];
+    let long = vec![b'x'; sremp::node::control::MAX_REQUEST_LINE + 1024];
     let _ = w2.write_all(&long);
     let _ = w2.write_all(b"\n");
     let mut resp = String::new();

@@ -306,28 +306,64 @@ fn crash_before_commit_on_send_never_leaks_a_reused_key() {
 }
 
 #[test]
-fn same_message_id_twice_is_a_duplicate() {
+fn same_message_id_twice_is_a_duplicate_unless_the_payload_differs() {
     let mut r = rng(9);
     let alice = node(1);
     let bob = node(2);
     let p = Payload::text(&mut r, Timestamp(5), "once");
-    let w1 = alice
-        .mgr
-        .encrypt(&alice.store, &mut r, &keys(&bob), &p)
-        .unwrap()
-        .commit(&alice.store, Batch::new())
-        .unwrap();
-    // A buggy sender re-encrypts the same payload (fresh key, same id).
-    let w2 = alice
-        .mgr
-        .encrypt(&alice.store, &mut r, &keys(&bob), &p)
-        .unwrap()
-        .commit(&alice.store, Batch::new())
-        .unwrap();
+    let enc = |p: &Payload, r: &mut rand_chacha::ChaCha20Rng| {
+        alice
+            .mgr
+            .encrypt(&alice.store, r, &keys(&bob), p)
+            .unwrap()
+            .commit(&alice.store, Batch::new())
+            .unwrap()
+    };
+    let w1 = enc(&p, &mut r);
+    // The same payload re-encrypted (fresh key, same id): a quiet duplicate.
+    let w2 = enc(&p, &mut r);
+    // Another text under the same id: reported (WARN in the node).
+    let mut other = p.clone();
+    other.content = sremp::ratchet::Content::Text("other".into());
+    let w3 = enc(&other, &mut r);
     assert_eq!(recv_text(&bob, &w1).unwrap(), "once");
     assert!(matches!(
         recv_text(&bob, &w2),
         Err(ReceiveError::Rejected(DecryptError::Duplicate))
+    ));
+    assert!(matches!(
+        recv_text(&bob, &w3),
+        Err(ReceiveError::Rejected(DecryptError::ConflictingReplay))
+    ));
+    // An exact copy stays a quiet replay.
+    assert!(matches!(
+        recv_text(&bob, &w1),
+        Err(ReceiveError::Rejected(DecryptError::Replayed { .. }))
+    ));
+}
+
+#[test]
+fn one_message_key_for_two_plaintexts_is_a_conflicting_replay() {
+    let mut r = rng(11);
+    let alice = node(1);
+    let bob = node(2);
+    let w0 = send_text(&alice, &bob, &mut r, "hello");
+    assert_eq!(recv_text(&bob, &w0).unwrap(), "hello");
+    // Alice's session state is rolled back behind what she already sent (the issue 9 bug).
+    let saved = alice.store.get(Tree::Sessions, &bob.p.ik).unwrap().unwrap();
+    let w1 = send_text(&alice, &bob, &mut r, "first under key n");
+    let mut b = Batch::new();
+    b.put(Tree::Sessions, bob.p.ik.to_vec(), saved);
+    alice.store.commit(b).unwrap();
+    let w2 = send_text(&alice, &bob, &mut r, "second under key n");
+    assert_eq!(recv_text(&bob, &w1).unwrap(), "first under key n");
+    assert!(matches!(
+        recv_text(&bob, &w2),
+        Err(ReceiveError::Rejected(DecryptError::ConflictingReplay))
+    ));
+    assert!(matches!(
+        recv_text(&bob, &w1),
+        Err(ReceiveError::Rejected(DecryptError::Replayed { .. }))
     ));
 }
 

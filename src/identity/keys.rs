@@ -28,14 +28,17 @@ pub const KEY_FILE: &str = "identity.key";
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     /// There is already an identity; `init` never overwrites one.
-    #[error("an identity already exists at {0}")]
+    #[error("an identity already exists at {0} (init never overwrites one)")]
     AlreadyExists(PathBuf),
     /// No identity yet.
     #[error("no identity at {0} (run `sremp init`)")]
     Missing(PathBuf),
     /// The file is readable by others.
-    #[error("key file {0} is accessible by group or others (mode {1:o}); chmod 600 it")]
+    #[error("key file {0} is accessible by group or others (mode {1:o}); run `chmod 600 {0}`")]
     Permissions(PathBuf, u32),
+    /// Something that is not a regular file is where the key file belongs.
+    #[error("key file {0} is not a regular file (a directory or something else is in the way); move it away so a key file can be created there, or point --data-dir elsewhere")]
+    NotAFile(PathBuf),
     /// File system error.
     #[error("key file {path}: {source}")]
     Io {
@@ -285,6 +288,9 @@ impl UserIdentity {
             }
             Err(source) => return Err(KeyFileError::Io { path, source }),
         };
+        if !meta.is_file() {
+            return Err(KeyFileError::NotAFile(path));
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -308,7 +314,8 @@ impl UserIdentity {
                 format!("unknown format {}", kf.format),
             ));
         }
-        let identity = Identity::from_bytes(&kf.identity)?;
+        let identity = Identity::from_bytes(&kf.identity)
+            .map_err(|e| KeyFileError::Corrupt(path.clone(), e.to_string()))?;
         UserIdentity::from_secrets(&kf.ed25519_seed, &kf.x25519_secret, identity)
             .map_err(|e| KeyFileError::Corrupt(path, e.to_string()))
     }

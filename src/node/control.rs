@@ -25,7 +25,8 @@
 //!
 //! ## Responses
 //! Every response has `"ok"`. A failure is `{"ok":false,"error":"<message for people>"}`
-//! (unknown command, malformed JSON, unknown contact, bad card, timeout...). Successes:
+//! (unknown command, malformed JSON, unknown contact, bad card, timeout...); a failure caused
+//! by a full disk also carries `"code":"disk_full"` ([`DISK_FULL`]). Successes:
 //! ```text
 //! status          {"ok":true,"status":{...node status...}}
 //! card            {"ok":true,"identity":{"id":"<64 hex>","username":"alice","version":1,"flags":FLAGS,"card":"sremp1:..."}}
@@ -99,8 +100,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio::task::JoinSet;
 
-/// Longest request line accepted, in bytes (without the newline).
-pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+/// Longest request line accepted, in bytes (without the newline): room for a `send` of the
+/// longest valid text ([`super::MAX_TEXT`]) even if JSON must escape every byte as `\u00XX`
+/// (6 bytes each), plus the contact and the rest of the request.
+pub const MAX_REQUEST_LINE: usize = 6 * super::MAX_TEXT + 4096;
 /// Longest response line a client accepts, in bytes.
 pub const MAX_RESPONSE_LINE: usize = 64 * 1024 * 1024;
 /// Most control connections served at once.
@@ -143,6 +146,10 @@ pub enum ControlError {
     /// The node answered with an error.
     #[error("{0}")]
     Refused(String),
+    /// The node refused because its disk is full (`"code":"disk_full"`); it keeps running and
+    /// resumes by itself when space returns.
+    #[error("{0}")]
+    DiskFull(String),
     /// The node's answer was not a valid response.
     #[error("malformed response from the node: {0}")]
     BadResponse(String),
@@ -316,6 +323,9 @@ impl From<&ContactIdentity> for ContactView {
     }
 }
 
+/// The `code` of a refusal caused by a full disk (control responses and `--json` errors).
+pub const DISK_FULL: &str = "disk_full";
+
 /// A control response (one JSON line). Exactly one payload field is set on success.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Response {
@@ -324,6 +334,9 @@ pub struct Response {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A stable machine-readable code for some failures: [`DISK_FULL`] (`"disk_full"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     /// `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<serde_json::Value>,
@@ -363,6 +376,14 @@ impl Response {
         }
     }
 
+    /// A failure of the node, with its code when it has one (a full disk).
+    pub fn node_error(e: &super::NodeError) -> Self {
+        Response {
+            code: e.is_disk_full().then(|| DISK_FULL.to_string()),
+            ..Response::error(e.to_string())
+        }
+    }
+
     fn ok() -> Self {
         Response {
             ok: true,
@@ -388,6 +409,10 @@ impl Response {
     pub fn into_result(self) -> Result<Response, ControlError> {
         if self.ok {
             Ok(self)
+        } else if self.code.as_deref() == Some(DISK_FULL) {
+            Err(ControlError::DiskFull(
+                self.error.unwrap_or_else(|| "disk full".into()),
+            ))
         } else {
             Err(ControlError::Refused(
                 self.error
@@ -564,7 +589,11 @@ async fn handle_client(node: Node, stream: UnixStream, mut stop: watch::Receiver
         let bytes = match line {
             Err(_) | Ok(Err(_)) | Ok(Ok(None)) => return,
             Ok(Ok(Some(Line::TooLong))) => {
-                let msg = format!("request line longer than {MAX_REQUEST_LINE} bytes");
+                let msg = format!(
+                    "request line longer than {MAX_REQUEST_LINE} bytes (the control socket's line \
+                     limit; a message text may be at most {} bytes)",
+                    super::MAX_TEXT
+                );
                 let _ = write_response(&mut wr, &Response::error(msg)).await;
                 return;
             }
@@ -606,7 +635,7 @@ where
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => v.into().0,
-        Ok(Err(e)) => Response::error(e.to_string()),
+        Ok(Err(e)) => Response::node_error(&e),
         Err(_) => Response::error("internal error in the node"),
     }
 }
@@ -675,7 +704,7 @@ pub async fn execute(node: &Node, req: Request) -> Response {
         }
         Request::Send { contact, text } => match node.send(&contact, &text).await {
             Ok(e) => Response::entry(e),
-            Err(e) => Response::error(e.to_string()),
+            Err(e) => Response::node_error(&e),
         },
         Request::WaitDelivered { id, timeout_ms } => {
             let timeout = timeout_ms
@@ -904,7 +933,15 @@ impl Client {
         deadline: Duration,
     ) -> Result<Response, ControlError> {
         tokio::time::timeout(deadline, async {
-            self.send(req).await?;
+            if let Err(e) = self.send(req).await {
+                // The node may have answered and closed before reading our request (it refuses
+                // connections beyond MAX_CLIENTS that way): its answer says why, a bare
+                // "Broken pipe" would not.
+                return match self.next().await {
+                    Ok(resp) => Ok(resp),
+                    Err(_) => Err(e),
+                };
+            }
             self.next().await
         })
         .await
@@ -982,6 +1019,14 @@ pub fn run_cli(cfg: &Config, global: &GlobalArgs, command: Command) -> Result<()
     match rt.block_on(run_command(cfg, &path, global.json, command)) {
         // `sremp messages --follow | head`: the reader is gone, which is not a failure.
         Err(ControlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        // `--json`: the refusal with its stable code on stdout too (and the exit status).
+        Err(ControlError::DiskFull(msg)) if global.json => {
+            println!(
+                "{}",
+                serde_json::json!({"ok": false, "error": msg, "code": DISK_FULL})
+            );
+            Err(ControlError::DiskFull(msg))
+        }
         other => other,
     }
 }

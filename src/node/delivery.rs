@@ -4,8 +4,8 @@
 //! node tries the direct path and the recipient's relay *at the same time* (mode `race`), or the
 //! direct path first and the relay only after it failed (mode `direct-first`). Once a direct
 //! attempt succeeds the path is *proven* and used alone, with a hedge: if its acknowledgement
-//! has not arrived within [`HEDGE`], the relay attempt starts too. A failure marks the path
-//! unproven again, so the next message races. No attempt ever waits for a TCP timeout: every
+//! has not arrived within [`HEDGE`], the relay attempt starts too, and the path is marked
+//! unproven at that moment. A failure also marks it unproven, so the next message races. No attempt ever waits for a TCP timeout: every
 //! connect + handshake is cut at `direct_timeout_ms` and every acknowledgement at
 //! `ack_timeout_ms`, and the race does not wait for the loser.
 //!
@@ -616,13 +616,20 @@ pub(crate) async fn confirmations(node: Node) {
 }
 
 /// Encrypts and queues a message (the `send` path). Holds the ratchet lock across the commit.
+///
+/// Commit before send: the advanced ratchet session, the history entry and the outbox entry
+/// are one batch, and the delivery workers read the outbox only under the same lock, so they
+/// never see (and send) a message whose commit has not returned. The lock guard moves into the
+/// blocking commit, so a cancelled `send` cannot release it early. If the commit fails (a full
+/// disk), the store rolls its in-memory state back to what is on disk: the session is not
+/// advanced, no outbox entry exists, nothing is sent, and the next message reuses no key.
 pub(crate) async fn enqueue(
     inner: &Arc<Inner>,
     c: &ContactIdentity,
     text: &str,
 ) -> Result<HistoryEntry, NodeError> {
     let key = c.identity.key();
-    let _one = inner.crypto.lock().await;
+    let one = inner.crypto.clone().lock_owned().await;
     let now = Timestamp::now();
     let payload = Payload::text(&mut rand::rngs::OsRng, now, text);
     let mut id8 = [0u8; 8];
@@ -658,7 +665,14 @@ pub(crate) async fn enqueue(
         }
         .put(),
     );
-    commit(&inner.store, batch).await?;
+    let store = inner.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let r = store.commit(batch);
+        drop(one);
+        r
+    })
+    .await
+    .map_err(|e| crate::store::StoreError::Io(format!("commit task failed: {e}")))??;
     Ok(entry)
 }
 
@@ -720,7 +734,13 @@ async fn worker(node: Node, recipient: IdentityKey) {
         tokio::pin!(woken);
         woken.as_mut().enable();
         if !failed && in_flight.len() < PIPELINE {
-            let entries = match outbox::for_recipient(&*inner.store, &recipient, PIPELINE) {
+            // Under the ratchet lock: `enqueue` holds it until its commit returned, so what we
+            // read here is durable (or was rolled back before we could see it).
+            let read = {
+                let _committed = inner.crypto.lock().await;
+                outbox::for_recipient(&*inner.store, &recipient, PIPELINE)
+            };
+            let entries = match read {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbox");
@@ -791,7 +811,9 @@ async fn worker(node: Node, recipient: IdentityKey) {
                     Some((status, path, hint)) => match finalize(&inner, &e, status, path, hint).await {
                         Ok(()) => backoff = initial,
                         Err(err) => {
-                            tracing::error!(error = %err, "cannot record delivery");
+                            if let Some(repeats) = inner.record_errors.due() {
+                                tracing::error!(error = %err, repeats, "cannot record delivery; will retry");
+                            }
                             failed = true;
                         }
                     },
@@ -956,6 +978,12 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
         !endpoints.is_empty(),
         !relays.is_empty(),
     );
+    tracing::debug!(
+        peer = %peer.short(),
+        id = %super::history::format_id(e.message_id),
+        plan = ?p,
+        "delivery plan"
+    );
     let direct = |node: Node, e: OutboxEntry, endpoints: Vec<Endpoint>| async move {
         let ok = try_direct(&node, &e, &endpoints).await;
         set_proven(&node.inner, &IdentityKey(e.recipient), ok.is_some());
@@ -993,7 +1021,12 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
                         }
                         return at_relay(try_relay(node, e, &relays).await?);
                     }
-                    _ = tokio::time::sleep(HEDGE) => {}
+                    _ = tokio::time::sleep(HEDGE) => {
+                        // No acknowledgement within the hedge: the path is no longer proven,
+                        // so the next message races instead of paying the hedge again
+                        // (docs/PROTOCOL.md, "Route choice"). A late success proves it again.
+                        set_proven(inner, &peer, false);
+                    }
                 }
             }
             let r = try_relay(node, e, &relays);

@@ -83,11 +83,24 @@ pub(crate) async fn collect(node: Node, source: Source) {
                 set_connected(&node, &addr, true);
                 backoff = Duration::from_millis(200);
                 warned = false;
-                if drain(&node, &client, path).await {
+                let mut drained = drain(&node, &client, path).await;
+                if drained != Drained::Failed {
                     loop {
                         tokio::select! {
+                            // A local failure (full disk) left messages at the source: try
+                            // again after a pause, on the same connection, without a restart.
+                            _ = tokio::time::sleep(STALL_RETRY), if drained == Drained::Stalled => {
+                                drained = drain(&node, &client, path).await;
+                                if drained == Drained::Failed {
+                                    break;
+                                }
+                            }
                             ev = events.recv() => match ev {
-                                Some(RelayEvent::Message(m)) => handle(&node, &client, m, path).await,
+                                Some(RelayEvent::Message(m)) => {
+                                    if !handle(&node, &client, m, path).await {
+                                        drained = Drained::Stalled;
+                                    }
+                                }
                                 Some(RelayEvent::Confirmation(c)) => super::delivery::confirmed(&node, &client, c).await,
                                 Some(RelayEvent::SessionReset(n)) => super::delivery::session_reset(&node, n).await,
                                 Some(RelayEvent::Error(e)) => tracing::debug!(source = %addr, code = e.code, "relay error"),
@@ -121,38 +134,57 @@ pub(crate) async fn collect(node: Node, source: Source) {
     }
 }
 
-/// Handles everything stored at the source. False when the connection failed.
-async fn drain(node: &Node, client: &RelayClient, path: DeliveryPath) -> bool {
+/// How long a collector waits before it retries messages it could not record (full disk).
+pub const STALL_RETRY: Duration = Duration::from_secs(1);
+
+/// How a drain of a source ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drained {
+    /// Everything stored was handled.
+    Done,
+    /// A message could not be recorded locally (full disk): it stays at the source; retry
+    /// after [`STALL_RETRY`].
+    Stalled,
+    /// The connection failed.
+    Failed,
+}
+
+/// Handles everything stored at the source, stopping at the first local failure.
+async fn drain(node: &Node, client: &RelayClient, path: DeliveryPath) -> Drained {
     // Each round confirms (deletes) what it handled; bounded rounds.
     for _ in 0..1000 {
         match client.retrieve_all(10).await {
-            Ok(msgs) if msgs.is_empty() => return true,
+            Ok(msgs) if msgs.is_empty() => return Drained::Done,
             Ok(msgs) => {
                 for m in msgs {
-                    handle(node, client, m, path).await;
+                    if !handle(node, client, m, path).await {
+                        return Drained::Stalled;
+                    }
                 }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "retrieval failed");
-                return false;
+                return Drained::Failed;
             }
         }
     }
-    true
+    Drained::Done
 }
 
-/// Decrypts, records and confirms one stored message.
+/// Decrypts, records and confirms one stored message. False when it could not be recorded
+/// (a local failure such as a full disk): it stays at the source, unconfirmed.
 pub(crate) async fn handle(
     node: &Node,
     client: &RelayClient,
     m: StoredMessage,
     path: DeliveryPath,
-) {
+) -> bool {
     match receive(node, &m, path).await {
         Ok(Received::Done) => {
             if let Err(e) = client.confirm(IdentityKey(m.sender), m.message_id).await {
                 tracing::debug!(error = %e, "confirmation not sent");
             }
+            true
         }
         Ok(Received::Lost(reason)) => {
             let sender = IdentityKey(m.sender);
@@ -164,7 +196,7 @@ pub(crate) async fn handle(
                 if let Err(e) = client.confirm(sender, m.message_id).await {
                     tracing::debug!(error = %e, "confirmation not sent");
                 }
-                return;
+                return true;
             }
             note_lost(node, &sender, reason).await;
             // In place of a confirmation: the source deletes the copy and tells the sender,
@@ -175,10 +207,14 @@ pub(crate) async fn handle(
             {
                 tracing::debug!(error = %e, "session reset notice not sent");
             }
+            true
         }
         Err(e) => {
-            // Left at the source: it will be offered again.
-            tracing::error!(error = %e, "cannot record a received message; will retry");
+            // Left at the source: it will be offered again. One line per interval.
+            if let Some(repeats) = node.inner.receive_errors.due() {
+                tracing::error!(error = %e, repeats, "cannot record a received message; will retry");
+            }
+            false
         }
     }
 }
@@ -256,6 +292,10 @@ async fn receive(
         Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Duplicate))
         | Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Replayed { .. })) => {
             tracing::debug!(peer = %sender.short(), "duplicate message dropped");
+            return Ok(Received::Done);
+        }
+        Err(crate::ratchet::ReceiveError::Rejected(DecryptError::ConflictingReplay)) => {
+            tracing::warn!(peer = %sender.short(), "message dropped: it reuses a message key or id already received with different content (possible key reuse by the sender)");
             return Ok(Received::Done);
         }
         // The sender's signature verified (these come after the check): our state is missing

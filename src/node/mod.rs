@@ -38,6 +38,7 @@ use crate::identity::rotation::{Change, PreviousNoiseKeys};
 use crate::identity::{
     ContactBook, ContactCard, ContactIdentity, Flags, IdentityKey, Observation, Trust, UserIdentity,
 };
+use crate::logging::LogEvery;
 use crate::noise::listener::{self, ListenerConfig};
 use crate::noise::stream::{HandshakeLimits, TcpConnection};
 use crate::ratchet::{LocalKeys, SessionManager};
@@ -110,12 +111,19 @@ impl WantedFlags {
 /// Loads the identity in `dir`, or creates one (owner-only key file) if there is none; true
 /// when it was created. If the stored identity's flags differ from `wanted`, publishes a new
 /// version (version + 1, `created = now`, re-signed) and replaces the key file atomically
-/// before returning it.
+/// before returning it. The data directory is made owner-only first ([`ensure_private_dir`]).
 pub fn load_or_create_identity(
     dir: &Path,
     username: &str,
     wanted: WantedFlags,
 ) -> Result<(UserIdentity, bool), Error> {
+    if let Some(old) = ensure_private_dir(dir)? {
+        tracing::warn!(
+            dir = %dir.display(),
+            old_mode = format!("{old:o}"),
+            "data directory was accessible by group or others; tightened it to 0700"
+        );
+    }
     if UserIdentity::exists(dir) {
         let mut user = UserIdentity::load_file(dir)?;
         let current = user.identity().data().flags;
@@ -141,27 +149,108 @@ pub fn load_or_create_identity(
         Timestamp::now(),
         &mut rand::rngs::OsRng,
     )?;
-    create_private_dir(dir)?;
     user.create_file(dir)?;
     Ok((user, true))
 }
 
 /// Creates `dir` (and parents) with mode 0700 for the last component.
 pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
-    let io = |source| Error::Io {
-        context: format!("creating data directory {}", dir.display()),
+    ensure_private_dir(dir)?;
+    Ok(())
+}
+
+/// The warning to give when the card would advertise an address no contact can use: nothing in
+/// `[listen] advertise` and a wildcard (`0.0.0.0`, `::`) listen address. `None` if fine.
+pub fn unusable_advertise_warning(cfg: &Config, bound: SocketAddr) -> Option<String> {
+    if !cfg.listen.advertise.is_empty() || !bound.ip().is_unspecified() {
+        return None;
+    }
+    Some(format!(
+        "the contact card advertises {bound}, which no contact can connect to: set \
+         [listen] advertise = [\"<host or IP others can reach>:{}\"] in the config (without \
+         it, contacts can reach this node only through its home relays)",
+        bound.port()
+    ))
+}
+
+/// Why a data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// The path exists but is not a directory.
+    #[error(
+        "data directory {} exists but is not a directory; move it away or choose another --data-dir",
+        .0.display()
+    )]
+    NotADirectory(PathBuf),
+    /// Group or others may write into it: someone may have planted files there.
+    #[error(
+        "data directory {} is writable by group or others (mode {mode:o}); files in it may have been \
+         planted by another user: check its contents, then `chmod 700 {}` (or choose another --data-dir)",
+        path.display(), path.display()
+    )]
+    WritableByOthers {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Creating, inspecting or tightening it failed.
+    #[error("data directory {}: {what}: {source}", path.display())]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// What we were doing.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Makes sure `dir` is an owner-only directory: creates it (and parents) with mode 0700, or, if
+/// it exists, refuses it when it is not a directory or group/other-writable
+/// ([`DataDirError::WritableByOthers`]), and tightens it to 0700 when it is only group/other
+/// readable. Returns the old mode when it tightened one.
+pub fn ensure_private_dir(dir: &Path) -> Result<Option<u32>, DataDirError> {
+    let err = |what, source| DataDirError::Io {
+        path: dir.to_path_buf(),
+        what,
         source,
     };
-    if dir.exists() {
-        return Ok(());
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Err(DataDirError::NotADirectory(dir.to_path_buf())),
+        Ok(meta) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o7777;
+                if mode & 0o022 != 0 {
+                    return Err(DataDirError::WritableByOthers {
+                        path: dir.to_path_buf(),
+                        mode,
+                    });
+                }
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                        .map_err(|e| err("cannot tighten its mode to 0700", e))?;
+                    return Ok(Some(mode));
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = meta;
+            Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| err("cannot create it", e))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| err("cannot set its mode to 0700", e))?;
+            }
+            Ok(None)
+        }
+        Err(e) => Err(err("cannot inspect it", e)),
     }
-    std::fs::create_dir_all(dir).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
-    }
-    Ok(())
 }
 
 /// What the user asked for could not be done.
@@ -183,8 +272,8 @@ pub enum NodeError {
     #[error("invalid contact card: {0}")]
     Card(#[from] crate::identity::IdentityError),
     /// The text is empty or too long.
-    #[error("message text must be 1 to {MAX_TEXT} bytes")]
-    BadText,
+    #[error("message text is {0} bytes (UTF-8); the message text limit is 1 to {MAX_TEXT} bytes")]
+    BadText(usize),
     /// No message with that id.
     #[error("no message with id {0}")]
     UnknownMessage(String),
@@ -267,7 +356,7 @@ pub(crate) struct Inner {
     /// Wakes the grace-period task after a rotation.
     keys_changed: Notify,
     /// One ratchet operation at a time (load → compute → commit must not interleave).
-    crypto: tokio::sync::Mutex<()>,
+    crypto: Arc<tokio::sync::Mutex<()>>,
     events: broadcast::Sender<HistoryEntry>,
     cfg: crate::config::NodeConfig,
     handshake: HandshakeLimits,
@@ -290,6 +379,10 @@ pub(crate) struct Inner {
     /// Recipient side: when we last wrote a "could not decrypt" notice line for a sender.
     reset_notes: Mutex<std::collections::HashMap<IdentityKey, std::time::Instant>>,
     stop: watch::Receiver<bool>,
+    /// Rate limit for "cannot record a received message".
+    receive_errors: LogEvery,
+    /// Rate limit for "cannot record delivery".
+    record_errors: LogEvery,
 }
 
 /// The node's API (cheap to clone). See the module docs.
@@ -344,6 +437,9 @@ impl NodeHandle {
     /// and flushes the store.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        // Inbound peers sit in the integrated relay's connection loop: tell it now, or the
+        // listener waits out its grace period for peers that are merely idle.
+        self.relay.begin_shutdown();
         self.node.inner.wake.notify_waiters();
         for t in self.tasks {
             if tokio::time::timeout(Duration::from_secs(10), t)
@@ -367,6 +463,20 @@ impl NodeHandle {
     }
 }
 
+impl NodeError {
+    /// True when the failure is a full disk (a store error, also inside a contact or
+    /// encryption error; `#[error(transparent)]` hides them from `source()`, so match).
+    pub fn is_disk_full(&self) -> bool {
+        use crate::identity::contact::ContactError;
+        use crate::ratchet::{SendError, SessionError};
+        match self {
+            NodeError::Store(e) | NodeError::Contact(ContactError::Store(e)) => e.is_disk_full(),
+            NodeError::Send(SendError::Local(SessionError::Store(e))) => e.is_disk_full(),
+            _ => false,
+        }
+    }
+}
+
 /// Commits a batch on the blocking pool (sled flushes are fsyncs).
 pub(crate) async fn commit(store: &Arc<dyn Store>, batch: Batch) -> Result<(), StoreError> {
     let store = store.clone();
@@ -379,6 +489,8 @@ impl Node {
     /// Starts a node from `cfg`: identity, store, integrated relay, listener, inbox collectors,
     /// delivery engine, rendezvous registrar and control socket.
     pub async fn start(cfg: &Config) -> Result<NodeHandle, Error> {
+        // Validate everything first: a refused config must not leave a new identity behind.
+        cfg.validate_node()?;
         let dir = cfg.data_dir();
         let (user, created) =
             load_or_create_identity(&dir, &cfg.username(), WantedFlags::node(cfg))?;
@@ -401,6 +513,9 @@ impl Node {
             context: "reading the bound address".into(),
             source,
         })?;
+        if let Some(w) = unusable_advertise_warning(cfg, local_addr) {
+            tracing::warn!("{w}");
+        }
         let advertised = if cfg.listen.advertise.is_empty() {
             vec![Endpoint::from_socket_addr(local_addr)]
         } else {
@@ -454,7 +569,7 @@ impl Node {
             sessions: std::sync::RwLock::new(Arc::new(SessionManager::new(keys))),
             updating: tokio::sync::Mutex::new(()),
             keys_changed: Notify::new(),
-            crypto: tokio::sync::Mutex::new(()),
+            crypto: Arc::new(tokio::sync::Mutex::new(())),
             events,
             cfg: cfg.node.clone(),
             handshake,
@@ -473,6 +588,8 @@ impl Node {
             restore: Mutex::new(Default::default()),
             reset_notes: Mutex::new(Default::default()),
             stop: rx.clone(),
+            receive_errors: LogEvery::default(),
+            record_errors: LogEvery::default(),
         });
         let node = Node { inner };
         tracing::info!(
@@ -630,7 +747,7 @@ impl Node {
     /// returns once that is durable. Delivery proceeds in the background.
     pub async fn send(&self, contact: &str, text: &str) -> Result<HistoryEntry, NodeError> {
         if text.is_empty() || text.len() > MAX_TEXT {
-            return Err(NodeError::BadText);
+            return Err(NodeError::BadText(text.len()));
         }
         if *self.inner.stop.borrow() {
             return Err(NodeError::ShuttingDown);

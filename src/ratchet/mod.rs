@@ -183,6 +183,12 @@ pub enum DecryptError {
         /// Chain index of the message.
         index: u32,
     },
+    /// A message reuses a message key (same session, ratchet key and chain index) or a message
+    /// id already received, but its bytes differ from the message received then: the sender
+    /// may have encrypted two plaintexts under one key. Dropped, and worth a warning (an exact
+    /// copy is [`DecryptError::Replayed`] or [`DecryptError::Duplicate`] instead).
+    #[error("a message key or id already received came again with different content (possible key reuse)")]
+    ConflictingReplay,
     /// A new remote ratchet key where the protocol does not allow one.
     #[error("unexpected ratchet key")]
     UnexpectedRatchetKey,

@@ -301,15 +301,35 @@ impl SessionManager {
                 (None, accepted.session, Some(accepted.remote_noise_key))
             }
         };
-        let plaintext = Zeroizing::new(session.decrypt(&header, msg.header, msg.ciphertext)?);
+        let digest = message_digest(bytes);
+        let used = used_key(&msg.sender, &header);
+        let plaintext = match session.decrypt(&header, msg.header, msg.ciphertext) {
+            Ok(p) => Zeroizing::new(p),
+            Err(e @ DecryptError::Replayed { .. }) => {
+                let before = store.get(Tree::Seen, &used).map_err(SessionError::from)?;
+                return Err(match before {
+                    Some(d) if d.as_slice() != digest.as_slice() => DecryptError::ConflictingReplay,
+                    _ => e,
+                }
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let payload = Payload::decode(&plaintext).map_err(DecryptError::Payload)?;
+        // Under the id, the digest of the payload: the same payload re-encrypted (a re-send in
+        // a new session) is a quiet duplicate; another payload under the same id is not.
+        let payload_digest = message_digest(&plaintext);
         let seen = seen_key(&msg.sender, &payload.id);
-        if store
-            .get(Tree::Seen, &seen)
-            .map_err(SessionError::from)?
-            .is_some()
-        {
-            return Err(DecryptError::Duplicate.into());
+        if let Some(before) = store.get(Tree::Seen, &seen).map_err(SessionError::from)? {
+            // Value: sent_at (8 bytes) || digest of the payload (16 bytes; absent in older
+            // records, which then cannot be compared).
+            return Err(match before.get(8..) {
+                Some(d) if d.len() == DIGEST_LEN && d != payload_digest.as_slice() => {
+                    DecryptError::ConflictingReplay
+                }
+                _ => DecryptError::Duplicate,
+            }
+            .into());
         }
         sessions.place(slot, session);
         let mut batch = Batch::new();
@@ -318,7 +338,10 @@ impl SessionManager {
             msg.sender.to_vec(),
             encode_record(&sessions),
         );
-        batch.put(Tree::Seen, seen, payload.sent_at.0.to_be_bytes().to_vec());
+        let mut seen_value = payload.sent_at.0.to_be_bytes().to_vec();
+        seen_value.extend_from_slice(&payload_digest);
+        batch.put(Tree::Seen, seen, seen_value);
+        batch.put(Tree::Seen, used, digest.to_vec());
         Ok(Incoming {
             sender: msg.sender,
             payload,
@@ -333,6 +356,31 @@ impl SessionManager {
         batch.delete(Tree::Sessions, peer.to_vec());
         batch
     }
+}
+
+/// Bytes of a received message's digest kept to tell an exact copy from different content.
+const DIGEST_LEN: usize = 16;
+
+/// First [`DIGEST_LEN`] bytes of SHA-256 over the whole signed message.
+fn message_digest(bytes: &[u8]) -> [u8; DIGEST_LEN] {
+    use sha2::Digest;
+    let full = sha2::Sha256::digest(bytes);
+    let mut d = [0u8; DIGEST_LEN];
+    d.copy_from_slice(full.get(..DIGEST_LEN).unwrap_or(&[0u8; DIGEST_LEN]));
+    d
+}
+
+/// `Tree::Seen` key of a used message key: `'k'` || sender || session id || ratchet key ||
+/// chain index (85 bytes, so never equal to a 48-byte [`seen_key`]); the value is the message
+/// digest.
+fn used_key(sender: &[u8; 32], header: &Header) -> Vec<u8> {
+    let mut k = Vec::with_capacity(85);
+    k.push(b'k');
+    k.extend_from_slice(sender);
+    k.extend_from_slice(&header.session_id);
+    k.extend_from_slice(&header.ratchet_key);
+    k.extend_from_slice(&header.counter.to_be_bytes());
+    k
 }
 
 /// `Tree::Seen` key of a received message: sender identity key || message id.

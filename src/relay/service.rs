@@ -314,6 +314,13 @@ impl Relay {
         Ok(())
     }
 
+    /// Tells every connection to stop after the request it is handling, without waiting (the
+    /// waiting part of [`Relay::shutdown`]). Idle peers are disconnected at once instead of
+    /// holding shutdown until their idle timeout.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
     /// A receiver that turns true when the relay shuts down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.inner.shutdown.subscribe()
@@ -456,9 +463,15 @@ fn store_response(
         },
         Ok(StoreOutcome::Refused(code)) => refused(code),
         Err(RelayStoreError::Closed) => refused(RelayErrorCode::ShuttingDown),
-        Err(e @ RelayStoreError::Store(_)) => {
-            tracing::error!(error = %e, "store failed");
-            refused(RelayErrorCode::StorageFailure)
+        Err(RelayStoreError::Store(e)) => {
+            if let Some(repeats) = stats.store_errors.due() {
+                tracing::error!(error = %e, repeats, "cannot store a message; refusing STORE until it works again");
+            }
+            if e.is_disk_full() {
+                refused(RelayErrorCode::DiskFull)
+            } else {
+                refused(RelayErrorCode::StorageFailure)
+            }
         }
     }
 }

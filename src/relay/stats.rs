@@ -35,6 +35,8 @@ pub struct Stats {
     /// is re-checked one signature at a time).
     pub signatures_batched: AtomicU64,
     rejected: [AtomicU64; RelayErrorCode::ALL.len()],
+    /// Rate limit for "cannot store a message" log lines.
+    pub store_errors: crate::logging::LogEvery,
 }
 
 impl Stats {

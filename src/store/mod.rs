@@ -103,9 +103,14 @@ impl Batch {
 /// A local storage failure. Never caused by a peer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The underlying database reported an error (disk full, I/O error, corruption).
+    /// The underlying database reported an error (I/O error, corruption) other than a full
+    /// disk.
     #[error("storage I/O error: {0}")]
     Io(String),
+    /// The disk (or the file system's quota) is full: nothing was written. The store rolled its
+    /// in-memory state back to what is on disk and retries by itself once space returns.
+    #[error("disk full: {0} (free some space; the node resumes by itself)")]
+    DiskFull(String),
     /// The store is already opened by another process.
     #[error("store at {0} is locked by another process")]
     Locked(String),
@@ -177,6 +182,13 @@ pub trait Store: Send + Sync + 'static {
         let _ = sink;
         Err(StoreError::Io("this store cannot export a backup".into()))
     }
+    /// A number that changes whenever the store threw away writes that were applied but never
+    /// made durable (after a failed flush it reloads what is on disk). A caller that read
+    /// something and is about to act on it outside the process (send it) calls
+    /// [`Store::flush`] and checks that the generation did not change since before the read.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 impl StoreError {
@@ -189,6 +201,20 @@ impl StoreError {
                 advice: advice.to_string(),
             },
             other => other,
+        }
+    }
+
+    /// True when the disk is full (ENOSPC or a quota), as opposed to any other failure.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull(_))
+    }
+
+    /// Classifies an I/O error: a full disk becomes [`StoreError::DiskFull`].
+    pub fn from_io(context: &str, e: &std::io::Error) -> StoreError {
+        if is_disk_full_io(e) {
+            StoreError::DiskFull(format!("{context}: no space left on device"))
+        } else {
+            StoreError::Io(format!("{context}: {e}"))
         }
     }
 }
@@ -211,4 +237,13 @@ impl Tree {
             _ => return None,
         })
     }
+}
+
+/// True for ENOSPC / EDQUOT (also when sled re-created the error and only the kind survived).
+pub fn is_disk_full_io(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.to_string().contains("No space left on device")
 }

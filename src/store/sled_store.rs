@@ -147,23 +147,57 @@ fn unseal_owned(tree: Tree, pkey: &[u8], stored: &[u8]) -> Result<Vec<u8>, Store
 /// taken covers those writes. One caller at a time leads a flush; the others wait for one that
 /// covers their ticket (leader/follower, as databases do for their write-ahead logs).
 ///
+/// Failed writes and rollback: sled applies a batch to its in-memory tree at once and writes
+/// it to disk only when flushed; after a failed write (ENOSPC) sled keeps failing every later
+/// operation until the database is reopened. So after any failed apply or flush this store
+/// drops the sled handle and reopens the directory: the in-memory state becomes again exactly
+/// what is on disk (writes that were applied but not durable are gone), and the
+/// [generation](Store::generation) changes. If reopening fails too (the disk is still full),
+/// every call answers the typed error and retries the reopen at most once per
+/// [`REOPEN_INTERVAL`], so the store resumes by itself when space returns. A flush on the
+/// thread that applied a batch before a rollback fails (that batch is gone), so
+/// apply-then-flush on one thread never reports a lost batch as durable.
+///
 /// Integrity: see the [module docs](crate::store). Batches are applied one at a time (each
-/// updates the manifest record inside the same sled batch).
+/// updates the manifest record inside the same sled batch); a reopen after a rollback verifies
+/// the database again.
 #[derive(Clone)]
 pub struct SledStore {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
-struct Inner {
+/// How often a store whose reopen failed tries again.
+pub const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One opened (and verified) database.
+#[derive(Clone)]
+struct Open {
     db: sled::Db,
-    data_file: std::fs::File,
+    data_file: Arc<std::fs::File>,
+    /// The committed manifest; its lock serializes applies (and export).
+    manifest: Arc<Mutex<Manifest>>,
+}
+
+struct Shared {
+    id: u64,
+    dir: PathBuf,
     /// The commit marker file, when this store keeps one.
     marker: Option<PathBuf>,
-    /// The committed manifest; its lock serializes applies (and export).
-    state: Mutex<Manifest>,
+    open: std::sync::RwLock<Option<Open>>,
+    /// Bumped by every rollback (reopen after a failed write).
+    generation: std::sync::atomic::AtomicU64,
+    /// When the last reopen was tried, and the error it (or the write that closed us) gave.
+    closed: Mutex<Option<(Instant, StoreError)>>,
     flusher: Flusher,
     /// When the marker was last written.
     marker_written: Mutex<Option<Instant>>,
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+thread_local! {
+    /// (store id, generation) of this thread's last apply not yet covered by a flush.
+    static APPLIED: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
 }
 
 #[derive(Default)]
@@ -189,9 +223,19 @@ impl std::fmt::Debug for SledStore {
 }
 
 fn io(e: sled::Error) -> StoreError {
-    StoreError::Io(e.to_string())
+    match e {
+        sled::Error::Io(ref ioe) => StoreError::from_io("sled", ioe),
+        other => StoreError::Io(other.to_string()),
+    }
 }
 
+fn copy(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::DiskFull(s) => StoreError::DiskFull(s.clone()),
+        StoreError::Locked(s) => StoreError::Locked(s.clone()),
+        other => StoreError::Io(other.to_string()),
+    }
+}
 fn poisoned() -> StoreError {
     StoreError::Io("store state poisoned".into())
 }
@@ -279,9 +323,9 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
         {
             Err(StoreError::Locked(dir.display().to_string()))
         }
-        Ok(Err(sled::Error::Io(ioe))) if ioe.kind() != std::io::ErrorKind::UnexpectedEof => {
-            Err(StoreError::Io(format!("opening {}: {ioe}", dir.display())))
-        }
+        Ok(Err(sled::Error::Io(ioe))) if ioe.kind() != std::io::ErrorKind::UnexpectedEof => Err(
+            StoreError::from_io(&format!("opening {}", dir.display()), &ioe),
+        ),
         Ok(Err(e)) => Err(damaged(
             &dir.join("db"),
             format!("the database could not be read ({e})"),
@@ -291,6 +335,59 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
             "the database could not be read (its reader failed on the damaged data)",
         )),
     }
+}
+
+/// Opens the database in `dir` and verifies it (see [`verify`]); with `marker`, against its
+/// commit marker.
+fn open_dir(dir: &Path, marker: Option<&Path>) -> Result<Open, StoreError> {
+    let mark = match marker {
+        Some(p) => read_marker(p)?,
+        None => None,
+    };
+    let db_file = dir.join("db");
+    if let (Some(m), Some(p)) = (&mark, marker) {
+        if !db_file.exists() {
+            return Err(damaged(
+                &db_file,
+                format!(
+                    "the database file is missing, but {} records {} committed batches",
+                    p.display(),
+                    m.seq
+                ),
+            ));
+        }
+    }
+    check_conf(dir)?;
+    let db = open_sled(dir)?;
+    #[cfg(unix)]
+    restrict(dir, 2)
+        .map_err(|e| StoreError::from_io(&format!("making {} owner-only", dir.display()), &e))?;
+    let data_file = std::fs::File::open(&db_file)
+        .map_err(|e| StoreError::from_io(&format!("opening {}", db_file.display()), &e))?;
+    let manifest = verify(&db, &db_file, mark.as_ref(), marker)?;
+    Ok(Open {
+        db,
+        data_file: Arc::new(data_file),
+        manifest: Arc::new(Mutex::new(manifest)),
+    })
+}
+
+/// Sets owner-only modes on the database directory and everything sled created in it (dirs
+/// 0700, files 0600), whatever the umask was: the database holds message history in clear.
+#[cfg(unix)]
+fn restrict(dir: &Path, depth: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        if ft.is_dir() && depth > 0 {
+            restrict(&entry.path(), depth - 1)?;
+        } else if ft.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 impl SledStore {
@@ -308,49 +405,95 @@ impl SledStore {
     }
 
     fn open_inner(dir: &Path, marker: Option<PathBuf>) -> Result<Self, StoreError> {
-        let mark = match &marker {
-            Some(p) => read_marker(p)?,
-            None => None,
-        };
-        let db_file = dir.join("db");
-        if let (Some(m), Some(p)) = (&mark, &marker) {
-            if !db_file.exists() {
-                return Err(damaged(
-                    &db_file,
-                    format!(
-                        "the database file is missing, but {} records {} committed batches",
-                        p.display(),
-                        m.seq
-                    ),
-                ));
-            }
-        }
-        check_conf(dir)?;
-        let db = open_sled(dir)?;
-        let data_file = std::fs::File::open(&db_file)
-            .map_err(|e| StoreError::Io(format!("opening {}: {e}", db_file.display())))?;
-        let manifest = verify(&db, &db_file, mark.as_ref(), marker.as_deref())?;
+        let open = open_dir(dir, marker.as_deref())?;
         let store = SledStore {
-            inner: Arc::new(Inner {
-                db,
-                data_file,
+            shared: Arc::new(Shared {
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                dir: dir.to_path_buf(),
                 marker,
-                state: Mutex::new(manifest),
-                flusher: Flusher::default(),
+                open: std::sync::RwLock::new(Some(open)),
+                generation: Default::default(),
+                closed: Mutex::new(None),
+                flusher: Default::default(),
                 marker_written: Mutex::new(None),
             }),
         };
-        // Record what was verified (and, for a new or migrated store, make it durable).
+        // Make a new or migrated store durable and record what was verified.
         store.close()?;
         Ok(store)
     }
 
-    /// Writes the marker for `seq` if one is kept and `force` or the interval has passed.
+    /// The open database, reopening it (at most once per [`REOPEN_INTERVAL`]) after a
+    /// rollback whose reopen failed.
+    fn db(&self) -> Result<Open, StoreError> {
+        let sh = &self.shared;
+        {
+            let g = sh.open.read().map_err(|_| poisoned())?;
+            if let Some(o) = g.as_ref() {
+                return Ok(o.clone());
+            }
+        }
+        let mut g = sh.open.write().map_err(|_| poisoned())?;
+        if let Some(o) = g.as_ref() {
+            return Ok(o.clone());
+        }
+        let mut closed = sh.closed.lock().map_err(|_| poisoned())?;
+        if let Some((at, e)) = closed.as_ref() {
+            if at.elapsed() < REOPEN_INTERVAL {
+                return Err(copy(e));
+            }
+        }
+        match open_dir(&sh.dir, sh.marker.as_deref()) {
+            Ok(o) => {
+                tracing::info!(dir = %sh.dir.display(), "store reopened; writes resume");
+                *g = Some(o.clone());
+                *closed = None;
+                Ok(o)
+            }
+            Err(e) => {
+                tracing::debug!(dir = %sh.dir.display(), error = ?e, "store reopen failed; will retry");
+                let r = copy(&e);
+                *closed = Some((Instant::now(), e));
+                Err(r)
+            }
+        }
+    }
+
+    /// Drops the sled handle and reopens the directory: the state becomes what is on disk.
+    fn rollback(&self, e: &StoreError) {
+        let sh = &self.shared;
+        let Ok(mut g) = sh.open.write() else { return };
+        sh.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *g = None;
+        match open_dir(&sh.dir, sh.marker.as_deref()) {
+            Ok(o) => {
+                tracing::warn!(error = %e, "a store write failed; state rolled back to what is on disk");
+                *g = Some(o);
+                if let Ok(mut c) = sh.closed.lock() {
+                    *c = None;
+                }
+            }
+            Err(e2) => {
+                tracing::warn!(error = %e, reopen = %e2, "a store write failed; store closed until it can be reopened");
+                if let Ok(mut c) = sh.closed.lock() {
+                    *c = Some((Instant::now(), copy(e)));
+                }
+            }
+        }
+    }
+
+    fn fail<T>(&self, e: StoreError) -> Result<T, StoreError> {
+        self.rollback(&e);
+        Err(e)
+    }
+
+    /// Writes the marker for `m` if one is kept and `force` or the interval has passed.
     fn maybe_write_marker(&self, m: &Manifest, force: bool) -> Result<(), StoreError> {
-        let Some(path) = &self.inner.marker else {
+        let Some(path) = &self.shared.marker else {
             return Ok(());
         };
-        let mut last = self.inner.marker_written.lock().map_err(|_| poisoned())?;
+        let mut last = self.shared.marker_written.lock().map_err(|_| poisoned())?;
         if !force && last.is_some_and(|t| t.elapsed() < MARKER_INTERVAL) {
             return Ok(());
         }
@@ -364,14 +507,13 @@ impl SledStore {
         *last = Some(Instant::now());
         Ok(())
     }
+}
 
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.db.flush().map_err(io)?;
-        self.inner
-            .data_file
-            .sync_data()
-            .map_err(|e| StoreError::Io(format!("fdatasync: {e}")))
-    }
+fn sync(o: &Open) -> Result<(), StoreError> {
+    o.db.flush().map_err(io)?;
+    o.data_file
+        .sync_data()
+        .map_err(|e| StoreError::from_io("fdatasync", &e))
 }
 
 /// Reads every record: checksums, tree bytes, counts against the manifest, manifest against
@@ -500,8 +642,9 @@ fn verify(
 
 impl Store for SledStore {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let o = self.db()?;
         let k = tree.key(key);
-        match self.inner.db.get(&k).map_err(io)? {
+        match o.db.get(&k).map_err(io)? {
             None => Ok(None),
             Some(v) => unseal_owned(tree, &k, &v).map(Some),
         }
@@ -514,7 +657,8 @@ impl Store for SledStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        let db = &self.inner.db;
+        let o = self.db()?;
+        let db = &o.db;
         let full_prefix = tree.key(prefix);
         let mut out = Vec::new();
         let iter = match after {
@@ -540,7 +684,9 @@ impl Store for SledStore {
     }
 
     fn last(&self, tree: Tree, prefix: &[u8]) -> Result<Option<super::Entry>, StoreError> {
-        match self.inner.db.scan_prefix(tree.key(prefix)).next_back() {
+        let o = self.db()?;
+        let last = o.db.scan_prefix(tree.key(prefix)).next_back();
+        match last {
             None => Ok(None),
             Some(item) => {
                 let (k, v) = item.map_err(io)?;
@@ -551,8 +697,9 @@ impl Store for SledStore {
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        let db = &self.inner.db;
-        let mut st = self.inner.state.lock().map_err(|_| poisoned())?;
+        let o = self.db()?;
+        let generation = self.generation();
+        let mut st = o.manifest.lock().map_err(|_| poisoned())?;
         let mut next = *st;
         let mut seen: HashMap<Vec<u8>, bool> = HashMap::new();
         let mut b = sled::Batch::default();
@@ -560,7 +707,7 @@ impl Store for SledStore {
             let k = tree.key(&key);
             let existed = match seen.get(&k) {
                 Some(e) => *e,
-                None => db.contains_key(&k).map_err(io)?,
+                None => o.db.contains_key(&k).map_err(io)?,
             };
             let count = next.counts.get_mut(tree as usize);
             match value {
@@ -582,19 +729,35 @@ impl Store for SledStore {
         }
         next.seq += 1;
         b.insert(MANIFEST_KEY, next.encode());
-        db.apply_batch(b).map_err(io)?;
+        if let Err(e) = o.db.apply_batch(b).map_err(io) {
+            drop(st);
+            return self.fail(e);
+        }
         *st = next;
+        drop(st);
+        APPLIED.with(|a| a.set((self.shared.id, generation)));
         Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        let f = &self.inner.flusher;
+        let id = self.shared.id;
+        let mine = APPLIED.with(|a| a.get());
+        if mine.0 == id {
+            APPLIED.with(|a| a.set((0, 0)));
+            if mine.1 != self.generation() {
+                return Err(StoreError::Io(
+                    "writes were rolled back after a failed write; nothing of them was kept".into(),
+                ));
+            }
+        }
+        let generation = self.generation();
+        let f = &self.shared.flusher;
         let mut st = f.state.lock().map_err(|_| poisoned())?;
         st.issued += 1;
         let ticket = st.issued;
         loop {
             if st.durable >= ticket {
-                return Ok(());
+                break;
             }
             if st.running {
                 st = f.done.wait(st).map_err(|_| poisoned())?;
@@ -604,12 +767,21 @@ impl Store for SledStore {
             st.running = true;
             let target = st.issued;
             drop(st);
-            // Every batch up to this manifest was applied before the flush starts.
-            let covered = self.inner.state.lock().map(|m| *m).map_err(|_| poisoned());
-            let result = covered.and_then(|m| {
-                self.sync()?;
-                self.maybe_write_marker(&m, false)
+            let result = self.db().and_then(|o| {
+                // Every batch up to this manifest was applied before the flush starts.
+                let covered = *o.manifest.lock().map_err(|_| poisoned())?;
+                sync(&o)?;
+                Ok(covered)
             });
+            match &result {
+                Err(e) => self.rollback(e),
+                Ok(covered) => {
+                    // The marker only lags: failing to write it (a full disk) loses nothing.
+                    if let Err(e) = self.maybe_write_marker(covered, false) {
+                        tracing::debug!(error = %e, "commit marker not updated");
+                    }
+                }
+            }
             st = f.state.lock().map_err(|_| poisoned())?;
             st.running = false;
             if result.is_ok() {
@@ -619,16 +791,31 @@ impl Store for SledStore {
             // On failure the waiters retry and lead their own flush (and see their own error).
             result?;
         }
+        drop(st);
+        if self.generation() != generation {
+            return Err(StoreError::Io(
+                "writes were rolled back after a failed write during this flush".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.inner.db.size_on_disk().map_err(io)
+        let o = self.db()?;
+        o.db.size_on_disk().map_err(io)
+    }
+
+    fn generation(&self) -> u64 {
+        self.shared
+            .generation
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn close(&self) -> Result<(), StoreError> {
+        let o = self.db()?;
         // Hold applies back so the marker describes exactly what was flushed.
-        let st = self.inner.state.lock().map_err(|_| poisoned())?;
-        self.sync()?;
+        let st = o.manifest.lock().map_err(|_| poisoned())?;
+        sync(&o)?;
         self.maybe_write_marker(&st, true)
     }
 
@@ -636,10 +823,11 @@ impl Store for SledStore {
         &self,
         sink: &mut dyn FnMut(u8, &[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
+        let o = self.db()?;
         // Holding the apply lock makes this a point-in-time copy: no batch lands meanwhile.
-        let _st = self.inner.state.lock().map_err(|_| poisoned())?;
+        let _st = o.manifest.lock().map_err(|_| poisoned())?;
         let mut n = 0u64;
-        for item in self.inner.db.iter() {
+        for item in o.db.iter() {
             let (k, v) = item.map_err(io)?;
             if &k[..] == MANIFEST_KEY {
                 continue;
@@ -797,7 +985,7 @@ mod tests {
             }
         });
         assert_eq!(s.scan(Tree::Meta, b"", None, 1000).unwrap().len(), 160);
-        let st = s.inner.flusher.state.lock().unwrap();
+        let st = s.shared.flusher.state.lock().unwrap();
         assert_eq!(st.durable, 160, "every ticket durable");
         assert!(!st.running);
     }
@@ -873,7 +1061,7 @@ mod tests {
             b.delete(Tree::History, b"never".to_vec());
             b.put(Tree::Contacts, b"c".to_vec(), b"4".to_vec());
             s.commit(b).unwrap();
-            let m = *s.inner.state.lock().unwrap();
+            let m = *s.db().unwrap().manifest.lock().unwrap();
             assert_eq!(m.counts[Tree::History as usize], 1);
             assert_eq!(m.counts[Tree::Contacts as usize], 1);
             s.close().unwrap();

@@ -45,11 +45,14 @@ pub enum RelayErrorCode {
     StorageFailure = 0x2008,
     /// The relay is shutting down.
     ShuttingDown = 0x2009,
+    /// The relay's disk is full: nothing was stored. Retry later or use another route; the
+    /// relay keeps serving and resumes storing by itself when space returns.
+    DiskFull = 0x200A,
 }
 
 impl RelayErrorCode {
     /// All codes.
-    pub const ALL: [RelayErrorCode; 9] = [
+    pub const ALL: [RelayErrorCode; 10] = [
         RelayErrorCode::NotRegistered,
         RelayErrorCode::Unauthorized,
         RelayErrorCode::BadSignature,
@@ -59,6 +62,7 @@ impl RelayErrorCode {
         RelayErrorCode::UnexpectedMessage,
         RelayErrorCode::StorageFailure,
         RelayErrorCode::ShuttingDown,
+        RelayErrorCode::DiskFull,
     ];
 
     /// The number on the wire.
@@ -83,6 +87,7 @@ impl RelayErrorCode {
             RelayErrorCode::UnexpectedMessage => "unexpected_message",
             RelayErrorCode::StorageFailure => "storage_failure",
             RelayErrorCode::ShuttingDown => "shutting_down",
+            RelayErrorCode::DiskFull => "disk_full",
         }
     }
 }
