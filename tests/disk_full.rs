@@ -10,14 +10,21 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A tmpfs mounted at a directory, unmounted on drop.
+/// A tmpfs mounted at a directory (mode 0700: sremp refuses a world-writable data dir, and a
+/// fresh tmpfs is 1777), unmounted on drop.
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(at).ok()?;
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(at)
             .stderr(std::process::Stdio::null())
             .status()
