@@ -70,7 +70,7 @@ fn dns(rv_port: u16, garbage: bool) -> Dns {
                 .set_recursion_available(true)
                 .set_authoritative(true);
             let srv_name = Name::from_ascii("_sremp-rendezvous._tcp.sremp.test.").unwrap();
-            let target = Name::from_ascii(&format!("{RV_NAME}.")).unwrap();
+            let target = Name::from_ascii(format!("{RV_NAME}.")).unwrap();
             let mut code = ResponseCode::NXDomain;
             for query in req.queries() {
                 resp.add_query(query.clone());
