@@ -34,6 +34,7 @@ async fn registrar_registers_renews_learns_and_withdraws() {
         learn_servers: true,
         data_dir: Some(data.path().to_path_buf()),
         timeout: TIMEOUT,
+        dns: None,
     }
     .with_servers([s1.clone()]); // manual bootstrap
     let alice = Arc::new(user(1));
@@ -120,6 +121,7 @@ async fn registrar_with_nothing_to_do_ends() {
         learn_servers: false,
         data_dir: None,
         timeout: TIMEOUT,
+        dns: None,
     };
     let (_stop, rx) = tokio::sync::watch::channel(false);
     let h = spawn_registrar(settings, Arc::new(user(1)), vec![ep(1)], Vec::new(), rx);

@@ -526,13 +526,14 @@ impl Node {
                 .collect()
         };
         let my_relays = cfg.node.relay_hints()?;
-        let rendezvous = if cfg.rendezvous.servers.is_empty() {
-            None
-        } else {
-            Some(crate::rendezvous::client::RegistrarSettings::from_config(
-                cfg,
-            )?)
-        };
+        let rendezvous =
+            if cfg.rendezvous.servers.is_empty() && cfg.rendezvous.dns_bootstrap.is_empty() {
+                None
+            } else {
+                Some(crate::rendezvous::client::RegistrarSettings::from_config(
+                    cfg,
+                )?)
+            };
         let identity = Arc::new(user);
         let relay = Relay::start(
             store.clone(),

@@ -7,8 +7,9 @@
 //! over it. Every step has the deadline given to [`Client::connect`].
 //!
 //! Registrar:
-//! 1. candidate servers = configured (`rendezvous.servers` plus any manual ones), then the
-//!    remembered ones from `<data_dir>/rendezvous-servers`; it registers every endpoint at the
+//! 1. candidate servers = configured (`rendezvous.servers` plus any manual ones), then those
+//!    found by DNS bootstrap (`rendezvous.dns_bootstrap`, re-read every round, cached for their
+//!    TTL; see [`super::dns`]), then the remembered ones from `<data_dir>/rendezvous-servers`; it registers every endpoint at the
 //!    first `max_register_servers` of them;
 //! 2. after each registration it asks LIST_SERVERS, merges new servers and rewrites the
 //!    remembered file (one `name@host:port` or `host:port` per line, at most 256 lines);
@@ -425,6 +426,8 @@ pub struct RegistrarSettings {
     pub data_dir: Option<PathBuf>,
     /// Per-step deadline.
     pub timeout: Duration,
+    /// DNS SRV bootstrap (`rendezvous.dns_bootstrap`), if any domain is configured.
+    pub dns: Option<Arc<super::dns::DnsBootstrap>>,
 }
 
 impl std::fmt::Debug for RegistrarSettings {
@@ -457,6 +460,7 @@ impl RegistrarSettings {
             learn_servers: rv.learn_servers,
             data_dir: Some(cfg.data_dir()),
             timeout: rv.timeout(),
+            dns: super::dns::DnsBootstrap::new(&rv.dns_bootstrap, rv.dns_nameserver),
         })
     }
 
@@ -470,9 +474,34 @@ impl RegistrarSettings {
         self
     }
 
-    /// Configured and manual servers, then remembered ones, without duplicates.
+    /// Configured and manual servers, then remembered ones, without duplicates (no DNS; see
+    /// [`RegistrarSettings::candidates_with_dns`]).
     pub fn candidates(&self) -> Vec<ServerEntry> {
+        self.candidates_after(self.servers.clone())
+    }
+
+    /// The servers found by DNS bootstrap (cached for their TTL; failures logged, never
+    /// fatal), empty without `dns_bootstrap`.
+    pub async fn dns_servers(&self) -> Vec<ServerEntry> {
+        match &self.dns {
+            Some(d) => d.servers().await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Configured and manual servers, then those found by DNS bootstrap, then remembered
+    /// ones, without duplicates.
+    pub async fn candidates_with_dns(&self) -> Vec<ServerEntry> {
         let mut out = self.servers.clone();
+        for s in self.dns_servers().await {
+            if !out.iter().any(|x| x.endpoint == s.endpoint) {
+                out.push(s);
+            }
+        }
+        self.candidates_after(out)
+    }
+
+    fn candidates_after(&self, mut out: Vec<ServerEntry>) -> Vec<ServerEntry> {
         if let Some(dir) = self.data_dir.as_deref().filter(|_| self.learn_servers) {
             for s in load_remembered(dir) {
                 if !out.iter().any(|x| x.endpoint == s.endpoint) {
@@ -493,7 +522,7 @@ pub async fn lookup_anywhere(
     let mut best: Option<PeerInfo> = None;
     let mut last_err = None;
     let mut answered = false;
-    for server in settings.candidates().iter().take(8) {
+    for server in settings.candidates_with_dns().await.iter().take(8) {
         let result = async {
             let mut c = Client::connect(server, settings.tls.clone(), settings.timeout).await?;
             let r = c.lookup(key).await;
@@ -649,9 +678,11 @@ async fn registrar(
         if *shutdown.borrow() {
             break;
         }
-        // Configured servers first, then the rest in list order.
+        // Configured servers first, then DNS bootstrap's, then the rest in list order.
         let mut chosen: Vec<ServerEntry> = settings.servers.clone();
-        for s in known.others() {
+        // Not merged into `known`: they are not remembered past their DNS TTL.
+        let from_dns = settings.dns_servers().await;
+        for s in from_dns.into_iter().chain(known.others()) {
             if !chosen.iter().any(|c| c.endpoint == s.endpoint) {
                 chosen.push(s);
             }

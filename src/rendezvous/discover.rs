@@ -1,8 +1,8 @@
 //! Discovery for people: browse or search the configured rendezvous servers (`sremp discover`).
 //!
 //! Flow:
-//! 1. candidate servers = configured, manual and remembered ones
-//!    ([`RegistrarSettings::candidates`]), at most [`MAX_DISCOVER_SERVERS`] of them;
+//! 1. candidate servers = configured, manual, DNS-bootstrapped and remembered ones
+//!    ([`RegistrarSettings::candidates_with_dns`]), at most [`MAX_DISCOVER_SERVERS`] of them;
 //! 2. each is asked on its own TLS connection: `LOOKUP_REQUEST` for one identity, or
 //!    `list_all` pages (one page each, or every page up to [`MAX_DISCOVERED`] with `all`);
 //! 3. the answers are merged by [`merge`] (pure, no I/O): one entry per identity key, the
@@ -263,7 +263,8 @@ pub async fn discover(
     me: Option<IdentityKey>,
 ) -> Result<Discovery, RendezvousError> {
     let servers: Vec<ServerEntry> = settings
-        .candidates()
+        .candidates_with_dns()
+        .await
         .into_iter()
         .take(MAX_DISCOVER_SERVERS)
         .collect();

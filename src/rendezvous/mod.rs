@@ -3,7 +3,7 @@
 //! What it owns: the registry core ([`core`]), server lists and gossip merging ([`gossip`]),
 //! TLS configuration and the localnet CA ([`tls`]), the async server ([`server`]), the client
 //! and the node's background registrar ([`client`]), discovery for people (`sremp discover`:
-//! [`discover`]), and the `[rendezvous]` configuration.
+//! [`discover`]), DNS SRV bootstrap ([`dns`]), and the `[rendezvous]` configuration.
 //! The byte-exact protocol is docs/PROTOCOL.md, section "Rendezvous".
 //!
 //! Flow on one connection:
@@ -26,8 +26,8 @@
 //! get the same answer after the same work.
 //!
 //! What it does not do: it never learns message content or contacts; it does not do NAT
-//! traversal; DNS-based bootstrap is specified in docs/PROTOCOL.md but not built (no SRV
-//! resolver in the dependency set).
+//! traversal. DNS-based bootstrap (SRV records, [`dns`]) only adds candidate servers; DNS
+//! is not trusted beyond that, the TLS certificate of the SRV target is.
 //!
 //! ```no_run
 //! # async fn f(user: std::sync::Arc<sremp::identity::UserIdentity>) -> Result<(), sremp::Error> {
@@ -46,6 +46,7 @@
 pub mod client;
 pub mod core;
 pub mod discover;
+pub mod dns;
 pub mod gossip;
 pub mod server;
 pub mod tls;
@@ -164,6 +165,13 @@ pub struct RendezvousConfig {
     /// Rendezvous servers to use, as `"host:port"` (the certificate is checked for `host`) or
     /// `"name@host:port"` (checked for `name`). Also the manual bootstrap list. Default: empty.
     pub servers: Vec<String>,
+    /// Domains whose `_sremp-rendezvous._tcp.<domain>` SRV records name rendezvous servers
+    /// (DNS bootstrap, [`dns`]); found servers come after `servers`, are cached for their TTL,
+    /// and the certificate is checked for the SRV target. Default: empty (no DNS bootstrap).
+    pub dns_bootstrap: Vec<String>,
+    /// The DNS server (`"ip:port"`) asked for `dns_bootstrap`, instead of the ones in the
+    /// system's resolv.conf. Default: none (system resolver configuration).
+    pub dns_nameserver: Option<SocketAddr>,
     /// A PEM file of CA certificates to trust *instead of* the system roots (localnets, tests;
     /// `sremp certs` writes `ca.pem`). Also used by servers to check their gossip peers.
     /// Default: none (system roots, else the bundled Mozilla roots).
@@ -190,6 +198,8 @@ impl Default for RendezvousConfig {
     fn default() -> Self {
         RendezvousConfig {
             servers: Vec::new(),
+            dns_bootstrap: Vec::new(),
+            dns_nameserver: None,
             ca_file: None,
             register: true,
             ttl_secs: 600,
@@ -312,6 +322,12 @@ impl RendezvousConfig {
     /// Checks ranges of the client settings.
     pub fn validate(&self) -> Result<(), RendezvousError> {
         self.server_entries()?;
+        for d in &self.dns_bootstrap {
+            dns::srv_name(d).map_err(|e| RendezvousError::Config {
+                key: "dns_bootstrap",
+                why: e.to_string(),
+            })?;
+        }
         if self.ttl_secs == 0 {
             return Err(RendezvousError::Config {
                 key: "ttl_secs",
