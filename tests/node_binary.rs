@@ -135,7 +135,10 @@ fn tarpit_endpoint_goes_through_the_relay_quickly() {
     let dir = tempfile::tempdir().unwrap();
     let relay = BinRelay::start(dir.path(), "127.0.0.1:0", None);
     let mut alice = BinNodeOptions::loopback("alice");
-    alice.direct_timeout_ms = 2000;
+    // A direct deadline far longer than any scheduling delay on a loaded machine: arriving
+    // well before it proves the relay attempt did not wait for the direct one (behaviour,
+    // not speed; the speed figure is `cargo bench --bench node`).
+    alice.direct_timeout_ms = 20_000;
     let mut bob = BinNodeOptions::loopback("bob");
     bob.advertise = vec![tarpit().to_string()];
     bob.relays = vec![relay.hint.clone()];
@@ -154,9 +157,9 @@ fn tarpit_endpoint_goes_through_the_relay_quickly() {
         .as_u64()
         .unwrap()
         .saturating_sub(sent_at);
-    eprintln!("tarpit: send -> recipient history in {took} ms (direct deadline 2000 ms)");
+    eprintln!("tarpit: send -> recipient history in {took} ms (direct deadline 20000 ms)");
     assert!(
-        took < 1000,
+        took < 10_000,
         "took {took} ms: the relay attempt waited for the direct one?"
     );
 }

@@ -12,8 +12,8 @@
 //! 2. otherwise `SRV _sremp-rendezvous._tcp.<domain>.` is asked (the nameserver from
 //!    `rendezvous.dns_nameserver`, else the system's resolv.conf), records are ordered by
 //!    priority then weighted random within a priority, at most [`MAX_SRV_RECORDS`] kept;
-//! 3. each target is resolved to addresses through the same resolver (the SRV answer's
-//!    additional section first); the entry is `target@first-ip:port`;
+//! 3. each target is resolved to addresses through the same resolver (an A/AAAA lookup
+//!    per target); the entry is `target@first-ip:port`;
 //! 4. the result is cached for the smallest TTL of the records used, clamped to
 //!    [`MIN_CACHE_TTL`]..=[`MAX_CACHE_TTL`]; a failure is cached empty for [`FAILURE_TTL`].
 //!
