@@ -209,26 +209,14 @@ impl RelayStore {
         cfg: RelayConfig,
         stats: Arc<Stats>,
     ) -> Result<Self, RelayStoreError> {
-        let mut quotas = Quotas::default();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = store.scan(Tree::RelayIndex, b"e", after.as_deref(), EXPIRE_PAGE)?;
-            let Some((last, _)) = page.last() else { break };
-            let last = last.clone();
-            for (k, v) in &page {
-                let (_, m, len) = parse_expiry(k, v)?;
-                quotas.add(recipient_of(&m), len);
-            }
-            if page.len() < EXPIRE_PAGE {
-                break;
-            }
-            after = Some(last);
-        }
+        let generation = store.generation();
+        let quotas = usage(&*store)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let committer = Committer {
             store: store.clone(),
             cfg,
             quotas,
+            generation,
             stats,
         };
         let thread = std::thread::Builder::new()
@@ -419,10 +407,36 @@ fn retrieve_blocking(
     Ok((out, true))
 }
 
+/// Quota usage of everything stored: one scan of the expiry index (which holds each blob's
+/// length), page by page.
+fn usage(store: &dyn Store) -> Result<Quotas, StoreError> {
+    let mut quotas = Quotas::default();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.scan(Tree::RelayIndex, b"e", after.as_deref(), EXPIRE_PAGE)?;
+        let Some((last, _)) = page.last() else { break };
+        let last = last.clone();
+        for (k, v) in &page {
+            let (_, m, len) = parse_expiry(k, v)?;
+            quotas.add(recipient_of(&m), len);
+        }
+        if page.len() < EXPIRE_PAGE {
+            break;
+        }
+        after = Some(last);
+    }
+    Ok(quotas)
+}
+
 struct Committer {
     store: Arc<dyn Store>,
     cfg: RelayConfig,
     quotas: Quotas,
+    /// The store generation `quotas` was counted at. A rollback (a failed write, e.g. a full
+    /// disk, by us or by anyone sharing the store) throws away applied writes that were never
+    /// durable, whose quota changes were already counted; so when it changes, usage is counted
+    /// again from what the store holds.
+    generation: u64,
     stats: Arc<Stats>,
 }
 
@@ -483,6 +497,7 @@ struct Group {
 impl Committer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         while let Some(first) = rx.blocking_recv() {
+            self.recount_after_rollback();
             let mut group = Group::default();
             self.handle(first, &mut group);
             while group.done.len() < MAX_GROUP && !group.closing {
@@ -500,6 +515,26 @@ impl Committer {
         // Every sender is gone: make the last writes durable.
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "final relay flush failed");
+        }
+    }
+
+    /// Counts quota usage again if the store rolled back since it was counted (between
+    /// groups, so no change of the next group is pending). If the store cannot be read now
+    /// (closed until space returns), the next group tries again; its writes fail meanwhile.
+    fn recount_after_rollback(&mut self) {
+        let generation = self.store.generation();
+        if generation == self.generation {
+            return;
+        }
+        match usage(&*self.store) {
+            Ok(q) => {
+                self.quotas = q;
+                self.generation = generation;
+                tracing::info!(
+                    "relay store rolled back after a failed write; quota usage counted again"
+                );
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot count quota usage yet"),
         }
     }
 
@@ -839,6 +874,111 @@ mod tests {
         rs.store(msg(1, 4, 1, 600, 5)).await.unwrap();
         assert_eq!(
             rs.store(msg(1, 4, 2, 600, 5)).await.unwrap(),
+            StoreOutcome::Refused(RelayErrorCode::QuotaFull)
+        );
+    }
+
+    /// A store that keeps what is durable apart from what was applied, and whose flush can be
+    /// made to fail once: like [`SledStore`] on a full disk it then rolls back to what is
+    /// durable and changes its generation.
+    #[derive(Default)]
+    struct RollbackStore {
+        state: std::sync::Mutex<(
+            std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+            std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+            u64,
+        )>,
+        fail_next_flush: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for RollbackStore {
+        fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            let mut k = vec![tree as u8];
+            k.extend_from_slice(key);
+            Ok(self.state.lock().unwrap().1.get(&k).cloned())
+        }
+        fn scan(
+            &self,
+            tree: Tree,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<crate::store::Entries, StoreError> {
+            let mut p = vec![tree as u8];
+            p.extend_from_slice(prefix);
+            let st = self.state.lock().unwrap();
+            Ok(st
+                .1
+                .range(p.clone()..)
+                .take_while(|(k, _)| k.starts_with(&p))
+                .map(|(k, v)| (k[1..].to_vec(), v.clone()))
+                .filter(|(k, _)| after.is_none_or(|a| k.as_slice() > a))
+                .take(limit)
+                .collect())
+        }
+        fn last(
+            &self,
+            tree: Tree,
+            prefix: &[u8],
+        ) -> Result<Option<crate::store::Entry>, StoreError> {
+            Ok(self.scan(tree, prefix, None, usize::MAX)?.pop())
+        }
+        fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+            let mut st = self.state.lock().unwrap();
+            for (tree, key, value) in batch.into_ops() {
+                let mut k = vec![tree as u8];
+                k.extend_from_slice(&key);
+                match value {
+                    Some(v) => st.1.insert(k, v),
+                    None => st.1.remove(&k),
+                };
+            }
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            let mut st = self.state.lock().unwrap();
+            if self.fail_next_flush.swap(false, Relaxed) {
+                st.1 = st.0.clone();
+                st.2 += 1;
+                return Err(StoreError::DiskFull("test".into()));
+            }
+            st.0 = st.1.clone();
+            Ok(())
+        }
+        fn size_on_disk(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn generation(&self) -> u64 {
+            self.state.lock().unwrap().2
+        }
+    }
+
+    /// Issue 18: a failed flush rolls the store back, throwing away a blob whose quota use was
+    /// already counted; the relay counts usage again, so the recipient's quota stays truthful.
+    #[tokio::test]
+    async fn quota_usage_follows_a_rollback() {
+        let store = Arc::new(RollbackStore::default());
+        let cfg = RelayConfig {
+            quota_messages: 2,
+            ..RelayConfig::default()
+        };
+        let rs = RelayStore::open(store.clone(), cfg, Arc::new(Stats::default())).unwrap();
+        rs.store(msg(1, 2, 10, 100, 5)).await.unwrap();
+        store.fail_next_flush.store(true, Relaxed);
+        assert!(rs.store(msg(1, 2, 11, 200, 5)).await.is_err());
+        let (held, _) = rs
+            .retrieve(IdentityKey([1; 32]), None, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(held.len(), 1, "the failed store was rolled back");
+        // One blob is stored, so one more fits (quota 2) and then no more.
+        assert_eq!(
+            rs.store(msg(1, 2, 12, 400, 5)).await.unwrap(),
+            StoreOutcome::Stored(Timestamp(400)),
+            "quota still counts a blob the rollback threw away"
+        );
+        assert_eq!(
+            rs.store(msg(1, 2, 99, 500, 5)).await.unwrap(),
             StoreOutcome::Refused(RelayErrorCode::QuotaFull)
         );
     }

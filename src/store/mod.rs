@@ -90,6 +90,11 @@ impl Batch {
     pub fn extend(&mut self, other: Batch) {
         self.ops.extend(other.ops);
     }
+    /// The operations, in order (test stores).
+    #[cfg(test)]
+    pub(crate) fn into_ops(self) -> Vec<(Tree, Vec<u8>, Option<Vec<u8>>)> {
+        self.ops
+    }
     /// Number of operations.
     pub fn len(&self) -> usize {
         self.ops.len()
