@@ -71,8 +71,15 @@ set_pid() {
     mv "$tmp" "$PIDS"
 }
 
+# True if PID runs. A zombie (exited, not yet reaped by its parent: state Z in
+# /proc/PID/stat) still answers `kill -0` but is gone.
 alive() {
-    [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null
+    [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null || return 1
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    # The state follows the parenthesised command name, which may itself contain ") ".
+    stat=${stat##*) }
+    [[ "${stat:0:1}" != "Z" ]]
 }
 
 # True if PID is alive and (where /proc tells) an sremp process, so a reused pid is never hit.

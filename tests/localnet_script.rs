@@ -1,6 +1,7 @@
 //! `scripts/localnet.sh`: up 2 (rendezvous, relay, two nodes), the demo (direct and relay
 //! paths), and down, with the binary under test. Skips when bash is not available. Loopback
-//! only; every step has a deadline and `down` runs even when a step fails.
+//! only; every step has a deadline and `down` runs even when a step fails. A pid file naming a
+//! zombie (exited, unreaped) does not count as "already up".
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -89,7 +90,23 @@ fn localnet_up_demo_down() {
     let dir = tmp.path().join("ln");
     let guard = Down(dir.clone());
 
+    // A pid file left behind naming a process that exited but was never reaped (a zombie,
+    // as under a parent that does not reap): it is gone, so `up` must not say "already up".
+    let mut zombie = Command::new("true").spawn().unwrap();
+    let stat = format!("/proc/{}/stat", zombie.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&stat)
+        .map(|s| s.rsplit(") ").next().unwrap_or_default().starts_with('Z'))
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "no zombie within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pids"), format!("relay {}\n", zombie.id())).unwrap();
+
     let up = run(&dir, &["up", "2"], Duration::from_secs(40));
+    zombie.wait().unwrap();
     assert!(
         up.status.success(),
         "up failed\n{}\n{}",
