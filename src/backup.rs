@@ -464,6 +464,13 @@ fn write_file(
 /// Replaces the store in `db_dir` (its process stopped) with the backup `file`, decrypted
 /// with the key in `key_file`. See [`crate::store::restore_store`] for the order of the file
 /// operations; a backup that fails to authenticate anywhere leaves everything untouched.
+///
+/// Ratchet sessions (`Tree::Sessions`) are not restored: the state in a backup is older than
+/// what the peers hold, and sending on it would encrypt new messages under message keys
+/// already used after the backup was taken. With no session, the first message from each
+/// contact is answered with a session reset saying what was last recorded from it, and the
+/// contact starts a new session and re-sends what the restored store lacks
+/// (docs/PROTOCOL.md, "Session recovery"). `records` counts the records written.
 pub fn restore_backup(
     db_dir: &Path,
     file: &Path,
@@ -483,6 +490,7 @@ pub fn restore_backup(
     let mut failure: Option<BackupError> = None;
     let restored = crate::store::restore_store(db_dir, force, &mut |sink| loop {
         match r.next_record() {
+            Ok(Some((t, _, _))) if t == crate::store::Tree::Sessions as u8 => {}
             Ok(Some((t, k, v))) => sink(t, k, v)?,
             Ok(None) => return Ok(()),
             Err(e) => {

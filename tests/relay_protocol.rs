@@ -746,7 +746,7 @@ async fn session_reset_deletes_the_message_and_reaches_only_a_connected_sender()
     let (cb, _eb) = r.client(&bob).await;
     assert_eq!(cb.retrieve_all(10).await.unwrap().len(), 2);
     // Bob cannot decrypt message 5: the relay deletes it and forwards the signed notice.
-    cb.session_reset(alice.key(), 5, ResetReason::NoSession, b"lost")
+    cb.session_reset(alice.key(), 5, ResetReason::NoSession, b"lost", Some(3))
         .await
         .unwrap();
     match next_event(&mut ea).await {
@@ -758,7 +758,14 @@ async fn session_reset_deletes_the_message_and_reaches_only_a_connected_sender()
             assert_eq!(ResetReason::from_u8(n.reason), ResetReason::NoSession);
             use sha2::Digest;
             assert_eq!(n.digest, <[u8; 32]>::from(sha2::Sha256::digest(b"lost")));
+            // Forwarded unchanged, with what bob last recorded, under his signature.
+            assert_eq!(n.last_recorded, Some(3));
             sremp::relay::auth::verify_session_reset(&n).unwrap();
+            let mut changed = n.clone();
+            changed.last_recorded = Some(2);
+            assert!(sremp::relay::auth::verify_session_reset(&changed).is_err());
+            changed.last_recorded = None;
+            assert!(sremp::relay::auth::verify_session_reset(&changed).is_err());
         }
         other => panic!("expected a session reset, got {other:?}"),
     }
@@ -768,7 +775,7 @@ async fn session_reset_deletes_the_message_and_reaches_only_a_connected_sender()
     // Not a delivery: the relay counts no delivery and keeps no confirmation for it.
     assert_eq!(r.relay.stats().snapshot().confirmations_kept, 0);
     // A notice for an id the relay does not hold deletes nothing and is not forwarded.
-    cb.session_reset(alice.key(), 9999, ResetReason::NoSession, b"?")
+    cb.session_reset(alice.key(), 9999, ResetReason::NoSession, b"?", None)
         .await
         .unwrap();
     // A forged notice (eve signs as bob) and one for someone else's message are refused; the
@@ -782,6 +789,7 @@ async fn session_reset_deletes_the_message_and_reaches_only_a_connected_sender()
         reason: 1,
         digest: [0; 32],
         signature: [7; 64],
+        last_recorded: None,
     };
     ce.send_raw(&Envelope::SessionReset(forged.clone()))
         .await
@@ -805,9 +813,15 @@ async fn session_reset_deletes_the_message_and_reaches_only_a_connected_sender()
     drop(ca);
     drop(ea);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    cb.session_reset(alice.key(), 6, ResetReason::StateMismatch, b"lost too")
-        .await
-        .unwrap();
+    cb.session_reset(
+        alice.key(),
+        6,
+        ResetReason::StateMismatch,
+        b"lost too",
+        None,
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(cb.retrieve_all(10).await.unwrap().is_empty());
     let (_ca, mut ea) = r.client(&alice).await;

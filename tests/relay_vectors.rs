@@ -2,7 +2,8 @@
 //!
 //! Deterministic keys: client seed 32×0x11, relay seed 32×0x22, recipient seed 32×0x33;
 //! handshake hash 32×0xaa, challenge nonce 32×0xbb. Each vector gives the exact signed message
-//! (context prefix included) and the Ed25519 signature. Regenerate (only after a deliberate
+//! (context prefix included) and the Ed25519 signature. `session_reset` is the seven-element
+//! notice (still accepted), `session_reset_last_recorded` the eight-element one. Regenerate (only after a deliberate
 //! protocol change) with `SREMP_WRITE_VECTORS=1 cargo test --test relay_vectors`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -80,8 +81,22 @@ fn compute() -> Value {
             sha2::Sha256::digest(&blob).into()
         },
         signature: [0; 64],
+        last_recorded: None,
     };
     auth::sign_session_reset(&recipient, &mut reset);
+    // The same notice saying what the recipient last recorded from the sender (message 41).
+    let mut recorded = SessionReset {
+        last_recorded: Some(41),
+        ..reset.clone()
+    };
+    auth::sign_session_reset(&recipient, &mut recorded);
+    let mut recorded_body = ck.to_vec();
+    recorded_body.extend_from_slice(&pk);
+    recorded_body.extend_from_slice(&42u64.to_be_bytes());
+    recorded_body.extend_from_slice(&1_700_000_000_700u64.to_be_bytes());
+    recorded_body.push(1);
+    recorded_body.extend_from_slice(&reset.digest);
+    recorded_body.extend_from_slice(&41u64.to_be_bytes());
     let mut reset_body = ck.to_vec();
     reset_body.extend_from_slice(&pk);
     reset_body.extend_from_slice(&42u64.to_be_bytes());
@@ -130,6 +145,13 @@ fn compute() -> Value {
             "signature": hex::encode(reset.signature),
             "envelope": hex::encode(Envelope::SessionReset(reset.clone()).encode()),
         },
+        "session_reset_last_recorded": {
+            "message_id": 42, "timestamp": 1_700_000_000_700u64, "reason": 1, "last_recorded": 41,
+            "digest": hex::encode(recorded.digest),
+            "signed_message": with_prefix(SigContext::SessionReset, &recorded_body),
+            "signature": hex::encode(recorded.signature),
+            "envelope": hex::encode(Envelope::SessionReset(recorded.clone()).encode()),
+        },
     })
 }
 
@@ -148,6 +170,7 @@ fn relay_signature_vectors() {
         ("store_message", "client_key"),
         ("delivery_confirmation", "recipient_key"),
         ("session_reset", "recipient_key"),
+        ("session_reset_last_recorded", "recipient_key"),
     ] {
         let pk: [u8; 32] = hex::decode(stored["keys"][key].as_str().unwrap())
             .unwrap()
@@ -178,7 +201,24 @@ fn relay_signature_vectors() {
         Envelope::SessionReset(mut n) => {
             auth::verify_session_reset(&n).unwrap();
             // Any change to a signed field breaks it.
+            assert_eq!(n.last_recorded, None, "a notice without the eighth element");
             n.reason = 2;
+            assert!(auth::verify_session_reset(&n).is_err());
+        }
+        other => panic!("{other:?}"),
+    }
+    let env = hex::decode(
+        stored["session_reset_last_recorded"]["envelope"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    match Envelope::decode(&env).unwrap() {
+        Envelope::SessionReset(mut n) => {
+            assert_eq!(n.last_recorded, Some(41));
+            auth::verify_session_reset(&n).unwrap();
+            // It is signed: dropping or changing it breaks the signature.
+            n.last_recorded = None;
             assert!(auth::verify_session_reset(&n).is_err());
         }
         other => panic!("{other:?}"),

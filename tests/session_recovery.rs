@@ -3,7 +3,9 @@
 //! - the recipient's database is replaced by an older copy (taken before its first session
 //!   with the sender): the sender keeps sending; the recipient answers each message it cannot
 //!   decrypt with a signed session-reset notice, the sender starts a new session and re-sends;
-//!   every message arrives exactly once, the sender never shows `delivered` for a message the
+//!   every message arrives exactly once — also those the recipient had confirmed before it lost
+//!   them, which the sender re-sends after what the notice says was last recorded — the
+//!   sender never shows `delivered` for a message the
 //!   recipient has not recorded, both histories carry a `notice` line, and the pair keeps
 //!   talking both ways;
 //! - a relay-only relay loses its store (restarted on an empty database with the same
@@ -201,7 +203,13 @@ fn recipient_restored_from_an_older_copy_recovers_the_session() {
     for e in hb.iter().filter(|e| e["status"] == "received") {
         *count.entry(e["text"].as_str().unwrap()).or_default() += 1;
     }
-    for t in texts.iter().map(String::as_str).chain(["after reset"]) {
+    // Including what bob had confirmed before he lost his state ("before 1", "before 2"):
+    // his notice said he had nothing recorded from alice, so she re-sent them too.
+    for t in texts
+        .iter()
+        .map(String::as_str)
+        .chain(["after reset", "before 1", "before 2"])
+    {
         assert_eq!(count.get(t), Some(&1), "{t:?} at bob: {hb:#?}");
     }
     for (id, t) in ids.iter().zip(&texts) {

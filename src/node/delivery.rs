@@ -366,6 +366,21 @@ async fn reset(
             }
         }
     }
+    // And what the peer had confirmed but lost (restored from an older backup): after what
+    // its notice says it last recorded from us, within the recovery window.
+    let mut lost = std::collections::HashSet::new();
+    if let Some(last) = n.last_recorded {
+        for e in super::recovery::lost_after(
+            &inner.history,
+            &peer,
+            last,
+            Timestamp::now().0,
+            MAX_RESEND,
+        )? {
+            lost.insert(e.history_seq);
+            pending.push(e);
+        }
+    }
     pending.sort_by_key(|e| e.history_seq);
     pending.dedup_by_key(|e| e.history_seq);
     pending.truncate(MAX_RESEND);
@@ -374,12 +389,14 @@ async fn reset(
         identity_key: peer.0,
         noise_key: contact.identity.noise_key().0,
     };
-    let mut resent = 0usize;
+    let (mut resent, mut recovered) = (0usize, 0usize);
     for e in pending {
         let Some(mut h) = inner.history.get(e.history_seq)? else {
             continue;
         };
-        if h.direction != Direction::Out || h.status == Status::Delivered {
+        if h.direction != Direction::Out
+            || (h.status == Status::Delivered && !lost.contains(&h.seq))
+        {
             continue;
         }
         let id = match <[u8; 16]>::try_from(e.payload_id.as_slice()) {
@@ -407,6 +424,7 @@ async fn reset(
             ..e
         };
         batch.extend(again.put());
+        batch.extend(inner.history.keep_payload_id(h.seq, &id.0));
         batch.delete(Tree::Awaiting, h.seq.to_be_bytes().to_vec());
         h.status = Status::Queued;
         h.path = None;
@@ -414,6 +432,9 @@ async fn reset(
         commit(&inner.store, batch).await?;
         let _ = inner.events.send(h);
         resent += 1;
+        if lost.contains(&e.history_seq) {
+            recovered += 1;
+        }
     }
     let reason = ResetReason::from_u8(n.reason);
     let now = Timestamp::now();
@@ -423,7 +444,7 @@ async fn reset(
         Some(contact.identity.username().to_string()),
         rand::random::<u64>(),
         format!(
-            "session reset: {} could not decrypt message {} ({}); new session started, {resent} unconfirmed message(s) re-sent",
+            "session reset: {} could not decrypt message {} ({}); new session started, {resent} message(s) re-sent ({recovered} it had confirmed but lost)",
             contact.identity.username(),
             named.id,
             reason.name()
@@ -655,6 +676,7 @@ pub(crate) async fn enqueue(
         None,
     );
     batch.extend(hb);
+    batch.extend(inner.history.keep_payload_id(entry.seq, &payload.id.0));
     batch.extend(
         OutboxEntry {
             message_id: id,

@@ -112,6 +112,15 @@ fn id_key(direction: Direction, id: u64) -> Vec<u8> {
     k
 }
 
+/// `p || seq`: the full 16-byte payload id of an outgoing message, so it can be sent again
+/// with the same id after the recipient lost it (see `node::recovery`).
+fn payload_key(seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(b'p');
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 fn seq_key(seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
     k.push(b's');
@@ -245,6 +254,68 @@ impl History {
         let mut b = Batch::new();
         b.put(Tree::History, seq_key(entry.seq), msgpack::encode(entry));
         b
+    }
+
+    /// A batch that keeps the full payload id of outgoing message `seq`.
+    pub fn keep_payload_id(&self, seq: u64, id: &[u8; 16]) -> Batch {
+        let mut b = Batch::new();
+        b.put(Tree::History, payload_key(seq), id.to_vec());
+        b
+    }
+
+    /// The full payload id kept for outgoing message `seq` (none for messages sent before
+    /// ids were kept, and for received ones).
+    pub fn payload_id(&self, seq: u64) -> Result<Option<[u8; 16]>, StoreError> {
+        match self.store.get(Tree::History, &payload_key(seq))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                <[u8; 16]>::try_from(v.as_slice()).map_err(|_| corrupt("bad payload id"))?,
+            )),
+        }
+    }
+
+    /// The message id of the newest message received from `peer` (notice lines are not
+    /// messages), reading at most `max` index records.
+    pub fn newest_received_from(
+        &self,
+        peer: &IdentityKey,
+        max: usize,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut prefix = vec![b'i', b'i'];
+        prefix.extend_from_slice(peer.as_bytes());
+        let mut found: Vec<(u64, u64)> = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        const PAGE: usize = 1000;
+        while found.len() < max {
+            let page = self
+                .store
+                .scan(Tree::History, &prefix, after.as_deref(), PAGE)?;
+            for (k, v) in &page {
+                let id = k
+                    .get(k.len().saturating_sub(8)..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| corrupt("bad index key"))?;
+                let seq = <[u8; 8]>::try_from(v.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| corrupt("bad index value"))?;
+                found.push((seq, id));
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == PAGE => after = Some(k.clone()),
+                _ => break,
+            }
+        }
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        for (seq, id) in found {
+            if self
+                .get(seq)?
+                .is_some_and(|e| e.direction == Direction::In && e.status == Status::Received)
+            {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
     }
 
     /// Up to `limit` entries with `seq > after`, oldest first.

@@ -199,10 +199,20 @@ pub(crate) async fn handle(
                 return true;
             }
             note_lost(node, &sender, reason).await;
+            // What we still have from the sender, so it also re-sends what we had confirmed
+            // and lost (a restore from an older backup). Unreadable: leave it out (the sender
+            // then re-sends what is unconfirmed only).
+            let last = match super::recovery::last_recorded(&node.inner.history, &sender) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read what we last recorded from the sender");
+                    None
+                }
+            };
             // In place of a confirmation: the source deletes the copy and tells the sender,
             // who starts a new session and re-sends. Never `delivered` for this copy.
             if let Err(e) = client
-                .session_reset(sender, m.message_id, reason, &m.encrypted_blob)
+                .session_reset(sender, m.message_id, reason, &m.encrypted_blob, last)
                 .await
             {
                 tracing::debug!(error = %e, "session reset notice not sent");

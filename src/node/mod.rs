@@ -32,6 +32,7 @@ pub mod delivery;
 pub mod history;
 pub mod inbox;
 pub mod outbox;
+pub mod recovery;
 
 use crate::config::Config;
 use crate::identity::rotation::{Change, PreviousNoiseKeys};

@@ -217,15 +217,19 @@ pub fn verify_confirmation(c: &DeliveryConfirmation) -> Result<(), sig::BadSigna
     )
 }
 
-/// The bytes a [`SessionReset`] signature covers (docs/PROTOCOL.md, "Session reset").
+/// The bytes a [`SessionReset`] signature covers (docs/PROTOCOL.md, "Session reset"): with
+/// `last_recorded`, its `u64be` follows the digest (so it cannot be stripped or changed).
 pub fn session_reset_bytes(n: &SessionReset) -> Vec<u8> {
-    let mut v = Vec::with_capacity(113);
+    let mut v = Vec::with_capacity(121);
     v.extend_from_slice(&n.sender);
     v.extend_from_slice(&n.recipient);
     v.extend_from_slice(&n.message_id.to_be_bytes());
     v.extend_from_slice(&n.timestamp.0.to_be_bytes());
     v.push(n.reason);
     v.extend_from_slice(&n.digest);
+    if let Some(last) = n.last_recorded {
+        v.extend_from_slice(&last.to_be_bytes());
+    }
     v
 }
 

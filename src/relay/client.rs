@@ -399,13 +399,15 @@ impl RelayClient {
 
     /// Answers `sender`'s message `message_id`, which we could not decrypt, with a signed
     /// `SESSION_RESET`: the relay deletes the message (without a delivery confirmation) and
-    /// forwards the notice to the sender if it is connected.
+    /// forwards the notice to the sender if it is connected. `last_recorded`: the id of the
+    /// newest message from `sender` we have recorded (0: none), `None` to leave it out.
     pub async fn session_reset(
         &self,
         sender: IdentityKey,
         message_id: u64,
         reason: ResetReason,
         blob: &[u8],
+        last_recorded: Option<u64>,
     ) -> Result<(), RelayClientError> {
         use sha2::Digest;
         let mut n = SessionReset {
@@ -416,6 +418,7 @@ impl RelayClient {
             reason: reason as u8,
             digest: sha2::Sha256::digest(blob).into(),
             signature: [0; 64],
+            last_recorded,
         };
         auth::sign_session_reset(&self.key, &mut n);
         self.send(Envelope::SessionReset(n)).await

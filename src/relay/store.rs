@@ -881,13 +881,12 @@ mod tests {
     /// A store that keeps what is durable apart from what was applied, and whose flush can be
     /// made to fail once: like [`SledStore`] on a full disk it then rolls back to what is
     /// durable and changes its generation.
+    type Map = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
+
     #[derive(Default)]
     struct RollbackStore {
-        state: std::sync::Mutex<(
-            std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
-            std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
-            u64,
-        )>,
+        /// (durable, applied, generation)
+        state: std::sync::Mutex<(Map, Map, u64)>,
         fail_next_flush: std::sync::atomic::AtomicBool,
     }
 

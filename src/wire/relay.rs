@@ -282,6 +282,13 @@ pub struct SessionReset {
     /// The recipient's signature (session-reset context).
     #[serde(with = "crate::wire::bytes::fixed")]
     pub signature: [u8; 64],
+    /// What the recipient last recorded from `sender`: the `message_id` of the newest message
+    /// from `sender` in its history, 0 when it has none. The sender re-sends, besides what is
+    /// unconfirmed, the messages after that one that it still keeps (a recipient restored from
+    /// an older backup lost messages it had confirmed). An optional eighth array element:
+    /// notices without it (`None`) still parse and verify, and mean "re-send what is unconfirmed".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recorded: Option<u64>,
 }
 
 /// **[gap]** Why a [`SessionReset`] was sent.
@@ -349,7 +356,11 @@ mod tests {
                 Envelope::ConfirmationAck(ConfirmationAck { delivered_to: [6; 32], message_id: id }),
                 Envelope::SessionReset(SessionReset {
                     message_id: id, sender: [7; 32], recipient: [8; 32], timestamp: Timestamp(t),
-                    reason: 1, digest: [10; 32], signature: [9; 64],
+                    reason: 1, digest: [10; 32], signature: [9; 64], last_recorded: None,
+                }),
+                Envelope::SessionReset(SessionReset {
+                    message_id: id, sender: [7; 32], recipient: [8; 32], timestamp: Timestamp(t),
+                    reason: 2, digest: [10; 32], signature: [9; 64], last_recorded: Some(lim.into()),
                 }),
                 Envelope::StoreResponse(StoreResponse { success: false, stored_at: Timestamp(t), message_id: id, error: Some(0x2005) }),
             ];

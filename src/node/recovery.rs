@@ -1,0 +1,231 @@
+//! Recovering messages a recipient confirmed and then lost (restored from an older backup).
+//!
+//! A recipient that cannot decrypt a message for lack of ratchet state answers with a signed
+//! `SESSION_RESET` (docs/PROTOCOL.md, "Session reset"). Besides what is unconfirmed, the sender
+//! re-sends what the recipient *had* confirmed but no longer holds: the notice carries the id of
+//! the newest message from the sender that the recipient still has recorded
+//! (`last_recorded`, 0 for none), and the sender picks its own `delivered` messages to that
+//! contact that come after it in its history, sent within [`RECOVER_WINDOW_MS`] — the
+//! documented window for which delivered messages stay recoverable at the sender. Each is
+//! re-encrypted from its history entry with its original 16-byte payload id, which the history
+//! keeps for every outgoing message (`History::keep_payload_id`), so a recipient that does
+//! still hold one drops the copy by its `(sender, MessageId)` check and confirms it again.
+//!
+//! Pure selection over the store; the caller ([`super::delivery`]) holds the ratchet lock,
+//! re-encrypts and commits.
+
+use super::history::{parse_id, Direction, History, Status};
+use super::outbox::OutboxEntry;
+use crate::identity::IdentityKey;
+use crate::store::StoreError;
+
+/// How long a delivered message stays recoverable at the sender: a session reset naming an
+/// older `last_recorded` re-sends delivered messages sent within this window (7 days).
+pub const RECOVER_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Most history entries read to find them (after `last_recorded`).
+pub const RECOVER_SCAN: usize = 100_000;
+/// Most index records read by the recipient to find what it last recorded from a sender.
+pub const LAST_RECORDED_SCAN: usize = 1_000_000;
+
+/// The `last_recorded` a recipient puts in a session-reset notice to `sender`: the id of the
+/// newest message from `sender` in its history, 0 if there is none.
+pub fn last_recorded(history: &History, sender: &IdentityKey) -> Result<u64, StoreError> {
+    Ok(history
+        .newest_received_from(sender, LAST_RECORDED_SCAN)?
+        .unwrap_or(0))
+}
+
+/// Our `delivered` messages to `peer` that come after its `last_recorded` in our history (all
+/// of them when it is 0 or unknown to us), sent at or after `now_ms - RECOVER_WINDOW_MS`,
+/// oldest first, at most `limit`. Each is returned as an outbox entry without ciphertext
+/// (`wire` empty): the caller encrypts it again. Messages without a kept payload id (sent
+/// before ids were kept) are skipped: re-sent under a new id they could show twice.
+pub fn lost_after(
+    history: &History,
+    peer: &IdentityKey,
+    last_recorded: u64,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<OutboxEntry>, StoreError> {
+    let after = match last_recorded {
+        0 => 0,
+        id => history
+            .find(Direction::Out, peer, id)?
+            .filter(|e| e.direction == Direction::Out)
+            .map(|e| e.seq)
+            .unwrap_or(0),
+    };
+    let since = now_ms.saturating_sub(RECOVER_WINDOW_MS);
+    let peer_hex = peer.to_string();
+    let mut out = Vec::new();
+    let mut cursor = after;
+    let mut read = 0usize;
+    const PAGE: usize = 1000;
+    while read < RECOVER_SCAN && out.len() < limit {
+        let page = history.list(Some(cursor), PAGE)?;
+        let Some(last) = page.last() else { break };
+        cursor = last.seq;
+        read += page.len();
+        for h in &page {
+            if h.direction != Direction::Out
+                || h.status != Status::Delivered
+                || h.peer != peer_hex
+                || h.sent_at < since
+            {
+                continue;
+            }
+            let (Some(message_id), Some(pid)) = (parse_id(&h.id), history.payload_id(h.seq)?)
+            else {
+                continue;
+            };
+            out.push(OutboxEntry {
+                message_id,
+                recipient: peer.0,
+                wire: Vec::new(),
+                history_seq: h.seq,
+                payload_id: pid.to_vec(),
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::history::DeliveryPath;
+    use crate::store::{SledStore, Store};
+    use crate::time::Timestamp;
+    use std::sync::Arc;
+
+    fn record(
+        h: &History,
+        s: &dyn Store,
+        dir: Direction,
+        peer: &IdentityKey,
+        id: u64,
+        st: Status,
+        at: u64,
+    ) -> u64 {
+        let (e, mut b) = h.record(
+            dir,
+            peer,
+            None,
+            id,
+            format!("m{id}"),
+            Timestamp(at),
+            Timestamp(at),
+            st,
+            Some(DeliveryPath::Direct),
+        );
+        if dir == Direction::Out {
+            let mut pid = [0u8; 16];
+            pid[..8].copy_from_slice(&id.to_be_bytes());
+            pid[8] = 0xee;
+            b.extend(h.keep_payload_id(e.seq, &pid));
+        }
+        s.commit(b).unwrap();
+        e.seq
+    }
+
+    #[test]
+    fn picks_delivered_messages_after_the_last_recorded_one_within_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let h = History::open(store.clone()).unwrap();
+        let (bob, carol) = (IdentityKey([2; 32]), IdentityKey([3; 32]));
+        let day = 24 * 3600 * 1000;
+        let now = 100 * day;
+        record(
+            &h,
+            &*store,
+            Direction::Out,
+            &bob,
+            1,
+            Status::Delivered,
+            now - 10 * day,
+        ); // too old
+        record(
+            &h,
+            &*store,
+            Direction::Out,
+            &bob,
+            2,
+            Status::Delivered,
+            now - day,
+        );
+        record(
+            &h,
+            &*store,
+            Direction::Out,
+            &bob,
+            3,
+            Status::Delivered,
+            now - day,
+        );
+        record(
+            &h,
+            &*store,
+            Direction::In,
+            &bob,
+            4,
+            Status::Received,
+            now - day,
+        );
+        record(
+            &h,
+            &*store,
+            Direction::Out,
+            &carol,
+            5,
+            Status::Delivered,
+            now - day,
+        );
+        record(
+            &h,
+            &*store,
+            Direction::Out,
+            &bob,
+            6,
+            Status::Queued,
+            now - day,
+        );
+        record(
+            &h,
+            &*store,
+            Direction::Out,
+            &bob,
+            7,
+            Status::Delivered,
+            now - day,
+        );
+        let ids = |v: Vec<OutboxEntry>| v.iter().map(|e| e.message_id).collect::<Vec<_>>();
+        // Bob recorded up to 2: 3 and 7 (queued 6 is the caller's other half).
+        assert_eq!(ids(lost_after(&h, &bob, 2, now, 100).unwrap()), vec![3, 7]);
+        // Nothing recorded: everything delivered in the window.
+        assert_eq!(
+            ids(lost_after(&h, &bob, 0, now, 100).unwrap()),
+            vec![2, 3, 7]
+        );
+        assert_eq!(ids(lost_after(&h, &bob, 0, now, 1).unwrap()), vec![2]);
+        // An id we never sent counts as nothing recorded.
+        assert_eq!(
+            ids(lost_after(&h, &bob, 999, now, 100).unwrap()),
+            vec![2, 3, 7]
+        );
+        let e = &lost_after(&h, &bob, 2, now, 100).unwrap()[0];
+        assert_eq!(e.payload_id[8], 0xee, "the kept payload id");
+        assert!(e.wire.is_empty());
+        // The recipient's side: newest received from bob, notices skipped.
+        assert_eq!(last_recorded(&h, &bob).unwrap(), 4);
+        record(&h, &*store, Direction::In, &bob, 8, Status::Notice, now);
+        assert_eq!(last_recorded(&h, &bob).unwrap(), 4);
+        assert_eq!(last_recorded(&h, &carol).unwrap(), 0);
+    }
+}
