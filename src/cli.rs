@@ -175,8 +175,14 @@ pub enum ContactsCommand {
         #[arg(long, value_name = "ID")]
         from_rendezvous: Option<String>,
     },
-    /// List contacts.
-    List,
+    /// List contacts (or, with --strangers, peers met that are not contacts).
+    List {
+        /// List strangers instead: peers that connected or wrote but are not contacts (kept
+        /// in memory, bounded and expiring; answer one with `send <id>`, keep one with
+        /// `contacts trust <id>`).
+        #[arg(long)]
+        strangers: bool,
+    },
     /// Mark a contact trusted (64-hex id or unique username).
     Trust {
         /// The contact.

@@ -78,13 +78,32 @@ pub struct ListenConfig {
     /// from the listen address (NAT, port forwarding, tests). Default: empty, meaning the
     /// listen address (with the actual port when it was 0).
     pub advertise: Vec<String>,
-    /// Concurrent connections. Default 1024.
+    /// Authenticated connections at once (contacts and strangers). Default 1024. Strangers
+    /// are closed, oldest first, to make room for a contact.
     pub max_connections: usize,
+    /// Connections still in the version exchange or Noise handshake at once; when full, the
+    /// oldest one (preferring one that has sent nothing yet) is closed for a new one.
+    /// Default 128.
+    pub max_handshakes: usize,
+    /// Handshakes at once from one source address; when full, that address's oldest
+    /// handshake is closed for its new one. Default 32.
+    pub max_handshakes_per_ip: usize,
+    /// Authenticated connections of strangers (peers that are not contacts) at once; when
+    /// full, the oldest stranger is closed for a new one. Default 64.
+    pub max_stranger_connections: usize,
+    /// Authenticated stranger connections from one source address. Default 8. Contacts are
+    /// never limited by address.
+    pub max_stranger_connections_per_ip: usize,
     /// Deadline for the version exchange and Noise handshake, in milliseconds. Default 10000.
     pub handshake_timeout_ms: u64,
     /// An authenticated connection with no traffic for this long is closed, in seconds.
     /// Default 300.
     pub idle_timeout_secs: u64,
+    /// The same for strangers, in seconds. Default 10.
+    pub stranger_idle_timeout_secs: u64,
+    /// Refused and failed connections are summarised in one WARN line per this many
+    /// seconds (counts per reason) instead of one line each. Default 10.
+    pub refusal_log_interval_secs: u64,
 }
 
 impl Default for ListenConfig {
@@ -93,8 +112,14 @@ impl Default for ListenConfig {
             address: SocketAddr::from(([0, 0, 0, 0], 7480)),
             advertise: Vec::new(),
             max_connections: 1024,
+            max_handshakes: 128,
+            max_handshakes_per_ip: 32,
+            max_stranger_connections: 64,
+            max_stranger_connections_per_ip: 8,
             handshake_timeout_ms: 10_000,
             idle_timeout_secs: 300,
+            stranger_idle_timeout_secs: 10,
+            refusal_log_interval_secs: 10,
         }
     }
 }
@@ -107,6 +132,26 @@ impl ListenConfig {
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+    /// The idle timeout for strangers.
+    pub fn stranger_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.stranger_idle_timeout_secs)
+    }
+    /// The accept loop's settings.
+    pub fn listener(&self) -> crate::noise::listener::ListenerConfig {
+        crate::noise::listener::ListenerConfig {
+            limits: crate::noise::admission::Limits {
+                max_connections: self.max_connections,
+                max_handshakes: self.max_handshakes,
+                max_handshakes_per_ip: self.max_handshakes_per_ip,
+                max_strangers: self.max_stranger_connections,
+                max_strangers_per_ip: self.max_stranger_connections_per_ip,
+            },
+            handshake: crate::noise::HandshakeLimits {
+                timeout: self.handshake_timeout(),
+            },
+            refusal_log_interval: Duration::from_secs(self.refusal_log_interval_secs),
+        }
     }
 }
 
@@ -154,6 +199,11 @@ pub struct NodeConfig {
     /// the recipient), and again after each further interval, for at most 30 days.
     /// Default 600000 (10 minutes); at least 100.
     pub restore_after_ms: u64,
+    /// Strangers (peers that connected or wrote but are not contacts) remembered at once, in
+    /// memory and apart from the contacts. Default 1000.
+    pub max_strangers: usize,
+    /// A stranger not seen for this many seconds is forgotten. Default 86400 (one day).
+    pub stranger_ttl_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -168,6 +218,8 @@ impl Default for NodeConfig {
             lookup_interval_ms: 2000,
             noise_key_grace_secs: 7 * 24 * 3600,
             restore_after_ms: 600_000,
+            max_strangers: 1000,
+            stranger_ttl_secs: 86_400,
         }
     }
 }
@@ -247,11 +299,37 @@ impl Config {
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_log_level(&self.log.level)?;
-        if self.listen.max_connections == 0 {
-            return Err(ConfigError::Value {
-                key: "listen.max_connections",
-                why: "must be at least 1".into(),
-            });
+        let l = &self.listen;
+        for (key, v) in [
+            ("listen.max_connections", l.max_connections as u64),
+            ("listen.max_handshakes", l.max_handshakes as u64),
+            (
+                "listen.max_handshakes_per_ip",
+                l.max_handshakes_per_ip as u64,
+            ),
+            (
+                "listen.max_stranger_connections",
+                l.max_stranger_connections as u64,
+            ),
+            (
+                "listen.max_stranger_connections_per_ip",
+                l.max_stranger_connections_per_ip as u64,
+            ),
+            (
+                "listen.stranger_idle_timeout_secs",
+                l.stranger_idle_timeout_secs,
+            ),
+            (
+                "listen.refusal_log_interval_secs",
+                l.refusal_log_interval_secs,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Value {
+                    key,
+                    why: "must be at least 1".into(),
+                });
+            }
         }
         if self.listen.handshake_timeout_ms == 0 {
             return Err(ConfigError::Value {

@@ -78,12 +78,19 @@ async fn authenticated_connection_both_ways() {
     .await
     .unwrap();
     assert_eq!(conn.version, Version::CURRENT);
-    // The node pinned us (TOFU) once the connection was served.
+    // The node pinned us (TOFU) once the connection was served: as a stranger, not as a
+    // contact (connecting makes nobody a contact).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while node.contacts.get(&c.key()).unwrap().is_none() {
+    while !node
+        .node
+        .strangers()
+        .iter()
+        .any(|s| s.identity.key() == c.key())
+    {
         assert!(Instant::now() < deadline, "node never pinned the client");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(node.contacts.get(&c.key()).unwrap().is_none());
     node.shutdown().await;
 }
 

@@ -236,6 +236,11 @@ impl ContactBook {
         Ok(c)
     }
 
+    /// Stores `c` as it is (e.g. a stranger the user adds as a contact).
+    pub fn insert(&self, c: &ContactIdentity) -> Result<(), ContactError> {
+        self.put(c)
+    }
+
     fn put(&self, c: &ContactIdentity) -> Result<(), ContactError> {
         let mut b = Batch::new();
         b.put(

@@ -11,6 +11,7 @@
 //! {"cmd":"card"}
 //! {"cmd":"contacts_add","card":"sremp1:..."}
 //! {"cmd":"contacts_list"}
+//! {"cmd":"strangers_list"}
 //! {"cmd":"contacts_trust","contact":"<64-hex id or unique username>"}
 //! {"cmd":"contacts_reject","contact":"<64-hex id or unique username>"}
 //! {"cmd":"send","contact":"<id or username>","text":"hello"}
@@ -33,7 +34,9 @@
 //! id_rename       {"ok":true,"identity":{...}}          (the new version, as for card)
 //! id_rotate_noise_key {"ok":true,"identity":{...}}      (the new version, as for card)
 //! contacts_add    {"ok":true,"contact":CONTACT}
-//! contacts_list   {"ok":true,"contacts":[CONTACT,...]}
+//! contacts_list   {"ok":true,"contacts":[CONTACT,...]}   (contacts only)
+//! strangers_list  {"ok":true,"contacts":[CONTACT,...]}   (peers met that are not contacts,
+//!                                                        most recently seen first; trust "unknown")
 //! contacts_trust  {"ok":true,"contact":CONTACT}
 //! contacts_reject {"ok":true,"contact":CONTACT}
 //! send            {"ok":true,"entry":ENTRY}            (the message is in the durable outbox)
@@ -197,6 +200,8 @@ pub enum Request {
     },
     /// Every contact.
     ContactsList,
+    /// Peers met that are not contacts (`sremp contacts list --strangers`).
+    StrangersList,
     /// Mark a contact trusted.
     ContactsTrust {
         /// 64-hex id or unique username.
@@ -694,6 +699,7 @@ pub async fn execute(node: &Node, req: Request) -> Response {
             let n = node.clone();
             blocking(move || n.contacts()).await
         }
+        Request::StrangersList => ResponseBody::from(node.strangers()).0,
         Request::ContactsTrust { contact } => {
             let n = node.clone();
             blocking(move || n.set_trust(&contact, Trust::Trusted)).await
@@ -1204,7 +1210,8 @@ async fn run_command(
                         ControlError::BadArgument("give a card or --from-rendezvous ID".into())
                     })?,
                 },
-                ContactsCommand::List => Request::ContactsList,
+                ContactsCommand::List { strangers: false } => Request::ContactsList,
+                ContactsCommand::List { strangers: true } => Request::StrangersList,
                 ContactsCommand::Trust { contact } => Request::ContactsTrust { contact },
                 ContactsCommand::Reject { contact } => Request::ContactsReject { contact },
             };
@@ -1214,7 +1221,11 @@ async fn run_command(
                     return print_json(&list);
                 }
                 if list.is_empty() {
-                    return print_line("no contacts");
+                    return print_line(if matches!(req, Request::StrangersList) {
+                        "no strangers"
+                    } else {
+                        "no contacts"
+                    });
                 }
                 for c in &list {
                     print_line(&format_contact(c))?;

@@ -788,7 +788,7 @@ async fn worker(node: Node, recipient: IdentityKey) {
                     lookup(&inner, &recipient).await;
                     refresh = false;
                 }
-                match inner.contacts.get(&recipient) {
+                match inner.peer(&recipient) {
                     Ok(Some(contact)) if contact.trust != Trust::Rejected => {
                         for e in fresh {
                             in_flight.insert(e.history_seq);
@@ -800,7 +800,8 @@ async fn worker(node: Node, recipient: IdentityKey) {
                             });
                         }
                     }
-                    // Removed or rejected: messages stay queued until the user trusts it again.
+                    // Removed, rejected, or a stranger forgotten: messages stay queued until
+                    // the user trusts (or adds) it again.
                     _ if set.is_empty() => return,
                     _ => {}
                 }
@@ -851,14 +852,14 @@ async fn worker(node: Node, recipient: IdentityKey) {
 fn needs_lookup(inner: &Inner, recipient: &IdentityKey) -> bool {
     inner.rendezvous.is_some()
         && inner
-            .contacts
-            .get(recipient)
+            .peer(recipient)
             .ok()
             .flatten()
             .is_some_and(|c| c.endpoints.is_empty() && c.relays.is_empty())
 }
 
-/// Refreshes a contact's endpoints and relays from rendezvous (best effort).
+/// Refreshes a contact's endpoints and relays from rendezvous (best effort). Someone who is
+/// not a contact (an unknown sender) is pinned in the strangers table, never in the book.
 pub(crate) async fn lookup(inner: &Arc<Inner>, recipient: &IdentityKey) {
     let Some(settings) = &inner.rendezvous else {
         return;
@@ -874,6 +875,14 @@ pub(crate) async fn lookup(inner: &Arc<Inner>, recipient: &IdentityKey) {
             if info.online {
                 endpoints.push(info.endpoint.clone());
                 endpoints.extend(info.alt_endpoints.iter().cloned());
+            }
+            let is_contact = matches!(inner.contacts.get(recipient), Ok(Some(_)));
+            if !is_contact {
+                if let Ok(mut s) = inner.strangers.lock() {
+                    s.observe(&info.identity, &endpoints, &info.relays, Timestamp::now());
+                }
+                tracing::debug!(peer = %recipient.short(), online = info.online, "rendezvous lookup pinned a stranger");
+                return;
             }
             let book = inner.contacts.clone();
             let relays = info.relays.clone();

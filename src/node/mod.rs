@@ -9,6 +9,13 @@
 //! - [`inbox`]: the receive path — collecting from the integrated relay and home relays,
 //!   decrypting, recording, confirming.
 //! - [`control`]: the local control socket the CLI talks to.
+//! - [`strangers`]: peers met that are not contacts (bounded, expiring, in memory).
+//!
+//! Admission (docs/PROTOCOL.md, "Connection admission"): the listener classes each
+//! authenticated peer as known (a contact, or the node itself) or a stranger; strangers get a
+//! small share of the connections and a short idle timeout, and are closed to make room for a
+//! contact. Connecting never makes anyone a contact: only the user does (`contacts add`,
+//! `contacts trust <id>`).
 //!
 //! Delivery model (docs/PROTOCOL.md, "Node"): every node hosts an *integrated relay* on its
 //! Noise listener that stores only for its owner. A sender delivers *directly* by storing the
@@ -33,6 +40,7 @@ pub mod history;
 pub mod inbox;
 pub mod outbox;
 pub mod recovery;
+pub mod strangers;
 
 use crate::config::Config;
 use crate::identity::rotation::{Change, PreviousNoiseKeys};
@@ -40,7 +48,9 @@ use crate::identity::{
     ContactBook, ContactCard, ContactIdentity, Flags, IdentityKey, Observation, Trust, UserIdentity,
 };
 use crate::logging::LogEvery;
-use crate::noise::listener::{self, ListenerConfig};
+use crate::noise::admission::Class;
+use crate::noise::listener;
+use crate::noise::refusals::Refusals;
 use crate::noise::stream::{HandshakeLimits, TcpConnection};
 use crate::ratchet::{LocalKeys, SessionManager};
 use crate::relay::{Relay, RelayMode, RelayOptions};
@@ -384,6 +394,22 @@ pub(crate) struct Inner {
     receive_errors: LogEvery,
     /// Rate limit for "cannot record delivery".
     record_errors: LogEvery,
+    strangers: Mutex<strangers::Strangers>,
+    refusals: Arc<Refusals>,
+}
+
+impl Inner {
+    /// The contact, else the stranger, with id `key`.
+    pub(crate) fn peer(&self, key: &IdentityKey) -> Result<Option<ContactIdentity>, NodeError> {
+        if let Some(c) = self.contacts.get(key)? {
+            return Ok(Some(c));
+        }
+        Ok(self
+            .strangers
+            .lock()
+            .ok()
+            .and_then(|mut s| s.get(key, Timestamp::now())))
+    }
 }
 
 /// The node's API (cheap to clone). See the module docs.
@@ -592,6 +618,11 @@ impl Node {
             stop: rx.clone(),
             receive_errors: LogEvery::default(),
             record_errors: LogEvery::default(),
+            strangers: Mutex::new(strangers::Strangers::new(
+                cfg.node.max_strangers,
+                cfg.node.stranger_ttl_secs,
+            )),
+            refusals: Arc::new(Refusals::default()),
         });
         let node = Node { inner };
         tracing::info!(
@@ -601,22 +632,58 @@ impl Node {
         );
         let mut tasks = Vec::new();
         // The listener: relay-protocol connections go to the integrated relay.
-        let lcfg = ListenerConfig {
-            max_connections: cfg.listen.max_connections,
-            handshake: HandshakeLimits {
-                timeout: cfg.listen.handshake_timeout(),
-            },
-        };
+        let lcfg = cfg.listen.listener();
         let idle = cfg.listen.idle_timeout();
+        let stranger_idle = cfg.listen.stranger_idle_timeout();
         {
             let node = node.clone();
             let relay = relay.clone();
             let id = me_rx.clone();
             let stop = rx.clone();
+            let refusals = node.inner.refusals.clone();
+            let book = contacts.clone();
+            let me = identity.key();
+            // Contacts (and the node itself) are known; anyone else is a stranger. Runs on
+            // every authenticated connection: one point read of the contact book.
+            let classify = move |conn: &TcpConnection| {
+                let key = conn.peer.key();
+                if key == me {
+                    return Ok(Class::Known);
+                }
+                match book.get(&key) {
+                    Ok(Some(c)) if c.trust == Trust::Rejected => Err("rejected_contact"),
+                    Ok(Some(_)) => Ok(Class::Known),
+                    Ok(None) => Ok(Class::Stranger),
+                    Err(e) => {
+                        tracing::error!(error = %e, "contact store failed; closing connection");
+                        Err("contact_store_failed")
+                    }
+                }
+            };
             tasks.push(tokio::spawn(async move {
-                listener::serve_live(listener, id, lcfg, stop.clone(), move |conn, addr| {
-                    serve_peer(node.clone(), relay.clone(), conn, addr, idle, stop.clone())
-                })
+                listener::serve_classified(
+                    listener,
+                    id,
+                    lcfg,
+                    stop.clone(),
+                    refusals,
+                    classify,
+                    move |conn, addr, class| {
+                        let idle = match class {
+                            Class::Known => idle,
+                            Class::Stranger => stranger_idle,
+                        };
+                        serve_peer(
+                            node.clone(),
+                            relay.clone(),
+                            conn,
+                            addr,
+                            class,
+                            idle,
+                            stop.clone(),
+                        )
+                    },
+                )
                 .await;
             }));
         }
@@ -706,6 +773,9 @@ impl Node {
         match obs {
             Observation::Conflict(c) => Err(NodeError::Conflict(c.identity.key().to_string())),
             other => {
+                if let Ok(mut s) = self.inner.strangers.lock() {
+                    s.remove(&card.identity.key());
+                }
                 self.inner.wake.notify_waiters();
                 Ok(other.contact().clone())
             }
@@ -717,13 +787,23 @@ impl Node {
         Ok(self.inner.contacts.list()?)
     }
 
-    /// Finds a contact by id (64 hex) or unique username.
+    /// Strangers: peers met (connected, or wrote through a relay) that are not contacts, most
+    /// recently seen first. See [`strangers`].
+    pub fn strangers(&self) -> Vec<ContactIdentity> {
+        self.inner
+            .strangers
+            .lock()
+            .map(|mut s| s.list(Timestamp::now()))
+            .unwrap_or_default()
+    }
+
+    /// Finds a contact by id (64 hex) or unique username, or a stranger by id. A name only
+    /// ever matches contacts, so nobody can shadow a contact by taking its username.
     pub fn resolve(&self, contact: &str) -> Result<ContactIdentity, NodeError> {
         if let Ok(key) = contact.parse::<IdentityKey>() {
             return self
                 .inner
-                .contacts
-                .get(&key)?
+                .peer(&key)?
                 .ok_or_else(|| NodeError::UnknownContact(contact.into()));
         }
         let mut found = self
@@ -739,10 +819,22 @@ impl Node {
         }
     }
 
-    /// Sets the trust of a contact.
+    /// Sets the trust of a contact. A stranger named by its id becomes a contact with that
+    /// trust (the identity it presented stays pinned).
     pub fn set_trust(&self, contact: &str, trust: Trust) -> Result<ContactIdentity, NodeError> {
         let c = self.resolve(contact)?;
-        Ok(self.inner.contacts.set_trust(&c.identity.key(), trust)?)
+        let key = c.identity.key();
+        if self.inner.contacts.get(&key)?.is_none() {
+            let mut c = c;
+            c.trust = trust;
+            self.inner.contacts.insert(&c)?;
+            if let Ok(mut s) = self.inner.strangers.lock() {
+                s.remove(&key);
+            }
+            self.inner.wake.notify_waiters();
+            return Ok(c);
+        }
+        Ok(self.inner.contacts.set_trust(&key, trust)?)
     }
 
     /// Encrypts `text` for `contact`, stores it in the outbox with its history entry, and
@@ -1060,52 +1152,70 @@ async fn forget_expired_noise_keys(node: Node) {
     }
 }
 
-/// One inbound authenticated connection: TOFU, refuse Rejected contacts, then hand relay
-/// protocol connections to the integrated relay.
+/// One inbound authenticated connection: TOFU (in the contact book for contacts, in the
+/// strangers table for anyone else; a conflicting or outdated identity is refused), then hand
+/// relay-protocol connections to the integrated relay with this class's idle timeout.
 async fn serve_peer(
     node: Node,
     relay: Relay,
     mut conn: TcpConnection,
     addr: SocketAddr,
+    class: Class,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let inner = &node.inner;
+    let refused = |reason: &'static str| {
+        inner.refusals.note(reason);
+    };
     let peer = conn.peer.clone();
     let short = peer.key().short();
     if peer.key() != inner.me().key() {
-        let book = inner.contacts.clone();
-        let p = peer.clone();
-        match tokio::task::spawn_blocking(move || book.observe(&p, Timestamp::now())).await {
-            Ok(Ok(obs)) => {
-                if obs.contact().trust == Trust::Rejected {
-                    tracing::info!(%addr, peer = %short, "rejected contact; closing");
-                    return;
-                }
-                match obs {
-                    Observation::New(_) => {
-                        tracing::info!(%addr, peer = %short, user = %peer.username(), "new contact pinned (TOFU)")
-                    }
-                    Observation::Conflict(_) => {
-                        tracing::warn!(%addr, peer = %short, "peer presented a conflicting identity of the same version; closing");
+        let obs = match class {
+            Class::Known => {
+                let book = inner.contacts.clone();
+                let p = peer.clone();
+                match tokio::task::spawn_blocking(move || book.observe(&p, Timestamp::now())).await
+                {
+                    Ok(Ok(obs)) => obs,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "contact store failed; closing connection");
                         return;
                     }
-                    // An older version than the one pinned: its noise key may have been
-                    // rotated out (and stolen), so it does not authenticate this identity.
-                    Observation::Stale(_) => {
-                        tracing::warn!(%addr, peer = %short, "peer presented an outdated identity version; closing");
-                        return;
-                    }
-                    _ => {}
+                    Err(_) => return,
                 }
-                // A contact we have queued messages for just showed up.
-                inner.wake.notify_waiters();
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "contact store failed; closing connection");
+            Class::Stranger => match inner.strangers.lock() {
+                Ok(mut s) => s.observe(&peer, &[], &[], Timestamp::now()),
+                Err(_) => return,
+            },
+        };
+        if obs.contact().trust == Trust::Rejected {
+            tracing::debug!(%addr, peer = %short, "rejected contact; closing");
+            refused("rejected_contact");
+            return;
+        }
+        match obs {
+            Observation::New(_) => {
+                tracing::debug!(%addr, peer = %short, user = %peer.username(), "stranger connected")
+            }
+            Observation::Conflict(_) => {
+                tracing::debug!(%addr, peer = %short, "peer presented a conflicting identity of the same version; closing");
+                refused("conflicting_identity");
                 return;
             }
-            Err(_) => return,
+            // An older version than the one pinned: its noise key may have been
+            // rotated out (and stolen), so it does not authenticate this identity.
+            Observation::Stale(_) => {
+                tracing::debug!(%addr, peer = %short, "peer presented an outdated identity version; closing");
+                refused("outdated_identity");
+                return;
+            }
+            _ => {}
+        }
+        if class == Class::Known {
+            // A contact we have queued messages for just showed up.
+            inner.wake.notify_waiters();
         }
     }
     let first = tokio::select! {
@@ -1115,17 +1225,35 @@ async fn serve_peer(
     match first {
         Ok(Ok(env)) if (0x20..=0x2f).contains(&env.kind()) => {
             inner.inbound.fetch_add(1, Ordering::Relaxed);
-            relay.serve_connection(conn, Some(env)).await;
-            inner.inbound.fetch_sub(1, Ordering::Relaxed);
+            let _count = InboundGuard(inner.clone());
+            relay.serve_connection_with(conn, Some(env), idle).await;
         }
         Ok(Ok(Envelope::Unknown { kind })) => {
             tracing::debug!(%addr, peer = %short, kind, "unknown first message kind; closing");
+            refused("unexpected_message");
         }
         Ok(Ok(env)) => {
             tracing::debug!(%addr, peer = %short, kind = env.kind(), "unexpected first message; closing");
+            refused("unexpected_message");
         }
         Ok(Err(e)) if e.is_closed() => {}
-        Ok(Err(e)) => tracing::warn!(%addr, peer = %short, error = %e, "protocol error; closing"),
-        Err(_) => tracing::debug!(%addr, peer = %short, "idle before the first message; closing"),
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, peer = %short, error = %e, "protocol error; closing");
+            refused("protocol_error");
+        }
+        Err(_) => {
+            tracing::debug!(%addr, peer = %short, "idle before the first message; closing");
+            refused("idle_before_request");
+        }
+    }
+}
+
+/// Counts an inbound relay-protocol connection while it lives (also when its task is aborted
+/// by admission control).
+struct InboundGuard(Arc<Inner>);
+
+impl Drop for InboundGuard {
+    fn drop(&mut self) {
+        self.0.inbound.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1,33 +1,51 @@
-//! The accept loop shared by the node and the relay: TCP accept, connection limit, Noise
-//! responder handshake under a deadline, then the caller's handler per authenticated peer.
+//! The accept loop shared by the node and the relay: TCP accept, admission control
+//! ([`super::admission`]), Noise responder handshake under a deadline, classification of the
+//! authenticated peer, then the caller's handler.
 //!
-//! A connection over the limit is closed at once; a failed handshake (garbage, wrong version,
-//! bad identity, silence past the deadline) is logged with its reason and closed, and the loop
-//! keeps serving everyone else.
+//! Flow per connection:
+//! 1. Accepted: registered as a handshake; the admission core may close older handshakes to
+//!    make room (never the new one).
+//! 2. The peer's first bytes mark it as progressed (silent connections are closed first).
+//! 3. Handshake (deadline `handshake_timeout`): a failure (garbage, wrong version, bad
+//!    identity, silence) closes it.
+//! 4. `classify` tells a known peer from a stranger (or refuses it); the admission core admits
+//!    it, possibly closing strangers to make room, or refuses it.
+//! 5. The handler runs until it returns or the connection is evicted (its task is aborted;
+//!    handlers must keep no state that outlives them except through drop guards).
+//!
+//! Every refusal is counted in [`Refusals`] and summarised once per interval (no log line per
+//! refused connection). The loop keeps serving everyone else whatever one peer does.
 
+use super::admission::{Admission, Class, ConnId, Limits};
+use super::refusals::Refusals;
 use super::stream::{HandshakeLimits, TcpConnection};
 use crate::identity::UserIdentity;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// Accept-loop settings.
 #[derive(Clone, Copy, Debug)]
 pub struct ListenerConfig {
-    /// Concurrent connections (including ones still in the handshake).
-    pub max_connections: usize,
+    /// Connection budgets.
+    pub limits: Limits,
     /// Handshake deadline.
     pub handshake: HandshakeLimits,
+    /// How often the summary of refused connections is logged.
+    pub refusal_log_interval: Duration,
 }
 
 impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
-            max_connections: 1024,
+            limits: Limits::default(),
             handshake: HandshakeLimits::default(),
+            refusal_log_interval: Duration::from_secs(10),
         }
     }
 }
@@ -35,10 +53,57 @@ impl Default for ListenerConfig {
 /// How long handlers get to finish after shutdown before they are aborted.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs until `shutdown` becomes true; then stops accepting, gives handlers
-/// [`SHUTDOWN_GRACE`] to finish (handlers that hold a clone of `shutdown` should return
-/// promptly), and aborts the rest. The local identity is fixed; see [`serve_live`] for one
-/// that may be updated while serving.
+#[derive(Default)]
+struct Shared {
+    admission: Admission,
+    handles: HashMap<ConnId, AbortHandle>,
+}
+
+type SharedRef = Arc<Mutex<Shared>>;
+
+/// Forgets a connection in the admission state when its task ends, however it ends.
+struct Slot {
+    shared: SharedRef,
+    id: ConnId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.admission.closed(self.id);
+            s.handles.remove(&self.id);
+        }
+    }
+}
+
+/// Aborts the tasks of `evicted` (after the lock is released) and counts them.
+fn evict(
+    shared: &SharedRef,
+    refusals: &Refusals,
+    evicted: Vec<(ConnId, super::admission::Reason)>,
+) {
+    let mut handles = Vec::new();
+    if let Ok(mut s) = shared.lock() {
+        for (id, _) in &evicted {
+            if let Some(h) = s.handles.remove(id) {
+                handles.push(h);
+            }
+        }
+    }
+    for (id, why) in evicted {
+        tracing::debug!(
+            conn = id,
+            reason = why.name(),
+            "connection closed by admission control"
+        );
+        refusals.note(why.name());
+    }
+    for h in handles {
+        h.abort();
+    }
+}
+
+/// [`serve_live`] with a fixed local identity.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     local: Arc<UserIdentity>,
@@ -53,23 +118,66 @@ pub async fn serve<H, Fut>(
     serve_live(listener, local, cfg, shutdown, handler).await;
 }
 
-/// [`serve`] with the local identity read from `local` at every accept, so a new identity
-/// version (a rotated Noise key, a new username) is used from the next connection on.
+/// [`serve_classified`] for a server that treats every authenticated peer alike (as
+/// [`Class::Known`]; the handshake budgets still apply), with its own refusal log. The local
+/// identity is read from `local` at every accept, so a new identity version (a rotated Noise
+/// key, a new username) is used from the next connection on.
 pub async fn serve_live<H, Fut>(
     listener: TcpListener,
     local: watch::Receiver<Arc<UserIdentity>>,
     cfg: ListenerConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     handler: H,
 ) where
     H: Fn(TcpConnection, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    serve_classified(
+        listener,
+        local,
+        cfg,
+        shutdown,
+        Arc::new(Refusals::default()),
+        |_: &TcpConnection| Ok(Class::Known),
+        move |conn, addr, _| handler(conn, addr),
+    )
+    .await
+}
+
+/// Runs until `shutdown` becomes true; then stops accepting, gives handlers
+/// [`SHUTDOWN_GRACE`] to finish (handlers that hold a clone of `shutdown` should return
+/// promptly), and aborts the rest.
+///
+/// `classify` decides, right after the handshake, whether the peer is known (a contact) or a
+/// stranger, or refuses it with a reason name for the refusal log.
+pub async fn serve_classified<C, H, Fut>(
+    listener: TcpListener,
+    local: watch::Receiver<Arc<UserIdentity>>,
+    cfg: ListenerConfig,
+    mut shutdown: watch::Receiver<bool>,
+    refusals: Arc<Refusals>,
+    classify: C,
+    handler: H,
+) where
+    C: Fn(&TcpConnection) -> Result<Class, &'static str> + Clone + Send + Sync + 'static,
+    H: Fn(TcpConnection, SocketAddr, Class) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let shared: SharedRef = Arc::new(Mutex::new(Shared {
+        admission: Admission::new(cfg.limits),
+        handles: HashMap::new(),
+    }));
+    let interval = cfg.refusal_log_interval.max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tasks = JoinSet::new();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
+            _ = tick.tick() => {
+                refusals.flush(interval.as_secs());
+                continue;
+            }
             _ = shutdown.wait_for(|s| *s) => break,
         };
         // Reap finished tasks so the set stays small.
@@ -77,33 +185,78 @@ pub async fn serve_live<H, Fut>(
         let (stream, addr) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                tracing::debug!(error = %e, "accept failed");
+                refusals.note("accept_failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%addr, limit = cfg.max_connections, "connection limit reached; closing");
-            drop(stream);
-            continue;
-        };
         // The identity current at accept time (it may be updated while the node runs).
         let local = local.borrow().clone();
         let handler = handler.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            match TcpConnection::accept(stream, &local, cfg.handshake).await {
-                Ok(conn) => {
-                    tracing::debug!(%addr, peer = %conn.peer.key().short(), "authenticated");
-                    handler(conn, addr).await;
+        let classify = classify.clone();
+        let refusals2 = refusals.clone();
+        let shared2 = shared.clone();
+        let hs = cfg.handshake;
+        // Admission, eviction and registering the new task's abort handle happen under one
+        // lock, so no other task can evict this one before its handle is known.
+        let evicted = {
+            let Ok(mut s) = shared.lock() else { break };
+            let (id, evicted) = s.admission.accept(addr.ip());
+            let slot = Slot {
+                shared: shared.clone(),
+                id,
+            };
+            let handle = tasks.spawn(async move {
+                let slot = slot;
+                let r = tokio::time::timeout(hs.timeout, stream.readable()).await;
+                if !matches!(r, Ok(Ok(()))) {
+                    tracing::debug!(%addr, "no bytes before the handshake deadline; closed");
+                    refusals2.note("handshake_failed");
+                    return;
                 }
-                Err(e) => {
-                    tracing::warn!(%addr, error = %e, "handshake failed; connection closed");
+                if let Ok(mut s) = slot.shared.lock() {
+                    s.admission.progressed(slot.id);
                 }
-            }
-        });
+                let conn = match TcpConnection::accept(stream, &local, hs).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "handshake failed; connection closed");
+                        refusals2.note("handshake_failed");
+                        return;
+                    }
+                };
+                let class = match classify(&conn) {
+                    Ok(c) => c,
+                    Err(reason) => {
+                        tracing::debug!(%addr, peer = %conn.peer.key().short(), reason, "peer refused");
+                        refusals2.note(reason);
+                        return;
+                    }
+                };
+                let admitted = match slot.shared.lock() {
+                    Ok(mut s) => s.admission.authenticated(slot.id, class),
+                    Err(_) => return,
+                };
+                match admitted {
+                    Ok(evicted) => evict(&shared2, &refusals2, evicted),
+                    Err(why) => {
+                        tracing::debug!(%addr, peer = %conn.peer.key().short(), reason = why.name(), "connection refused");
+                        refusals2.note(why.name());
+                        return;
+                    }
+                }
+                tracing::debug!(%addr, peer = %conn.peer.key().short(), ?class, "authenticated");
+                handler(conn, addr, class).await;
+                drop(slot);
+            });
+            s.handles.insert(id, handle);
+            evicted
+        };
+        evict(&shared, &refusals, evicted);
     }
     drop(listener);
+    refusals.flush(interval.as_secs());
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while tasks.join_next().await.is_some() {}
     })

@@ -17,8 +17,10 @@
 //!   run in separate tasks), plus chunking and reassembly of envelopes.
 //! - [`stream`]: the async shell: dial/accept with a deadline, and framed envelope I/O.
 
+pub mod admission;
 pub mod handshake;
 pub mod listener;
+pub mod refusals;
 pub mod stream;
 pub mod transport;
 

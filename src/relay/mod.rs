@@ -66,8 +66,7 @@ pub use service::{Relay, RelayMode, RelayOptions};
 pub use store::RelayStoreError;
 
 use crate::config::Config;
-use crate::noise::listener::{self, ListenerConfig};
-use crate::noise::stream::HandshakeLimits;
+use crate::noise::listener;
 use crate::store::{SledStore, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,13 +159,10 @@ async fn run(cfg: &Config) -> Result<(), crate::Error> {
         })?;
     tracing::info!(%addr, relay_id = %id, new_identity = created, "relay listening");
     let (stop_tx, stop_rx) = watch_pair();
-    let lc = ListenerConfig {
-        max_connections: cfg.listen.max_connections,
-        handshake: HandshakeLimits {
-            timeout: cfg.listen.handshake_timeout(),
-        },
-    };
+    let lc = cfg.listen.listener();
     let r = relay.clone();
+    // A relay serves everyone alike: every authenticated peer is admitted as known (the
+    // handshake budgets and the total still apply).
     let server = tokio::spawn(listener::serve(
         listener,
         user,

@@ -367,6 +367,23 @@ impl Relay {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
+        let idle = self.inner.opts.idle_timeout;
+        self.serve_connection_with(conn, first, idle).await
+    }
+
+    /// [`Relay::serve_connection`] with this connection's own idle timeout (a node gives
+    /// strangers a shorter one). Dropping the future (e.g. an evicted connection's task being
+    /// aborted) cleans up like a normal end: the registration is forgotten and the writer
+    /// closes the connection.
+    pub async fn serve_connection_with<R, W>(
+        &self,
+        conn: Connection<R, W>,
+        first: Option<Envelope>,
+        idle: Duration,
+    ) where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let inner = &self.inner;
         inner.stats.connections_total.fetch_add(1, Relaxed);
         inner.stats.connections_open.fetch_add(1, Relaxed);
@@ -388,15 +405,12 @@ impl Relay {
             phase: Phase::AwaitHello,
             tx,
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_STORES)),
+            idle,
         };
         let reason = c.run(reader, first).await;
         tracing::debug!(peer = %peer.short(), conn = conn_id, %reason, "relay connection ended");
-        if let Phase::Registered { who, .. } = c.phase {
-            if let Ok(mut m) = inner.online.lock() {
-                m.remove(&who, conn_id);
-            }
-        }
-        drop(c.tx);
+        // Forgets the registration (also when this future is dropped instead).
+        drop(c);
         let _ = writer_task.await;
     }
 }
@@ -437,6 +451,17 @@ struct ConnState {
     phase: Phase,
     tx: Out,
     inflight: Arc<Semaphore>,
+    idle: Duration,
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        if let Phase::Registered { who, .. } = &self.phase {
+            if let Ok(mut m) = self.relay.inner.online.lock() {
+                m.remove(who, self.conn_id);
+            }
+        }
+    }
 }
 
 /// The `STORE_RESPONSE` for a decided store (counting refusals).
@@ -518,7 +543,7 @@ impl ConnState {
         reader: Reader<R>,
         first: Option<Envelope>,
     ) -> &'static str {
-        let idle = self.relay.inner.opts.idle_timeout;
+        let idle = self.idle;
         let mut stop = self.relay.shutdown_signal();
         if let Some(env) = first {
             if let Flow::Close(why) = Box::pin(self.handle(env)).await {
