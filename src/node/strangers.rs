@@ -92,7 +92,7 @@ impl Strangers {
     pub fn list(&mut self, now: Timestamp) -> Vec<ContactIdentity> {
         self.purge(now);
         let mut v: Vec<ContactIdentity> = self.map.values().cloned().collect();
-        v.sort_by(|a, b| b.last_seen.0.cmp(&a.last_seen.0));
+        v.sort_by_key(|c| std::cmp::Reverse(c.last_seen.0));
         v
     }
 
