@@ -354,7 +354,9 @@ fn rejected_contact_is_refused() {
         b.proc
             .as_ref()
             .unwrap()
-            .wait_for_line("rejected contact; closing", Duration::from_secs(10))
+            // Logged at debug and counted in the refusal summary (docs/PROTOCOL.md, Node,
+            // "Refusal log").
+            .wait_for_line("rejected_contact", Duration::from_secs(10))
             .is_some(),
         "the direct attempt was not refused:\n{}",
         tail(&b.logs(), 60)
