@@ -119,11 +119,14 @@ enum Kind {
     Silent,
 }
 
+/// A flood runs on its own runtime (two threads), so that its work never delays the
+/// benchmark's own control-socket calls in the measuring runtime.
 struct Flood {
     stop: Arc<AtomicBool>,
     opened: Arc<AtomicUsize>,
     started: Instant,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Flood {
@@ -131,10 +134,15 @@ impl Flood {
         let stop = Arc::new(AtomicBool::new(false));
         let opened = Arc::new(AtomicUsize::new(0));
         let workers = if kind == Kind::Identities { 32 } else { 16 };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let mut tasks = Vec::new();
         for _ in 0..workers {
             let (stop, opened, addr) = (stop.clone(), opened.clone(), addr.to_string());
-            tasks.push(tokio::spawn(async move {
+            tasks.push(rt.spawn(async move {
                 let mut conns: VecDeque<TcpConnection> = VecDeque::new();
                 let mut tcp: VecDeque<tokio::net::TcpStream> = VecDeque::new();
                 // 16 workers × one per 5.33 ms ≈ 3000 connections/s.
@@ -182,10 +190,11 @@ impl Flood {
             opened,
             started: Instant::now(),
             tasks,
+            rt: Some(rt),
         }
     }
 
-    async fn stop(self) -> (usize, f64) {
+    async fn stop(mut self) -> (usize, f64) {
         self.stop.store(true, Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64();
         for t in self.tasks {
@@ -193,6 +202,9 @@ impl Flood {
             let _ = t.await;
         }
         let n = self.opened.load(Ordering::Relaxed);
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
         (n, n as f64 / secs)
     }
 }
