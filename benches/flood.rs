@@ -13,7 +13,8 @@
 //! is (re)started, so her first message must get a fresh connection admitted through the
 //! flood; then she sends messages one at a time. Latency is control-socket `send` → the
 //! `wait_delivered` answer (outbox commit, connection/handshake if needed, the store at bob's
-//! integrated relay and its commit, the acknowledgement), and each must be `direct`.
+//! integrated relay and its commit, the acknowledgement); `not_direct` counts messages whose
+//! recorded path is not `direct` (alice has no relay, so that means no path was recorded).
 //! Printed: the first message, then p50/p95/max of the rest, and the flood's rate.
 //!
 //! Run: `cargo bench --bench flood` (`FLOOD_BENCH_MESSAGES=N`, default 30). Target (issue 9):
@@ -253,8 +254,15 @@ async fn main() {
     let bob_addr = status["listen"].as_str().unwrap().to_string();
     println!("flood bench: {n} messages per scenario, bob at {bob_addr}");
     println!(
-        "{:<12} {:>9} {:>9} {:>9} {:>9} {:>12} {:>10}",
-        "scenario", "first_ms", "p50_ms", "p95_ms", "max_ms", "flood_conns", "flood_/s"
+        "{:<12} {:>9} {:>9} {:>9} {:>9} {:>12} {:>10} {:>10}",
+        "scenario",
+        "first_ms",
+        "p50_ms",
+        "p95_ms",
+        "max_ms",
+        "flood_conns",
+        "flood_/s",
+        "not_direct"
     );
     for scenario in ["baseline", "identities", "silent", "both"] {
         let mut floods = Vec::new();
@@ -272,6 +280,7 @@ async fn main() {
         alice = Some(start(&alice_cfg));
         let sock = alice.as_ref().unwrap().1.clone();
         let mut lat = Vec::new();
+        let mut not_direct = 0usize;
         for i in 0..=n {
             let t0 = Instant::now();
             let entry = call(
@@ -295,11 +304,9 @@ async fn main() {
             .entry
             .unwrap();
             let d = t0.elapsed();
-            assert_eq!(
-                done.path,
-                Some(sremp::node::history::DeliveryPath::Direct),
-                "{scenario}: not direct"
-            );
+            if done.path != Some(sremp::node::history::DeliveryPath::Direct) {
+                not_direct += 1;
+            }
             lat.push(d);
         }
         let mut total = (0usize, 0f64);
@@ -310,14 +317,15 @@ async fn main() {
         let first = lat.remove(0);
         lat.sort();
         println!(
-            "{:<12} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>12} {:>10.0}",
+            "{:<12} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>12} {:>10.0} {:>10}",
             scenario,
             ms(first),
             ms(pct(&lat, 0.5)),
             ms(pct(&lat, 0.95)),
             ms(*lat.last().unwrap_or(&Duration::ZERO)),
             total.0,
-            total.1
+            total.1,
+            not_direct
         );
         // Let bob close what the flood left before the next scenario.
         tokio::time::sleep(Duration::from_secs(1)).await;
