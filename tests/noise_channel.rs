@@ -4,10 +4,11 @@
 mod common;
 
 use sremp::config::Config;
-use sremp::identity::{Flags, UserIdentity, LOW_ORDER_POINTS};
+use sremp::identity::{Flags, UserIdentity};
 use sremp::node::{Node, NodeHandle};
 use sremp::noise::stream::{HandshakeLimits, TcpConnection};
 use sremp::noise::{ConnectionError, HandshakeError};
+use sremp::sig::small_order::LOW_ORDER_POINTS;
 use sremp::time::Timestamp;
 use sremp::wire::chunk::{Chunk, ChunkHeader};
 use sremp::wire::{Envelope, Version, VersionHeader};

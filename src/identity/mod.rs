@@ -123,66 +123,11 @@ impl fmt::Debug for NoiseKey {
 impl NoiseKey {
     /// True for the all-zero key and every point of small order (the X25519 inputs for which
     /// any clamped scalar gives the all-zero shared secret), including non-canonical encodings
-    /// and with the unused top bit ignored. The list is libsodium's `has_small_order` set.
+    /// and with the unused top bit ignored: [`crate::sig::small_order::is_low_order_x25519`].
     pub fn is_low_order(&self) -> bool {
-        is_low_order_x25519(&self.0)
+        crate::sig::small_order::is_low_order_x25519(&self.0)
     }
 }
-
-/// See [`NoiseKey::is_low_order`]. Constant time in the key.
-pub fn is_low_order_x25519(key: &[u8; 32]) -> bool {
-    use subtle::ConstantTimeEq;
-    let mut k = *key;
-    k[31] &= 0x7f;
-    let mut hit = subtle::Choice::from(0u8);
-    for bad in &LOW_ORDER_POINTS {
-        hit |= k.ct_eq(bad);
-    }
-    // Only u < 19 has a second (non-canonical) encoding below 2^255, so p and p + 1 below
-    // complete the set; the top bit is ignored as X25519 ignores it.
-    bool::from(hit)
-}
-
-/// X25519 u-coordinates of small order (libsodium's blocklist).
-pub const LOW_ORDER_POINTS: [[u8; 32]; 7] = [
-    // 0 (order 4)
-    [0; 32],
-    // 1 (order 1)
-    [
-        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        0, 0,
-    ],
-    // order 8
-    [
-        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
-        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
-        0xb8, 0x00,
-    ],
-    // order 8
-    [
-        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
-        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
-        0x11, 0x57,
-    ],
-    // p - 1 (order 2)
-    [
-        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0x7f,
-    ],
-    // p (= 0, non-canonical)
-    [
-        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0x7f,
-    ],
-    // p + 1 (= 1, non-canonical)
-    [
-        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0x7f,
-    ],
-];
 
 /// A validated username: 1 to 40 Unicode scalar values, no control characters.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -624,20 +569,6 @@ mod tests {
         assert!(Username::new("a".repeat(41)).is_err());
         assert!(Username::new("é".repeat(40)).is_ok());
         assert!(Username::new("a\nb").is_err());
-    }
-
-    #[test]
-    fn low_order_list_matches_x25519() {
-        // Every blocklisted point gives an all-zero shared secret with a random scalar.
-        let s = x25519_dalek::StaticSecret::from([9u8; 32]);
-        for k in LOW_ORDER_POINTS {
-            assert!(is_low_order_x25519(&k));
-            assert!(!s
-                .diffie_hellman(&x25519_dalek::PublicKey::from(k))
-                .was_contributory());
-        }
-        let good = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([4u8; 32]));
-        assert!(!is_low_order_x25519(good.as_bytes()));
     }
 
     #[test]

@@ -26,7 +26,8 @@
 
 use super::transport::{RecvHalf, SendHalf};
 use super::PATTERN;
-use crate::identity::{is_low_order_x25519, Identity, IdentityError, IdentityKey, UserIdentity};
+use crate::identity::{Identity, IdentityError, IdentityKey, UserIdentity};
+use crate::sig::small_order::is_low_order_x25519;
 use std::sync::Arc;
 
 /// Largest handshake message 1 (`e`, empty payload).

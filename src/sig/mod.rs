@@ -12,6 +12,8 @@
 //!
 //! This module does no I/O and holds no keys; it only composes `ed25519-dalek`.
 
+pub mod small_order;
+
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 /// What a signature is for. The discriminant is not on the wire; only the prefix is.
@@ -155,43 +157,6 @@ const ORDER_L: [u8; 32] = [
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
 ];
 
-/// The `y` fields (sign bit cleared) of every encoding that decodes to a point of small order:
-/// `y ≡ 1` (the identity: `1` and the non-canonical `p + 1`), `y ≡ −1` (order 2), `y ≡ 0`
-/// (order 4: `0` and the non-canonical `p`), and `±y8` (order 8), `p = 2^255 − 19`. With either
-/// sign bit these are all 14 small-order encodings that `verify_strict` refuses as `R`.
-const SMALL_ORDER_Y: [[u8; 32]; 7] = [
-    [0; 32],
-    [
-        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        0, 0,
-    ],
-    [
-        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0x7f,
-    ],
-    [
-        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0x7f,
-    ],
-    [
-        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0x7f,
-    ],
-    [
-        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
-        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
-        0xfc, 0x05,
-    ],
-    [
-        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
-        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
-        0x03, 0x7a,
-    ],
-];
-
 /// True if the scalar `s` (little-endian) is reduced, `s < ℓ`, as `verify_strict` requires.
 fn canonical_s(s: &[u8; 32]) -> bool {
     for (a, l) in s.iter().rev().zip(ORDER_L.iter().rev()) {
@@ -202,19 +167,12 @@ fn canonical_s(s: &[u8; 32]) -> bool {
     false
 }
 
-/// True if `r` is one of the encodings of a small-order point (any sign bit).
-fn small_order_r(r: &[u8; 32]) -> bool {
-    let mut y = *r;
-    y[31] &= 0x7f;
-    SMALL_ORDER_Y.contains(&y)
-}
-
 /// A signature that may go into a batch: `s` canonical and `R` not of small order. Whatever
 /// fails this, `verify_strict` refuses too.
 fn batchable(signature: &[u8; 64]) -> bool {
     let (r, s) = signature.split_at(32);
     match (<&[u8; 32]>::try_from(r), <&[u8; 32]>::try_from(s)) {
-        (Ok(r), Ok(s)) => canonical_s(s) && !small_order_r(r),
+        (Ok(r), Ok(s)) => canonical_s(s) && !small_order::is_small_order_edwards_y(r),
         _ => false,
     }
 }
@@ -256,31 +214,6 @@ mod tests {
             carry = v >> 8;
         }
         out
-    }
-
-    #[test]
-    fn small_order_list_matches_verify_strict() {
-        let mut decoded = 0;
-        for y in SMALL_ORDER_Y {
-            for sign in [0u8, 0x80] {
-                let mut r = y;
-                r[31] |= sign;
-                assert!(small_order_r(&r));
-                // Every listed encoding is refused as R by verify_strict: it does not decode,
-                // or decodes to a point of small order.
-                if let Ok(p) = VerifyingKey::from_bytes(&r) {
-                    assert!(p.is_weak(), "{}", hex::encode(r));
-                    decoded += 1;
-                }
-            }
-        }
-        // All 14 decode: the 8 points of order dividing 8 (canonical), the identity and the
-        // point of order 2 with the sign bit set (x = 0), and y = p, p + 1 with either sign.
-        assert_eq!(decoded, 14);
-        for i in 0..64u8 {
-            let r = SigningKey::from_bytes(&[i; 32]).verifying_key().to_bytes();
-            assert!(!small_order_r(&r));
-        }
     }
 
     #[test]
@@ -355,7 +288,7 @@ mod tests {
         sigs[5] = sign(&key, ctx, &[b"something else"]);
         let s: [u8; 32] = sigs[7][32..].try_into().unwrap();
         sigs[7][32..].copy_from_slice(&add_le(&s, &ORDER_L));
-        sigs[9][..32].copy_from_slice(&SMALL_ORDER_Y[1]);
+        sigs[9][..32].copy_from_slice(&small_order::SMALL_ORDER_Y[1]);
         let got = check(&sigs);
         let refused: Vec<usize> = (0..got.len()).filter(|&i| got[i].is_err()).collect();
         assert_eq!(refused, vec![2, 5, 7, 9]);
