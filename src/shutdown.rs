@@ -25,3 +25,11 @@ pub async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Resolves once `stop` is true (at once if it already is) or its sender is gone. The borrow
+/// guard is dropped inside, so callers stay `Send` and it can sit in a `select!` whose other
+/// arms await. The one helper every task (node, control socket, relay, rendezvous, listeners)
+/// waits on its stop signal with.
+pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

@@ -90,6 +90,7 @@ use crate::config::Config;
 use crate::identity::rotation::Change;
 use crate::identity::{ContactIdentity, Trust};
 use crate::rendezvous::discover::{Discovery, Found, FoundView, Query, ServerFailure};
+use crate::shutdown::stopped;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
@@ -529,12 +530,6 @@ pub async fn serve_listener(node: Node, listener: UnixListener, mut stop: watch:
         }
     }
     tasks.shutdown().await;
-}
-
-/// Resolves once `stop` turns true or its sender is gone (the guard is dropped inside, so
-/// callers stay `Send`).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// One line read from a client.

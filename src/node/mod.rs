@@ -54,6 +54,7 @@ use crate::noise::refusals::Refusals;
 use crate::noise::stream::{HandshakeLimits, TcpConnection};
 use crate::ratchet::{LocalKeys, SessionManager};
 use crate::relay::{Relay, RelayMode, RelayOptions};
+use crate::shutdown::stopped;
 use crate::store::{Batch, SledStore, Store, StoreError};
 use crate::time::Timestamp;
 use crate::wire::rendezvous::RelayHint;
@@ -451,12 +452,6 @@ impl std::fmt::Debug for NodeHandle {
             .field("node", &self.node)
             .finish_non_exhaustive()
     }
-}
-
-/// Resolves once `stop` is true (or its sender is gone). Holds no borrow across awaits, so it
-/// can sit in a `select!` whose other arms await.
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
 impl NodeHandle {

@@ -178,7 +178,7 @@ pub async fn serve_classified<C, H, Fut>(
                 refusals.flush(interval.as_secs());
                 continue;
             }
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
         };
         // Reap finished tasks so the set stays small.
         while tasks.try_join_next().is_some() {}

@@ -18,6 +18,7 @@
 use super::core::{Admission, RateLimiter, Registry, RequestError, Session};
 use super::gossip::ServerList;
 use super::{client, tls, RendezvousConfig, RendezvousError, RendezvousServerConfig};
+use crate::shutdown::stopped;
 use crate::time::Timestamp;
 use crate::wire::frame::{self, FrameError, FrameReader};
 use crate::wire::rendezvous::ServerEntry;
@@ -270,7 +271,7 @@ impl Server {
         tasks.spawn(sweep_loop(self.shared.clone(), stop.clone()));
         loop {
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stopped(&mut stop) => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         let admitted = lock(&self.shared.admission).admit(peer.ip());
@@ -415,7 +416,7 @@ async fn connection(
     let max = shared.cfg.max_request_bytes;
     loop {
         let reply = tokio::select! {
-            _ = stop.changed() => break,
+            _ = stopped(&mut stop) => break,
             read = tokio::time::timeout(idle, reader.read(max)) => match read {
                 Err(_) => break,
                 Ok(Err(FrameError::TooLarge { len, max })) => {
@@ -460,7 +461,7 @@ async fn gossip_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stopped(&mut stop) => return,
             _ = tick.tick() => {}
         }
         gossip_round(&shared, &tls, timeout).await;
@@ -500,7 +501,7 @@ async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stopped(&mut stop) => return,
             _ = tick.tick() => {}
         }
         let now = shared.clock.now();
