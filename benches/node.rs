@@ -37,7 +37,7 @@ use sremp::identity::UserIdentity;
 use sremp::node::history::{Direction, HistoryEntry, Status};
 use sremp::node::{Node, NodeHandle};
 use sremp::noise::listener::{self, ListenerConfig};
-use sremp::ratchet::message::{open, seal};
+use sremp::ratchet::seal::{open, seal};
 use sremp::ratchet::{accept, initiate, Content, Header, MessageId, Payload, SignedMessage};
 use sremp::relay::{Relay, RelayMode, RelayOptions};
 use sremp::store::{Batch, SledStore, Store, Tree};

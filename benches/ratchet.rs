@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sha2::Sha256;
-use sremp::ratchet::message::{open, seal};
+use sremp::ratchet::seal::{open, seal};
 use sremp::ratchet::{
     accept, initiate, Content, Header, MessageId, Payload, Session, SignedMessage,
 };

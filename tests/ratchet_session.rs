@@ -226,7 +226,7 @@ fn re_addressed_messages_are_rejected() {
     let (mut b_m, _) = accept_from(&b, &mallory, &mm0);
     let _ = &mut m_b;
     let moved = SignedMessage::decode(&stolen).unwrap();
-    assert!(sremp::ratchet::message::open(&mut b_m, &mallory.vk, &moved).is_err());
+    assert!(sremp::ratchet::seal::open(&mut b_m, &mallory.vk, &moved).is_err());
 }
 
 #[test]

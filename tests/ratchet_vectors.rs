@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use ratchet_support::*;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use sremp::ratchet::message::{open, seal};
+use sremp::ratchet::seal::{open, seal};
 use sremp::ratchet::{accept, initiate, Header, MessageId, Payload, SignedMessage};
 use sremp::time::Timestamp;
 

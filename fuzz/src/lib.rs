@@ -521,7 +521,7 @@ fn ratchet_fixture() -> &'static RatchetFixture {
 }
 
 /// `SignedMessage::encode`'s layout, signed with alice's key over the given header and
-/// ciphertext (the same signed bytes as `ratchet::message::seal`).
+/// ciphertext (the same signed bytes as `ratchet::seal::seal`).
 fn sign_as_alice(f: &RatchetFixture, header: &[u8], ciphertext: &[u8]) -> Vec<u8> {
     let len = u32::try_from(header.len())
         .unwrap_or(u32::MAX)

@@ -26,7 +26,7 @@
 //! noise private key is; the handshake hash binds both identity keys (prologue), both noise
 //! keys and the ephemeral into every key of the session.
 
-use super::message::{Header, InitialHeader, X_MESSAGE_LEN};
+use super::header::{Header, InitialHeader, X_MESSAGE_LEN};
 use super::receiver_chain::ReceiverChain;
 use super::root_key::RootKey;
 use super::session::{SendingChain, Session};

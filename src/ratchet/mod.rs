@@ -15,7 +15,10 @@
 //! - [`session`]: one Double Ratchet session ([`Session`]), unsigned encrypt/decrypt.
 //! - [`establish`]: session establishment with a one-way Noise `X` message sealed to the
 //!   peer's noise key (works while the peer is offline).
+//! - [`header`]: the ratchet header ([`Header`], [`InitialHeader`]) and its exact encoding.
 //! - [`message`]: the signed wire format of an end-to-end message ([`SignedMessage`]).
+//! - [`seal`]: [`seal::seal`] and [`seal::open`], which join a [`Session`] and the identity
+//!   signature into a [`SignedMessage`] and back.
 //! - [`payload`]: the typed inner message ([`Payload`]: id, sender timestamp, content).
 //! - [`persist`]: [`SessionManager`], which ties sessions to the store, picks the session to
 //!   use (simultaneous initiation), de-duplicates, and returns batches to commit.
@@ -90,16 +93,19 @@
 
 pub mod chain_key;
 pub mod establish;
+pub mod header;
 pub mod message;
 pub mod message_key;
 pub mod payload;
 pub mod persist;
 pub mod receiver_chain;
 pub mod root_key;
+pub mod seal;
 pub mod session;
 
 pub use establish::{accept, initiate};
-pub use message::{Header, InitialHeader, SignedMessage};
+pub use header::{Header, InitialHeader};
+pub use message::SignedMessage;
 pub use payload::{Content, MessageId, Payload, PayloadKind};
 pub use persist::{Incoming, LocalKeys, Outgoing, PeerKeys, SessionManager};
 pub use session::{RatchetMessage, Session};
@@ -142,6 +148,23 @@ pub enum DecodeError {
     /// The version byte is not one we speak.
     #[error("unsupported message version {0}")]
     UnsupportedVersion(u64),
+}
+
+/// The one MessagePack reader ([`crate::wire::msgpack::Reader`]) reports in wire terms; the
+/// ratchet keeps its own variants (and their texts) for the same failures.
+impl From<crate::wire::DecodeError> for DecodeError {
+    fn from(e: crate::wire::DecodeError) -> Self {
+        use crate::wire::DecodeError as W;
+        match e {
+            W::TooLarge { len, max, .. } => DecodeError::TooLarge { len, max },
+            W::TrailingData { extra } => DecodeError::TrailingData(extra),
+            W::Truncated => DecodeError::Malformed("truncated"),
+            W::Invalid { why, .. } => DecodeError::Malformed(why),
+            W::TooDeep { .. } | W::ReservedMarker | W::Msgpack(_) => {
+                DecodeError::Malformed("bad msgpack value")
+            }
+        }
+    }
 }
 
 /// A received message was rejected. Nothing was changed. Crypto failures are deliberately

@@ -11,7 +11,7 @@
 //! receiver de-duplicates on (sender identity key, message id). It is unrelated to the
 //! relay's `MessageId`.
 
-use super::message::Reader;
+use crate::wire::msgpack::Reader;
 use super::DecodeError;
 use crate::time::Timestamp;
 use rand_core::CryptoRngCore;

@@ -31,7 +31,9 @@
 //! not have yet is fine: it carries the first-contact header until answered.
 
 use super::establish::{accept, initiate};
-use super::message::{self, Header, InitialHeader, SignedMessage};
+use super::header::{Header, InitialHeader};
+use super::message::SignedMessage;
+use super::seal;
 use super::payload::{MessageId, Payload};
 use super::receiver_chain::{ReceiverChain, SkippedKey, SkippedKeys};
 use super::root_key::RootKey;
@@ -256,7 +258,7 @@ impl SessionManager {
             }
         };
         let plaintext = Zeroizing::new(payload.encode());
-        let wire = message::seal(&mut session, &self.keys.identity, rng, &plaintext)?;
+        let wire = seal::seal(&mut session, &self.keys.identity, rng, &plaintext)?;
         sessions.place(slot, session);
         let mut batch = Batch::new();
         batch.put(
@@ -539,7 +541,7 @@ fn from_record(
     }
     let initial = match &r.initial {
         None => None,
-        Some(i) if i.handshake.len() == super::message::X_MESSAGE_LEN => Some(InitialHeader {
+        Some(i) if i.handshake.len() == super::header::X_MESSAGE_LEN => Some(InitialHeader {
             recipient_noise_key: i.recipient_noise_key,
             handshake: i.handshake.clone(),
             created_at: r.created_at,

@@ -18,7 +18,7 @@
 //! encoded header`.
 
 use super::chain_key::ChainKey;
-use super::message::{Header, InitialHeader};
+use super::header::{Header, InitialHeader};
 use super::receiver_chain::{skip_until, ReceiverChain, SkippedKeys};
 use super::root_key::{RootKey, StepError};
 use super::{DecryptError, EncryptError, MAX_MESSAGE_GAP, MAX_OLD_RATCHET_KEYS, PROTOCOL_VERSION};
@@ -191,7 +191,7 @@ impl Session {
 
     /// Encrypts `plaintext`, advancing the sending chain (and doing a DH-ratchet step first if
     /// we received a new peer ratchet key since we last sent). Unsigned: see
-    /// [`message::seal`](super::message::seal) for the signed message.
+    /// [`seal::seal`](super::seal::seal) for the signed message.
     pub fn encrypt<R: CryptoRngCore + ?Sized>(
         &mut self,
         rng: &mut R,

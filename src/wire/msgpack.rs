@@ -5,6 +5,9 @@
 //! elements than there are bytes left, or nesting exceeds the depth limit. Only after that does
 //! [`decode`] hand the bytes to serde, so no allocation is ever sized by a peer's claim beyond the
 //! input it actually sent.
+//!
+//! [`Reader`] is the strict streaming reader for the hand-written end-to-end formats (no serde):
+//! the one other way SREMP reads MessagePack, kept here so there is one place that does.
 
 use super::{DecodeError, MAX_DEPTH};
 use serde::de::DeserializeOwned;
@@ -36,6 +39,93 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
         });
     }
     Ok(rmp_serde::from_slice(bytes)?)
+}
+
+/// A strict streaming MessagePack reader over a byte slice, for hand-written formats whose
+/// exact bytes matter (the end-to-end message, its header and payload): each call reads one
+/// value of the expected type, lengths are checked against the caller's limit and against
+/// the bytes left before anything is borrowed, and [`Reader::finish`] refuses trailing bytes.
+/// Borrows from the input; never allocates.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+/// Any rmp read failure: wrong marker, truncated, or out of the target type's range.
+fn bad_value<E>(_: E) -> DecodeError {
+    DecodeError::Invalid {
+        what: "msgpack value",
+        why: "bad msgpack value",
+    }
+}
+
+impl<'a> Reader<'a> {
+    /// Reads from the start of `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+
+    /// An array header: the element count.
+    pub fn array_len(&mut self) -> Result<u32, DecodeError> {
+        rmp::decode::read_array_len(&mut self.buf).map_err(bad_value)
+    }
+
+    /// An unsigned integer (any width).
+    pub fn uint(&mut self) -> Result<u64, DecodeError> {
+        rmp::decode::read_int::<u64, _>(&mut self.buf).map_err(bad_value)
+    }
+
+    /// An unsigned integer that fits in 32 bits.
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
+        rmp::decode::read_int::<u32, _>(&mut self.buf).map_err(bad_value)
+    }
+
+    /// A `bin` of at most `max` bytes.
+    pub fn bin(&mut self, max: usize) -> Result<&'a [u8], DecodeError> {
+        let len = rmp::decode::read_bin_len(&mut self.buf).map_err(bad_value)? as usize;
+        self.take("bin", len, max)
+    }
+
+    /// A `str` of at most `max` bytes.
+    pub fn str(&mut self, max: usize) -> Result<&'a str, DecodeError> {
+        let len = rmp::decode::read_str_len(&mut self.buf).map_err(bad_value)? as usize;
+        let bytes = self.take("str", len, max)?;
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::Invalid {
+            what: "str",
+            why: "invalid UTF-8",
+        })
+    }
+
+    fn take(&mut self, what: &'static str, len: usize, max: usize) -> Result<&'a [u8], DecodeError> {
+        if len > max {
+            return Err(DecodeError::TooLarge { what, len, max });
+        }
+        if len > self.buf.len() {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    /// A `bin` of exactly `N` bytes.
+    pub fn bin_array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let b = self.bin(N)?;
+        <[u8; N]>::try_from(b).map_err(|_| DecodeError::Invalid {
+            what: "bin",
+            why: "wrong byte-string length",
+        })
+    }
+
+    /// Succeeds only if every byte was read.
+    pub fn finish(&self) -> Result<(), DecodeError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingData {
+                extra: self.buf.len(),
+            })
+        }
+    }
 }
 
 fn be(bytes: &[u8], pos: usize, n: usize) -> Result<usize, DecodeError> {

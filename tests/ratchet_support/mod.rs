@@ -4,7 +4,7 @@
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use sremp::ratchet::message::{open, seal};
+use sremp::ratchet::seal::{open, seal};
 use sremp::ratchet::{accept, initiate, DecryptError, Header, Session, SignedMessage};
 use sremp::time::Timestamp;
 use x25519_dalek::{PublicKey, StaticSecret};
