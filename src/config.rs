@@ -36,6 +36,9 @@ pub enum ConfigError {
         /// Why.
         why: String,
     },
+    /// A `[rendezvous]` or `[rendezvous.server]` value is out of range or does not parse.
+    #[error(transparent)]
+    Rendezvous(Box<crate::rendezvous::RendezvousError>),
 }
 
 /// Log output settings (`[log]`).
@@ -296,7 +299,10 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Checks ranges.
+    /// Checks every section: ranges, names, endpoints (`[listen] advertise`, `[node] relays`,
+    /// `[rendezvous] servers`, `[rendezvous.server] peers`/`advertise`) and the `[relay]`
+    /// policy. What only a running rendezvous server needs (its name, certificate and key) is
+    /// checked when it starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_log_level(&self.log.level)?;
         let l = &self.listen;
@@ -363,6 +369,17 @@ impl Config {
                 why: e.to_string(),
             })?;
         }
+        self.relay.validate().map_err(|e| ConfigError::Value {
+            key: e.key,
+            why: e.why,
+        })?;
+        self.rendezvous
+            .validate()
+            .map_err(|e| ConfigError::Rendezvous(Box::new(e)))?;
+        self.rendezvous
+            .server
+            .validate_values()
+            .map_err(|e| ConfigError::Rendezvous(Box::new(e)))?;
         Ok(())
     }
 
@@ -374,7 +391,10 @@ impl Config {
             .validate()
             .map_err(crate::relay::RelayError::from)?;
         if !self.rendezvous.servers.is_empty() {
-            crate::rendezvous::client::RegistrarSettings::from_config(self)?;
+            crate::rendezvous::client::RegistrarSettings::from_config(
+                &self.rendezvous,
+                self.data_dir(),
+            )?;
         }
         Ok(())
     }
@@ -481,6 +501,20 @@ mod tests {
         ));
         assert!(Config::parse("[listen]\nadvertise = [\"nope\"]", Path::new("x")).is_err());
         assert!(Config::parse("[node]\nrestore_after_ms = 0", Path::new("x")).is_err());
+        // Every section is checked when the file is read, not only by the command using it.
+        let e = Config::parse("[relay]\nmax_message_size = 0", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("relay.max_message_size"), "{e}");
+        let e = Config::parse("[rendezvous]\nttl_secs = 0", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("rendezvous.ttl_secs"), "{e}");
+        let e = Config::parse("[rendezvous]\nservers = [\"x y\"]", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("rendezvous.servers"), "{e}");
+        let e = Config::parse("[rendezvous.server]\nadvertise = \"nope\"", Path::new("x"))
+            .unwrap_err();
+        assert!(e.to_string().contains("rendezvous.server.advertise"), "{e}");
+        let e = Config::parse("[rendezvous.server]\npage_size = 0", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("rendezvous.server.page_size"), "{e}");
+        // What only a running server needs is not required of every node.
+        Config::parse("[rendezvous.server]\nlisten = \"127.0.0.1:0\"", Path::new("x")).unwrap();
     }
 
     #[test]

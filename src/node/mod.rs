@@ -553,7 +553,8 @@ impl Node {
                 None
             } else {
                 Some(crate::rendezvous::client::RegistrarSettings::from_config(
-                    cfg,
+                    &cfg.rendezvous,
+                    cfg.data_dir(),
                 )?)
             };
         let identity = Arc::new(user);

@@ -16,8 +16,11 @@
 //! - [`transport`]: send/receive cipher halves with explicit nonces (so reading and writing can
 //!   run in separate tasks), plus chunking and reassembly of envelopes.
 //! - [`stream`]: the async shell: dial/accept with a deadline, and framed envelope I/O.
+//! - [`framed`]: the async frame reader and writer (the socket half of
+//!   [`crate::wire::frame`]), used by [`stream`] and by the rendezvous TLS connections.
 
 pub mod admission;
+pub mod framed;
 pub mod handshake;
 pub mod listener;
 pub mod refusals;

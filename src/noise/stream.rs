@@ -8,7 +8,8 @@
 use super::handshake::{Handshake, HandshakeError};
 use super::transport::{RecvHalf, SendHalf, TransportError};
 use crate::identity::{Identity, IdentityKey, UserIdentity};
-use crate::wire::frame::{FrameError, FrameReader, MAX_FRAME};
+use super::framed::{self, FrameReader};
+use crate::wire::frame::{FrameError, MAX_FRAME};
 use crate::wire::version::{self, VersionError, HEADER_LEN};
 use crate::wire::{Envelope, Version, VersionHeader};
 use std::time::{Duration, Instant};
@@ -171,7 +172,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
         while !hs.is_finished() {
             if hs.is_my_turn() {
                 let msg = hs.write_message()?;
-                crate::wire::frame::write(&mut w, &msg, &mut scratch).await?;
+                framed::write(&mut w, &msg, &mut scratch).await?;
             } else {
                 let max = hs.max_incoming();
                 let msg = frames.read(max).await?;

@@ -22,7 +22,8 @@ use super::gossip::ServerList;
 use super::{tls, RendezvousError};
 use crate::identity::{IdentityKey, UserIdentity};
 use crate::time::Timestamp;
-use crate::wire::frame::{self, FrameReader, MAX_FRAME};
+use crate::noise::framed::{self, FrameReader};
+use crate::wire::frame::{self, MAX_FRAME};
 use crate::wire::rendezvous::*;
 use crate::wire::version::{self, Version, VersionHeader, HEADER_LEN};
 use crate::wire::{Endpoint, Envelope};
@@ -228,7 +229,7 @@ impl Client {
         let server = self.server.to_string();
         let fut = async {
             let w = self.reader.get_mut();
-            frame::write(w, body, &mut self.scratch).await?;
+            framed::write(w, body, &mut self.scratch).await?;
             w.flush().await.map_err(frame::FrameError::Io)?;
             let reply = self.reader.read(MAX_FRAME).await?;
             Ok::<_, RendezvousError>(Envelope::decode(reply)?)
@@ -447,9 +448,12 @@ impl std::fmt::Debug for RegistrarSettings {
 }
 
 impl RegistrarSettings {
-    /// From `[rendezvous]` and the data directory.
-    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, RendezvousError> {
-        let rv = &cfg.rendezvous;
+    /// From the `[rendezvous]` section and the data directory (where remembered servers are
+    /// kept). Reads the CA file, if one is configured.
+    pub fn from_config(
+        rv: &super::RendezvousConfig,
+        data_dir: std::path::PathBuf,
+    ) -> Result<Self, RendezvousError> {
         rv.validate()?;
         Ok(RegistrarSettings {
             servers: rv.server_entries()?,
@@ -458,7 +462,7 @@ impl RegistrarSettings {
             max_register_servers: rv.max_register_servers,
             register: rv.register,
             learn_servers: rv.learn_servers,
-            data_dir: Some(cfg.data_dir()),
+            data_dir: Some(data_dir),
             timeout: rv.timeout(),
             dns: super::dns::DnsBootstrap::new(&rv.dns_bootstrap, rv.dns_nameserver),
         })

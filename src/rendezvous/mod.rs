@@ -32,8 +32,8 @@
 //! ```no_run
 //! # async fn f(user: std::sync::Arc<sremp::identity::UserIdentity>) -> Result<(), sremp::Error> {
 //! use sremp::rendezvous::client::{spawn_registrar, RegistrarSettings};
-//! let cfg = sremp::config::Config::default();
-//! let settings = RegistrarSettings::from_config(&cfg)?;
+//! let rv = sremp::rendezvous::RendezvousConfig::default();
+//! let settings = RegistrarSettings::from_config(&rv, "/var/lib/sremp".into())?;
 //! let (stop, rx) = tokio::sync::watch::channel(false);
 //! let ep: sremp::wire::Endpoint = "203.0.113.7:7480".parse()?;
 //! let handle = spawn_registrar(settings, user, vec![ep], Vec::new(), rx);
@@ -344,38 +344,54 @@ impl RendezvousServerConfig {
         parse_servers("server.peers", &self.peers)
     }
 
-    /// Checks that a server can run with these settings.
+    /// `advertise`, parsed (the one place it is parsed).
+    pub fn advertise_endpoint(&self) -> Result<Option<crate::wire::Endpoint>, RendezvousError> {
+        self.advertise
+            .as_ref()
+            .map(|a| {
+                a.parse::<crate::wire::Endpoint>()
+                    .map_err(|e| RendezvousError::Config {
+                        key: "server.advertise",
+                        why: format!("{a}: {e}"),
+                    })
+            })
+            .transpose()
+    }
+
+    /// Checks that a server can run with these settings: the names and files it needs, then
+    /// [`RendezvousServerConfig::validate_values`].
     pub fn validate(&self) -> Result<(), RendezvousError> {
         let missing = |key| RendezvousError::Config {
             key,
             why: "required to run a rendezvous server".into(),
         };
-        let name = self
-            .server_name
+        self.server_name
             .as_ref()
             .ok_or_else(|| missing("server.server_name"))?;
-        if name.len() > core::MAX_SERVER_NAME
-            || crate::wire::Endpoint::new(name.as_str(), 0).is_err()
-        {
-            return Err(RendezvousError::Config {
-                key: "server.server_name",
-                why: "must be a DNS name or IP address".into(),
-            });
-        }
         self.cert_file
             .as_ref()
             .ok_or_else(|| missing("server.cert_file"))?;
         self.key_file
             .as_ref()
             .ok_or_else(|| missing("server.key_file"))?;
-        self.peer_entries()?;
-        if let Some(a) = &self.advertise {
-            a.parse::<crate::wire::Endpoint>()
-                .map_err(|e| RendezvousError::Config {
-                    key: "server.advertise",
-                    why: format!("{a}: {e}"),
-                })?;
+        self.validate_values()
+    }
+
+    /// Checks every value that is set (names, endpoints, ranges) without requiring what only
+    /// a running server needs; `Config::validate` runs this for every command.
+    pub fn validate_values(&self) -> Result<(), RendezvousError> {
+        if let Some(name) = &self.server_name {
+            if name.len() > core::MAX_SERVER_NAME
+                || crate::wire::Endpoint::new(name.as_str(), 0).is_err()
+            {
+                return Err(RendezvousError::Config {
+                    key: "server.server_name",
+                    why: "must be a DNS name or IP address".into(),
+                });
+            }
         }
+        self.peer_entries()?;
+        self.advertise_endpoint()?;
         let checks: [(&'static str, bool); 7] = [
             (
                 "server.min_ttl_secs",
@@ -439,7 +455,7 @@ pub fn run_cli(cfg: &crate::config::Config) -> Result<(), crate::Error> {
             source,
         })?;
     rt.block_on(async {
-        let opts = server::ServerOptions::from_config(cfg)?;
+        let opts = server::ServerOptions::from_config(&cfg.rendezvous, cfg.data_dir())?;
         let server = Server::bind(opts).await?;
         let handle = server.spawn();
         crate::shutdown::wait_for_signal().await;

@@ -20,7 +20,8 @@ use super::gossip::ServerList;
 use super::{client, tls, RendezvousConfig, RendezvousError, RendezvousServerConfig};
 use crate::shutdown::stopped;
 use crate::time::Timestamp;
-use crate::wire::frame::{self, FrameError, FrameReader};
+use crate::noise::framed::{self, FrameReader};
+use crate::wire::frame::FrameError;
 use crate::wire::rendezvous::ServerEntry;
 use crate::wire::version::{self, Version, VersionHeader, HEADER_LEN};
 use crate::wire::{Endpoint, Envelope};
@@ -84,13 +85,15 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
-    /// From the node configuration (system clock, the configured data directory).
-    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, RendezvousError> {
-        let rv: &RendezvousConfig = &cfg.rendezvous;
+    /// From the `[rendezvous]` section and the data directory (system clock).
+    pub fn from_config(
+        rv: &RendezvousConfig,
+        data_dir: PathBuf,
+    ) -> Result<Self, RendezvousError> {
         Ok(ServerOptions {
             config: rv.server.clone(),
             ca_file: rv.ca_file.clone(),
-            data_dir: Some(cfg.data_dir()),
+            data_dir: Some(data_dir),
             clock: Clock::System,
         })
     }
@@ -204,8 +207,8 @@ impl Server {
                 context: "reading the listen address".into(),
                 source,
             })?;
-        let advertise = match &cfg.advertise {
-            Some(a) => Some(a.parse::<Endpoint>()?),
+        let advertise = match cfg.advertise_endpoint()? {
+            Some(a) => Some(a),
             None if !addr.ip().is_unspecified() => Some(Endpoint::from_socket_addr(addr)),
             None => None,
         };
@@ -445,7 +448,7 @@ async fn send(
     scratch: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
     let w = reader.get_mut();
-    frame::write(w, &env.encode(), scratch).await?;
+    framed::write(w, &env.encode(), scratch).await?;
     w.flush().await?;
     Ok(())
 }

@@ -2,10 +2,8 @@
 //!
 //! On Noise connections the body is one Noise message (handshake or transport, at most 65535
 //! bytes as the Noise specification allows); on rendezvous TLS connections it is one envelope.
-//! The reader checks the declared length against the caller's limit before allocating or
-//! reading the body, and reuses one growable buffer per connection.
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+//! This file is the format without I/O: [`encode`] and the length check [`body_len`]. The async
+//! reader and writer that use them on a socket are `crate::noise::framed`.
 
 /// Largest body a frame can carry (the u16 length field).
 pub const MAX_FRAME: usize = u16::MAX as usize;
@@ -42,102 +40,19 @@ pub fn encode(body: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
     Ok(())
 }
 
-/// Reads frames from one half of a connection.
-#[derive(Debug)]
-pub struct FrameReader<R> {
-    inner: R,
-    buf: Vec<u8>,
-}
-
-impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// Wraps a reader.
-    pub fn new(inner: R) -> Self {
-        FrameReader {
-            inner,
-            buf: Vec::new(),
-        }
+/// The body length a frame header declares, refused if it is over `max` (checked before the
+/// body is read or any buffer is sized).
+pub fn body_len(header: [u8; 2], max: usize) -> Result<usize, FrameError> {
+    let len = usize::from(u16::from_be_bytes(header));
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
     }
-
-    /// Reads the next frame body (at most `max` bytes). The slice lives until the next call.
-    pub async fn read(&mut self, max: usize) -> Result<&mut [u8], FrameError> {
-        let mut len = [0u8; 2];
-        // Distinguish a clean close between frames from a close inside one.
-        let n = self.inner.read(&mut len[..1]).await?;
-        if n == 0 {
-            return Err(FrameError::Closed);
-        }
-        self.inner.read_exact(&mut len[1..]).await?;
-        let len = usize::from(u16::from_be_bytes(len));
-        if len > max {
-            return Err(FrameError::TooLarge { len, max });
-        }
-        self.buf.resize(len, 0);
-        self.inner.read_exact(&mut self.buf[..len]).await?;
-        Ok(&mut self.buf[..len])
-    }
-
-    /// The wrapped reader.
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-
-    /// Unwraps.
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
-}
-
-/// Writes one already-encoded frame (`len || body`) and nothing else.
-pub async fn write_raw<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
-    w.write_all(frame).await?;
-    Ok(())
-}
-
-/// Writes `len || body` with one write call.
-pub async fn write<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    body: &[u8],
-    scratch: &mut Vec<u8>,
-) -> Result<(), FrameError> {
-    encode(body, scratch)?;
-    write_raw(w, scratch).await
+    Ok(len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn round_trip_and_limit() {
-        let (mut a, b) = tokio::io::duplex(1 << 20);
-        let mut scratch = Vec::new();
-        write(&mut a, b"hello", &mut scratch).await.unwrap();
-        write(&mut a, &[7u8; 1000], &mut scratch).await.unwrap();
-        let mut r = FrameReader::new(b);
-        assert_eq!(r.read(10).await.unwrap(), b"hello");
-        assert!(matches!(
-            r.read(999).await,
-            Err(FrameError::TooLarge {
-                len: 1000,
-                max: 999
-            })
-        ));
-        drop(a);
-    }
-
-    #[tokio::test]
-    async fn clean_close_vs_truncation() {
-        let (a, b) = tokio::io::duplex(64);
-        drop(a);
-        let mut r = FrameReader::new(b);
-        assert!(matches!(r.read(10).await, Err(FrameError::Closed)));
-
-        let (mut a, b) = tokio::io::duplex(64);
-        a.write_all(&[0, 5, 1, 2]).await.unwrap();
-        drop(a);
-        let mut r = FrameReader::new(b);
-        assert!(matches!(r.read(10).await, Err(FrameError::Io(_))));
-    }
 
     #[test]
     fn oversized_body_is_refused() {
@@ -145,5 +60,14 @@ mod tests {
         assert!(encode(&vec![0u8; MAX_FRAME + 1], &mut out).is_err());
         encode(&vec![0u8; MAX_FRAME], &mut out).unwrap();
         assert_eq!(&out[..2], &[0xff, 0xff]);
+    }
+
+    #[test]
+    fn declared_length_is_checked_against_the_limit() {
+        assert_eq!(body_len([0, 10], 10).unwrap(), 10);
+        assert!(matches!(
+            body_len([0x03, 0xe8], 999),
+            Err(FrameError::TooLarge { len: 1000, max: 999 })
+        ));
     }
 }
