@@ -508,13 +508,17 @@ mod tests {
         assert!(e.to_string().contains("rendezvous.ttl_secs"), "{e}");
         let e = Config::parse("[rendezvous]\nservers = [\"x y\"]", Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("rendezvous.servers"), "{e}");
-        let e = Config::parse("[rendezvous.server]\nadvertise = \"nope\"", Path::new("x"))
-            .unwrap_err();
+        let e =
+            Config::parse("[rendezvous.server]\nadvertise = \"nope\"", Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("rendezvous.server.advertise"), "{e}");
         let e = Config::parse("[rendezvous.server]\npage_size = 0", Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("rendezvous.server.page_size"), "{e}");
         // What only a running server needs is not required of every node.
-        Config::parse("[rendezvous.server]\nlisten = \"127.0.0.1:0\"", Path::new("x")).unwrap();
+        Config::parse(
+            "[rendezvous.server]\nlisten = \"127.0.0.1:0\"",
+            Path::new("x"),
+        )
+        .unwrap();
     }
 
     #[test]

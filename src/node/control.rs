@@ -1296,7 +1296,8 @@ struct DiscoverView {
 }
 
 async fn discover_peers(cfg: &Config, query: &Query) -> Result<Discovery, ControlError> {
-    let settings = crate::rendezvous::client::RegistrarSettings::from_config(&cfg.rendezvous, cfg.data_dir())?;
+    let settings =
+        crate::rendezvous::client::RegistrarSettings::from_config(&cfg.rendezvous, cfg.data_dir())?;
     let me = crate::identity::UserIdentity::load_file(&cfg.data_dir())
         .ok()
         .map(|u| u.key());

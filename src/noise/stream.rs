@@ -5,10 +5,10 @@
 //! After it, [`Reader::recv`] and [`Writer::send`] move envelopes; the two halves can be used
 //! from different tasks. Protocol decisions live in the cores; this file only moves bytes.
 
+use super::framed::{self, FrameReader};
 use super::handshake::{Handshake, HandshakeError};
 use super::transport::{RecvHalf, SendHalf, TransportError};
 use crate::identity::{Identity, IdentityKey, UserIdentity};
-use super::framed::{self, FrameReader};
 use crate::wire::frame::{FrameError, MAX_FRAME};
 use crate::wire::version::{self, VersionError, HEADER_LEN};
 use crate::wire::{Envelope, Version, VersionHeader};

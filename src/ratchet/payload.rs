@@ -11,9 +11,9 @@
 //! receiver de-duplicates on (sender identity key, message id). It is unrelated to the
 //! relay's `MessageId`.
 
-use crate::wire::msgpack::Reader;
 use super::DecodeError;
 use crate::time::Timestamp;
+use crate::wire::msgpack::Reader;
 use rand_core::CryptoRngCore;
 
 /// Largest encoded payload (and so plaintext) a message may carry.

@@ -33,10 +33,10 @@
 use super::establish::{accept, initiate};
 use super::header::{Header, InitialHeader};
 use super::message::SignedMessage;
-use super::seal;
 use super::payload::{MessageId, Payload};
 use super::receiver_chain::{ReceiverChain, SkippedKey, SkippedKeys};
 use super::root_key::RootKey;
+use super::seal;
 use super::session::{SendingChain, Session};
 use super::{chain_key::ChainKey, message_key::MessageKey};
 use super::{

@@ -18,9 +18,9 @@
 use super::core::{Admission, RateLimiter, Registry, RequestError, Session};
 use super::gossip::ServerList;
 use super::{client, tls, RendezvousConfig, RendezvousError, RendezvousServerConfig};
+use crate::noise::framed::{self, FrameReader};
 use crate::shutdown::stopped;
 use crate::time::Timestamp;
-use crate::noise::framed::{self, FrameReader};
 use crate::wire::frame::FrameError;
 use crate::wire::rendezvous::ServerEntry;
 use crate::wire::version::{self, Version, VersionHeader, HEADER_LEN};
@@ -86,10 +86,7 @@ pub struct ServerOptions {
 
 impl ServerOptions {
     /// From the `[rendezvous]` section and the data directory (system clock).
-    pub fn from_config(
-        rv: &RendezvousConfig,
-        data_dir: PathBuf,
-    ) -> Result<Self, RendezvousError> {
+    pub fn from_config(rv: &RendezvousConfig, data_dir: PathBuf) -> Result<Self, RendezvousError> {
         Ok(ServerOptions {
             config: rv.server.clone(),
             ca_file: rv.ca_file.clone(),

@@ -67,7 +67,10 @@ mod tests {
         assert_eq!(body_len([0, 10], 10).unwrap(), 10);
         assert!(matches!(
             body_len([0x03, 0xe8], 999),
-            Err(FrameError::TooLarge { len: 1000, max: 999 })
+            Err(FrameError::TooLarge {
+                len: 1000,
+                max: 999
+            })
         ));
     }
 }

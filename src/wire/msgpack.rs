@@ -95,7 +95,12 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn take(&mut self, what: &'static str, len: usize, max: usize) -> Result<&'a [u8], DecodeError> {
+    fn take(
+        &mut self,
+        what: &'static str,
+        len: usize,
+        max: usize,
+    ) -> Result<&'a [u8], DecodeError> {
         if len > max {
             return Err(DecodeError::TooLarge { what, len, max });
         }
