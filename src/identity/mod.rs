@@ -27,6 +27,7 @@ pub use keys::UserIdentity;
 
 use crate::sig::{self, SigContext};
 use crate::time::Timestamp;
+use crate::wire::rendezvous::RawIdentity;
 use crate::wire::{msgpack, DecodeError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -380,6 +381,30 @@ impl Identity {
     /// The Ed25519 verifying key.
     pub fn verifying_key(&self) -> Result<ed25519_dalek::VerifyingKey, IdentityError> {
         sig::verifying_key(&self.data.identity_key.0).map_err(|_| IdentityError::BadSignature)
+    }
+}
+
+/// The wire keeps identities as raw bytes ([`RawIdentity`]); turning them into a verified
+/// [`Identity`] and back happens here, above the wire layer.
+impl RawIdentity {
+    /// The wire form of a verified identity.
+    pub fn from_identity(id: &Identity) -> Self {
+        RawIdentity {
+            data: serde_bytes::ByteBuf::from(id.data_bytes().to_vec()),
+            signature: *id.signature(),
+        }
+    }
+
+    /// Verifies it (bounded decode, validation, strict signature check over the sent bytes),
+    /// always in full: the server must not answer faster for identities it has seen.
+    pub fn verify(&self) -> Result<Identity, IdentityError> {
+        Identity::from_parts_uncached(self.data.to_vec(), self.signature)
+    }
+
+    /// Verifies it like a received [`Identity`] (the verified-identity cache may skip the
+    /// signature check for exact bytes that verified before), for clients reading answers.
+    pub fn verify_cached(&self) -> Result<Identity, IdentityError> {
+        Identity::from_parts(self.data.to_vec(), self.signature)
     }
 }
 

@@ -20,7 +20,7 @@
 use super::core::{sign_register, EXPORTER_LEN};
 use super::gossip::ServerList;
 use super::{tls, RendezvousError};
-use crate::identity::{IdentityKey, UserIdentity};
+use crate::identity::{Identity, IdentityKey, UserIdentity};
 use crate::noise::framed::{self, FrameReader};
 use crate::time::Timestamp;
 use crate::wire::frame::{self, MAX_FRAME};
@@ -52,6 +52,51 @@ pub struct Registration {
     pub expires_at: Timestamp,
     /// When to renew.
     pub renewal_interval: Duration,
+}
+
+/// A `PeerInfo` from a lookup or listing whose identity verified: what the client hands on.
+/// (The wire form, [`crate::wire::rendezvous::PeerInfo`], carries the identity as raw bytes.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer.
+    pub identity: Identity,
+    /// Where it listens (its most recent registration).
+    pub endpoint: Endpoint,
+    /// `now` while online; otherwise when its last registration lapsed or was withdrawn.
+    pub last_seen: Timestamp,
+    /// At least one registration has not expired.
+    pub online: bool,
+    /// Its home relays (from its most recent registration).
+    pub relays: Vec<RelayHint>,
+    /// Its other live registered endpoints, most recent first.
+    pub alt_endpoints: Vec<Endpoint>,
+}
+
+impl PeerInfo {
+    /// Verifies a received peer's identity. One that does not verify makes the whole reply
+    /// malformed, exactly as when identities were verified while decoding.
+    pub fn verify(p: crate::wire::rendezvous::PeerInfo) -> Result<Self, RendezvousError> {
+        let identity = p.identity.verify_cached().map_err(|_| {
+            RendezvousError::Decode(crate::wire::DecodeError::Invalid {
+                what: "peer identity",
+                why: "does not verify",
+            })
+        })?;
+        Ok(PeerInfo {
+            identity,
+            endpoint: p.endpoint,
+            last_seen: p.last_seen,
+            online: p.online,
+            relays: p.relays,
+            alt_endpoints: p.alt_endpoints,
+        })
+    }
+}
+
+fn verify_peers(
+    peers: Vec<crate::wire::rendezvous::PeerInfo>,
+) -> Result<Vec<PeerInfo>, RendezvousError> {
+    peers.into_iter().map(PeerInfo::verify).collect()
 }
 
 /// One page of a listing.
@@ -303,7 +348,7 @@ impl Client {
     /// Looks one identity up (online, or offline but still remembered by the server).
     pub async fn lookup(&mut self, key: &IdentityKey) -> Result<Option<PeerInfo>, RendezvousError> {
         let req = LookupRequest {
-            target_identity: Some(*key),
+            target_identity: Some(key.0),
             list_all: false,
             cursor: None,
             limit: 1,
@@ -311,7 +356,9 @@ impl Client {
         match self.call(&req.into()).await? {
             // A server may only answer with the identity asked for.
             Envelope::LookupResponse(r) => {
-                Ok(r.peers.into_iter().find(|p| p.identity.key() == *key))
+                Ok(verify_peers(r.peers)?
+                    .into_iter()
+                    .find(|p| p.identity.key() == *key))
             }
             other => Err(RendezvousError::UnexpectedReply { kind: other.kind() }),
         }
@@ -326,15 +373,18 @@ impl Client {
         let req = LookupRequest {
             target_identity: None,
             list_all: true,
-            cursor,
+            cursor: cursor.map(|c| c.0),
             limit,
         };
         match self.call(&req.into()).await? {
             Envelope::LookupResponse(r) => {
                 // The cursor must move forward, or a server could keep us paging forever.
-                let next = r.next_cursor.filter(|n| cursor.is_none_or(|c| *n > c));
+                let next = r
+                    .next_cursor
+                    .map(IdentityKey)
+                    .filter(|n| cursor.is_none_or(|c| *n > c));
                 Ok(Page {
-                    peers: r.peers,
+                    peers: verify_peers(r.peers)?,
                     next,
                 })
             }

@@ -325,7 +325,7 @@ impl Record {
             None => (self.last_endpoint.clone(), false),
         };
         PeerInfo {
-            identity: self.identity.clone(),
+            identity: RawIdentity::from_identity(&self.identity),
             endpoint,
             last_seen: if online {
                 now
@@ -591,7 +591,7 @@ impl Registry {
         if let Some(target) = &req.target_identity {
             let peers = self
                 .records
-                .get(target)
+                .get(&IdentityKey(*target))
                 .filter(|r| r.online(now) || r.seen_until.plus(self.limits.offline_retention) > now)
                 .map(|r| r.peer_info(now))
                 .into_iter()
@@ -615,7 +615,7 @@ impl Registry {
         }
         .clamp(1, MAX_PAGE_PEERS);
         let start = match &req.cursor {
-            Some(c) => Bound::Excluded(*c),
+            Some(c) => Bound::Excluded(IdentityKey(*c)),
             None => Bound::Unbounded,
         };
         let mut online = self
@@ -640,7 +640,7 @@ impl Registry {
         LookupResponse {
             peers,
             error_message: None,
-            next_cursor: if more { last } else { None },
+            next_cursor: if more { last.map(|k: IdentityKey| k.0) } else { None },
         }
     }
 }
@@ -807,7 +807,7 @@ mod tests {
         assert_eq!(resp.expires_at, T0.plus(Duration::from_secs(120)));
         assert_eq!(resp.renewal_interval, 60);
         let q = LookupRequest {
-            target_identity: Some(u.key()),
+            target_identity: Some(u.key().0),
             list_all: false,
             cursor: None,
             limit: 0,
@@ -949,7 +949,7 @@ mod tests {
         );
         r.register(&mut s, &gone.unwrap(), T0).unwrap();
         let q = LookupRequest {
-            target_identity: Some(a.key()),
+            target_identity: Some(a.key().0),
             list_all: false,
             cursor: None,
             limit: 0,
@@ -1001,7 +1001,7 @@ mod tests {
             .unwrap();
         assert_eq!(r.registrations(), 3);
         let q = LookupRequest {
-            target_identity: Some(a.key()),
+            target_identity: Some(a.key().0),
             list_all: false,
             cursor: None,
             limit: 0,
@@ -1040,7 +1040,7 @@ mod tests {
                 T0,
             );
             assert!(page.peers.len() <= 7);
-            seen.extend(page.peers.iter().map(|p| p.identity.key()));
+            seen.extend(page.peers.iter().map(|p| p.identity.verify().unwrap().key()));
             cursor = page.next_cursor;
             if cursor.is_none() {
                 break;

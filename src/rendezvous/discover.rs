@@ -20,7 +20,8 @@ use super::RendezvousError;
 use crate::identity::card::MAX_CARD_ENTRIES;
 use crate::identity::{ContactCard, Identity, IdentityKey};
 use crate::time::Timestamp;
-use crate::wire::rendezvous::{PeerInfo, RelayHint, ServerEntry};
+use super::client::PeerInfo;
+use crate::wire::rendezvous::{RelayHint, ServerEntry};
 use crate::wire::Endpoint;
 use serde::Serialize;
 

@@ -31,6 +31,46 @@ pub mod fixed {
     }
 }
 
+/// `#[serde(with = "crate::wire::bytes::fixed_opt")]` for `Option<[u8; N]>`: nil or a `bin` of
+/// exactly N bytes (the same bytes as an `Option` of a newtype over [`fixed`]).
+pub mod fixed_opt {
+    use super::*;
+
+    /// Serializes as nil or `bin`.
+    pub fn serialize<S: Serializer, const N: usize>(
+        v: &Option<[u8; N]>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(serde_bytes::Bytes::new(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserializes nil or a `bin` of exactly N bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<Option<[u8; N]>, D::Error> {
+        struct V<const N: usize>;
+        impl<'de, const N: usize> Visitor<'de> for V<N> {
+            type Value = Option<[u8; N]>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "nil or a byte string of length {N}")
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+                super::fixed::deserialize(d).map(Some)
+            }
+        }
+        d.deserialize_option(V::<N>)
+    }
+}
+
 /// `#[serde(with = "crate::wire::bytes::fixed_vec")]` for `Vec<[u8; N]>`.
 pub mod fixed_vec {
     use super::*;

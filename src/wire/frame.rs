@@ -3,7 +3,7 @@
 //! On Noise connections the body is one Noise message (handshake or transport, at most 65535
 //! bytes as the Noise specification allows); on rendezvous TLS connections it is one envelope.
 //! This file is the format without I/O: [`encode`] and the length check [`body_len`]. The async
-//! reader and writer that use them on a socket are `crate::noise::framed`.
+//! reader and writer that use them on a socket are the noise module's `framed` shell.
 
 /// Largest body a frame can carry (the u16 length field).
 pub const MAX_FRAME: usize = u16::MAX as usize;

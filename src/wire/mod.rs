@@ -9,8 +9,8 @@
 //! - [`chunk`]: splitting envelopes larger than one frame and bounded reassembly.
 //! - [`endpoint`], [`relay`], [`rendezvous`], [`direct`]: the message bodies.
 //!
-//! Nothing here does I/O or imports tokio (the async frame reader and writer are
-//! `crate::noise::framed`), and nothing reads the clock: reassembly takes `now` from its caller.
+//! Nothing here does I/O or imports tokio (the async frame reader and writer are the noise
+//! module's `framed` shell), and nothing reads the clock: reassembly takes `now` from its caller.
 
 pub mod bytes;
 pub mod chunk;

@@ -1,16 +1,15 @@
 //! Rendezvous protocol messages (draft section "Rendezvous Protocol"), carried in envelopes over
 //! TLS 1.3. The byte-exact layout and every **[gap]** choice are in docs/PROTOCOL.md
-//! ("Rendezvous"); the rules (signature input, limits, paging) live in
-//! [`crate::rendezvous::core`].
+//! ("Rendezvous"); the rules (signature input, limits, paging) live in the rendezvous core.
 //!
 //! Every struct encodes as a MessagePack array of its fields in the order written here.
-//! Nothing here verifies request signatures: a [`RegisterRequest`] carries its identity as
-//! [`RawIdentity`] so that the server can refuse a forged identity and a bad request signature
-//! with the same answer after the same work. Identities inside responses ([`PeerInfo`]) are
-//! verified [`Identity`] values, checked while decoding.
+//! Nothing here verifies anything: identities travel as [`RawIdentity`] bytes and identity
+//! keys as raw 32-byte strings. The server verifies a [`RegisterRequest`]'s identity (so that
+//! a forged identity and a bad request signature get the same answer after the same work),
+//! and the client verifies every [`PeerInfo`] identity before it uses one; both do it above
+//! this layer (`RawIdentity::verify` lives with the identity code).
 
 use super::Endpoint;
-use crate::identity::{Identity, IdentityError, IdentityKey};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -79,22 +78,6 @@ pub struct RawIdentity {
     pub signature: [u8; 64],
 }
 
-impl RawIdentity {
-    /// The wire form of a verified identity.
-    pub fn from_identity(id: &Identity) -> Self {
-        RawIdentity {
-            data: serde_bytes::ByteBuf::from(id.data_bytes().to_vec()),
-            signature: *id.signature(),
-        }
-    }
-
-    /// Verifies it (bounded decode, validation, strict signature check over the sent bytes),
-    /// always in full: the server must not answer faster for identities it has seen.
-    pub fn verify(&self) -> Result<Identity, IdentityError> {
-        Identity::from_parts_uncached(self.data.to_vec(), self.signature)
-    }
-}
-
 /// `REGISTER_REQUEST`. **[gap]** `ttl_seconds == 0` withdraws the registration of `endpoint`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterRequest {
@@ -110,7 +93,7 @@ pub struct RegisterRequest {
     /// **[gap]** The TLS server name the request is for.
     pub server_name: String,
     /// **[gap]** Home relays where senders can store for this identity (at most
-    /// [`crate::rendezvous::core::MAX_RELAYS`]).
+    /// `MAX_RELAYS` of the rendezvous core).
     pub relays: Vec<RelayHint>,
     /// Signature (rendezvous-register context) over the input described in docs/PROTOCOL.md.
     #[serde(with = "crate::wire::bytes::fixed")]
@@ -144,12 +127,14 @@ pub struct RegisterResponse {
 /// `LOOKUP_REQUEST`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LookupRequest {
-    /// One identity to find (then `list_all` is ignored).
-    pub target_identity: Option<IdentityKey>,
+    /// One identity key to find (then `list_all` is ignored).
+    #[serde(with = "crate::wire::bytes::fixed_opt")]
+    pub target_identity: Option<[u8; 32]>,
     /// List online peers instead, one page at a time.
     pub list_all: bool,
     /// **[gap]** List peers whose key sorts strictly after this one (nil: from the start).
-    pub cursor: Option<IdentityKey>,
+    #[serde(with = "crate::wire::bytes::fixed_opt")]
+    pub cursor: Option<[u8; 32]>,
     /// **[gap]** Most peers wanted in this page (the server may return fewer; 0 means the
     /// server's page size).
     pub limit: u16,
@@ -158,8 +143,8 @@ pub struct LookupRequest {
 /// `PeerInfo`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
-    /// The peer.
-    pub identity: Identity,
+    /// The peer, not yet verified (the client verifies it before use).
+    pub identity: RawIdentity,
     /// Where it listens (its most recent registration).
     pub endpoint: Endpoint,
     /// `now` while online; otherwise when its last registration lapsed or was withdrawn.
@@ -180,7 +165,8 @@ pub struct LookupResponse {
     /// Always nil (refusals are `ErrorMsg`).
     pub error_message: Option<String>,
     /// **[gap]** Cursor for the next page of a listing; nil when this page is the last.
-    pub next_cursor: Option<IdentityKey>,
+    #[serde(with = "crate::wire::bytes::fixed_opt")]
+    pub next_cursor: Option<[u8; 32]>,
 }
 
 /// `LIST_SERVERS_REQUEST`.
@@ -244,7 +230,7 @@ pub struct ListServersResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::{Flags, UserIdentity};
+    use crate::identity::{Flags, IdentityKey, UserIdentity};
     use crate::wire::{msgpack, Envelope};
     use proptest::prelude::*;
 
@@ -291,7 +277,7 @@ mod tests {
             }
             .into(),
             LookupRequest {
-                target_identity: Some(u.key()),
+                target_identity: Some(u.key().0),
                 list_all: false,
                 cursor: None,
                 limit: 0,
@@ -299,7 +285,7 @@ mod tests {
             .into(),
             LookupResponse {
                 peers: vec![PeerInfo {
-                    identity: u.identity().clone(),
+                    identity: RawIdentity::from_identity(u.identity()),
                     endpoint: ep.clone(),
                     last_seen: Timestamp(3),
                     online: true,
@@ -307,7 +293,7 @@ mod tests {
                     alt_endpoints: vec![ep.clone()],
                 }],
                 error_message: None,
-                next_cursor: Some(u.key()),
+                next_cursor: Some(u.key().0),
             }
             .into(),
             ListServersRequest {}.into(),
@@ -342,6 +328,23 @@ mod tests {
         assert!("x@1.2.3.4".parse::<ServerEntry>().is_err());
     }
 
+    #[test]
+    fn raw_keys_have_the_identity_key_wire_form() {
+        // The raw [u8; 32] fields encode exactly as IdentityKey (bin 32) and nil did.
+        let k = [7u8; 32];
+        let mut old = Vec::new();
+        rmp_serde::encode::write(&mut old, &(Some(IdentityKey(k)), false, None::<IdentityKey>, 0u16))
+            .unwrap();
+        let new = msgpack::encode(&LookupRequest {
+            target_identity: Some(k),
+            list_all: false,
+            cursor: None,
+            limit: 0,
+        });
+        assert_eq!(new, old);
+        assert!(msgpack::decode::<LookupRequest>(&old).is_ok());
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bodies_never_panic(kind in 0x10u16..0x20, body in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -354,7 +357,7 @@ mod tests {
         #[test]
         fn lookup_round_trip(key in any::<[u8; 32]>(), list_all in any::<bool>(), limit in any::<u16>(), cur in proptest::option::of(any::<[u8; 32]>())) {
             let m = Envelope::from(LookupRequest {
-                target_identity: Some(IdentityKey(key)), list_all, cursor: cur.map(IdentityKey), limit,
+                target_identity: Some(key), list_all, cursor: cur, limit,
             });
             prop_assert_eq!(Envelope::decode(&m.encode()).unwrap(), m);
         }
