@@ -849,6 +849,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn peers_are_verified_before_use() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed([8; 32]);
+        let u = UserIdentity::generate(
+            "dave",
+            crate::identity::Flags::default(),
+            Timestamp(1),
+            &mut rng,
+        )
+        .unwrap();
+        let wire = crate::wire::rendezvous::PeerInfo {
+            identity: RawIdentity::from_identity(u.identity()),
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            last_seen: Timestamp(2),
+            online: true,
+            relays: Vec::new(),
+            alt_endpoints: Vec::new(),
+        };
+        let ok = PeerInfo::verify(wire.clone()).unwrap();
+        assert_eq!(ok.identity, *u.identity());
+        assert_eq!(ok.endpoint, wire.endpoint);
+        let mut forged = wire;
+        forged.identity.signature[0] ^= 1;
+        assert!(matches!(
+            verify_peers(vec![forged]),
+            Err(RendezvousError::Decode(_))
+        ));
+    }
+
+    #[test]
     fn remembered_file_round_trip_and_garbage() {
         let dir = tempfile::tempdir().unwrap();
         assert!(load_remembered(dir.path()).is_empty());
