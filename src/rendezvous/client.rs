@@ -355,11 +355,9 @@ impl Client {
         };
         match self.call(&req.into()).await? {
             // A server may only answer with the identity asked for.
-            Envelope::LookupResponse(r) => {
-                Ok(verify_peers(r.peers)?
-                    .into_iter()
-                    .find(|p| p.identity.key() == *key))
-            }
+            Envelope::LookupResponse(r) => Ok(verify_peers(r.peers)?
+                .into_iter()
+                .find(|p| p.identity.key() == *key)),
             other => Err(RendezvousError::UnexpectedReply { kind: other.kind() }),
         }
     }

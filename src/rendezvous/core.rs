@@ -640,7 +640,11 @@ impl Registry {
         LookupResponse {
             peers,
             error_message: None,
-            next_cursor: if more { last.map(|k: IdentityKey| k.0) } else { None },
+            next_cursor: if more {
+                last.map(|k: IdentityKey| k.0)
+            } else {
+                None
+            },
         }
     }
 }
@@ -1040,7 +1044,11 @@ mod tests {
                 T0,
             );
             assert!(page.peers.len() <= 7);
-            seen.extend(page.peers.iter().map(|p| p.identity.verify().unwrap().key()));
+            seen.extend(
+                page.peers
+                    .iter()
+                    .map(|p| p.identity.verify().unwrap().key()),
+            );
             cursor = page.next_cursor;
             if cursor.is_none() {
                 break;

@@ -15,12 +15,12 @@
 //! found: adding one pins it by TOFU exactly like a card would (the identity is self-signed
 //! and verified when decoded; its contact id is its Ed25519 key).
 
+use super::client::PeerInfo;
 use super::client::{Client, RegistrarSettings};
 use super::RendezvousError;
 use crate::identity::card::MAX_CARD_ENTRIES;
 use crate::identity::{ContactCard, Identity, IdentityKey};
 use crate::time::Timestamp;
-use super::client::PeerInfo;
 use crate::wire::rendezvous::{RelayHint, ServerEntry};
 use crate::wire::Endpoint;
 use serde::Serialize;

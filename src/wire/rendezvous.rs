@@ -333,8 +333,11 @@ mod tests {
         // The raw [u8; 32] fields encode exactly as IdentityKey (bin 32) and nil did.
         let k = [7u8; 32];
         let mut old = Vec::new();
-        rmp_serde::encode::write(&mut old, &(Some(IdentityKey(k)), false, None::<IdentityKey>, 0u16))
-            .unwrap();
+        rmp_serde::encode::write(
+            &mut old,
+            &(Some(IdentityKey(k)), false, None::<IdentityKey>, 0u16),
+        )
+        .unwrap();
         let new = msgpack::encode(&LookupRequest {
             target_identity: Some(k),
             list_all: false,
