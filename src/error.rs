@@ -1,7 +1,7 @@
 //! The crate-level error: every module's error, gathered for callers that handle them alike.
 
 use crate::identity::contact::ContactError;
-use crate::identity::keys::KeyFileError;
+use crate::identity::keys::{KeyFileError, SetupError};
 use crate::identity::IdentityError;
 use crate::noise::{ConnectionError, HandshakeError};
 use crate::store::StoreError;
@@ -43,12 +43,9 @@ pub enum Error {
     /// Rendezvous.
     #[error(transparent)]
     Rendezvous(#[from] crate::rendezvous::RendezvousError),
-    /// The control socket (the CLI talking to a running node).
-    #[error(transparent)]
-    Control(#[from] crate::node::control::ControlError),
     /// The data directory cannot be used.
     #[error(transparent)]
-    DataDir(#[from] crate::node::DataDirError),
+    DataDir(#[from] crate::identity::keys::DataDirError),
     /// Local I/O (sockets we bind, files we write).
     #[error("{context}: {source}")]
     Io {
@@ -62,8 +59,8 @@ pub enum Error {
 impl Error {
     /// A stable machine-readable name for what failed, as printed in the `"kind"` field of a
     /// `--json` error (README, "JSON output"): `decode`, `identity`, `key_file`, `contact`,
-    /// `handshake`, `connection`, `store`, `config`, `relay`, `rendezvous`, `control`,
-    /// `data_dir`, `backup` or `io`.
+    /// `handshake`, `connection`, `store`, `config`, `relay`, `rendezvous`, `data_dir`, `backup`
+    /// or `io` (the CLI adds `control` for its control-socket failures, `cli::CliError`).
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Decode(_) => "decode",
@@ -76,10 +73,19 @@ impl Error {
             Error::Config(_) => "config",
             Error::Relay(_) => "relay",
             Error::Rendezvous(_) => "rendezvous",
-            Error::Control(_) => "control",
             Error::DataDir(_) => "data_dir",
             Error::Backup(_) => "backup",
             Error::Io { .. } => "io",
+        }
+    }
+}
+
+impl From<SetupError> for Error {
+    fn from(e: SetupError) -> Self {
+        match e {
+            SetupError::DataDir(e) => Error::DataDir(e),
+            SetupError::KeyFile(e) => Error::KeyFile(e),
+            SetupError::Identity(e) => Error::Identity(e),
         }
     }
 }

@@ -8,16 +8,18 @@
 //! ## Layout
 //! - [`sig`]: domain-separated Ed25519 signatures (every signature purpose has its own prefix).
 //! - [`time`]: wire timestamps (milliseconds since the epoch).
-//! - [`identity`]: identities, private keys on disk, contact cards, TOFU contacts.
+//! - [`identity`]: identities, private keys and the data directory on disk, contact cards, TOFU
+//!   contacts.
 //! - [`wire`]: version header, the one frame codec, typed MessagePack envelopes, chunking.
 //! - [`noise`]: the XX handshake core (no I/O), transport halves, the async connection shell.
 //! - [`ratchet`]: the Double Ratchet core (no I/O) and signed end-to-end messages.
 //! - [`store`]: the storage trait and its sled implementation.
 //! - [`relay`]: relay protocol core, relay service and policies.
 //! - [`rendezvous`]: rendezvous protocol core, TLS server and client.
-//! - [`node`]: the personal node: listener, connections, routing.
-//! - [`config`], [`cli`], [`logging`], [`shutdown`]: the binary's configuration, command line,
-//!   tracing and signal handling.
+//! - [`node`]: the personal node: listener, connections, routing; its control socket
+//!   ([`node::control`]: requests and responses, server, client).
+//! - [`config`], [`logging`], [`shutdown`]: configuration, tracing and signal handling.
+//! - [`cli`]: every command of the binary and all its output (`main.rs` only calls it).
 //!
 //! Protocol cores (`wire`, `noise::handshake`, `ratchet`, relay/rendezvous cores) never do I/O
 //! and never read the clock; the async shells around them own sockets and time.

@@ -6,6 +6,10 @@
 //! `O_EXCL` semantics (an existing file is never overwritten), written to a temporary file,
 //! fsynced and linked into place. Secrets are zeroized when dropped and never printed: the
 //! `Debug` form shows only the public identity.
+//!
+//! The data directory that holds it is owner-only ([`ensure_private_dir`]);
+//! [`load_or_create_identity`] is how `sremp run` and `sremp relay` get their identity (made on
+//! first start, its flags brought up to date as a new signed version).
 
 use super::{
     Extensions, Flags, Identity, IdentityError, IdentityKey, IdentityVerifiedData, NoiseKey,
@@ -329,6 +333,193 @@ impl UserIdentity {
         };
         msgpack::encode(&kf)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The data directory and the identity in it
+// ---------------------------------------------------------------------------------------------
+
+/// The identity flags this process publishes, as the draft means them: `uses_relay` when the
+/// node has home relays, `is_relay_server` for a relay-only identity (`sremp
+/// relay`). The other two flags are kept as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WantedFlags {
+    /// `uses_relay`.
+    pub uses_relay: bool,
+    /// `is_relay_server`.
+    pub is_relay_server: bool,
+}
+
+impl WantedFlags {
+    /// The flags of `sremp run` (and `init`): `uses_relay` when the node has home relays.
+    pub fn node(uses_relay: bool) -> WantedFlags {
+        WantedFlags {
+            uses_relay,
+            is_relay_server: false,
+        }
+    }
+
+    /// The flags of `sremp relay`.
+    pub fn relay() -> WantedFlags {
+        WantedFlags {
+            uses_relay: false,
+            is_relay_server: true,
+        }
+    }
+
+    /// `current` with these two flags applied.
+    pub fn apply(self, current: Flags) -> Flags {
+        Flags {
+            uses_relay: self.uses_relay,
+            is_relay_server: self.is_relay_server,
+            ..current
+        }
+    }
+}
+
+/// Loads the identity in `dir`, or creates one (owner-only key file) if there is none; true
+/// when it was created. If the stored identity's flags differ from `wanted`, publishes a new
+/// version (version + 1, `created = now`, re-signed) and replaces the key file atomically
+/// before returning it. The data directory is made owner-only first ([`ensure_private_dir`]).
+pub fn load_or_create_identity(
+    dir: &Path,
+    username: &str,
+    wanted: WantedFlags,
+) -> Result<(UserIdentity, bool), SetupError> {
+    if let Some(old) = ensure_private_dir(dir)? {
+        tracing::warn!(
+            dir = %dir.display(),
+            old_mode = format!("{old:o}"),
+            "data directory was accessible by group or others; tightened it to 0700"
+        );
+    }
+    if UserIdentity::exists(dir) {
+        let mut user = UserIdentity::load_file(dir)?;
+        let current = user.identity().data().flags;
+        let flags = wanted.apply(current);
+        if flags != current {
+            let old = user.identity().version();
+            user.update(None, Some(flags), None, Timestamp::now())?;
+            user.save_file(dir)?;
+            tracing::info!(
+                id = %user.key(),
+                from = old,
+                to = user.identity().version(),
+                uses_relay = flags.uses_relay,
+                is_relay_server = flags.is_relay_server,
+                "identity flags changed; published a new identity version"
+            );
+        }
+        return Ok((user, false));
+    }
+    let user = UserIdentity::generate(
+        username,
+        wanted.apply(Flags::default()),
+        Timestamp::now(),
+        &mut rand::rngs::OsRng,
+    )?;
+    user.create_file(dir)?;
+    Ok((user, true))
+}
+
+/// Creates `dir` (and parents) with mode 0700 for the last component.
+pub fn create_private_dir(dir: &Path) -> Result<(), DataDirError> {
+    ensure_private_dir(dir)?;
+    Ok(())
+}
+
+/// Why a data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// The path exists but is not a directory.
+    #[error(
+        "data directory {} exists but is not a directory; move it away or choose another --data-dir",
+        .0.display()
+    )]
+    NotADirectory(PathBuf),
+    /// Group or others may write into it: someone may have planted files there.
+    #[error(
+        "data directory {} is writable by group or others (mode {mode:o}); files in it may have been \
+         planted by another user: check its contents, then `chmod 700 {}` (or choose another --data-dir)",
+        path.display(), path.display()
+    )]
+    WritableByOthers {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Creating, inspecting or tightening it failed.
+    #[error("data directory {}: {what}: {source}", path.display())]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// What we were doing.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Makes sure `dir` is an owner-only directory: creates it (and parents) with mode 0700, or, if
+/// it exists, refuses it when it is not a directory or group/other-writable
+/// ([`DataDirError::WritableByOthers`]), and tightens it to 0700 when it is only group/other
+/// readable. Returns the old mode when it tightened one.
+pub fn ensure_private_dir(dir: &Path) -> Result<Option<u32>, DataDirError> {
+    let err = |what, source| DataDirError::Io {
+        path: dir.to_path_buf(),
+        what,
+        source,
+    };
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Err(DataDirError::NotADirectory(dir.to_path_buf())),
+        Ok(meta) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o7777;
+                if mode & 0o022 != 0 {
+                    return Err(DataDirError::WritableByOthers {
+                        path: dir.to_path_buf(),
+                        mode,
+                    });
+                }
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                        .map_err(|e| err("cannot tighten its mode to 0700", e))?;
+                    return Ok(Some(mode));
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = meta;
+            Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| err("cannot create it", e))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| err("cannot set its mode to 0700", e))?;
+            }
+            Ok(None)
+        }
+        Err(e) => Err(err("cannot inspect it", e)),
+    }
+}
+
+/// Why [`load_or_create_identity`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The key file cannot be read or written.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    /// The identity could not be made or re-signed.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 pub(crate) fn open_private(path: &Path) -> std::io::Result<std::fs::File> {

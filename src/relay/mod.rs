@@ -4,7 +4,8 @@
 //! recipients who are connected, and routes delivery confirmations back to senders. It runs
 //! either alone (`sremp relay`, [`RelayMode::Open`]: stores for anyone) or inside a node
 //! (`sremp run`, [`RelayMode::Integrated`]: stores only for the local user and is not
-//! advertised).
+//! advertised). The relay-only process itself (identity, listener, signals) is the binary's
+//! `cli::relay`.
 //!
 //! Flow on one authenticated Noise connection (byte-exact in docs/PROTOCOL.md, "Relay"):
 //! 1. client `RELAY_HELLO` → relay `RELAY_CHALLENGE` (32 fresh random bytes + capabilities);
@@ -65,12 +66,6 @@ pub use policy::RelayConfig;
 pub use service::{Relay, RelayMode, RelayOptions};
 pub use store::RelayStoreError;
 
-use crate::config::Config;
-use crate::noise::listener;
-use crate::store::{SledStore, Store};
-use std::sync::Arc;
-use std::time::Duration;
-
 /// Name of the file (in the data dir) where `sremp relay` writes its address and id at start:
 /// one line `<listen address> <relay id hex>`.
 pub const ADDR_FILE: &str = "relay.addr";
@@ -96,98 +91,4 @@ pub enum RelayError {
     /// The async runtime failed a task.
     #[error("relay runtime: {0}")]
     Runtime(String),
-}
-
-/// Runs relay-only mode with `cfg` until SIGTERM or Ctrl-C (the `sremp relay` command).
-///
-/// Data dir: `identity.key` (the relay's own identity, created on first start), `relay-db/`,
-/// `relay.addr` (address and id, written once listening) and `relay-stats.json`.
-pub fn run_cli(cfg: &Config) -> Result<(), crate::Error> {
-    crate::logging::init(&cfg.log);
-    cfg.relay.validate().map_err(RelayError::from)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| crate::Error::Io {
-            context: "starting the runtime".into(),
-            source,
-        })?;
-    rt.block_on(run(cfg))
-}
-
-async fn run(cfg: &Config) -> Result<(), crate::Error> {
-    let dir = cfg.data_dir();
-    let (user, created) = crate::node::load_or_create_identity(
-        &dir,
-        &cfg.username(),
-        crate::node::WantedFlags::relay(),
-    )?;
-    let user = Arc::new(user);
-    let store: Arc<dyn Store> = Arc::new(
-        SledStore::open_checked(&dir.join(DB_DIR))
-            .map_err(|e| e.with_advice(RELAY_DAMAGE_ADVICE))?,
-    );
-    let relay = Relay::start(
-        store.clone(),
-        RelayOptions {
-            policy: cfg.relay.clone(),
-            mode: RelayMode::Open,
-            relay_key: user.key(),
-            idle_timeout: cfg.listen.idle_timeout(),
-            stats_path: Some(dir.join(STATS_FILE)),
-        },
-    )
-    .await?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen.address)
-        .await
-        .map_err(|source| crate::Error::Io {
-            context: format!("binding {}", cfg.listen.address),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| crate::Error::Io {
-        context: "reading the listen address".into(),
-        source,
-    })?;
-    let id = user.key();
-    let addr_file = dir.join(ADDR_FILE);
-    let tmp = dir.join("relay.addr.tmp");
-    std::fs::write(&tmp, format!("{addr} {id}\n"))
-        .and_then(|()| std::fs::rename(&tmp, &addr_file))
-        .map_err(|source| crate::Error::Io {
-            context: format!("writing {}", addr_file.display()),
-            source,
-        })?;
-    tracing::info!(%addr, relay_id = %id, new_identity = created, "relay listening");
-    let (stop_tx, stop_rx) = watch_pair();
-    let lc = cfg.listen.listener();
-    let r = relay.clone();
-    // A relay serves everyone alike: every authenticated peer is admitted as known (the
-    // handshake budgets and the total still apply).
-    let server = tokio::spawn(listener::serve(
-        listener,
-        user,
-        lc,
-        stop_rx,
-        move |conn, _addr| {
-            let r = r.clone();
-            async move { r.serve_connection(conn, None).await }
-        },
-    ));
-    crate::shutdown::wait_for_signal().await;
-    tracing::info!("signal received; finishing in-flight commits");
-    let _ = stop_tx.send(true);
-    let shutdown = relay.shutdown(Duration::from_secs(10)).await;
-    let _ = server.await;
-    shutdown?;
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .map_err(|e| crate::store::StoreError::Io(format!("closing the store: {e}")))??;
-    Ok(())
-}
-
-fn watch_pair() -> (
-    tokio::sync::watch::Sender<bool>,
-    tokio::sync::watch::Receiver<bool>,
-) {
-    tokio::sync::watch::channel(false)
 }

@@ -444,42 +444,6 @@ impl RendezvousServerConfig {
     }
 }
 
-/// `sremp rendezvous`: runs the server until SIGTERM or Ctrl-C.
-pub fn run_cli(cfg: &crate::config::Config) -> Result<(), crate::Error> {
-    crate::logging::init(&cfg.log);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| crate::Error::Io {
-            context: "starting the runtime".into(),
-            source,
-        })?;
-    rt.block_on(async {
-        let opts = server::ServerOptions::from_config(&cfg.rendezvous, cfg.data_dir())?;
-        let server = Server::bind(opts).await?;
-        let handle = server.spawn();
-        crate::shutdown::wait_for_signal().await;
-        tracing::info!("rendezvous server shutting down");
-        handle.shutdown().await;
-        Ok(())
-    })
-}
-
-/// `sremp certs`: a localnet CA and server certificates in `out`; prints the files written.
-pub fn run_certs_cli(out: &std::path::Path, names: &[String]) -> Result<(), crate::Error> {
-    if names.is_empty() {
-        return Err(RendezvousError::CertGen("give at least one --name".into()).into());
-    }
-    for f in tls::generate_localnet(out, names)? {
-        println!("wrote {}", f.display());
-    }
-    println!(
-        "clients: rendezvous.ca_file = \"{}\"",
-        out.join("ca.pem").display()
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
