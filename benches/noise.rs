@@ -2,7 +2,7 @@
 //! - `setup/sremp_tcp`: a full sremp session over loopback TCP (version headers, XX handshake,
 //!   identity signature verification on both sides, key checks) vs `setup/snow_in_memory`:
 //!   snow's XX handshake between two in-memory states. Report: snow / sremp (target >= 0.7).
-//! - `frames64k/sremp`: 64 KiB frames (one DirectMessage envelope per Noise message) over a real
+//! - `frames64k/sremp`: 64 KiB frames (one STORE_MESSAGE envelope per Noise message) over a real
 //!   sremp connection vs `frames64k/raw_snow_tcp`: snow transport messages of the same size over
 //!   a plain tokio TCP stream with a 2-byte length prefix. Report: sremp / raw throughput
 //!   (target >= 0.8).
@@ -12,15 +12,16 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sremp::identity::{Flags, UserIdentity};
 use sremp::noise::stream::{HandshakeLimits, TcpConnection};
 use sremp::time::Timestamp;
-use sremp::wire::direct::DirectMessage;
+use sremp::wire::relay::StoreMessage;
 use sremp::wire::Envelope;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const FRAMES: usize = 64;
-/// Blob size so that the envelope is exactly one full Noise message (65519 plaintext bytes).
-const BLOB: usize = sremp::wire::MAX_NOISE_PLAINTEXT - 16;
+/// Blob size so that the envelope is exactly one full Noise message (65519 plaintext bytes):
+/// a `STORE_MESSAGE` adds 107 bytes (envelope head, recipient, bin16 head, signature, id).
+const BLOB: usize = sremp::wire::MAX_NOISE_PLAINTEXT - 107;
 
 fn user(name: &str) -> UserIdentity {
     UserIdentity::generate(name, Flags::default(), Timestamp(1), &mut rand::rngs::OsRng).unwrap()
@@ -245,13 +246,16 @@ fn frames(c: &mut Criterion) {
             .unwrap();
         (conn, ack_rx)
     });
-    let env = Envelope::DirectMessage(DirectMessage {
+    let env = Envelope::StoreMessage(StoreMessage {
+        recipient: [0x11; 32],
+        encrypted_blob: vec![0x5a; BLOB],
+        sender_signature: [0x22; 64],
         message_id: 1,
-        blob: vec![0x5a; BLOB],
     });
-    assert!(
-        env.encode().len() <= sremp::wire::MAX_NOISE_PLAINTEXT,
-        "one frame per envelope"
+    assert_eq!(
+        env.encode().len(),
+        sremp::wire::MAX_NOISE_PLAINTEXT,
+        "one full frame per envelope"
     );
     let mut sremp_ack = sremp_ack;
     g.bench_function("sremp", |b| {

@@ -13,9 +13,21 @@ use sremp::noise::{prologue, Handshake};
 use sremp::sig::SigContext;
 use sremp::time::Timestamp;
 use sremp::wire::chunk::{split, CHUNK_PAYLOAD_MAX};
-use sremp::wire::direct::DirectMessage;
 use sremp::wire::{Envelope, Version, VersionHeader};
 use std::path::PathBuf;
+
+/// The encoding of the reserved envelope `DirectMessage{message_id, blob}` (kind 0x40,
+/// docs/PROTOCOL.md): the vectors keep it as their example plaintext, though no 1.0 node sends
+/// it and the crate has no type for it (it decodes as `Envelope::Unknown`).
+fn direct_message_bytes(message_id: u64, blob: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    rmp::encode::write_array_len(&mut out, 2).unwrap();
+    rmp::encode::write_uint(&mut out, 0x40).unwrap();
+    rmp::encode::write_array_len(&mut out, 2).unwrap();
+    rmp::encode::write_uint(&mut out, message_id).unwrap();
+    rmp::encode::write_bin(&mut out, blob).unwrap();
+    out
+}
 
 fn path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -126,17 +138,14 @@ fn handshake_vector() {
     let (_, mut rrecv, peer_a) = r.finish().unwrap();
     assert_eq!(peer_b.key(), bob.key());
     assert_eq!(peer_a.key(), alice.key());
-    let env = Envelope::DirectMessage(DirectMessage {
-        message_id: 7,
-        blob: b"hello bob".to_vec(),
-    });
+    let env = direct_message_bytes(7, b"hello bob");
     let mut frame = Vec::new();
-    isend.seal(&env, &mut frame).unwrap();
+    isend.seal_encoded(&env, &mut frame).unwrap();
     let got = rrecv
         .open(&frame[2..], std::time::Instant::now())
         .unwrap()
         .unwrap();
-    assert_eq!(got, env);
+    assert_eq!(got, Envelope::Unknown { kind: 0x40 });
     check(
         "handshake_xx.json",
         json!({
@@ -158,7 +167,7 @@ fn handshake_vector() {
             "message_2": hex::encode(&m2),
             "message_3": hex::encode(&m3),
             "handshake_hash": hex::encode(hash),
-            "first_transport_plaintext": hex::encode(env.encode()),
+            "first_transport_plaintext": hex::encode(&env),
             "first_transport_frame": hex::encode(&frame),
         }),
     );
@@ -168,11 +177,7 @@ fn handshake_vector() {
 fn chunk_vector() {
     // A DirectMessage whose blob is bytes (i mod 251) for i in 0..70000: too large for one frame.
     let blob: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
-    let env = Envelope::DirectMessage(DirectMessage {
-        message_id: 1,
-        blob,
-    });
-    let encoded = env.encode();
+    let encoded = direct_message_bytes(1, &blob);
     let chunks: Vec<Value> = split(9, &encoded)
         .map(|c| {
             let bytes = Envelope::Chunk(c.clone()).encode();

@@ -58,9 +58,12 @@ async fn good_client_works(node: &NodeHandle) {
     .await
     .expect("a well-behaved client is still served");
     assert_eq!(conn.peer.key(), node.identity.key());
-    conn.send(&Envelope::DirectAck(sremp::wire::direct::DirectAck {
-        message_id: 1,
-    }))
+    conn.send(&Envelope::ConfirmationAck(
+        sremp::wire::relay::ConfirmationAck {
+            delivered_to: [1; 32],
+            message_id: 1,
+        },
+    ))
     .await
     .unwrap();
 }
@@ -231,9 +234,11 @@ async fn large_messages_are_chunked_and_reassembled() {
         .await
         .unwrap();
     let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
-    let msg = Envelope::DirectMessage(sremp::wire::direct::DirectMessage {
+    let msg = Envelope::StoreMessage(sremp::wire::relay::StoreMessage {
+        recipient: [2; 32],
+        encrypted_blob: blob,
+        sender_signature: [3; 64],
         message_id: 42,
-        blob,
     });
     conn.send(&msg).await.unwrap();
     assert_eq!(server.await.unwrap(), msg);

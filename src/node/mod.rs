@@ -1056,7 +1056,7 @@ async fn serve_peer(
         _ = stopped(&mut stop) => return,
     };
     match first {
-        Ok(Ok(env)) if (0x20..=0x2f).contains(&env.kind()) => {
+        Ok(Ok(env)) if env.is_relay() => {
             inner.inbound.fetch_add(1, Ordering::Relaxed);
             let _count = InboundGuard(inner.clone());
             relay.serve_connection_with(conn, Some(env), idle).await;

@@ -4,10 +4,12 @@
 //! implementation does not know decode as [`Envelope::Unknown`] so that newer peers can add
 //! kinds without breaking older ones; the receiving shell decides whether to ignore them.
 //!
-//! Kind numbers (**[gap]**): `0x01..` transport, `0x10..` rendezvous, `0x20..` relay,
-//! `0x40..` direct node-to-node.
+//! Kind numbers (**[gap]**): `0x01..` transport, `0x10..` rendezvous, `0x20..`
+//! ([`RELAY_KINDS`]) relay, `0x40..` direct node-to-node. The direct kinds `0x40`
+//! (`DirectMessage`) and `0x41` (`DirectAck`) are reserved for a future relay-less fast path
+//! (docs/PROTOCOL.md, Node): no 1.0 node sends them, so they have no type here and decode as
+//! [`Envelope::Unknown`].
 
-use super::direct::{DirectAck, DirectMessage};
 use super::msgpack;
 use super::relay::*;
 use super::rendezvous::*;
@@ -124,11 +126,11 @@ envelope! {
     ConfirmationAck = 0x2a,
     /// The recipient could not decrypt a message (no session): delete it, tell its sender.
     SessionReset = 0x2b,
-    /// An end-to-end message sent directly.
-    DirectMessage = 0x40,
-    /// Its durable acknowledgement.
-    DirectAck = 0x41,
 }
+
+/// The kind numbers assigned to relay traffic (**[gap]**): a node serves an inbound connection
+/// whose first envelope has one of these kinds with its integrated relay.
+pub const RELAY_KINDS: std::ops::RangeInclusive<u16> = 0x20..=0x2f;
 
 fn write_head(out: &mut Vec<u8>, kind: u16) {
     out.push(0x92); // fixarray of 2
@@ -137,6 +139,11 @@ fn write_head(out: &mut Vec<u8>, kind: u16) {
 }
 
 impl Envelope {
+    /// True when the kind is in [`RELAY_KINDS`] (known or not).
+    pub fn is_relay(&self) -> bool {
+        RELAY_KINDS.contains(&self.kind())
+    }
+
     /// The encoding as a new vector.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -179,8 +186,14 @@ mod tests {
 
     #[test]
     fn known_bytes() {
-        let e = Envelope::DirectAck(DirectAck { message_id: 5 });
-        assert_eq!(e.encode(), vec![0x92, 0x41, 0x91, 0x05]);
+        let e = Envelope::ConfirmationAck(ConfirmationAck {
+            delivered_to: [7; 32],
+            message_id: 5,
+        });
+        let mut want = vec![0x92, 0x2a, 0x92, 0xc4, 0x20];
+        want.extend_from_slice(&[7; 32]);
+        want.push(0x05);
+        assert_eq!(e.encode(), want);
         assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
     }
 
@@ -197,8 +210,15 @@ mod tests {
     fn malformed_envelopes() {
         assert!(Envelope::decode(&[]).is_err());
         assert!(Envelope::decode(&[0x93, 1, 2, 3]).is_err());
+        // Trailing bytes after a complete envelope.
         assert!(Envelope::decode(&[0x92, 0x40, 0x91, 0x05, 0x00]).is_err());
-        assert!(Envelope::decode(&[0x92, 0x40, 0x91, 0xa1, b'x']).is_err());
+        // A known kind whose body does not decode (`CONFIRMATION_ACK` wants two fields).
+        assert!(Envelope::decode(&[0x92, 0x2a, 0x91, 0xa1, b'x']).is_err());
+        // The reserved direct kinds have no type here: well-formed, not interpreted.
+        assert_eq!(
+            Envelope::decode(&[0x92, 0x41, 0x91, 0x05]).unwrap(),
+            Envelope::Unknown { kind: 0x41 }
+        );
         assert!(Envelope::decode(&[0x92, 0xa1, b'x', 0x90]).is_err());
     }
 

@@ -7,14 +7,13 @@
 //!   counts and nesting depth before serde allocates anything, and trailing bytes are an error.
 //! - [`envelope`]: `[kind, body]`, the typed message carried in every frame.
 //! - [`chunk`]: splitting envelopes larger than one frame and bounded reassembly.
-//! - [`endpoint`], [`relay`], [`rendezvous`], [`direct`]: the message bodies.
+//! - [`endpoint`], [`relay`], [`rendezvous`]: the message bodies.
 //!
 //! Nothing here does I/O or imports tokio (the async frame reader and writer are the noise
 //! module's `framed` shell), and nothing reads the clock: reassembly takes `now` from its caller.
 
 pub mod bytes;
 pub mod chunk;
-pub mod direct;
 pub mod endpoint;
 pub mod envelope;
 pub mod frame;
