@@ -8,6 +8,7 @@
 //! ## Layout
 //! - [`sig`]: domain-separated Ed25519 signatures (every signature purpose has its own prefix).
 //! - [`time`]: wire timestamps (milliseconds since the epoch).
+//! - [`limit`]: per-key token buckets (the relay's and the rendezvous server's rate limits).
 //! - [`identity`]: identities, private keys and the data directory on disk, contact cards, TOFU
 //!   contacts.
 //! - [`wire`]: version header, the one frame codec, typed MessagePack envelopes, chunking.
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod limit;
 pub mod logging;
 pub mod node;
 pub mod noise;

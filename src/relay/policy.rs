@@ -3,6 +3,7 @@
 //! the clock or touches the store.
 
 use crate::identity::IdentityKey;
+use crate::limit::TokenBuckets;
 use crate::wire::relay::{RelayCapabilities, RelayErrorCode};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -193,96 +194,42 @@ impl Quotas {
     }
 }
 
-/// A token bucket: `burst` tokens, refilled at `rate` per second. Times in milliseconds from
-/// any fixed origin (the shell uses a monotonic clock).
-#[derive(Clone, Copy, Debug)]
-pub struct TokenBucket {
-    /// Tokens, in thousandths.
-    milli_tokens: u64,
-    last_ms: u64,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn full(burst: u32, now_ms: u64) -> Self {
-        TokenBucket {
-            milli_tokens: u64::from(burst) * 1000,
-            last_ms: now_ms,
-        }
-    }
-
-    fn refill(&mut self, rate: u32, burst: u32, now_ms: u64) {
-        let elapsed = now_ms.saturating_sub(self.last_ms);
-        self.last_ms = self.last_ms.max(now_ms);
-        let add = elapsed.saturating_mul(u64::from(rate));
-        self.milli_tokens = self
-            .milli_tokens
-            .saturating_add(add)
-            .min(u64::from(burst) * 1000);
-    }
-
-    /// Takes one token if there is one.
-    pub fn take(&mut self, rate: u32, burst: u32, now_ms: u64) -> bool {
-        self.refill(rate, burst, now_ms);
-        if self.milli_tokens >= 1000 {
-            self.milli_tokens -= 1000;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// True when the bucket is full (so forgetting it changes nothing).
-    pub fn is_full(&mut self, rate: u32, burst: u32, now_ms: u64) -> bool {
-        self.refill(rate, burst, now_ms);
-        self.milli_tokens >= u64::from(burst) * 1000
-    }
-}
-
 /// Per-identity token buckets shared by all of an identity's connections, so opening more
-/// connections does not buy more rate.
-#[derive(Debug, Default)]
-pub struct RateLimiter {
-    buckets: HashMap<IdentityKey, TokenBucket>,
-    last_prune_ms: u64,
-}
+/// connections does not buy more rate (`rate_per_sec`, `rate_burst`; full buckets are pruned
+/// once more than 4096 identities are held).
+#[derive(Debug)]
+pub struct RateLimiter(TokenBuckets<IdentityKey>);
 
 /// Buckets kept before full ones are pruned.
 const PRUNE_THRESHOLD: usize = 4096;
 
 impl RateLimiter {
-    /// Charges one request to `who`. `Err(RateLimited)` when its bucket is empty.
-    pub fn charge(
-        &mut self,
-        cfg: &RelayConfig,
-        who: IdentityKey,
-        now_ms: u64,
-    ) -> Result<(), RelayErrorCode> {
-        if self.buckets.len() > PRUNE_THRESHOLD && now_ms.saturating_sub(self.last_prune_ms) > 1000
-        {
-            self.last_prune_ms = now_ms;
-            self.buckets
-                .retain(|_, b| !b.is_full(cfg.rate_per_sec, cfg.rate_burst, now_ms));
-        }
-        let b = self
-            .buckets
-            .entry(who)
-            .or_insert_with(|| TokenBucket::full(cfg.rate_burst, now_ms));
-        if b.take(cfg.rate_per_sec, cfg.rate_burst, now_ms) {
-            Ok(())
-        } else {
-            Err(RelayErrorCode::RateLimited)
-        }
+    /// The limiter for `cfg`'s rate and burst.
+    pub fn new(cfg: &RelayConfig) -> Self {
+        RateLimiter(TokenBuckets::new(
+            cfg.rate_per_sec,
+            cfg.rate_burst,
+            usize::MAX,
+            PRUNE_THRESHOLD,
+        ))
+    }
+
+    /// Charges one request to `who` at `now_ms` (a monotonic clock). `Err(RateLimited)` when
+    /// its bucket is empty.
+    pub fn charge(&mut self, who: IdentityKey, now_ms: u64) -> Result<(), RelayErrorCode> {
+        self.0
+            .take(who, now_ms)
+            .map_err(|_| RelayErrorCode::RateLimited)
     }
 
     /// Buckets held.
     pub fn len(&self) -> usize {
-        self.buckets.len()
+        self.0.len()
     }
 
     /// True when no bucket is held.
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.0.is_empty()
     }
 }
 
@@ -307,19 +254,19 @@ mod tests {
             rate_burst: 3,
             ..RelayConfig::default()
         };
-        let mut rl = RateLimiter::default();
+        let mut rl = RateLimiter::new(&cfg);
         let k = IdentityKey([1; 32]);
         for _ in 0..3 {
-            rl.charge(&cfg, k, 1000).unwrap();
+            rl.charge(k, 1000).unwrap();
         }
-        assert_eq!(rl.charge(&cfg, k, 1000), Err(RelayErrorCode::RateLimited));
+        assert_eq!(rl.charge(k, 1000), Err(RelayErrorCode::RateLimited));
         // Another identity is unaffected.
-        rl.charge(&cfg, IdentityKey([2; 32]), 1000).unwrap();
+        rl.charge(IdentityKey([2; 32]), 1000).unwrap();
         // 100 ms at 10/s is one token.
-        rl.charge(&cfg, k, 1100).unwrap();
-        assert_eq!(rl.charge(&cfg, k, 1100), Err(RelayErrorCode::RateLimited));
+        rl.charge(k, 1100).unwrap();
+        assert_eq!(rl.charge(k, 1100), Err(RelayErrorCode::RateLimited));
         // Time going backwards never adds tokens.
-        assert_eq!(rl.charge(&cfg, k, 500), Err(RelayErrorCode::RateLimited));
+        assert_eq!(rl.charge(k, 500), Err(RelayErrorCode::RateLimited));
     }
 
     #[test]

@@ -205,9 +205,9 @@ impl Relay {
         let relay = Relay {
             inner: Arc::new(Inner {
                 store: rs,
+                rate: Mutex::new(RateLimiter::new(&opts.policy)),
                 opts,
                 stats,
-                rate: Mutex::new(RateLimiter::default()),
                 origin: Instant::now(),
                 online: Mutex::new(Routes::default()),
                 next_conn: AtomicU64::new(1),
@@ -338,7 +338,7 @@ impl Relay {
         }
         let now = self.now_ms();
         match self.inner.rate.lock() {
-            Ok(mut rl) => rl.charge(&self.inner.opts.policy, who, now),
+            Ok(mut rl) => rl.charge(who, now),
             Err(_) => Err(RelayErrorCode::RateLimited),
         }
     }

@@ -10,6 +10,7 @@
 //! - an identity has at most `max_per_identity` live registrations (one per endpoint).
 
 use crate::identity::{Identity, IdentityKey};
+use crate::limit::{Limited, TokenBuckets};
 use crate::sig::{self, SigContext};
 use crate::time::Timestamp;
 use crate::wire::envelope::ErrorMsg;
@@ -655,66 +656,34 @@ fn millis(d: Duration) -> u64 {
 
 /// Token-bucket request rate limit per client address.
 #[derive(Debug)]
-pub struct RateLimiter {
-    per_sec: u64,
-    burst: u64,
-    max_clients: usize,
-    /// Milli-tokens and the time of the last refill.
-    buckets: HashMap<IpAddr, (u64, Timestamp)>,
-}
+pub struct RateLimiter(TokenBuckets<IpAddr>);
 
 impl RateLimiter {
     /// `per_sec` requests per second on average, bursts of `burst`, tracking at most
     /// `max_clients` addresses (beyond that, idle addresses are forgotten first; if none is
     /// idle, new addresses are limited).
     pub fn new(per_sec: u32, burst: u32, max_clients: usize) -> Self {
-        RateLimiter {
-            per_sec: u64::from(per_sec),
-            burst: u64::from(burst.max(1)),
-            max_clients: max_clients.max(1),
-            buckets: HashMap::new(),
-        }
+        RateLimiter(TokenBuckets::new(
+            per_sec,
+            burst.max(1),
+            max_clients.max(1),
+            usize::MAX,
+        ))
     }
 
     /// Takes one request token for `ip`.
     pub fn check(&mut self, ip: IpAddr, now: Timestamp) -> Result<(), RequestError> {
-        let cap = self.burst * 1000;
-        if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max_clients {
-            self.forget_idle(now);
-            if self.buckets.len() >= self.max_clients {
-                return Err(RequestError::RateLimited {
-                    retry_after_ms: 1000,
-                });
-            }
-        }
-        let per_sec = self.per_sec;
-        let (tokens, last) = self.buckets.entry(ip).or_insert((cap, now));
-        let elapsed = u64::try_from(now.since(*last).as_millis()).unwrap_or(u64::MAX);
-        *tokens = tokens
-            .saturating_add(elapsed.saturating_mul(per_sec))
-            .min(cap);
-        *last = (*last).max(now);
-        if *tokens >= 1000 {
-            *tokens -= 1000;
-            Ok(())
-        } else {
-            let retry_after_ms = if per_sec == 0 {
-                u64::MAX
-            } else {
-                (1000 - *tokens).div_ceil(per_sec)
-            };
-            Err(RequestError::RateLimited { retry_after_ms })
-        }
+        self.0.take(ip, now.0).map_err(|e| match e {
+            Limited::Empty { retry_after_ms } => RequestError::RateLimited { retry_after_ms },
+            Limited::TooManyKeys { .. } => RequestError::RateLimited {
+                retry_after_ms: 1000,
+            },
+        })
     }
 
     /// Forgets addresses whose bucket has refilled (they are indistinguishable from new ones).
     pub fn forget_idle(&mut self, now: Timestamp) {
-        let cap = self.burst * 1000;
-        let per_sec = self.per_sec;
-        self.buckets.retain(|_, (tokens, last)| {
-            let elapsed = u64::try_from(now.since(*last).as_millis()).unwrap_or(u64::MAX);
-            tokens.saturating_add(elapsed.saturating_mul(per_sec)) < cap
-        });
+        self.0.forget_full(now.0);
     }
 }
 
