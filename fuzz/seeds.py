@@ -197,6 +197,14 @@ stored = b"\x95\x07\xc4\x20" + b"\x11" * 32 + b"\x05\xc4\x03abc\xc4\x40" + b"\x2
 write("relay_messages", "batch", b"\x08" + b"\x92\x92" + stored + stored + b"\xc3")
 write("relay_messages", "delivery-confirmation", b"\x09" + confirm_env[2:])
 write("relay_messages", "batch-huge-claim", b"\x08" + b"\x92\xdd\xff\xff\xff\xff\xc3")
+# The connection core part of relay_messages: selector bits 0x80 (the harness registers first),
+# 0x10 (the harness signs stores), 0x20/0x40 (integrated relay, owned by the client); then
+# envelopes as u16be(len) || bytes.
+def envs(*es):
+    return b"".join(struct.pack(">H", len(e)) + e for e in es)
+write("relay_messages", "core-registered-stores", bytes([0x94]) + envs(store_env, store_env, confirm_env, store_env))
+write("relay_messages", "core-integrated-owner", bytes([0xf4]) + envs(store_env, confirm_env))
+write("relay_messages", "core-unregistered", bytes([0x04]) + envs(b"\x92\x28\x91\x00", store_env, confirm_env))
 
 # rendezvous_messages: selector byte, then the body.
 write("rendezvous_messages", "raw-identity", b"\x00" + alice_id)

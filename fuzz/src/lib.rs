@@ -614,7 +614,7 @@ where
 }
 
 /// Every relay body type through `msgpack::decode`, chosen by the first byte; a decoded body
-/// must round-trip.
+/// must round-trip. The same bytes then drive the relay connection core (see `relay_conn`).
 pub fn relay_messages(data: &[u8]) {
     use sremp::wire::relay::*;
     let Some((sel, body)) = data.split_first() else {
@@ -635,6 +635,156 @@ pub fn relay_messages(data: &[u8]) {
         11 => round_trip::<RelayCapabilities>(body),
         12 => round_trip::<SessionReset>(body),
         _ => round_trip::<RetrieveCursor>(body),
+    }
+    relay_conn(*sel, body);
+}
+
+/// Relay test keys: the connecting client and the relay itself.
+const RELAY_CLIENT_SEED: [u8; 32] = [0x71; 32];
+const RELAY_KEY: [u8; 32] = [0x72; 32];
+/// Most envelopes fed to one connection core.
+const RELAY_CONN_STEPS: usize = 64;
+
+/// Drives the relay connection core ([`sremp::relay::conn::RelayConn`]) with the input as a
+/// sequence of envelopes, each `u16be(len) || bytes`. Bits of the selector byte choose the
+/// relay mode (`0x20`: integrated, owned by the client when `0x40` is also set) and whether
+/// the harness first registers properly with a fixed key (`0x80`), so that the fuzzer reaches
+/// the registered state; with `0x10` a decoded `STORE_MESSAGE`'s sender signature is replaced
+/// by a valid one. Checks the core's invariants: nothing follows a `Close`, nothing is stored,
+/// retrieved or confirmed before registration, retrieval limits stay within the policy, and a
+/// store is for the owner at an integrated relay.
+fn relay_conn(sel: u8, body: &[u8]) {
+    use sremp::identity::IdentityKey;
+    use sremp::relay::auth::{self, SessionBinding};
+    use sremp::relay::conn::{Action, Now, RelayConn, RelayMode};
+    use sremp::relay::policy::RateLimiter;
+    use sremp::relay::RelayConfig;
+    use sremp::time::Timestamp;
+    use sremp::wire::relay::*;
+    use std::sync::{Arc, Mutex};
+
+    let client = SigningKey::from_bytes(&RELAY_CLIENT_SEED);
+    let me = IdentityKey(client.verifying_key().to_bytes());
+    let relay_key = IdentityKey(RELAY_KEY);
+    let mode = match (sel & 0x20 != 0, sel & 0x40 != 0) {
+        (false, _) => RelayMode::Open,
+        (true, true) => RelayMode::Integrated { owner: me },
+        (true, false) => RelayMode::Integrated {
+            owner: IdentityKey([0x73; 32]),
+        },
+    };
+    let policy = RelayConfig {
+        rate_burst: 16,
+        max_message_size: 4096,
+        batch_messages: 8,
+        ..RelayConfig::default()
+    };
+    let batch_max = policy.batch_messages as usize;
+    let max_size = policy.max_message_size as usize;
+    let rate = Arc::new(Mutex::new(RateLimiter::new(&policy)));
+    let (hash, nonce) = ([0x74; 32], [0x75; 32]);
+    let mut conn = RelayConn::new(mode, relay_key, Arc::new(policy), rate, me, hash, nonce);
+    let now = Now {
+        mono_ms: 1000,
+        wall: Timestamp(1_767_225_600_000),
+    };
+    let binding = SessionBinding {
+        handshake_hash: hash,
+        nonce,
+    };
+    let mut closed = false;
+    // True when the actions close the connection.
+    let check = |actions: &[Action], registered_before: bool| -> bool {
+        let mut closes = false;
+        for (i, a) in actions.iter().enumerate() {
+            match a {
+                Action::Close(_) => {
+                    assert_eq!(i + 1, actions.len(), "an action follows Close");
+                    closes = true;
+                }
+                Action::Store {
+                    sender, message, ..
+                } => {
+                    assert!(registered_before, "stored before registration");
+                    assert_eq!(*sender, me);
+                    assert!(message.encrypted_blob.len() <= max_size);
+                    if let RelayMode::Integrated { owner } = mode {
+                        assert_eq!(message.recipient, owner.0, "stored for a stranger");
+                    }
+                }
+                Action::Retrieve { who, limit, .. } => {
+                    assert!(registered_before, "retrieved before registration");
+                    assert_eq!(*who, me);
+                    assert!(*limit >= 1 && *limit <= batch_max);
+                }
+                Action::Confirm { who, .. } | Action::AckConfirmation { who, .. } => {
+                    assert!(registered_before, "confirmed before registration");
+                    assert_eq!(*who, me);
+                }
+                _ => {}
+            }
+        }
+        closes
+    };
+    if sel & 0x80 != 0 {
+        let a = conn.handle(Envelope::RelayHello(RelayHello { features: 0 }), now);
+        assert!(!check(&a, false));
+        let reg = RelayRegister {
+            identity: me.0,
+            auth_signature: auth::sign_register(&client, &binding, &relay_key.0),
+            capabilities: RelayCapabilities {
+                max_message_size: u32::MAX,
+                max_storage_duration: u64::MAX,
+                quota_messages: u32::MAX,
+                quota_bytes: u64::MAX,
+            },
+        };
+        let a = conn.handle(Envelope::RelayRegister(reg), now);
+        assert!(!check(&a, false));
+        assert_eq!(
+            conn.registered(),
+            Some(me),
+            "a valid registration is accepted"
+        );
+    }
+    let mut input = Input::new(body);
+    let mut stores = Vec::new();
+    for _ in 0..RELAY_CONN_STEPS {
+        if input.is_empty() || closed {
+            break;
+        }
+        let len = usize::from(input.u16());
+        let Ok(mut env) = Envelope::decode(input.take(len)) else {
+            continue;
+        };
+        if let (true, Envelope::StoreMessage(m)) = (sel & 0x10 != 0, &mut env) {
+            m.sender_signature =
+                auth::sign_store(&client, &m.recipient, m.message_id, &m.encrypted_blob);
+        }
+        let registered = conn.registered().is_some();
+        // Consecutive stores also go through the batch path, as the shell gathers them.
+        match env {
+            Envelope::StoreMessage(m) if registered && stores.len() < 4 => {
+                stores.push(m);
+                continue;
+            }
+            env => {
+                if !stores.is_empty() {
+                    let a = conn.handle_stores(std::mem::take(&mut stores), now);
+                    closed = check(&a, registered);
+                    if closed {
+                        break;
+                    }
+                }
+                let a = conn.handle(env, now);
+                closed = check(&a, registered);
+            }
+        }
+    }
+    if !stores.is_empty() && !closed {
+        let registered = conn.registered().is_some();
+        let a = conn.handle_stores(stores, now);
+        check(&a, registered);
     }
 }
 

@@ -9,6 +9,7 @@
 //! unique per sender (two concurrent stores with the same id on one client are refused locally).
 
 use super::auth::{self, SessionBinding};
+use super::conn::{ClientRegistration, RegistrationFailure, RegistrationStep};
 use super::read_ahead::ReadAhead;
 use crate::identity::{IdentityKey, UserIdentity};
 use crate::noise::stream::{ConnectionError, HandshakeLimits, TcpConnection, Writer};
@@ -152,28 +153,24 @@ impl RelayClient {
     ) -> Result<(RelayClient, mpsc::Receiver<RelayEvent>), RelayClientError> {
         let relay = conn.peer.key();
         let peer = conn.peer.clone();
-        conn.send(&Envelope::RelayHello(RelayHello { features: 0 }))
-            .await?;
-        let challenge = match conn.recv().await? {
-            Envelope::RelayChallenge(c) => c,
-            Envelope::ErrorMsg(e) => return Err(RelayClientError::refused(e.code, e.message)),
-            _ => return Err(RelayClientError::Protocol("expected RELAY_CHALLENGE")),
-        };
-        let binding = SessionBinding {
-            handshake_hash: conn.handshake_hash,
-            nonce: challenge.nonce,
-        };
         let key = me.signing_key().clone();
-        let reg = RelayRegister {
-            identity: me.key().0,
-            auth_signature: auth::sign_register(&key, &binding, &relay.0),
-            capabilities: asked,
-        };
-        conn.send(&Envelope::RelayRegister(reg)).await?;
-        let capabilities = match conn.recv().await? {
-            Envelope::RelayRegistered(r) => r.capabilities,
-            Envelope::ErrorMsg(e) => return Err(RelayClientError::refused(e.code, e.message)),
-            _ => return Err(RelayClientError::Protocol("expected RELAY_REGISTERED")),
+        let (mut reg, hello) =
+            ClientRegistration::start(key.clone(), relay, conn.handshake_hash, asked);
+        conn.send(&hello).await?;
+        let (binding, capabilities) = loop {
+            match reg.handle(conn.recv().await?) {
+                Ok(RegistrationStep::Send(env)) => conn.send(&env).await?,
+                Ok(RegistrationStep::Registered {
+                    binding,
+                    capabilities,
+                }) => break (binding, capabilities),
+                Err(RegistrationFailure::Refused { raw, message }) => {
+                    return Err(RelayClientError::refused(raw, message))
+                }
+                Err(RegistrationFailure::Protocol(what)) => {
+                    return Err(RelayClientError::Protocol(what))
+                }
+            }
         };
         let (_, reader, writer) = conn.split();
         let mut reader = reader.map_inner(ReadAhead::new);

@@ -20,10 +20,11 @@
 //!    with `CONFIRMATION_ACK`.
 //!
 //! Modules:
+//! - [`conn`] — the connection core (no I/O): every protocol decision on one connection.
 //! - [`auth`] — the signed byte strings (pure).
 //! - [`policy`] — `[relay]` config, quotas, token-bucket rate limits, capability grant (pure).
 //! - [`store`] — records over [`crate::store::Store`] and the group-commit thread.
-//! - [`service`] — the async shell ([`Relay`]).
+//! - [`service`] — the async shell ([`Relay`]): read → [`conn::RelayConn`] → execute.
 //! - [`client`] — [`client::RelayClient`].
 //! - [`read_ahead`] — a read buffer that is freed while a connection idles.
 //! - [`stats`] — operator counters.
@@ -55,6 +56,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod conn;
 pub mod policy;
 pub mod read_ahead;
 pub mod service;

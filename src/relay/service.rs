@@ -1,9 +1,11 @@
-//! The relay service: the async shell that drives one authenticated connection at a time
-//! through hello → challenge → register → requests, and routes pushes and confirmations
-//! between connections. Decisions are delegated to [`super::auth`], [`super::policy`] and
-//! [`super::store`]; this file moves envelopes.
+//! The relay service: the async shell around [`super::conn::RelayConn`]. For each
+//! authenticated connection it loops read → core → execute: it reads envelopes (gathering
+//! `STORE_MESSAGE`s that are already buffered into one batch), hands them to the core, and
+//! executes the returned actions in order (writes, durable stores, retrievals, confirmations),
+//! routing pushes and confirmations between connections. Protocol decisions are the core's;
+//! this file moves envelopes and maps I/O results to replies.
 
-use super::auth::{self, SessionBinding};
+use super::conn::{error_envelope as err, Action, Forward, Now, RelayConn};
 use super::policy::{RateLimiter, RelayConfig};
 use super::read_ahead::ReadAhead;
 use super::stats::Stats;
@@ -11,13 +13,10 @@ use super::store::{NewMessage, RelayStore, RelayStoreError, StoreOutcome};
 use super::RelayError;
 use crate::identity::IdentityKey;
 use crate::noise::stream::{Connection, ConnectionError, Reader, Writer};
-use crate::sig;
 use crate::store::Store;
 use crate::time::Timestamp;
-use crate::wire::envelope::ErrorMsg;
 use crate::wire::relay::*;
 use crate::wire::Envelope;
-use ed25519_dalek::VerifyingKey;
 use rand::RngCore;
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,26 +34,13 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore};
 const OUT_QUEUE: usize = 256;
 /// Stores one connection may have waiting for their group commit.
 const MAX_INFLIGHT_STORES: usize = 64;
-/// Kept confirmations sent to a sender right after it registers.
-const KEPT_CONFIRMATIONS_ON_REGISTER: usize = 1000;
 /// Most `STORE_MESSAGE`s, already received together, whose sender signatures are verified as
 /// one batch.
 const MAX_VERIFY_BATCH: usize = 32;
 /// Blob bytes after which no further `STORE_MESSAGE` joins a verification batch.
 const MAX_VERIFY_BATCH_BYTES: usize = 256 * 1024;
 
-/// Whom a relay serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RelayMode {
-    /// Relay-only mode (`sremp relay`): stores for anyone.
-    Open,
-    /// The integrated relay of a node: stores only messages for `owner`, and only `owner` may
-    /// retrieve or confirm. Anyone may register (to send to the owner).
-    Integrated {
-        /// The local user.
-        owner: IdentityKey,
-    },
-}
+pub use super::conn::RelayMode;
 
 /// Everything needed to start a relay.
 #[derive(Clone, Debug)]
@@ -144,7 +130,9 @@ struct Inner {
     store: RelayStore,
     opts: RelayOptions,
     stats: Arc<Stats>,
-    rate: Mutex<RateLimiter>,
+    /// `opts.policy`, shared with every connection's core.
+    policy: Arc<RelayConfig>,
+    rate: Arc<Mutex<RateLimiter>>,
     origin: Instant,
     online: Mutex<Routes>,
     next_conn: AtomicU64,
@@ -179,18 +167,6 @@ impl Drop for ConnGuard {
     }
 }
 
-enum Phase {
-    AwaitHello,
-    Challenged(SessionBinding),
-    Registered {
-        who: IdentityKey,
-        /// `who` parsed once (and checked not weak) at registration.
-        key: Box<VerifyingKey>,
-        binding: SessionBinding,
-        caps: RelayCapabilities,
-    },
-}
-
 impl Relay {
     /// Opens the relay's records on `store` (rebuilding quota usage), removes expired messages,
     /// and starts the periodic expiry and statistics task. Must run inside a tokio runtime.
@@ -205,7 +181,8 @@ impl Relay {
         let relay = Relay {
             inner: Arc::new(Inner {
                 store: rs,
-                rate: Mutex::new(RateLimiter::new(&opts.policy)),
+                rate: Arc::new(Mutex::new(RateLimiter::new(&opts.policy))),
+                policy: Arc::new(opts.policy.clone()),
                 opts,
                 stats,
                 origin: Instant::now(),
@@ -330,16 +307,10 @@ impl Relay {
         u64::try_from(self.inner.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn charge(&self, who: IdentityKey) -> Result<(), RelayErrorCode> {
-        // An integrated relay never limits its owner: collecting and confirming its own
-        // messages must not be throttled by the traffic it receives.
-        if matches!(self.inner.opts.mode, RelayMode::Integrated { owner } if owner == who) {
-            return Ok(());
-        }
-        let now = self.now_ms();
-        match self.inner.rate.lock() {
-            Ok(mut rl) => rl.charge(who, now),
-            Err(_) => Err(RelayErrorCode::RateLimited),
+    fn now(&self) -> Now {
+        Now {
+            mono_ms: self.now_ms(),
+            wall: Timestamp::now(),
         }
     }
 
@@ -397,12 +368,22 @@ impl Relay {
         let peer = peer.key();
         let (tx, rx) = mpsc::channel::<Box<Envelope>>(OUT_QUEUE);
         let writer_task = tokio::spawn(write_loop(writer, rx));
+        let mut nonce = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let core = RelayConn::new(
+            inner.opts.mode,
+            inner.opts.relay_key,
+            inner.policy.clone(),
+            inner.rate.clone(),
+            peer,
+            handshake_hash,
+            nonce,
+        );
         let mut c = ConnState {
             relay: self.clone(),
             peer,
-            handshake_hash,
             conn_id,
-            phase: Phase::AwaitHello,
+            core,
             tx,
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_STORES)),
             idle,
@@ -446,9 +427,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 struct ConnState {
     relay: Relay,
     peer: IdentityKey,
-    handshake_hash: [u8; 32],
     conn_id: u64,
-    phase: Phase,
+    core: RelayConn,
     tx: Out,
     inflight: Arc<Semaphore>,
     idle: Duration,
@@ -456,9 +436,9 @@ struct ConnState {
 
 impl Drop for ConnState {
     fn drop(&mut self) {
-        if let Phase::Registered { who, .. } = &self.phase {
+        if let Some(who) = self.core.registered() {
             if let Ok(mut m) = self.relay.inner.online.lock() {
-                m.remove(who, self.conn_id);
+                m.remove(&who, self.conn_id);
             }
         }
     }
@@ -499,13 +479,6 @@ fn store_response(
             }
         }
     }
-}
-
-fn err(code: RelayErrorCode, message: &str) -> Envelope {
-    Envelope::ErrorMsg(ErrorMsg {
-        code: code.code(),
-        message: message.into(),
-    })
 }
 
 /// Receives the next envelope, handing the reader back with it: one such receive stays in
@@ -580,9 +553,8 @@ impl ConnState {
                 Err(e) if e.is_closed() => return "closed by peer",
                 Err(_) => return "transport error",
             };
-            let flow = match (&self.phase, env) {
-                (Phase::Registered { who, key, caps, .. }, Envelope::StoreMessage(m)) => {
-                    let (who, key, max) = (*who, **key, caps.max_message_size);
+            let flow = match env {
+                Envelope::StoreMessage(m) if self.core.takes_store_batches() => {
                     let mut bytes = m.encrypted_blob.len();
                     let mut batch = vec![m];
                     while batch.len() < MAX_VERIFY_BATCH && bytes < MAX_VERIFY_BATCH_BYTES {
@@ -601,9 +573,10 @@ impl ConnState {
                             }
                         }
                     }
-                    Box::pin(self.stores(who, &key, max, batch)).await
+                    let actions = self.core.handle_stores(batch, self.relay.now());
+                    Box::pin(self.execute(actions)).await
                 }
-                (_, env) => Box::pin(self.handle(env)).await,
+                env => Box::pin(self.handle(env)).await,
             };
             if let Flow::Close(why) = flow {
                 return why;
@@ -622,170 +595,158 @@ impl ConnState {
     }
 
     async fn handle(&mut self, env: Envelope) -> Flow {
-        let inner = self.relay.inner.clone();
-        match (&self.phase, env) {
-            (Phase::AwaitHello, Envelope::RelayHello(_)) => {
-                let mut nonce = [0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut nonce);
-                self.phase = Phase::Challenged(SessionBinding {
-                    handshake_hash: self.handshake_hash,
-                    nonce,
-                });
-                self.send(Envelope::RelayChallenge(RelayChallenge {
-                    nonce,
-                    capabilities: inner.opts.policy.capabilities(),
-                }))
-                .await;
-                Flow::Continue
-            }
-            (Phase::AwaitHello, _) => {
-                self.refuse(RelayErrorCode::UnexpectedMessage, "expected RELAY_HELLO")
-                    .await;
-                Flow::Close("no hello")
-            }
-            (Phase::Challenged(binding), Envelope::RelayRegister(reg)) => {
-                let binding = *binding;
-                if let Err(code) = self.relay.charge(self.peer) {
-                    self.refuse(code, "rate limited").await;
-                    return Flow::Close("rate limited at registration");
-                }
-                let key = sig::verifying_key(&reg.identity).ok().filter(|_| {
-                    reg.identity == self.peer.0
-                        && auth::verify_register(
-                            &binding,
-                            &inner.opts.relay_key.0,
-                            &reg.identity,
-                            &reg.auth_signature,
-                        )
-                        .is_ok()
-                });
-                let Some(key) = key else {
-                    self.refuse(RelayErrorCode::Unauthorized, "registration refused")
-                        .await;
-                    return Flow::Close("registration refused");
-                };
-                let caps = inner.opts.policy.grant(&reg.capabilities);
-                let who = self.peer;
-                self.phase = Phase::Registered {
-                    who,
-                    key: Box::new(key),
-                    binding,
-                    caps: caps.clone(),
-                };
-                if let Ok(mut m) = inner.online.lock() {
-                    m.register(who, self.conn_id, self.tx.clone());
-                }
-                tracing::debug!(peer = %who.short(), "registered");
-                self.send(Envelope::RelayRegistered(RelayRegistered {
-                    capabilities: caps,
-                }))
-                .await;
-                // Hand over confirmations kept while the sender was away.
-                match inner
-                    .store
-                    .kept_confirmations(who, KEPT_CONFIRMATIONS_ON_REGISTER)
-                    .await
-                {
-                    Ok(list) => {
-                        for c in list {
-                            self.send(Envelope::DeliveryConfirmation(c)).await;
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "reading kept confirmations failed"),
-                }
-                Flow::Continue
-            }
-            (Phase::Challenged(_), _) => {
-                self.refuse(RelayErrorCode::NotRegistered, "expected RELAY_REGISTER")
-                    .await;
-                Flow::Close("not registered")
-            }
-            (
-                Phase::Registered {
-                    who,
-                    key,
-                    binding,
-                    caps,
-                },
-                env,
-            ) => {
-                let (who, key, binding, max) = (*who, **key, *binding, caps.max_message_size);
-                self.registered(who, &key, binding, max, env).await
-            }
-        }
+        let actions = self.core.handle(env, self.relay.now());
+        self.execute(actions).await
     }
 
-    /// Handles `STORE_MESSAGE`s received together from the registered `who`, in order, as if
-    /// one at a time: each is charged and checked (integrated owner, size) on its own, the
-    /// signatures of those that pass are verified together ([`auth::verify_store_batch`]), and
-    /// each is then refused with its own code or queued for the group commit.
-    async fn stores(
-        &mut self,
-        who: IdentityKey,
-        key: &VerifyingKey,
-        max: u32,
-        ms: Vec<StoreMessage>,
-    ) -> Flow {
+    /// Executes the core's actions in order; stops at a `Close` (or when a store cannot be
+    /// queued because the connection is closing).
+    async fn execute(&mut self, actions: Vec<Action>) -> Flow {
         let inner = self.relay.inner.clone();
-        let pre: Vec<Result<(), RelayErrorCode>> = ms
-            .iter()
-            .map(|m| {
-                self.relay
-                    .charge(who)
-                    .and_then(|()| match inner.opts.mode {
-                        RelayMode::Integrated { owner } if owner.0 != m.recipient => {
-                            Err(RelayErrorCode::Unauthorized)
+        for action in actions {
+            match action {
+                Action::Send(env) => self.send(env).await,
+                Action::Refuse { code, message } => self.refuse(code, message).await,
+                Action::Register { who } => {
+                    if let Ok(mut m) = inner.online.lock() {
+                        m.register(who, self.conn_id, self.tx.clone());
+                    }
+                }
+                Action::SendKeptConfirmations { who, max } => {
+                    match inner.store.kept_confirmations(who, max).await {
+                        Ok(list) => {
+                            for c in list {
+                                self.send(Envelope::DeliveryConfirmation(c)).await;
+                            }
                         }
-                        _ => Ok(()),
-                    })
-                    .and(if m.encrypted_blob.len() > max as usize {
-                        Err(RelayErrorCode::TooLarge)
-                    } else {
-                        Ok(())
-                    })
-            })
-            .collect();
-        let to_verify: Vec<&StoreMessage> = ms
-            .iter()
-            .zip(&pre)
-            .filter(|(_, p)| p.is_ok())
-            .map(|(m, _)| m)
-            .collect();
-        if to_verify.len() >= 2 {
-            inner
-                .stats
-                .signatures_batched
-                .fetch_add(to_verify.len() as u64, Relaxed);
-        }
-        let mut verdicts = auth::verify_store_batch(key, &to_verify).into_iter();
-        drop(to_verify);
-        for (m, p) in ms.into_iter().zip(pre) {
-            let check = p.and_then(|()| match verdicts.next() {
-                Some(Ok(())) => Ok(()),
-                _ => Err(RelayErrorCode::BadSignature),
-            });
-            if let Err(code) = check {
-                inner.stats.reject(code);
-                tracing::debug!(peer = %who.short(), reason = code.name(), "store refused");
-                self.send(Envelope::StoreResponse(StoreResponse {
-                    success: false,
-                    stored_at: Timestamp(0),
-                    message_id: m.message_id,
-                    error: Some(code.code()),
-                }))
-                .await;
-                continue;
-            }
-            if let Flow::Close(why) = self.commit_store(who, m).await {
-                return Flow::Close(why);
+                        Err(e) => tracing::error!(error = %e, "reading kept confirmations failed"),
+                    }
+                }
+                Action::StoreRefused { message_id, code } => {
+                    inner.stats.reject(code);
+                    self.send(Envelope::StoreResponse(StoreResponse {
+                        success: false,
+                        stored_at: Timestamp(0),
+                        message_id,
+                        error: Some(code.code()),
+                    }))
+                    .await;
+                }
+                Action::Store {
+                    sender,
+                    message,
+                    now,
+                } => {
+                    if let Flow::Close(why) = self.commit_store(sender, message, now).await {
+                        return Flow::Close(why);
+                    }
+                }
+                Action::Retrieve {
+                    who,
+                    since,
+                    after,
+                    limit,
+                } => {
+                    // This connection collects `who`'s messages from now on: pushes go to it.
+                    if let Ok(mut m) = inner.online.lock() {
+                        m.collecting(&who, self.conn_id);
+                    }
+                    match inner.store.retrieve(who, since, after, limit).await {
+                        Ok((messages, has_more)) => {
+                            inner
+                                .stats
+                                .retrieved
+                                .fetch_add(messages.len() as u64, Relaxed);
+                            self.send(Envelope::MessageBatch(MessageBatch { messages, has_more }))
+                                .await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "retrieval failed");
+                            self.refuse(RelayErrorCode::StorageFailure, "storage failure")
+                                .await;
+                        }
+                    }
+                }
+                Action::Confirm {
+                    who,
+                    sender,
+                    message_id,
+                    forward,
+                } => self.confirm(who, sender, message_id, forward).await,
+                Action::AckConfirmation {
+                    who,
+                    delivered_to,
+                    message_id,
+                } => {
+                    if let Err(e) = inner
+                        .store
+                        .ack_confirmation(&who, &delivered_to, message_id)
+                        .await
+                    {
+                        tracing::error!(error = %e, "forgetting a confirmation failed");
+                    }
+                }
+                Action::SignaturesBatched(n) => {
+                    inner.stats.signatures_batched.fetch_add(n, Relaxed);
+                }
+                Action::Close(why) => return Flow::Close(why),
             }
         }
         Flow::Continue
     }
 
+    /// Deletes `who`'s message `(sender, message_id)`; if it existed, forwards a confirmation
+    /// to the sender's connection (else keeps it) or a session reset (dropped if the sender is
+    /// away: it re-stores later and gets a fresh notice).
+    async fn confirm(
+        &mut self,
+        who: IdentityKey,
+        sender: IdentityKey,
+        message_id: u64,
+        forward: Forward,
+    ) {
+        let inner = self.relay.inner.clone();
+        let what = match &forward {
+            Forward::Confirmation(_) => "confirmation",
+            Forward::SessionReset(_) => "session reset",
+        };
+        match inner.store.confirm(who, sender, message_id).await {
+            Ok(true) => match forward {
+                Forward::Confirmation(c) => match self.relay.confirmation_target(&sender) {
+                    Some(out)
+                        if out
+                            .try_send(Box::new(Envelope::DeliveryConfirmation(c.clone())))
+                            .is_ok() =>
+                    {
+                        inner.stats.confirmations_forwarded.fetch_add(1, Relaxed);
+                    }
+                    _ => {
+                        inner.stats.confirmations_kept.fetch_add(1, Relaxed);
+                        if let Err(e) = inner.store.keep_confirmation(c).await {
+                            tracing::error!(error = %e, "keeping a confirmation failed");
+                        }
+                    }
+                },
+                Forward::SessionReset(n) => {
+                    if let Some(out) = self.relay.confirmation_target(&sender) {
+                        let _ = out.try_send(Box::new(Envelope::SessionReset(n)));
+                    }
+                }
+            },
+            Ok(false) => {
+                tracing::debug!(peer = %who.short(), what, "confirmation or reset for an unknown message ignored")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, what, "confirmation or session reset failed");
+                self.refuse(RelayErrorCode::StorageFailure, "storage failure")
+                    .await;
+            }
+        }
+    }
+
     /// Queues a checked `STORE_MESSAGE` for the group commit; its `STORE_RESPONSE` (and push)
     /// is sent from the commit thread once it is durable (or refused there).
-    async fn commit_store(&mut self, who: IdentityKey, m: StoreMessage) -> Flow {
+    async fn commit_store(&mut self, who: IdentityKey, m: StoreMessage, now: Timestamp) -> Flow {
         let inner = self.relay.inner.clone();
         let id = m.message_id;
         // Bound the stores waiting for a commit on this connection, and hold a slot
@@ -805,7 +766,7 @@ impl ConnState {
             message_id: id,
             sender_signature: m.sender_signature,
             blob: m.encrypted_blob,
-            now: Timestamp::now(),
+            now,
         };
         let stats = inner.stats.clone();
         // Runs on the commit thread once the message is durable (or refused).
@@ -837,168 +798,5 @@ impl ConnState {
         };
         inner.store.store_then(new, Box::new(then)).await;
         Flow::Continue
-    }
-
-    async fn registered(
-        &mut self,
-        who: IdentityKey,
-        key: &VerifyingKey,
-        binding: SessionBinding,
-        max: u32,
-        env: Envelope,
-    ) -> Flow {
-        let inner = self.relay.inner.clone();
-        match env {
-            Envelope::StoreMessage(m) => self.stores(who, key, max, vec![m]).await,
-            Envelope::RetrieveMessages(r) => {
-                if let Err(code) = self.relay.charge(who) {
-                    self.refuse(code, "rate limited").await;
-                    return Flow::Continue;
-                }
-                let owner_ok = match inner.opts.mode {
-                    RelayMode::Integrated { owner } => owner == who,
-                    RelayMode::Open => true,
-                };
-                if r.identity != who.0 || !owner_ok || auth::verify_retrieve(&binding, &r).is_err()
-                {
-                    self.refuse(RelayErrorCode::Unauthorized, "retrieval refused")
-                        .await;
-                    return Flow::Continue;
-                }
-                // This connection collects `who`'s messages from now on: pushes go to it.
-                if let Ok(mut m) = inner.online.lock() {
-                    m.collecting(&who, self.conn_id);
-                }
-                let max = inner.opts.policy.batch_messages;
-                let limit = if r.limit == 0 || r.limit > max {
-                    max
-                } else {
-                    r.limit
-                };
-                match inner
-                    .store
-                    .retrieve(who, r.since, r.after, limit as usize)
-                    .await
-                {
-                    Ok((messages, has_more)) => {
-                        inner
-                            .stats
-                            .retrieved
-                            .fetch_add(messages.len() as u64, Relaxed);
-                        self.send(Envelope::MessageBatch(MessageBatch { messages, has_more }))
-                            .await;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "retrieval failed");
-                        self.refuse(RelayErrorCode::StorageFailure, "storage failure")
-                            .await;
-                    }
-                }
-                Flow::Continue
-            }
-            Envelope::DeliveryConfirmation(c) => {
-                if let Err(code) = self.relay.charge(who) {
-                    self.refuse(code, "rate limited").await;
-                    return Flow::Continue;
-                }
-                if c.delivered_to != who.0 {
-                    self.refuse(
-                        RelayErrorCode::Unauthorized,
-                        "confirmation for someone else",
-                    )
-                    .await;
-                    return Flow::Continue;
-                }
-                if auth::verify_confirmation(&c).is_err() {
-                    self.refuse(RelayErrorCode::BadSignature, "bad confirmation signature")
-                        .await;
-                    return Flow::Continue;
-                }
-                let sender = IdentityKey(c.sender);
-                match inner.store.confirm(who, sender, c.message_id).await {
-                    Ok(true) => match self.relay.confirmation_target(&sender) {
-                        Some(out)
-                            if out
-                                .try_send(Box::new(Envelope::DeliveryConfirmation(c.clone())))
-                                .is_ok() =>
-                        {
-                            inner.stats.confirmations_forwarded.fetch_add(1, Relaxed);
-                        }
-                        _ => {
-                            inner.stats.confirmations_kept.fetch_add(1, Relaxed);
-                            if let Err(e) = inner.store.keep_confirmation(c).await {
-                                tracing::error!(error = %e, "keeping a confirmation failed");
-                            }
-                        }
-                    },
-                    Ok(false) => {
-                        tracing::debug!(peer = %who.short(), "confirmation for an unknown message ignored")
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "confirmation failed");
-                        self.refuse(RelayErrorCode::StorageFailure, "storage failure")
-                            .await;
-                    }
-                }
-                Flow::Continue
-            }
-            Envelope::SessionReset(n) => {
-                if let Err(code) = self.relay.charge(who) {
-                    self.refuse(code, "rate limited").await;
-                    return Flow::Continue;
-                }
-                if n.recipient != who.0 {
-                    self.refuse(
-                        RelayErrorCode::Unauthorized,
-                        "session reset for someone else",
-                    )
-                    .await;
-                    return Flow::Continue;
-                }
-                if auth::verify_session_reset(&n).is_err() {
-                    self.refuse(RelayErrorCode::BadSignature, "bad session reset signature")
-                        .await;
-                    return Flow::Continue;
-                }
-                let sender = IdentityKey(n.sender);
-                // Deleted like a confirmed message; forwarded only to a connected sender (never
-                // kept: a sender that was away re-stores later and gets a fresh notice).
-                match inner.store.confirm(who, sender, n.message_id).await {
-                    Ok(true) => {
-                        if let Some(out) = self.relay.confirmation_target(&sender) {
-                            let _ = out.try_send(Box::new(Envelope::SessionReset(n)));
-                        }
-                    }
-                    Ok(false) => {
-                        tracing::debug!(peer = %who.short(), "session reset for an unknown message ignored")
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "session reset failed");
-                        self.refuse(RelayErrorCode::StorageFailure, "storage failure")
-                            .await;
-                    }
-                }
-                Flow::Continue
-            }
-            Envelope::ConfirmationAck(a) => {
-                if let Err(e) = inner
-                    .store
-                    .ack_confirmation(&who, &a.delivered_to, a.message_id)
-                    .await
-                {
-                    tracing::error!(error = %e, "forgetting a confirmation failed");
-                }
-                Flow::Continue
-            }
-            Envelope::ErrorMsg(e) => {
-                tracing::debug!(peer = %who.short(), code = e.code, "client reported an error");
-                Flow::Continue
-            }
-            _ => {
-                self.refuse(RelayErrorCode::UnexpectedMessage, "unexpected message")
-                    .await;
-                Flow::Continue
-            }
-        }
     }
 }
