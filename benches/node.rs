@@ -360,9 +360,9 @@ async fn steady(dir: &Path, relay: Option<&BenchRelay>, n: usize) -> (Stats, Sta
         ms(wall) / n as f64
     );
     let t = Instant::now();
-    a.shutdown().await;
+    a.shutdown().await.unwrap();
     let ta = t.elapsed();
-    b.shutdown().await;
+    b.shutdown().await.unwrap();
     if std::env::var("NODE_BENCH_DEBUG").is_ok() {
         eprintln!("shutdown: sender {ta:?}, recipient {:?}", t.elapsed() - ta);
     }
@@ -409,8 +409,8 @@ async fn first_message(
     // Not awaited: the recipient's shutdown waits out its integrated relay's 5 s grace while
     // the sender's pooled connection stays open (see the report); it only idles meanwhile.
     tokio::spawn(async move {
-        a.shutdown().await;
-        b.shutdown().await;
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
     });
     took
 }
@@ -455,8 +455,8 @@ async fn throughput(dir: &Path, m: usize) -> (f64, Duration) {
     for t in tasks {
         t.await.unwrap();
     }
-    a.shutdown().await;
-    b.shutdown().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
     (total as f64 / el.as_secs_f64(), el)
 }
 

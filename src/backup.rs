@@ -446,7 +446,7 @@ fn write_file(
         w.record(tree, k, v).map_err(|e| {
             let msg = e.to_string();
             io_err = Some(e);
-            StoreError::Io(msg)
+            StoreError::Aborted(msg)
         })
     })?;
     if let Some(e) = io_err {
@@ -496,7 +496,7 @@ pub fn restore_backup(
             Err(e) => {
                 let msg = e.to_string();
                 failure = Some(e);
-                return Err(StoreError::Io(msg));
+                return Err(StoreError::Aborted(msg));
             }
         }
     });

@@ -140,8 +140,8 @@ async fn direct_delivery_both_ways() {
         (0..5).all(|i| received(h, &format!("reply {i}")).len() == 1)
     })
     .await;
-    a.shutdown().await;
-    b.shutdown().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,8 +182,8 @@ async fn dead_endpoint_goes_through_the_relay() {
         Some(DeliveryPath::Relay),
         "first accepted by the relay"
     );
-    a.shutdown().await;
-    b.shutdown().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,8 +226,8 @@ async fn tarpit_endpoint_goes_through_the_relay_quickly() {
         "took {:?}",
         start.elapsed()
     );
-    a.shutdown().await;
-    b.shutdown().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +245,7 @@ async fn offline_recipient_gets_it_when_it_starts() {
         .await
         .unwrap();
     exchange(&a, &b);
-    b.shutdown().await;
+    b.shutdown().await.unwrap();
     let sent = a.node.send("bob", "while you were out").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let queued = a.node.messages(None, 10).unwrap();
@@ -267,8 +267,8 @@ async fn offline_recipient_gets_it_when_it_starts() {
         .wait_delivered(&sent.id, Duration::from_secs(10))
         .await
         .unwrap();
-    a.shutdown().await;
-    b.shutdown().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,8 +297,8 @@ async fn rejected_contacts_are_refused() {
     );
     // Bob cannot send to a contact he rejected either.
     assert!(b.node.send("alice", "x").await.is_err());
-    a.shutdown().await;
-    b.shutdown().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,7 +321,7 @@ async fn confirmation_kept_at_the_relay_reaches_a_restarted_sender() {
         .unwrap();
     let b = Node::start(&bob_cfg).await.unwrap();
     exchange(&a, &b);
-    b.shutdown().await;
+    b.shutdown().await.unwrap();
     // Bob is offline: the relay stores it.
     let sent = a.node.send("bob", "confirm me later").await.unwrap();
     wait_for(
@@ -336,7 +336,7 @@ async fn confirmation_kept_at_the_relay_reaches_a_restarted_sender() {
     .await;
     // Alice goes away (her connection to the relay with her), Bob comes back and confirms:
     // the relay keeps the confirmation for Alice.
-    a.shutdown().await;
+    a.shutdown().await.unwrap();
     let b = Node::start(&bob_cfg).await.unwrap();
     wait_for(&b.node, "bob receives", Duration::from_secs(10), |h| {
         received(h, "confirm me later").len() == 1
@@ -354,6 +354,6 @@ async fn confirmation_kept_at_the_relay_reaches_a_restarted_sender() {
         .await
         .unwrap();
     assert_eq!(done.status, Status::Delivered);
-    a.shutdown().await;
-    b.shutdown().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }

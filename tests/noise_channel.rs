@@ -95,7 +95,7 @@ async fn authenticated_connection_both_ways() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(node.contacts.get(&c.key()).unwrap().is_none());
-    node.shutdown().await;
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -120,7 +120,7 @@ async fn dialing_the_wrong_identity_fails() {
         "{err}"
     );
     good_client_works(&node).await;
-    node.shutdown().await;
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -141,7 +141,7 @@ async fn garbage_and_wrong_versions_are_closed_at_once() {
         );
     }
     good_client_works(&node).await;
-    node.shutdown().await;
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -160,7 +160,7 @@ async fn oversized_handshake_frame_is_closed_before_reading_it() {
         "waited for the body ({took:?})"
     );
     good_client_works(&node).await;
-    node.shutdown().await;
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -190,7 +190,7 @@ async fn silent_and_truncated_handshakes_are_cut_at_the_deadline() {
         "truncated peer cut too early: {b:?}"
     );
     good_client_works(&node).await;
-    node.shutdown().await;
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -217,7 +217,7 @@ async fn chunk_bomb_closes_only_that_connection() {
         .expect("node did not close");
     assert!(r.is_err());
     good_client_works(&node).await;
-    node.shutdown().await;
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test]

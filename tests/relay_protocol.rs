@@ -526,7 +526,10 @@ struct FailingStore {
 impl FailingStore {
     fn check(&self) -> Result<(), StoreError> {
         if self.fail.load(Ordering::SeqCst) {
-            Err(StoreError::Io("injected: no space left on device".into()))
+            Err(StoreError::from_io(
+                "injected",
+                std::io::Error::other("injected failure"),
+            ))
         } else {
             Ok(())
         }

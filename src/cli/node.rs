@@ -11,7 +11,7 @@ pub fn run(cfg: &Config) -> Result<(), CliError> {
         let node = crate::node::Node::start(cfg).await?;
         crate::shutdown::wait_for_signal().await;
         tracing::info!("shutting down");
-        node.shutdown().await;
+        node.shutdown().await?;
         Ok::<(), CliError>(())
     })
 }

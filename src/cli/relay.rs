@@ -85,7 +85,10 @@ async fn serve(cfg: &Config) -> Result<(), crate::Error> {
     shutdown?;
     tokio::task::spawn_blocking(move || store.close())
         .await
-        .map_err(|e| crate::store::StoreError::Io(format!("closing the store: {e}")))??;
+        .map_err(|e| crate::store::StoreError::TaskFailed {
+            task: "closing the store",
+            detail: e.to_string(),
+        })??;
     Ok(())
 }
 

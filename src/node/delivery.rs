@@ -212,7 +212,7 @@ async fn learn_update(inner: &Arc<super::Inner>, peer: &crate::identity::Identit
         ),
         Ok(Ok(None)) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "contact store failed"),
-        Err(_) => {}
+        Err(e) => tracing::warn!(error = %e, "contact update task failed"),
     }
 }
 
@@ -694,7 +694,10 @@ pub(crate) async fn enqueue(
         r
     })
     .await
-    .map_err(|e| crate::store::StoreError::Io(format!("commit task failed: {e}")))??;
+    .map_err(|e| crate::store::StoreError::TaskFailed {
+        task: "commit",
+        detail: e.to_string(),
+    })??;
     Ok(entry)
 }
 

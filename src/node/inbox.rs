@@ -322,11 +322,7 @@ async fn receive(
             tracing::warn!(peer = %sender.short(), error = %e, "undecryptable message dropped");
             return Ok(Received::Done);
         }
-        Err(crate::ratchet::ReceiveError::Local(e)) => {
-            return Err(NodeError::Store(crate::store::StoreError::Io(
-                e.to_string(),
-            )))
-        }
+        Err(crate::ratchet::ReceiveError::Local(e)) => return Err(NodeError::Session(e)),
     };
     if incoming.sender != m.sender {
         tracing::warn!(peer = %sender.short(), "message signed by someone other than its claimed sender; dropped");

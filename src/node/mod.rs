@@ -144,6 +144,9 @@ pub enum NodeError {
     /// Encryption failed locally.
     #[error("encryption: {0}")]
     Send(#[from] crate::ratchet::SendError),
+    /// The ratchet session store failed while handling a received message.
+    #[error("session: {0}")]
+    Session(#[from] crate::ratchet::SessionError),
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
@@ -294,8 +297,10 @@ impl std::fmt::Debug for NodeHandle {
 
 impl NodeHandle {
     /// Stops accepting and sending, withdraws from rendezvous, finishes in-flight relay commits
-    /// and flushes the store.
-    pub async fn shutdown(self) {
+    /// and closes the store (flush and commit marker). Every step runs; the error is the
+    /// close's, which means writes applied since the last commit may not be on disk (`sremp
+    /// run` exits non-zero).
+    pub async fn shutdown(self) -> Result<(), StoreError> {
         let _ = self.shutdown.send(true);
         // Inbound peers sit in the integrated relay's connection loop: tell it now, or the
         // listener waits out its grace period for peers that are merely idle.
@@ -314,12 +319,19 @@ impl NodeHandle {
             tracing::warn!(error = %e, "integrated relay shutdown");
         }
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.close()).await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "closing the store"),
-            Err(e) => tracing::warn!(error = %e, "closing the store"),
-            Ok(Ok(())) => {}
+        let closed = tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| StoreError::TaskFailed {
+                task: "closing the store",
+                detail: e.to_string(),
+            })
+            .and_then(|r| r);
+        if let Err(e) = &closed {
+            tracing::error!(error = %e, "closing the store failed; the last writes may not be on disk");
         }
+        // Already gone when the control server removed it on its way out.
         let _ = std::fs::remove_file(self.node.data_dir().join(CONTROL_SOCKET));
+        closed
     }
 }
 
@@ -331,7 +343,8 @@ impl NodeError {
         use crate::ratchet::{SendError, SessionError};
         match self {
             NodeError::Store(e) | NodeError::Contact(ContactError::Store(e)) => e.is_disk_full(),
-            NodeError::Send(SendError::Local(SessionError::Store(e))) => e.is_disk_full(),
+            NodeError::Send(SendError::Local(SessionError::Store(e)))
+            | NodeError::Session(SessionError::Store(e)) => e.is_disk_full(),
             _ => false,
         }
     }
@@ -342,7 +355,10 @@ pub(crate) async fn commit(store: &Arc<dyn Store>, batch: Batch) -> Result<(), S
     let store = store.clone();
     tokio::task::spawn_blocking(move || store.commit(batch))
         .await
-        .map_err(|e| StoreError::Io(format!("commit task failed: {e}")))?
+        .map_err(|e| StoreError::TaskFailed {
+            task: "commit",
+            detail: e.to_string(),
+        })?
 }
 
 impl Node {

@@ -222,7 +222,10 @@ impl RelayStore {
         let thread = std::thread::Builder::new()
             .name("relay-commit".into())
             .spawn(move || committer.run(rx))
-            .map_err(|e| StoreError::Io(format!("spawning the commit thread: {e}")))?;
+            .map_err(|e| StoreError::TaskFailed {
+                task: "spawning the relay commit thread",
+                detail: e.to_string(),
+            })?;
         Ok(RelayStore {
             store,
             tx,
@@ -318,7 +321,10 @@ impl RelayStore {
             retrieve_blocking(&*store, recipient, since, after, limit)
         });
         task.await
-            .map_err(|e| StoreError::Io(format!("retrieval task failed: {e}")))?
+            .map_err(|e| StoreError::TaskFailed {
+                task: "retrieval",
+                detail: e.to_string(),
+            })?
             .map_err(RelayStoreError::from)
     }
 
@@ -339,7 +345,10 @@ impl RelayStore {
                 .collect()
         });
         task.await
-            .map_err(|e| StoreError::Io(format!("confirmation scan failed: {e}")))?
+            .map_err(|e| StoreError::TaskFailed {
+                task: "confirmation scan",
+                detail: e.to_string(),
+            })?
             .map_err(RelayStoreError::from)
     }
 
@@ -450,7 +459,7 @@ enum Done {
 impl Done {
     fn fail(self, e: &StoreError) {
         fn err<T>(e: &StoreError) -> Result<T, RelayStoreError> {
-            Err(RelayStoreError::Store(StoreError::Io(e.to_string())))
+            Err(RelayStoreError::Store(e.clone()))
         }
         match self {
             Done::Store(r, _, m) => r.answer(err(e), m),

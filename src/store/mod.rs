@@ -30,6 +30,8 @@ pub use sled_store::{
     marker_path, restore_store, RecordSource, Restored, SledStore, MARKER_SUFFIX,
 };
 
+use std::sync::Arc;
+
 /// A namespace. The byte is the first byte of every physical key, so trees never overlap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -106,12 +108,12 @@ impl Batch {
 }
 
 /// A local storage failure. Never caused by a peer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The underlying database reported an error (I/O error, corruption) other than a full
     /// disk.
     #[error("storage I/O error: {0}")]
-    Io(String),
+    Db(#[source] DbError),
     /// The disk (or the file system's quota) is full: nothing was written. The store rolled its
     /// in-memory state back to what is on disk and retries by itself once space returns.
     #[error("disk full: {0} (free some space; the node resumes by itself)")]
@@ -136,6 +138,51 @@ pub enum StoreError {
         tree: Tree,
         /// What.
         detail: String,
+    },
+    /// Writes applied before a flush were thrown away: an earlier write failed and the store
+    /// rolled back to what is on disk, so nothing of them was kept.
+    #[error("writes were rolled back after a failed write; nothing of them was kept")]
+    RolledBack,
+    /// The task or thread running a store operation panicked, was cancelled, or could not be
+    /// started: the operation may or may not have happened.
+    #[error("storage task failed: {task}: {detail}")]
+    TaskFailed {
+        /// Which task.
+        task: &'static str,
+        /// The panic message or start error.
+        detail: String,
+    },
+    /// A lock guarding the store was poisoned (a thread panicked while holding it).
+    #[error("store lock poisoned (a thread panicked while holding it)")]
+    Poisoned,
+    /// A restore was asked to replace a store that opened and verified cleanly, without
+    /// `--force`.
+    #[error("{0} is a healthy store; refusing to replace it without --force")]
+    Healthy(String),
+    /// This store does not support the operation.
+    #[error("this store cannot {0}")]
+    Unsupported(&'static str),
+    /// A caller's callback (a backup writer or reader fed by an export or restore) failed and
+    /// stopped the operation; the caller keeps the real error.
+    #[error("stopped by the caller: {0}")]
+    Aborted(String),
+}
+
+/// What the database reported, as the source of [`StoreError::Db`]. Cloneable, so a closed
+/// store can answer the same error to every caller until it reopens.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DbError {
+    /// sled failed (I/O error, corruption, a bug it reports).
+    #[error("sled: {0}")]
+    Sled(#[source] sled::Error),
+    /// A file of the database could not be opened, synced or restricted.
+    #[error("{context}: {source}")]
+    File {
+        /// What the store was doing, with the path.
+        context: String,
+        /// The error.
+        #[source]
+        source: Arc<std::io::Error>,
     },
 }
 
@@ -185,7 +232,7 @@ pub trait Store: Send + Sync + 'static {
         sink: &mut dyn FnMut(u8, &[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
         let _ = sink;
-        Err(StoreError::Io("this store cannot export a backup".into()))
+        Err(StoreError::Unsupported("export a backup"))
     }
     /// A number that changes whenever the store threw away writes that were applied but never
     /// made durable (after a failed flush it reloads what is on disk). A caller that read
@@ -214,12 +261,16 @@ impl StoreError {
         matches!(self, StoreError::DiskFull(_))
     }
 
-    /// Classifies an I/O error: a full disk becomes [`StoreError::DiskFull`].
-    pub fn from_io(context: &str, e: &std::io::Error) -> StoreError {
-        if is_disk_full_io(e) {
+    /// Classifies an I/O error: a full disk becomes [`StoreError::DiskFull`], anything else
+    /// [`StoreError::Db`] with `context`.
+    pub fn from_io(context: &str, e: std::io::Error) -> StoreError {
+        if is_disk_full_io(&e) {
             StoreError::DiskFull(format!("{context}: no space left on device"))
         } else {
-            StoreError::Io(format!("{context}: {e}"))
+            StoreError::Db(DbError::File {
+                context: context.to_string(),
+                source: Arc::new(e),
+            })
         }
     }
 }

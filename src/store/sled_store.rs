@@ -1,7 +1,7 @@
 //! The sled implementation of [`Store`](super::Store), with damage detection (see the
 //! module docs of [`crate::store`]) and the offline restore of a backup.
 
-use super::{Batch, Entries, Store, StoreError, Tree};
+use super::{Batch, DbError, Entries, Store, StoreError, Tree};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -224,20 +224,12 @@ impl std::fmt::Debug for SledStore {
 
 fn io(e: sled::Error) -> StoreError {
     match e {
-        sled::Error::Io(ref ioe) => StoreError::from_io("sled", ioe),
-        other => StoreError::Io(other.to_string()),
-    }
-}
-
-fn copy(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::DiskFull(s) => StoreError::DiskFull(s.clone()),
-        StoreError::Locked(s) => StoreError::Locked(s.clone()),
-        other => StoreError::Io(other.to_string()),
+        sled::Error::Io(ioe) => StoreError::from_io("sled", ioe),
+        other => StoreError::Db(DbError::Sled(other)),
     }
 }
 fn poisoned() -> StoreError {
-    StoreError::Io("store state poisoned".into())
+    StoreError::Poisoned
 }
 
 fn damaged(path: &Path, detail: impl Into<String>) -> StoreError {
@@ -264,7 +256,10 @@ fn read_marker(path: &Path) -> Result<Option<Marker>, StoreError> {
             )
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StoreError::Io(format!("reading {}: {e}", path.display()))),
+        Err(e) => Err(StoreError::from_io(
+            &format!("reading {}", path.display()),
+            e,
+        )),
     }
 }
 
@@ -279,7 +274,7 @@ fn write_marker(path: &Path, m: &Marker) -> Result<(), StoreError> {
         std::fs::rename(tmp, path)
     }
     write(&tmp, path, &m.encode())
-        .map_err(|e| StoreError::Io(format!("writing {}: {e}", path.display())))
+        .map_err(|e| StoreError::from_io(&format!("writing {}", path.display()), e))
 }
 
 /// sled's `conf` file: its body followed by a little-endian CRC-32. sled itself reports a
@@ -289,7 +284,12 @@ fn check_conf(dir: &Path) -> Result<(), StoreError> {
     let b = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(StoreError::Io(format!("reading {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(StoreError::from_io(
+                &format!("reading {}", path.display()),
+                e,
+            ))
+        }
     };
     let ok = b
         .len()
@@ -324,7 +324,7 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
             Err(StoreError::Locked(dir.display().to_string()))
         }
         Ok(Err(sled::Error::Io(ioe))) if ioe.kind() != std::io::ErrorKind::UnexpectedEof => Err(
-            StoreError::from_io(&format!("opening {}", dir.display()), &ioe),
+            StoreError::from_io(&format!("opening {}", dir.display()), ioe),
         ),
         Ok(Err(e)) => Err(damaged(
             &dir.join("db"),
@@ -361,9 +361,9 @@ fn open_dir(dir: &Path, marker: Option<&Path>) -> Result<Open, StoreError> {
     let db = open_sled(dir)?;
     #[cfg(unix)]
     restrict(dir, 2)
-        .map_err(|e| StoreError::from_io(&format!("making {} owner-only", dir.display()), &e))?;
+        .map_err(|e| StoreError::from_io(&format!("making {} owner-only", dir.display()), e))?;
     let data_file = std::fs::File::open(&db_file)
-        .map_err(|e| StoreError::from_io(&format!("opening {}", db_file.display()), &e))?;
+        .map_err(|e| StoreError::from_io(&format!("opening {}", db_file.display()), e))?;
     let manifest = verify(&db, &db_file, mark.as_ref(), marker)?;
     Ok(Open {
         db,
@@ -440,7 +440,7 @@ impl SledStore {
         let mut closed = sh.closed.lock().map_err(|_| poisoned())?;
         if let Some((at, e)) = closed.as_ref() {
             if at.elapsed() < REOPEN_INTERVAL {
-                return Err(copy(e));
+                return Err(e.clone());
             }
         }
         match open_dir(&sh.dir, sh.marker.as_deref()) {
@@ -452,7 +452,7 @@ impl SledStore {
             }
             Err(e) => {
                 tracing::debug!(dir = %sh.dir.display(), error = ?e, "store reopen failed; will retry");
-                let r = copy(&e);
+                let r = e.clone();
                 *closed = Some((Instant::now(), e));
                 Err(r)
             }
@@ -477,7 +477,7 @@ impl SledStore {
             Err(e2) => {
                 tracing::warn!(error = %e, reopen = %e2, "a store write failed; store closed until it can be reopened");
                 if let Ok(mut c) = sh.closed.lock() {
-                    *c = Some((Instant::now(), copy(e)));
+                    *c = Some((Instant::now(), e.clone()));
                 }
             }
         }
@@ -513,7 +513,7 @@ fn sync(o: &Open) -> Result<(), StoreError> {
     o.db.flush().map_err(io)?;
     o.data_file
         .sync_data()
-        .map_err(|e| StoreError::from_io("fdatasync", &e))
+        .map_err(|e| StoreError::from_io("fdatasync", e))
 }
 
 /// Reads every record: checksums, tree bytes, counts against the manifest, manifest against
@@ -745,9 +745,7 @@ impl Store for SledStore {
         if mine.0 == id {
             APPLIED.with(|a| a.set((0, 0)));
             if mine.1 != self.generation() {
-                return Err(StoreError::Io(
-                    "writes were rolled back after a failed write; nothing of them was kept".into(),
-                ));
+                return Err(StoreError::RolledBack);
             }
         }
         let generation = self.generation();
@@ -793,9 +791,7 @@ impl Store for SledStore {
         }
         drop(st);
         if self.generation() != generation {
-            return Err(StoreError::Io(
-                "writes were rolled back after a failed write during this flush".into(),
-            ));
+            return Err(StoreError::RolledBack);
         }
         Ok(())
     }
@@ -903,10 +899,7 @@ pub fn restore_store(
             Ok(s) => {
                 drop(s);
                 if !force {
-                    return Err(StoreError::Io(format!(
-                        "{} is a healthy store; refusing to replace it without --force",
-                        dir.display()
-                    )));
+                    return Err(StoreError::Healthy(dir.display().to_string()));
                 }
             }
             Err(StoreError::Locked(p)) => return Err(StoreError::Locked(p)),
@@ -933,7 +926,7 @@ pub fn restore_store(
         }
     };
     let marker = marker_path(dir);
-    let fs_err = |what: &str, e: std::io::Error| StoreError::Io(format!("{what}: {e}"));
+    let fs_err = |what: &str, e: std::io::Error| StoreError::from_io(what, e);
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
