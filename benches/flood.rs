@@ -296,7 +296,7 @@ async fn main() {
             let done = call(
                 &sock,
                 Request::WaitDelivered {
-                    id: entry.id.clone(),
+                    id: sremp::node::history::format_id(entry.id),
                     timeout_ms: Some(60_000),
                 },
             )

@@ -119,7 +119,7 @@ async fn direct_delivery_both_ways() {
     assert_eq!(sent.status, Status::Queued);
     let done = a
         .node
-        .wait_delivered(&sent.id, Duration::from_secs(10))
+        .wait_delivered(sent.id, Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(done.path, Some(DeliveryPath::Direct));
@@ -132,6 +132,30 @@ async fn direct_delivery_both_ways() {
     assert_eq!(got[0].id, sent.id);
     assert_eq!(got[0].path, Some(DeliveryPath::Direct));
     assert_eq!(got[0].peer_name.as_deref(), Some("alice"));
+    assert_eq!(got[0].peer, a.identity.key());
+    assert_eq!(sent.peer, b.identity.key());
+    // Typed ids, hex in messages: the same texts as when the ids were strings.
+    let hex = sremp::node::history::format_id(sent.id);
+    assert_eq!(
+        a.node
+            .wait_delivered_text(&hex, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .id,
+        sent.id
+    );
+    let bad = a
+        .node
+        .wait_delivered_text("not-an-id", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.to_string(), "no message with id not-an-id");
+    let unknown = a
+        .node
+        .wait_delivered(0xdead, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.to_string(), "no message with id 000000000000dead");
     // And back, several in a row.
     for i in 0..5 {
         b.node.send("alice", &format!("reply {i}")).await.unwrap();
@@ -174,7 +198,7 @@ async fn dead_endpoint_goes_through_the_relay() {
     assert_eq!(received(&h, "via relay")[0].path, Some(DeliveryPath::Relay));
     let done = a
         .node
-        .wait_delivered(&sent.id, Duration::from_secs(10))
+        .wait_delivered(sent.id, Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(
@@ -264,7 +288,7 @@ async fn offline_recipient_gets_it_when_it_starts() {
     )
     .await;
     a.node
-        .wait_delivered(&sent.id, Duration::from_secs(10))
+        .wait_delivered(sent.id, Duration::from_secs(10))
         .await
         .unwrap();
     a.shutdown().await.unwrap();
@@ -350,7 +374,7 @@ async fn confirmation_kept_at_the_relay_reaches_a_restarted_sender() {
         .unwrap();
     let done = a
         .node
-        .wait_delivered(&sent.id, Duration::from_secs(10))
+        .wait_delivered(sent.id, Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(done.status, Status::Delivered);

@@ -11,7 +11,7 @@ use crate::node::control::{
     follow_stream, request, socket_path, Client, ContactView, ControlError, Request, Response,
     CLIENT_TIMEOUT, DISK_FULL, MAX_MESSAGES,
 };
-use crate::node::history::HistoryEntry;
+use crate::node::history::{format_id, HistoryEntry};
 use crate::rendezvous::discover::{Discovery, Found, FoundView, Query, ServerFailure};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -180,18 +180,18 @@ async fn run_command(
                 return if json {
                     print_json(&entry)
                 } else {
-                    print_line(&entry.id)
+                    print_line(&format_id(entry.id))
                 };
             }
             if !json {
                 // Scripts read the id from stdout while the wait goes on.
-                print_line(&entry.id)?;
+                print_line(&format_id(entry.id))?;
             }
             let timeout_ms = timeout_secs.saturating_mul(1000);
             let waited = call_ok(
                 path,
                 &Request::WaitDelivered {
-                    id: entry.id.clone(),
+                    id: format_id(entry.id),
                     timeout_ms: Some(timeout_ms),
                 },
             )

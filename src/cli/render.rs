@@ -4,7 +4,7 @@
 //! quiet exit (`sremp messages --follow | head`).
 
 use crate::node::control::{ContactView, ControlError};
-use crate::node::history::{DeliveryPath, Direction, HistoryEntry, Status};
+use crate::node::history::{format_id, DeliveryPath, Direction, HistoryEntry, Status};
 use serde::Serialize;
 use std::io::Write as _;
 
@@ -46,10 +46,7 @@ fn status_name(s: Status) -> &'static str {
 }
 
 pub(super) fn format_entry(e: &HistoryEntry) -> String {
-    let who = e
-        .peer_name
-        .clone()
-        .unwrap_or_else(|| e.peer.chars().take(8).collect());
+    let who = e.peer_name.clone().unwrap_or_else(|| e.peer.short());
     let arrow = match e.direction {
         Direction::Out => format!("-> {who}"),
         Direction::In => format!("<- {who}"),
@@ -58,7 +55,7 @@ pub(super) fn format_entry(e: &HistoryEntry) -> String {
         "#{} {} {} {} [{}, {}] {}",
         e.seq,
         format_time(e.recorded_at),
-        e.id,
+        format_id(e.id),
         arrow,
         status_name(e.status),
         path_name(e.path),

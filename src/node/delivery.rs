@@ -29,7 +29,7 @@
 //! contact is refreshed, and — with rendezvous configured — after a lookup that refreshes its
 //! endpoints and relays (every `lookup_interval_ms` while it stays offline).
 
-use super::history::{DeliveryPath, Direction, HistoryEntry, Status};
+use super::history::{format_id, DeliveryPath, Direction, HistoryEntry, NewEntry, Status};
 use super::outbox::{self, OutboxEntry};
 use super::{commit, Inner, Node, NodeError};
 use crate::config::DeliveryMode;
@@ -343,7 +343,7 @@ async fn reset(
             }
             (None, None) => return Ok(None),
         }
-        tracing::debug!(peer = %peer.short(), id = %named.id, "old copy dropped by the peer; storing the current one again");
+        tracing::debug!(peer = %peer.short(), id = %format_id(named.id), "old copy dropped by the peer; storing the current one again");
         return Ok(None);
     }
     if let Ok(mut m) = inner.resets.lock() {
@@ -438,22 +438,22 @@ async fn reset(
     }
     let reason = ResetReason::from_u8(n.reason);
     let now = Timestamp::now();
-    let (line, batch) = inner.history.record(
-        Direction::Out,
-        &peer,
-        Some(contact.identity.username().to_string()),
-        rand::random::<u64>(),
-        format!(
+    let (line, batch) = inner.history.record(NewEntry {
+        direction: Direction::Out,
+        peer,
+        peer_name: Some(contact.identity.username().to_string()),
+        id: rand::random::<u64>(),
+        text: format!(
             "session reset: {} could not decrypt message {} ({}); new session started, {resent} message(s) re-sent ({recovered} it had confirmed but lost)",
             contact.identity.username(),
-            named.id,
+            format_id(named.id),
             reason.name()
         ),
-        now,
-        now,
-        Status::Notice,
-        None,
-    );
+        sent_at: now,
+        recorded_at: now,
+        status: Status::Notice,
+        path: None,
+    });
     commit(&inner.store, batch).await?;
     let _ = inner.events.send(line);
     Ok(Some(resent))
@@ -664,17 +664,17 @@ pub(crate) async fn enqueue(
         .sessions()
         .encrypt(&*inner.store, &mut rand::rngs::OsRng, &peer, &payload)?;
     let (mut batch, wire) = out.into_parts();
-    let (entry, hb) = inner.history.record(
-        Direction::Out,
-        &key,
-        Some(c.identity.username().to_string()),
+    let (entry, hb) = inner.history.record(NewEntry {
+        direction: Direction::Out,
+        peer: key,
+        peer_name: Some(c.identity.username().to_string()),
         id,
-        text.to_string(),
-        now,
-        now,
-        Status::Queued,
-        None,
-    );
+        text: text.to_string(),
+        sent_at: now,
+        recorded_at: now,
+        status: Status::Queued,
+        path: None,
+    });
     batch.extend(hb);
     batch.extend(inner.history.keep_payload_id(entry.seq, &payload.id.0));
     batch.extend(
@@ -967,7 +967,7 @@ async fn finalize(
     };
     commit(&inner.store, batch).await?;
     if let Some(h) = entry {
-        tracing::debug!(id = %h.id, ?status, ?path, "message accepted");
+        tracing::debug!(id = %format_id(h.id), ?status, ?path, "message accepted");
         let _ = inner.events.send(h);
     }
     Ok(())
@@ -1014,7 +1014,7 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
     );
     tracing::debug!(
         peer = %peer.short(),
-        id = %super::history::format_id(e.message_id),
+        id = %format_id(e.message_id),
         plan = ?p,
         "delivery plan"
     );

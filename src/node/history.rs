@@ -52,16 +52,23 @@ pub enum DeliveryPath {
 }
 
 /// One history record (also the JSON shape of `sremp messages --json`).
+///
+/// The ids are typed here; only their serialized form is hex (`id`: 16 hex characters,
+/// `peer`: 64), which is both the JSON shape and the stored record, so neither changed when
+/// these fields stopped being strings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     /// Position in this node's history.
     pub seq: u64,
-    /// The message id (16 hex characters), the same on both sides.
-    pub id: String,
+    /// The message id, the same on both sides (serialized as 16 hex characters, see
+    /// [`format_id`]).
+    #[serde(with = "hex_id")]
+    pub id: u64,
     /// Sent or received.
     pub direction: Direction,
-    /// The other party's contact id (64 hex characters).
-    pub peer: String,
+    /// The other party's contact id (serialized as 64 hex characters).
+    #[serde(with = "hex_key")]
+    pub peer: IdentityKey,
     /// The other party's username, when known.
     pub peer_name: Option<String>,
     /// The text.
@@ -74,6 +81,59 @@ pub struct HistoryEntry {
     pub status: Status,
     /// The path it took (sent: the first path that accepted it; received: how it arrived).
     pub path: Option<DeliveryPath>,
+}
+
+/// What [`History::record`] records: an entry without its sequence number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEntry {
+    /// Sent or received.
+    pub direction: Direction,
+    /// The other party.
+    pub peer: IdentityKey,
+    /// The other party's username, when known.
+    pub peer_name: Option<String>,
+    /// The message id.
+    pub id: u64,
+    /// The text.
+    pub text: String,
+    /// The sender's clock at sending.
+    pub sent_at: Timestamp,
+    /// When this node records it.
+    pub recorded_at: Timestamp,
+    /// Delivery status.
+    pub status: Status,
+    /// The path it took, when known.
+    pub path: Option<DeliveryPath>,
+}
+
+/// Serde for a message id as [`format_id`] text.
+mod hex_id {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_id(*id))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_id(&s)
+            .ok_or_else(|| serde::de::Error::custom("a message id is 16 hex characters"))
+    }
+}
+
+/// Serde for a contact id as its 64-hex text form.
+mod hex_key {
+    use crate::identity::IdentityKey;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(key: &IdentityKey, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(key)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IdentityKey, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Formats a message id for people and scripts.
@@ -166,29 +226,28 @@ impl History {
     }
 
     /// Allocates a sequence number and returns the entry plus the batch that records it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record(
-        &self,
-        direction: Direction,
-        peer: &IdentityKey,
-        peer_name: Option<String>,
-        id: u64,
-        text: String,
-        sent_at: Timestamp,
-        now: Timestamp,
-        status: Status,
-        path: Option<DeliveryPath>,
-    ) -> (HistoryEntry, Batch) {
+    pub fn record(&self, new: NewEntry) -> (HistoryEntry, Batch) {
         let seq = self.next.fetch_add(1, Ordering::SeqCst);
+        let NewEntry {
+            direction,
+            peer,
+            peer_name,
+            id,
+            text,
+            sent_at,
+            recorded_at,
+            status,
+            path,
+        } = new;
         let entry = HistoryEntry {
             seq,
-            id: format_id(id),
+            id,
             direction,
-            peer: peer.to_string(),
+            peer,
             peer_name,
             text,
             sent_at: sent_at.0,
-            recorded_at: now.0,
+            recorded_at: recorded_at.0,
             status,
             path,
         };
@@ -196,7 +255,7 @@ impl History {
         b.put(Tree::History, seq_key(seq), msgpack::encode(&entry));
         b.put(
             Tree::History,
-            index_key(direction, peer, id),
+            index_key(direction, &peer, id),
             seq.to_be_bytes().to_vec(),
         );
         b.put(
@@ -340,18 +399,19 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
         let h = History::open(store.clone()).unwrap();
         let peer = IdentityKey([9; 32]);
+        let new = |direction, id: u64, text: String, status| NewEntry {
+            direction,
+            peer,
+            peer_name: None,
+            id,
+            text,
+            sent_at: Timestamp(1),
+            recorded_at: Timestamp(2),
+            status,
+            path: None,
+        };
         for i in 0..5u64 {
-            let (_, b) = h.record(
-                Direction::Out,
-                &peer,
-                None,
-                i,
-                format!("m{i}"),
-                Timestamp(1),
-                Timestamp(2),
-                Status::Queued,
-                None,
-            );
+            let (_, b) = h.record(new(Direction::Out, i, format!("m{i}"), Status::Queued));
             store.commit(b).unwrap();
         }
         let mut e = h.find(Direction::Out, &peer, 3).unwrap().unwrap();
@@ -370,18 +430,64 @@ mod tests {
         );
         drop(h);
         let h2 = History::open(store).unwrap();
-        let (e6, _) = h2.record(
-            Direction::In,
-            &peer,
-            None,
-            9,
-            "x".into(),
-            Timestamp(1),
-            Timestamp(2),
-            Status::Received,
-            None,
-        );
+        let (e6, _) = h2.record(new(Direction::In, 9, "x".into(), Status::Received));
         assert_eq!(e6.seq, 6);
         assert_eq!(parse_id(&format_id(0xabc)), Some(0xabc));
+    }
+
+    /// The record as it was stored (and shown in JSON) when the ids were strings.
+    #[derive(Serialize)]
+    struct StringIds {
+        seq: u64,
+        id: String,
+        direction: Direction,
+        peer: String,
+        peer_name: Option<String>,
+        text: String,
+        sent_at: u64,
+        recorded_at: u64,
+        status: Status,
+        path: Option<DeliveryPath>,
+    }
+
+    #[test]
+    fn typed_ids_keep_the_stored_and_json_shapes() {
+        let peer = IdentityKey([0xab; 32]);
+        let entry = HistoryEntry {
+            seq: 7,
+            id: 0x0123_4567_89ab_cdef,
+            direction: Direction::In,
+            peer,
+            peer_name: Some("bob".into()),
+            text: "hi".into(),
+            sent_at: 1,
+            recorded_at: 2,
+            status: Status::Received,
+            path: Some(DeliveryPath::Relay),
+        };
+        let old = StringIds {
+            seq: 7,
+            id: "0123456789abcdef".into(),
+            direction: Direction::In,
+            peer: "ab".repeat(32),
+            peer_name: Some("bob".into()),
+            text: "hi".into(),
+            sent_at: 1,
+            recorded_at: 2,
+            status: Status::Received,
+            path: Some(DeliveryPath::Relay),
+        };
+        // Stored records written before the change decode, and new ones are byte-identical.
+        assert_eq!(msgpack::encode(&entry), msgpack::encode(&old));
+        assert_eq!(
+            msgpack::decode::<HistoryEntry>(&msgpack::encode(&old)).unwrap(),
+            entry
+        );
+        // `--json` output is unchanged.
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json, serde_json::to_value(&old).unwrap());
+        assert_eq!(json["id"], "0123456789abcdef");
+        assert_eq!(json["peer"], "ab".repeat(32));
+        assert_eq!(serde_json::from_value::<HistoryEntry>(json).unwrap(), entry);
     }
 }

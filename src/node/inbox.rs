@@ -16,7 +16,7 @@
 //! line is written. A local failure leaves the message unconfirmed at the source for the next
 //! attempt.
 
-use super::history::{DeliveryPath, Direction, Status};
+use super::history::{format_id, DeliveryPath, Direction, NewEntry, Status};
 use super::{Node, NodeError};
 use crate::identity::{IdentityKey, Trust};
 use crate::ratchet::{Content, DecryptError};
@@ -258,21 +258,22 @@ async fn note_lost(node: &Node, sender: &IdentityKey, reason: ResetReason) {
         .flatten()
         .map(|c| c.identity.username().to_string());
     let now = Timestamp::now();
-    let (line, batch) = inner.history.record(
-        Direction::In,
-        sender,
-        name.clone(),
-        rand::random::<u64>(),
-        format!(
-            "session reset: could not decrypt a message from {} ({}); asked the sender to start a new session and re-send",
-            name.unwrap_or_else(|| sender.short()),
-            reason.name()
-        ),
-        now,
-        now,
-        Status::Notice,
-        None,
+    let text = format!(
+        "session reset: could not decrypt a message from {} ({}); asked the sender to start a new session and re-send",
+        name.clone().unwrap_or_else(|| sender.short()),
+        reason.name()
     );
+    let (line, batch) = inner.history.record(NewEntry {
+        direction: Direction::In,
+        peer: *sender,
+        peer_name: name,
+        id: rand::random::<u64>(),
+        text,
+        sent_at: now,
+        recorded_at: now,
+        status: Status::Notice,
+        path: None,
+    });
     match super::commit(&inner.store, batch).await {
         Ok(()) => {
             tracing::warn!(peer = %sender.short(), reason = reason.name(), "cannot decrypt a message (lost ratchet state); asked the sender to reset the session");
@@ -336,21 +337,21 @@ async fn receive(
     id8.copy_from_slice(&incoming.payload.id.0[..8]);
     let id = u64::from_be_bytes(id8);
     let now = Timestamp::now();
-    let (entry, hb) = inner.history.record(
-        Direction::In,
-        &sender,
-        contact.map(|c| c.identity.username().to_string()),
+    let (entry, hb) = inner.history.record(NewEntry {
+        direction: Direction::In,
+        peer: sender,
+        peer_name: contact.map(|c| c.identity.username().to_string()),
         id,
         text,
-        incoming.payload.sent_at,
-        now,
-        Status::Received,
-        Some(path),
-    );
+        sent_at: incoming.payload.sent_at,
+        recorded_at: now,
+        status: Status::Received,
+        path: Some(path),
+    });
     let mut batch = incoming.batch;
     batch.extend(hb);
     super::commit(&inner.store, batch).await?;
-    tracing::info!(peer = %sender.short(), id = %entry.id, ?path, "message received");
+    tracing::info!(peer = %sender.short(), id = %format_id(entry.id), ?path, "message received");
     let _ = inner.events.send(entry);
     if !known && inner.rendezvous.is_some() {
         // A first message from someone we have never seen (it came through a relay, so no

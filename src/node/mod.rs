@@ -114,7 +114,7 @@ pub enum NodeError {
     AmbiguousContact(String),
     /// Sending to a contact marked Rejected.
     #[error("contact {0} is rejected")]
-    RejectedContact(String),
+    RejectedContact(IdentityKey),
     /// That is us.
     #[error("cannot message yourself")]
     SelfContact,
@@ -124,17 +124,20 @@ pub enum NodeError {
     /// The text is empty or too long.
     #[error("message text is {0} bytes (UTF-8); the message text limit is 1 to {MAX_TEXT} bytes")]
     BadText(usize),
-    /// No message with that id.
+    /// Not a message id (16 hex characters): no message can have it.
     #[error("no message with id {0}")]
-    UnknownMessage(String),
+    BadMessageId(String),
+    /// No message we sent has that id.
+    #[error("no message with id {0:016x}")]
+    UnknownMessage(u64),
     /// Waiting timed out.
-    #[error("timed out waiting for delivery of {0}")]
-    Timeout(String),
+    #[error("timed out waiting for delivery of {0:016x}")]
+    Timeout(u64),
     /// The contact presented a conflicting identity.
     #[error(
         "contact card conflicts with the pinned identity of {0} (same version, different contents)"
     )]
-    Conflict(String),
+    Conflict(IdentityKey),
     /// Local storage failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -620,7 +623,7 @@ impl Node {
             Timestamp::now(),
         )?;
         match obs {
-            Observation::Conflict(c) => Err(NodeError::Conflict(c.identity.key().to_string())),
+            Observation::Conflict(c) => Err(NodeError::Conflict(c.identity.key())),
             other => {
                 if let Ok(mut s) = self.inner.strangers.lock() {
                     s.remove(&card.identity.key());
@@ -697,7 +700,7 @@ impl Node {
         }
         let c = self.resolve(contact)?;
         if c.trust == Trust::Rejected {
-            return Err(NodeError::RejectedContact(c.identity.key().to_string()));
+            return Err(NodeError::RejectedContact(c.identity.key()));
         }
         let entry = delivery::enqueue(&self.inner, &c, text).await?;
         let _ = self.inner.events.send(entry.clone());
@@ -705,19 +708,29 @@ impl Node {
         Ok(entry)
     }
 
-    /// Waits until the message `id` (16 hex) is delivered.
-    pub async fn wait_delivered(
+    /// Waits until the message `id` (16 hex, as [`history::format_id`] writes it) is
+    /// delivered.
+    pub async fn wait_delivered_text(
         &self,
         id: &str,
         timeout: Duration,
     ) -> Result<HistoryEntry, NodeError> {
+        let id = history::parse_id(id).ok_or_else(|| NodeError::BadMessageId(id.into()))?;
+        self.wait_delivered(id, timeout).await
+    }
+
+    /// Waits until the message we sent with `id` is delivered.
+    pub async fn wait_delivered(
+        &self,
+        id: u64,
+        timeout: Duration,
+    ) -> Result<HistoryEntry, NodeError> {
         let mut rx = self.inner.events.subscribe();
-        let num = history::parse_id(id).ok_or_else(|| NodeError::UnknownMessage(id.into()))?;
         let find = || -> Result<Option<HistoryEntry>, NodeError> {
-            Ok(self.inner.history.find_by_id(Direction::Out, num)?)
+            Ok(self.inner.history.find_by_id(Direction::Out, id)?)
         };
         let Some(e) = find()? else {
-            return Err(NodeError::UnknownMessage(id.into()));
+            return Err(NodeError::UnknownMessage(id));
         };
         if e.status == Status::Delivered {
             return Ok(e);
@@ -750,7 +763,7 @@ impl Node {
             Ok(r) => r,
             Err(_) => match find()? {
                 Some(e) if e.status == Status::Delivered => Ok(e),
-                _ => Err(NodeError::Timeout(id.into())),
+                _ => Err(NodeError::Timeout(id)),
             },
         }
     }

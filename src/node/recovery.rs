@@ -14,7 +14,7 @@
 //! Pure selection over the store; the caller ([`super::delivery`]) holds the ratchet lock,
 //! re-encrypts and commits.
 
-use super::history::{parse_id, Direction, History, Status};
+use super::history::{Direction, History, Status};
 use super::outbox::OutboxEntry;
 use crate::identity::IdentityKey;
 use crate::store::StoreError;
@@ -56,7 +56,6 @@ pub fn lost_after(
             .unwrap_or(0),
     };
     let since = now_ms.saturating_sub(RECOVER_WINDOW_MS);
-    let peer_hex = peer.to_string();
     let mut out = Vec::new();
     let mut cursor = after;
     let mut read = 0usize;
@@ -69,15 +68,15 @@ pub fn lost_after(
         for h in &page {
             if h.direction != Direction::Out
                 || h.status != Status::Delivered
-                || h.peer != peer_hex
+                || h.peer != *peer
                 || h.sent_at < since
             {
                 continue;
             }
-            let (Some(message_id), Some(pid)) = (parse_id(&h.id), history.payload_id(h.seq)?)
-            else {
+            let Some(pid) = history.payload_id(h.seq)? else {
                 continue;
             };
+            let message_id = h.id;
             out.push(OutboxEntry {
                 message_id,
                 recipient: peer.0,
@@ -99,7 +98,7 @@ pub fn lost_after(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::history::DeliveryPath;
+    use crate::node::history::{DeliveryPath, NewEntry};
     use crate::store::{SledStore, Store};
     use crate::time::Timestamp;
     use std::sync::Arc;
@@ -113,17 +112,17 @@ mod tests {
         st: Status,
         at: u64,
     ) -> u64 {
-        let (e, mut b) = h.record(
-            dir,
-            peer,
-            None,
+        let (e, mut b) = h.record(NewEntry {
+            direction: dir,
+            peer: *peer,
+            peer_name: None,
             id,
-            format!("m{id}"),
-            Timestamp(at),
-            Timestamp(at),
-            st,
-            Some(DeliveryPath::Direct),
-        );
+            text: format!("m{id}"),
+            sent_at: Timestamp(at),
+            recorded_at: Timestamp(at),
+            status: st,
+            path: Some(DeliveryPath::Direct),
+        });
         if dir == Direction::Out {
             let mut pid = [0u8; 16];
             pid[..8].copy_from_slice(&id.to_be_bytes());

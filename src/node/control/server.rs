@@ -261,7 +261,7 @@ pub async fn execute(node: &Node, req: Request) -> Response {
                 .map(Duration::from_millis)
                 .unwrap_or(DEFAULT_WAIT)
                 .min(MAX_WAIT);
-            match node.wait_delivered(&id, timeout).await {
+            match node.wait_delivered_text(&id, timeout).await {
                 Ok(e) => Response::entry(e),
                 Err(e) => Response::error(e.to_string()),
             }
