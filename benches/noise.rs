@@ -105,6 +105,13 @@ fn setup(c: &mut Criterion) {
     let rt = rt();
     let server_id = Arc::new(user("server"));
     let client_id = user("client");
+    // Each side owns its memory of verified identities, as a node or relay does.
+    let server_cache = sremp::identity::VerifiedCache::new();
+    let client_cache = sremp::identity::VerifiedCache::new();
+    let server_limits = HandshakeLimits {
+        verified: Some(server_cache.clone()),
+        ..HandshakeLimits::default()
+    };
     let (addr, mut done_rx) = rt.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -115,10 +122,9 @@ fn setup(c: &mut Criterion) {
                 let (s, _) = listener.accept().await.unwrap();
                 let sid = sid.clone();
                 let tx = tx.clone();
+                let limits = server_limits.clone();
                 tokio::spawn(async move {
-                    let conn = TcpConnection::accept(s, &sid, HandshakeLimits::default())
-                        .await
-                        .unwrap();
+                    let conn = TcpConnection::accept(s, &sid, limits).await.unwrap();
                     let _ = tx.send(());
                     drop(conn);
                 });
@@ -139,13 +145,17 @@ fn setup(c: &mut Criterion) {
                     let start = std::time::Instant::now();
                     for _ in 0..iters {
                         if !cached {
-                            sremp::identity::verified_cache::clear();
+                            server_cache.clear();
+                            client_cache.clear();
                         }
                         let conn = TcpConnection::connect(
                             &addr,
                             &client_id,
                             expected,
-                            HandshakeLimits::default(),
+                            HandshakeLimits {
+                                verified: Some(client_cache.clone()),
+                                ..HandshakeLimits::default()
+                            },
                         )
                         .await
                         .unwrap();

@@ -152,6 +152,8 @@ impl ListenConfig {
             },
             handshake: crate::noise::HandshakeLimits {
                 timeout: self.handshake_timeout(),
+                // The node or relay sets its own cache.
+                verified: None,
             },
             refusal_log_interval: Duration::from_secs(self.refusal_log_interval_secs),
         }

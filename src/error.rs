@@ -1,8 +1,8 @@
 //! The crate-level error: every module's error, gathered for callers that handle them alike.
 
-use crate::identity::contact::ContactError;
 use crate::identity::keys::{KeyFileError, SetupError};
 use crate::identity::IdentityError;
+use crate::node::contacts::ContactError;
 use crate::noise::{ConnectionError, HandshakeError};
 use crate::store::StoreError;
 use crate::wire::DecodeError;

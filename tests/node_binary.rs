@@ -530,7 +530,7 @@ fn outdated_identity_version_is_disconnected() {
     let stale = rt.block_on(async {
         tokio::time::timeout(
             Duration::from_secs(15),
-            RelayClient::connect(&addr, &v1, Some(b_key), limits),
+            RelayClient::connect(&addr, &v1, Some(b_key), limits.clone()),
         )
         .await
     });

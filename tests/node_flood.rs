@@ -97,6 +97,7 @@ impl Flood {
                                     .unwrap();
                                     let limits = HandshakeLimits {
                                         timeout: Duration::from_secs(2),
+                                        ..HandshakeLimits::default()
                                     };
                                     if let Ok(c) =
                                         TcpConnection::connect(&addr, &me, None, limits).await

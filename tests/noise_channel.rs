@@ -29,6 +29,7 @@ async fn start_node(dir: &Path, handshake_ms: u64) -> NodeHandle {
 fn limits() -> HandshakeLimits {
     HandshakeLimits {
         timeout: Duration::from_secs(5),
+        ..HandshakeLimits::default()
     }
 }
 
@@ -49,15 +50,21 @@ async fn wait_closed(stream: &mut TcpStream, bound: Duration) -> Duration {
 
 async fn good_client_works(node: &NodeHandle) {
     let c = user("good");
+    // The client's own memory of verified identities: the handshake fills it.
+    let verified = sremp::identity::VerifiedCache::new();
     let mut conn = TcpConnection::connect(
         &node.local_addr.to_string(),
         &c,
         Some(node.identity.key()),
-        limits(),
+        HandshakeLimits {
+            verified: Some(verified.clone()),
+            ..limits()
+        },
     )
     .await
     .expect("a well-behaved client is still served");
     assert_eq!(conn.peer.key(), node.identity.key());
+    assert_eq!(verified.len(), 1, "the peer's identity was remembered");
     conn.send(&Envelope::ConfirmationAck(
         sremp::wire::relay::ConfirmationAck {
             delivered_to: [1; 32],

@@ -220,6 +220,7 @@ async fn sigkill_at_random_moments_under_concurrent_senders() {
                             Some(relay_id),
                             HandshakeLimits {
                                 timeout: Duration::from_secs(5),
+                                ..HandshakeLimits::default()
                             },
                         )
                         .await

@@ -63,7 +63,9 @@ async fn serve(cfg: &Config) -> Result<(), crate::Error> {
         })?;
     tracing::info!(%addr, relay_id = %id, new_identity = created, "relay listening");
     let (stop_tx, stop_rx) = watch_pair();
-    let lc = cfg.listen.listener();
+    let mut lc = cfg.listen.listener();
+    // This relay's own memory of verified identities (clients reconnect often).
+    lc.handshake.verified = Some(crate::identity::VerifiedCache::new());
     let r = relay.clone();
     // A relay serves everyone alike: every authenticated peer is admitted as known (the
     // handshake budgets and the total still apply).

@@ -10,7 +10,9 @@
 //!
 //! - [`keys`]: the private half ([`UserIdentity`]) and its owner-only key file.
 //! - [`card`]: the one-line contact card that users paste.
-//! - [`contact`]: TOFU contacts and trust.
+//! - [`contact`]: the TOFU rule and trust (the node persists contacts).
+//! - [`verified`]: [`VerifiedCache`], a bounded memory of verified identities that a node or
+//!   relay owns and passes to the code that verifies identities it sees again and again.
 //!
 //! Limits: username 1..=40 characters without control characters; profile picture at most
 //! [`MAX_PICTURE`] bytes; at most [`MAX_METADATA_ENTRIES`] metadata entries; the encoded
@@ -20,10 +22,12 @@ pub mod card;
 pub mod contact;
 pub mod keys;
 pub mod rotation;
+pub mod verified;
 
 pub use card::ContactCard;
-pub use contact::{ContactBook, ContactIdentity, Observation, Trust};
+pub use contact::{ContactIdentity, Observation, Trust};
 pub use keys::UserIdentity;
+pub use verified::VerifiedCache;
 
 use crate::sig::{self, SigContext};
 use crate::time::Timestamp;
@@ -294,25 +298,36 @@ impl Identity {
     }
 
     /// Verifies received parts: decode (bounded), validate, then check the signature over the
-    /// exact received bytes with strict verification.
+    /// exact received bytes with strict verification. Always runs the signature check.
     pub fn from_parts(data_bytes: Vec<u8>, signature: [u8; 64]) -> Result<Identity, IdentityError> {
-        Self::verify_parts(data_bytes, signature, true)
+        Self::verify_parts(data_bytes, signature, None)
     }
 
-    /// Like [`Identity::from_parts`] but always runs the signature check, never consulting the
-    /// verified-identity cache: for servers that must spend the same work on every request
-    /// whether or not they have seen the identity before (no timing oracle).
+    /// The same as [`Identity::from_parts`] (which never consults a cache), named for servers
+    /// that must spend the same work on every request whether or not they have seen the
+    /// identity before (no timing oracle).
     pub fn from_parts_uncached(
         data_bytes: Vec<u8>,
         signature: [u8; 64],
     ) -> Result<Identity, IdentityError> {
-        Self::verify_parts(data_bytes, signature, false)
+        Self::verify_parts(data_bytes, signature, None)
+    }
+
+    /// Like [`Identity::from_parts`], but skips the signature check when `cache` remembers
+    /// these exact bytes and signature as verified, and remembers them after a successful
+    /// check. Decoding and validation always run.
+    pub fn from_parts_cached(
+        data_bytes: Vec<u8>,
+        signature: [u8; 64],
+        cache: &VerifiedCache,
+    ) -> Result<Identity, IdentityError> {
+        Self::verify_parts(data_bytes, signature, Some(cache))
     }
 
     fn verify_parts(
         data_bytes: Vec<u8>,
         signature: [u8; 64],
-        use_cache: bool,
+        cache: Option<&VerifiedCache>,
     ) -> Result<Identity, IdentityError> {
         if data_bytes.len() > MAX_IDENTITY_DATA {
             return Err(DecodeError::TooLarge {
@@ -324,13 +339,19 @@ impl Identity {
         }
         let data: IdentityVerifiedData = msgpack::decode(&data_bytes)?;
         data.validate()?;
-        let digest = verified_cache::digest(&data_bytes, &signature);
-        if !(use_cache && verified_cache::contains(&digest)) {
+        let digest = cache.map(|_| verified::digest(&data_bytes, &signature));
+        let known = match (cache, &digest) {
+            (Some(c), Some(d)) => c.contains(d),
+            _ => false,
+        };
+        if !known {
             let vk = sig::verifying_key(&data.identity_key.0)
                 .map_err(|_| IdentityError::BadSignature)?;
             sig::verify(&vk, SigContext::Identity, &[&data_bytes], &signature)
                 .map_err(|_| IdentityError::BadSignature)?;
-            verified_cache::insert(digest);
+            if let (Some(c), Some(d)) = (cache, digest) {
+                c.insert(d);
+            }
         }
         Ok(Identity {
             data,
@@ -341,8 +362,17 @@ impl Identity {
 
     /// Decodes and verifies the wire form `[bin data, bin(64) signature]`.
     pub fn from_bytes(bytes: &[u8]) -> Result<Identity, IdentityError> {
-        let wire: IdentityWire = msgpack::decode(bytes)?;
+        let wire: UnverifiedIdentity = msgpack::decode(bytes)?;
         Identity::from_parts(wire.data.into_vec(), wire.signature)
+    }
+
+    /// [`Identity::from_bytes`] consulting `cache` (see [`Identity::from_parts_cached`]).
+    pub fn from_bytes_cached(
+        bytes: &[u8],
+        cache: &VerifiedCache,
+    ) -> Result<Identity, IdentityError> {
+        let wire: UnverifiedIdentity = msgpack::decode(bytes)?;
+        Identity::from_parts_cached(wire.data.into_vec(), wire.signature, cache)
     }
 
     /// The wire form.
@@ -400,84 +430,30 @@ impl RawIdentity {
     pub fn verify(&self) -> Result<Identity, IdentityError> {
         Identity::from_parts_uncached(self.data.to_vec(), self.signature)
     }
-
-    /// Verifies it like a received [`Identity`] (the verified-identity cache may skip the
-    /// signature check for exact bytes that verified before), for clients reading answers.
-    pub fn verify_cached(&self) -> Result<Identity, IdentityError> {
-        Identity::from_parts(self.data.to_vec(), self.signature)
-    }
 }
 
-/// A bounded, process-wide memory of identities whose signatures already verified.
-///
-/// Nodes and relays see the same identities again and again (every reconnect carries the
-/// peer's identity). The key is SHA-256 over `len(data) || data || signature`, so a hit means
-/// these exact bytes and this exact signature verified before in this process; anything else
-/// is verified in full. Entries are only ever added after a successful strict verification, so
-/// the cache can skip work but never accept a forgery. FIFO eviction bounds it to
-/// [`verified_cache::CAPACITY`] entries.
-pub mod verified_cache {
-    use sha2::{Digest, Sha256};
-    use std::collections::{HashSet, VecDeque};
-    use std::sync::{Mutex, OnceLock};
-
-    /// Most identities remembered.
-    pub const CAPACITY: usize = 4096;
-
-    struct Cache {
-        set: HashSet<[u8; 32]>,
-        order: VecDeque<[u8; 32]>,
-    }
-
-    fn cache() -> &'static Mutex<Cache> {
-        static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-        CACHE.get_or_init(|| {
-            Mutex::new(Cache {
-                set: HashSet::new(),
-                order: VecDeque::new(),
-            })
-        })
-    }
-
-    pub(super) fn digest(data: &[u8], signature: &[u8; 64]) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update((data.len() as u64).to_be_bytes());
-        h.update(data);
-        h.update(signature);
-        h.finalize().into()
-    }
-
-    pub(super) fn contains(d: &[u8; 32]) -> bool {
-        cache().lock().map(|c| c.set.contains(d)).unwrap_or(false)
-    }
-
-    pub(super) fn insert(d: [u8; 32]) {
-        if let Ok(mut c) = cache().lock() {
-            if c.set.insert(d) {
-                c.order.push_back(d);
-                if c.order.len() > CAPACITY {
-                    if let Some(old) = c.order.pop_front() {
-                        c.set.remove(&old);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Forgets everything (benchmarks measure the uncached path with it).
-    pub fn clear() {
-        if let Ok(mut c) = cache().lock() {
-            c.set.clear();
-            c.order.clear();
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct IdentityWire {
+/// An identity in its wire (and stored) form `[bin data, bin(64) signature]`, not verified yet:
+/// for records that embed an identity and want to verify it with a [`VerifiedCache`].
+#[derive(Clone, Serialize, Deserialize)]
+pub struct UnverifiedIdentity {
     data: serde_bytes::ByteBuf,
     #[serde(with = "crate::wire::bytes::fixed")]
     signature: [u8; 64],
+}
+
+impl fmt::Debug for UnverifiedIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnverifiedIdentity")
+            .field("data_len", &self.data.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UnverifiedIdentity {
+    /// Verifies it ([`Identity::from_parts`], or [`Identity::from_parts_cached`] with a cache).
+    pub fn verify(self, cache: Option<&VerifiedCache>) -> Result<Identity, IdentityError> {
+        Identity::verify_parts(self.data.into_vec(), self.signature, cache)
+    }
 }
 
 impl Serialize for Identity {
@@ -493,7 +469,7 @@ impl Serialize for Identity {
 /// Deserializing an `Identity` verifies it; an invalid one is a decode error.
 impl<'de> Deserialize<'de> for Identity {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let wire = IdentityWire::deserialize(d)?;
+        let wire = UnverifiedIdentity::deserialize(d)?;
         Identity::from_parts(wire.data.into_vec(), wire.signature)
             .map_err(|e| serde::de::Error::custom(e.to_string()))
     }

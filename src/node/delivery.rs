@@ -178,7 +178,7 @@ impl Pool {
             &endpoint.to_string(),
             &inner.me(),
             Some(key),
-            inner.handshake,
+            inner.handshake.clone(),
         )
         .await?;
         let client = Arc::new(client);

@@ -77,7 +77,7 @@ pub(crate) async fn collect(node: Node, source: Source) {
         if *stop.borrow() {
             return;
         }
-        match RelayClient::connect(&addr, &inner.me(), Some(key), inner.handshake).await {
+        match RelayClient::connect(&addr, &inner.me(), Some(key), inner.handshake.clone()).await {
             Ok((client, mut events)) => {
                 tracing::debug!(source = %addr, "collecting messages");
                 set_connected(&node, &addr, true);

@@ -2,6 +2,7 @@
 //! outbox, history, and the connections to relays and rendezvous servers.
 //!
 //! Layout:
+//! - [`contacts`]: the TOFU contact book persisted in the store.
 //! - [`history`]: every message sent or received, with status and path.
 //! - [`outbox`]: durable queue of signed, encrypted messages nobody accepted yet.
 //! - [`delivery`]: the send path — direct-vs-relay decision core (pure), the racing delivery
@@ -34,6 +35,7 @@
 //! ratchet state is answered with a session-reset notice, never confirmed. Messages from
 //! contacts marked Rejected are refused.
 
+pub mod contacts;
 pub mod control;
 pub mod delivery;
 pub mod history;
@@ -46,7 +48,7 @@ use crate::config::Config;
 use crate::identity::keys::{load_or_create_identity, WantedFlags};
 use crate::identity::rotation::{Change, PreviousNoiseKeys};
 use crate::identity::{
-    ContactBook, ContactCard, ContactIdentity, IdentityKey, Observation, Trust, UserIdentity,
+    ContactCard, ContactIdentity, IdentityKey, Observation, Trust, UserIdentity, VerifiedCache,
 };
 use crate::logging::LogEvery;
 use crate::noise::admission::Class;
@@ -61,6 +63,7 @@ use crate::time::Timestamp;
 use crate::wire::rendezvous::RelayHint;
 use crate::wire::{Endpoint, Envelope};
 use crate::Error;
+use contacts::ContactBook;
 use history::{Direction, History, HistoryEntry, Status};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -143,7 +146,7 @@ pub enum NodeError {
     Store(#[from] StoreError),
     /// Contacts storage failed.
     #[error(transparent)]
-    Contact(#[from] crate::identity::contact::ContactError),
+    Contact(#[from] contacts::ContactError),
     /// Encryption failed locally.
     #[error("encryption: {0}")]
     Send(#[from] crate::ratchet::SendError),
@@ -342,8 +345,8 @@ impl NodeError {
     /// True when the failure is a full disk (a store error, also inside a contact or
     /// encryption error; `#[error(transparent)]` hides them from `source()`, so match).
     pub fn is_disk_full(&self) -> bool {
-        use crate::identity::contact::ContactError;
         use crate::ratchet::{SendError, SessionError};
+        use contacts::ContactError;
         match self {
             NodeError::Store(e) | NodeError::Contact(ContactError::Store(e)) => e.is_disk_full(),
             NodeError::Send(SendError::Local(SessionError::Store(e)))
@@ -379,7 +382,10 @@ impl Node {
             SledStore::open_checked(&dir.join(DB_DIR))
                 .map_err(|e| e.with_advice(NODE_DAMAGE_ADVICE))?,
         );
-        let contacts = ContactBook::new(store.clone());
+        // Identities this node has verified (peers' handshakes, stored contacts), shared by
+        // its connections and its integrated relay's listener.
+        let verified = VerifiedCache::new();
+        let contacts = ContactBook::new(store.clone(), verified.clone());
         let history = History::open(store.clone())?;
         let listener = tokio::net::TcpListener::bind(cfg.listen.address)
             .await
@@ -440,6 +446,7 @@ impl Node {
         let (events, _) = broadcast::channel(1024);
         let handshake = HandshakeLimits {
             timeout: Duration::from_millis(cfg.node.direct_timeout_ms),
+            verified: Some(verified.clone()),
         };
         let inner = Arc::new(Inner {
             me: me_tx,
@@ -484,7 +491,8 @@ impl Node {
         );
         let mut tasks = Vec::new();
         // The listener: relay-protocol connections go to the integrated relay.
-        let lcfg = cfg.listen.listener();
+        let mut lcfg = cfg.listen.listener();
+        lcfg.handshake.verified = Some(verified);
         let idle = cfg.listen.idle_timeout();
         let stranger_idle = cfg.listen.stranger_idle_timeout();
         {

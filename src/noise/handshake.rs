@@ -26,7 +26,7 @@
 
 use super::transport::{RecvHalf, SendHalf};
 use super::PATTERN;
-use crate::identity::{Identity, IdentityError, IdentityKey, UserIdentity};
+use crate::identity::{Identity, IdentityError, IdentityKey, UserIdentity, VerifiedCache};
 use crate::sig::small_order::is_low_order_x25519;
 use std::sync::Arc;
 
@@ -70,6 +70,7 @@ pub struct Handshake {
     expected: Option<IdentityKey>,
     peer: Option<Identity>,
     step: u8,
+    verified: Option<VerifiedCache>,
 }
 
 impl std::fmt::Debug for Handshake {
@@ -105,6 +106,13 @@ impl Handshake {
     /// The accepting side.
     pub fn responder(local: &UserIdentity, prologue: &[u8]) -> Result<Self, HandshakeError> {
         Self::build(local, prologue, None, false, None)
+    }
+
+    /// Verifies the peer's identity through `cache` (the owner's memory of identities that
+    /// verified before) instead of checking every signature in full.
+    pub fn with_verified_cache(mut self, cache: VerifiedCache) -> Self {
+        self.verified = Some(cache);
+        self
     }
 
     /// Deterministic handshake for test vectors: a fixed ephemeral key. Never use otherwise.
@@ -143,6 +151,7 @@ impl Handshake {
             expected,
             peer: None,
             step: 0,
+            verified: None,
         })
     }
 
@@ -214,7 +223,10 @@ impl Handshake {
         if is_low_order_x25519(&rs) {
             return Err(HandshakeError::WeakRemoteKey);
         }
-        let identity = Identity::from_bytes(payload)?;
+        let identity = match &self.verified {
+            Some(cache) => Identity::from_bytes_cached(payload, cache)?,
+            None => Identity::from_bytes(payload)?,
+        };
         if identity.noise_key().0 != rs {
             return Err(HandshakeError::NoiseKeyMismatch);
         }

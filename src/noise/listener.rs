@@ -30,11 +30,11 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 
 /// Accept-loop settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ListenerConfig {
     /// Connection budgets.
     pub limits: Limits,
-    /// Handshake deadline.
+    /// Handshake deadline and verified-identity cache.
     pub handshake: HandshakeLimits,
     /// How often the summary of refused connections is logged.
     pub refusal_log_interval: Duration,
@@ -197,7 +197,7 @@ pub async fn serve_classified<C, H, Fut>(
         let classify = classify.clone();
         let refusals2 = refusals.clone();
         let shared2 = shared.clone();
-        let hs = cfg.handshake;
+        let hs = cfg.handshake.clone();
         // Admission, eviction and registering the new task's abort handle happen under one
         // lock, so no other task can evict this one before its handle is known.
         let evicted = {

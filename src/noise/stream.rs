@@ -8,7 +8,7 @@
 use super::framed::{self, FrameReader};
 use super::handshake::{Handshake, HandshakeError};
 use super::transport::{RecvHalf, SendHalf, TransportError};
-use crate::identity::{Identity, IdentityKey, UserIdentity};
+use crate::identity::{Identity, IdentityKey, UserIdentity, VerifiedCache};
 use crate::wire::frame::{FrameError, MAX_FRAME};
 use crate::wire::version::{self, VersionError, HEADER_LEN};
 use crate::wire::{Envelope, Version, VersionHeader};
@@ -17,17 +17,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-/// Limits applied while a connection is being set up.
-#[derive(Clone, Copy, Debug)]
+/// Limits (and the verified-identity cache) applied while a connection is being set up.
+#[derive(Clone, Debug)]
 pub struct HandshakeLimits {
     /// Deadline for TCP connect (when dialling), version exchange and the whole handshake.
+    /// Default 10 s.
     pub timeout: Duration,
+    /// The owner's memory of verified identities, consulted for the peer's identity; `None`
+    /// (the default) verifies every identity in full.
+    pub verified: Option<VerifiedCache>,
 }
 
 impl Default for HandshakeLimits {
     fn default() -> Self {
         HandshakeLimits {
             timeout: Duration::from_secs(10),
+            verified: None,
         }
     }
 }
@@ -107,7 +112,7 @@ impl TcpConnection {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
             let (r, w) = stream.into_split();
-            Connection::run_handshake(r, w, local, true, expected).await
+            Connection::run_handshake(r, w, local, true, expected, limits.verified.as_ref()).await
         };
         tokio::time::timeout(limits.timeout, fut)
             .await
@@ -138,7 +143,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
     ) -> Result<Self, ConnectionError> {
         tokio::time::timeout(
             limits.timeout,
-            Self::run_handshake(r, w, local, initiator, expected),
+            Self::run_handshake(r, w, local, initiator, expected, limits.verified.as_ref()),
         )
         .await
         .map_err(|_| ConnectionError::Timeout(limits.timeout))?
@@ -150,6 +155,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
         local: &UserIdentity,
         initiator: bool,
         expected: Option<IdentityKey>,
+        verified: Option<&VerifiedCache>,
     ) -> Result<Self, ConnectionError> {
         let ours = VersionHeader(Version::CURRENT);
         w.write_all(&ours.encode()).await?;
@@ -167,6 +173,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
         } else {
             Handshake::responder(local, &prologue)?
         };
+        if let Some(cache) = verified {
+            hs = hs.with_verified_cache(cache.clone());
+        }
         let mut frames = FrameReader::new(r);
         let mut scratch = Vec::new();
         while !hs.is_finished() {

@@ -76,7 +76,7 @@ impl PeerInfo {
     /// Verifies a received peer's identity. One that does not verify makes the whole reply
     /// malformed, exactly as when identities were verified while decoding.
     pub fn verify(p: crate::wire::rendezvous::PeerInfo) -> Result<Self, RendezvousError> {
-        let identity = p.identity.verify_cached().map_err(|_| {
+        let identity = p.identity.verify().map_err(|_| {
             RendezvousError::Decode(crate::wire::DecodeError::Invalid {
                 what: "peer identity",
                 why: "does not verify",
