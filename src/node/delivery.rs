@@ -240,7 +240,15 @@ pub(crate) async fn confirmed(node: &Node, client: &RelayClient, c: DeliveryConf
         return;
     }
     let peer = IdentityKey(c.delivered_to);
-    if upgrade(&node.inner, &peer, c.message_id, None)
+    // A confirmation comes back through the relay that held the message: the recipient's own
+    // node (the direct path) or a relay. It can overtake that store's acceptance (another
+    // task), so it names the path when the entry has none yet.
+    let path = if client.relay_key() == peer {
+        DeliveryPath::Direct
+    } else {
+        DeliveryPath::Relay
+    };
+    if upgrade(&node.inner, &peer, c.message_id, Some(path))
         .await
         .is_ok()
     {
