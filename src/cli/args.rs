@@ -99,6 +99,9 @@ pub enum Command {
     },
     /// State of the running node: listen address, relays, rendezvous, connections.
     Status,
+    /// Interactive terminal client of the running node: conversations, unread counts,
+    /// delivery status, /add, /trust, /reject, /id, /help (see README, "sremp chat").
+    Chat,
     /// Browse or search the configured rendezvous servers: online peers (merged over every
     /// server, de-duplicated, online first), or one contact id. Does not need a running node
     /// unless `--add` is given.

@@ -10,7 +10,8 @@
 //! - [`backup`]: `sremp backup --relay` (a stopped relay's store) and `sremp restore`;
 //! - [`control`]: `contacts`, `send`, `messages`, `status`, `discover`, `backup` (of the
 //!   running node), the commands that talk
-//!   to a running node over its control socket ([`crate::node::control`]).
+//!   to a running node over its control socket ([`crate::node::control`]);
+//! - [`chat`]: `sremp chat`, the interactive terminal client of the running node.
 //!
 //! Output: human text on stdout, or with `--json` one JSON value (README, "JSON output"); a
 //! failure is `error: ...` on stderr, or with `--json` one JSON object
@@ -20,6 +21,7 @@
 
 pub mod args;
 pub mod backup;
+pub mod chat;
 pub mod control;
 pub mod id;
 pub mod node;
@@ -109,6 +111,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             command: Some(sub), ..
         } => id::update(&cfg, json, sub),
         Command::Id { no_qr, .. } => id::show(&cfg, json, no_qr),
+        Command::Chat => Ok(chat::run(&cfg)?),
         Command::Run => node::run(&cfg),
         Command::Relay => relay::run(&cfg),
         Command::Rendezvous => rendezvous::run(&cfg),

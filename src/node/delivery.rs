@@ -205,11 +205,16 @@ async fn learn_update(inner: &Arc<super::Inner>, peer: &crate::identity::Identit
     })
     .await;
     match r {
-        Ok(Ok(Some(obs))) => tracing::info!(
-            peer = %peer.key().short(),
-            version = obs.contact().identity.version(),
-            "contact presented a newer identity version"
-        ),
+        Ok(Ok(Some(obs))) => {
+            inner
+                .node_events
+                .observed(&obs, super::events::Seen::Connection);
+            tracing::info!(
+                peer = %peer.key().short(),
+                version = obs.contact().identity.version(),
+                "contact presented a newer identity version"
+            )
+        }
         Ok(Ok(None)) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "contact store failed"),
         Err(e) => tracing::warn!(error = %e, "contact update task failed"),
@@ -902,7 +907,10 @@ pub(crate) async fn lookup(inner: &Arc<Inner>, recipient: &IdentityKey) {
                 book.observe_with_routes(&id, &endpoints, &relays, Timestamp::now())
             })
             .await;
-            if let Ok(Ok(_)) = r {
+            if let Ok(Ok(obs)) = r {
+                inner
+                    .node_events
+                    .observed(&obs, super::events::Seen::Rendezvous);
                 tracing::debug!(peer = %recipient.short(), online = info.online, "rendezvous lookup refreshed routes");
             }
         }

@@ -38,6 +38,7 @@
 pub mod contacts;
 pub mod control;
 pub mod delivery;
+pub mod events;
 pub mod history;
 pub mod inbox;
 pub mod outbox;
@@ -217,6 +218,8 @@ pub(crate) struct Inner {
     /// One ratchet operation at a time (load → compute → commit must not interleave).
     crypto: Arc<tokio::sync::Mutex<()>>,
     events: broadcast::Sender<HistoryEntry>,
+    /// Contact events for control clients (`follow` with `"events":true`).
+    node_events: events::Events,
     cfg: crate::config::NodeConfig,
     handshake: HandshakeLimits,
     local_addr: SocketAddr,
@@ -458,6 +461,7 @@ impl Node {
             keys_changed: Notify::new(),
             crypto: Arc::new(tokio::sync::Mutex::new(())),
             events,
+            node_events: events::Events::new(),
             cfg: cfg.node.clone(),
             handshake,
             local_addr,
@@ -630,6 +634,7 @@ impl Node {
             &card.relays,
             Timestamp::now(),
         )?;
+        self.inner.node_events.observed(&obs, events::Seen::Card);
         match obs {
             Observation::Conflict(c) => Err(NodeError::Conflict(c.identity.key())),
             other => {
@@ -692,9 +697,12 @@ impl Node {
                 s.remove(&key);
             }
             self.inner.wake.notify_waiters();
+            self.inner.node_events.trust(&c);
             return Ok(c);
         }
-        Ok(self.inner.contacts.set_trust(&key, trust)?)
+        let c = self.inner.contacts.set_trust(&key, trust)?;
+        self.inner.node_events.trust(&c);
+        Ok(c)
     }
 
     /// Encrypts `text` for `contact`, stores it in the outbox with its history entry, and
@@ -788,6 +796,27 @@ impl Node {
     /// Every new history entry and every status change.
     pub fn subscribe(&self) -> broadcast::Receiver<HistoryEntry> {
         self.inner.events.subscribe()
+    }
+
+    /// Contact events: added, updated, trust changed, TOFU conflicts.
+    pub fn node_events(&self) -> &events::Events {
+        &self.inner.node_events
+    }
+
+    /// Reachability of every contact the node has tried to reach directly.
+    pub fn presence(&self) -> Vec<events::PresenceView> {
+        let Ok(paths) = self.inner.paths.lock() else {
+            return Vec::new();
+        };
+        let mut v: Vec<events::PresenceView> = paths
+            .iter()
+            .map(|(k, p)| events::PresenceView {
+                id: k.to_string(),
+                direct: p.direct_proven,
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
     }
 
     /// The node's state.
@@ -1060,6 +1089,9 @@ async fn serve_peer(
                 Err(_) => return,
             },
         };
+        if class == Class::Known {
+            inner.node_events.observed(&obs, events::Seen::Connection);
+        }
         if obs.contact().trust == Trust::Rejected {
             tracing::debug!(%addr, peer = %short, "rejected contact; closing");
             refused("rejected_contact");

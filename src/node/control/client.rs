@@ -147,7 +147,13 @@ impl Follow {
 pub async fn follow_stream(path: &Path, after_seq: Option<u64>) -> Result<Follow, ControlError> {
     let mut client = Client::connect(path).await?;
     let first = client
-        .call(&Request::Follow { after_seq }, CLIENT_TIMEOUT)
+        .call(
+            &Request::Follow {
+                after_seq,
+                events: false,
+            },
+            CLIENT_TIMEOUT,
+        )
         .await?
         .into_result()?;
     if first.following != Some(true) {

@@ -18,6 +18,8 @@
 //! {"cmd":"wait_delivered","id":"<16-hex message id>","timeout_ms":30000}
 //! {"cmd":"messages","after_seq":null,"limit":100}
 //! {"cmd":"follow","after_seq":12}
+//! {"cmd":"follow","after_seq":12,"events":true}
+//! {"cmd":"presence"}
 //! {"cmd":"id_rename","username":"alice2"}
 //! {"cmd":"id_rotate_noise_key"}
 //! ```
@@ -43,7 +45,10 @@
 //! wait_delivered  {"ok":true,"entry":ENTRY}            (status is "delivered")
 //! messages        {"ok":true,"messages":[ENTRY,...]}   (oldest first, seq > after_seq)
 //! backup          {"ok":true,"backup":{"out":PATH,"records":N,"bytes":N}}
+//! presence        {"ok":true,"presence":[{"id":"<64 hex>","direct":bool},...]}
 //! ```
+//! `presence` lists every contact the node has tried to reach directly; `direct` is whether the
+//! last attempt succeeded ([`super::events::PresenceView`]).
 //! `CONTACT` is `{"id":"<64 hex>","username":"bob","version":1,"trust":"unknown"|"trusted"|
 //! "rejected","first_seen":MS,"last_seen":MS,"endpoints":["host:port"],"relays":["<64 hex
 //! relay id>@host:port"]}` ([`ContactView`]); `ENTRY` is a
@@ -61,7 +66,12 @@
 //! `after_seq` was given, every entry with a larger seq as `{"ok":true,"entry":ENTRY}`, then one
 //! such line for every new entry and every status change (the same seq may appear again with a
 //! new status), until the client disconnects. If the client reads too slowly and updates are
-//! lost, a `{"ok":true,"lagged":N}` line says how many.
+//! lost, a `{"ok":true,"lagged":N}` line says how many. With `"events":true` the stream also
+//! carries `{"ok":true,"event":EVENT}` lines ([`super::events::NodeEvent`]): `{"kind":"contact",
+//! "change":"new"|"updated"|"trust","contact":CONTACT}` when a contact is pinned, updated or has
+//! its trust changed, and `{"kind":"key_conflict","contact":CONTACT,"detail":"..."}` when a card,
+//! connection or rendezvous answer presented an identity conflicting with the pinned one (which
+//! is kept). Without `events` the stream is as before. `sremp chat` is a client of this stream.
 //!
 //! ## Limits and invariants
 //! - A request line is at most [`MAX_REQUEST_LINE`] bytes; a longer one gets an error response
@@ -249,7 +259,12 @@ pub enum Request {
         /// Send the entries after this seq first.
         #[serde(default)]
         after_seq: Option<u64>,
+        /// Also stream contact events ([`super::events::NodeEvent`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        events: bool,
     },
+    /// Reachability of the contacts the node has tried.
+    Presence,
     /// Publish a new identity version with a new username.
     IdRename {
         /// 1 to 40 characters.
@@ -370,6 +385,12 @@ pub struct Response {
     /// `backup`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<crate::backup::BackupSummary>,
+    /// In a `follow` stream with `"events":true`: a contact event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<super::events::NodeEvent>,
+    /// `presence`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Vec<super::events::PresenceView>>,
 }
 
 impl Response {

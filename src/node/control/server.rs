@@ -161,8 +161,8 @@ async fn handle_client(node: Node, stream: UnixStream, mut stop: watch::Receiver
                 continue;
             }
         };
-        if let Request::Follow { after_seq } = req {
-            follow(&node, rd, wr, after_seq, stop).await;
+        if let Request::Follow { after_seq, events } = req {
+            follow(&node, rd, wr, after_seq, events, stop).await;
             return;
         }
         let resp = tokio::select! {
@@ -274,6 +274,10 @@ pub async fn execute(node: &Node, req: Request) -> Response {
             resp
         }
         Request::Follow { .. } => Response::error("follow needs its own connection"),
+        Request::Presence => Response {
+            presence: Some(node.presence()),
+            ..Response::ok()
+        },
         Request::Backup { out, key } => {
             let store = node.inner.store.clone();
             let done = tokio::task::spawn_blocking(move || {
@@ -326,6 +330,7 @@ async fn follow<R, W>(
     mut rd: R,
     mut wr: W,
     after_seq: Option<u64>,
+    events: bool,
     mut stop: watch::Receiver<bool>,
 ) where
     R: AsyncRead + Unpin,
@@ -333,6 +338,7 @@ async fn follow<R, W>(
 {
     // Subscribe first so nothing recorded during the backlog scan is missed.
     let mut rx = node.subscribe();
+    let mut node_events = events.then(|| node.node_events().subscribe());
     let started = Response {
         following: Some(true),
         ..Response::ok()
@@ -401,7 +407,27 @@ async fn follow<R, W>(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
+            ev = next_event(&mut node_events) => {
+                let resp = match ev {
+                    Ok(e) => Response { event: Some(e), ..Response::ok() },
+                    Err(broadcast::error::RecvError::Lagged(n)) => Response { lagged: Some(n), ..Response::ok() },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if write_response(&mut wr, &resp).await.is_err() {
+                    return;
+                }
+            }
         }
+    }
+}
+
+/// The next contact event, or never when the stream was opened without events.
+async fn next_event(
+    rx: &mut Option<broadcast::Receiver<super::super::events::NodeEvent>>,
+) -> Result<super::super::events::NodeEvent, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

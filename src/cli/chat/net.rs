@@ -1,0 +1,293 @@
+//! The chat client's connection to the node: the async shell that turns control-socket lines
+//! into [`NetEvent`]s and carries out [`Action`]s. No decisions about what to show live here.
+//!
+//! One session, repeated until the client leaves:
+//! 1. `card` (who we are) and `contacts_list`;
+//! 2. a `follow` connection with `"events":true` and no backlog, opened *before* the history is
+//!    read, so nothing recorded meanwhile is missed;
+//! 3. the history, paged with `messages`, then [`NetEvent::Synced`];
+//! 4. the follow stream live (entries, status changes, contact and key-conflict events), a
+//!    `presence` poll every [`PRESENCE_EVERY`], and each user action on its own connection.
+//!
+//! When the node stops (the stream closes) or is not running, [`NetEvent::Down`] says why and
+//! the session starts again every [`RETRY_EVERY`]. A `lagged` stream also starts a new session,
+//! which re-reads everything.
+
+use super::app::{Action, Contact, Msg, NetEvent, Presence};
+use crate::node::control::{
+    Client, ContactView, ControlError, Request, Response, CLIENT_TIMEOUT, MAX_MESSAGES,
+};
+use crate::node::history::HistoryEntry;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+/// How often reachability is asked for.
+pub const PRESENCE_EVERY: Duration = Duration::from_secs(2);
+/// How often a node that is not running is tried again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// Most history entries read at (re)connection (the app keeps fewer per conversation).
+pub const MAX_BACKLOG: usize = 200_000;
+
+/// A client-side message from a history entry.
+pub fn msg_of(e: HistoryEntry) -> Msg {
+    Msg {
+        seq: e.seq,
+        direction: e.direction,
+        peer: e.peer.to_string(),
+        peer_name: e.peer_name,
+        text: e.text,
+        at_ms: e.recorded_at,
+        status: e.status,
+        path: e.path,
+    }
+}
+
+/// A client-side contact from its control view.
+pub fn contact_of(c: ContactView) -> Contact {
+    Contact {
+        id: c.id,
+        username: c.username,
+        trust: c.trust,
+        version: c.version,
+        endpoints: c.endpoints.len(),
+        relays: c.relays.len(),
+    }
+}
+
+/// The events one streamed `follow` line gives.
+pub fn events_of(r: Response) -> Vec<NetEvent> {
+    use crate::node::events::NodeEvent;
+    let mut out = Vec::new();
+    if let Some(e) = r.entry {
+        out.push(NetEvent::Entry(msg_of(e)));
+    }
+    match r.event {
+        Some(NodeEvent::Contact { contact, .. }) => out.push(NetEvent::Contact(contact_of(contact))),
+        Some(NodeEvent::KeyConflict { contact, detail }) => out.push(NetEvent::KeyConflict {
+            id: contact.id,
+            username: Some(contact.username),
+            detail,
+        }),
+        None => {}
+    }
+    out
+}
+
+/// Runs sessions until `actions` closes (the client left).
+pub async fn run(
+    path: PathBuf,
+    tx: UnboundedSender<NetEvent>,
+    mut actions: UnboundedReceiver<Action>,
+) {
+    loop {
+        let _ = tx.send(NetEvent::Connecting);
+        let why = match session(&path, &tx, &mut actions).await {
+            Ok(()) => return,
+            Err(ControlError::Closed) => "the node stopped".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let _ = tx.send(NetEvent::Down(why));
+        // Wait, refusing what the user asks meanwhile (the app refuses most of it already).
+        let wait = tokio::time::sleep(RETRY_EVERY);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                a = actions.recv() => match a {
+                    None => return,
+                    Some(_) => { let _ = tx.send(NetEvent::Error("the node is not connected".into())); }
+                },
+            }
+        }
+    }
+}
+
+async fn call(path: &Path, req: &Request) -> Result<Response, ControlError> {
+    let mut c = Client::connect(path).await?;
+    c.call(req, CLIENT_TIMEOUT).await?.into_result()
+}
+
+/// One connected session; `Ok(())` only when the client left.
+async fn session(
+    path: &Path,
+    tx: &UnboundedSender<NetEvent>,
+    actions: &mut UnboundedReceiver<Action>,
+) -> Result<(), ControlError> {
+    let mut ctl = Client::connect(path).await?;
+    let me = ctl
+        .call(&Request::Card, CLIENT_TIMEOUT)
+        .await?
+        .into_result()?
+        .identity
+        .ok_or_else(|| ControlError::BadResponse("card without identity".into()))?;
+    // The live stream first, so nothing recorded while the history is read is missed.
+    let mut follow = Client::connect(path).await?;
+    let ack = follow
+        .call(
+            &Request::Follow {
+                after_seq: None,
+                events: true,
+            },
+            CLIENT_TIMEOUT,
+        )
+        .await?
+        .into_result()?;
+    if ack.following != Some(true) {
+        return Err(ControlError::BadResponse("follow was not acknowledged".into()));
+    }
+    let _ = tx.send(NetEvent::Connected {
+        id: me.id,
+        username: me.username,
+    });
+    let contacts = ctl
+        .call(&Request::ContactsList, CLIENT_TIMEOUT)
+        .await?
+        .into_result()?
+        .contacts
+        .unwrap_or_default();
+    let _ = tx.send(NetEvent::Contacts(
+        contacts.into_iter().map(contact_of).collect(),
+    ));
+    let mut last = None;
+    let mut read = 0usize;
+    loop {
+        let page = ctl
+            .call(
+                &Request::Messages {
+                    after_seq: last,
+                    limit: Some(MAX_MESSAGES),
+                },
+                CLIENT_TIMEOUT,
+            )
+            .await?
+            .into_result()?
+            .messages
+            .unwrap_or_default();
+        let n = page.len();
+        for e in page {
+            last = Some(last.unwrap_or(0).max(e.seq));
+            let _ = tx.send(NetEvent::Entry(msg_of(e)));
+        }
+        read += n;
+        if n == 0 || read >= MAX_BACKLOG {
+            break;
+        }
+    }
+    let _ = tx.send(NetEvent::Synced);
+
+    // Reading a line is not cancel-safe (a partial line would be lost), so the stream is read
+    // by its own task and the loop below selects on its channel.
+    let (ftx, mut frx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let r = follow.next().await;
+            let end = r.is_err();
+            if ftx.send(r).is_err() || end {
+                return;
+            }
+        }
+    }));
+    let mut presence_on = true;
+    let mut tick = tokio::time::interval(PRESENCE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            line = frx.recv() => {
+                let r = line.unwrap_or(Err(ControlError::Closed))?.into_result()?;
+                if r.lagged.is_some() {
+                    // Updates were lost: read everything again.
+                    return Err(ControlError::BadResponse("the event stream lagged; resynchronising".into()));
+                }
+                for ev in events_of(r) {
+                    let _ = tx.send(ev);
+                }
+            }
+            _ = tick.tick(), if presence_on => {
+                match ctl.call(&Request::Presence, CLIENT_TIMEOUT).await?.into_result() {
+                    Ok(r) => {
+                        let map = r.presence.unwrap_or_default().into_iter()
+                            .map(|p| (p.id, Presence { direct: p.direct }))
+                            .collect();
+                        let _ = tx.send(NetEvent::Presence(map));
+                    }
+                    // An older node without `presence`: no indicator beyond the relays.
+                    Err(_) => presence_on = false,
+                }
+            }
+            a = actions.recv() => {
+                let Some(a) = a else {
+                    drop(reader);
+                    return Ok(());
+                };
+                let path = path.to_path_buf();
+                let tx = tx.clone();
+                tokio::spawn(async move { act(&path, a, &tx).await });
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped (the session ended, however).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Carries out one user action on its own connection, reporting the outcome.
+async fn act(path: &Path, a: Action, tx: &UnboundedSender<NetEvent>) {
+    let report = |r: Result<Vec<NetEvent>, ControlError>| {
+        let evs = r.unwrap_or_else(|e| vec![NetEvent::Error(e.to_string())]);
+        for ev in evs {
+            let _ = tx.send(ev);
+        }
+    };
+    match a {
+        Action::Send { to, text } => {
+            let r = call(path, &Request::Send { contact: to, text }).await;
+            report(r.map(|r| {
+                r.entry
+                    .map(|e| vec![NetEvent::Entry(msg_of(e))])
+                    .unwrap_or_default()
+            }));
+        }
+        Action::Add(card) => {
+            let r = call(path, &Request::ContactsAdd { card }).await;
+            report(r.map(|r| contact_events(r, "added")));
+        }
+        Action::Trust(id) => {
+            let r = call(path, &Request::ContactsTrust { contact: id }).await;
+            report(r.map(|r| contact_events(r, "trusted")));
+        }
+        Action::Reject(id) => {
+            let r = call(path, &Request::ContactsReject { contact: id }).await;
+            report(r.map(|r| contact_events(r, "rejected")));
+        }
+        Action::ShowCard => {
+            let r = call(path, &Request::Card).await;
+            report(r.map(|r| match r.identity {
+                Some(id) => {
+                    let qr = crate::identity::ContactCard::from_text(&id.card)
+                        .and_then(|c| c.to_qr())
+                        .map_err(|e| e.to_string());
+                    vec![NetEvent::Card { card: id.card, qr }]
+                }
+                None => vec![NetEvent::Error("the node sent no card".into())],
+            }));
+        }
+        Action::Quit => {}
+    }
+}
+
+fn contact_events(r: Response, what: &str) -> Vec<NetEvent> {
+    match r.contact {
+        Some(c) => {
+            let info = NetEvent::Info(format!("{} ({}): {what}", c.username, super::app::short(&c.id)));
+            vec![NetEvent::Contact(contact_of(c)), info]
+        }
+        None => vec![NetEvent::Error("the node sent no contact".into())],
+    }
+}
