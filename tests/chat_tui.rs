@@ -1,0 +1,178 @@
+//! `sremp chat` with the real binary in a real pseudo-terminal (tmux, 80×24): alice types a
+//! message, bob's node stores it, and alice's screen shows its status turn to `delivered`; then
+//! alice's node stops (the client says so and keeps running) and starts again (the client
+//! reconnects by itself); Ctrl-C leaves the client.
+//!
+//! Skips with a message when tmux is not installed (`.ci/run` installs it). Every wait is
+//! bounded; all traffic stays on 127.0.0.1 and the tmux server has its own socket in the test's
+//! temporary directory.
+
+// Tests: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{bin, introduce, BinNode, BinNodeOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// A private tmux server running one session.
+struct Tmux {
+    socket: PathBuf,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("-f")
+            .arg("/dev/null")
+            .args(args)
+            .output()
+            .expect("run tmux")
+    }
+
+    /// The visible screen.
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "chat"]).stdout)
+            .into_owned()
+    }
+
+    /// Waits (bounded) until the screen satisfies `ok`; returns the last screen either way.
+    fn wait_for(&self, timeout: Duration, ok: impl Fn(&str) -> bool) -> (bool, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return (true, s);
+            }
+            if Instant::now() >= deadline {
+                return (false, s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.cmd(&["has-session", "-t", "chat"]).status.success()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+fn tmux_available() -> bool {
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn start_chat(dir: &Path, config: &Path) -> Tmux {
+    let t = Tmux {
+        socket: dir.join("tmux.sock"),
+    };
+    // The pane's command: the client, then a marker so its exit status is visible.
+    let line = format!(
+        "{} --config {} chat; echo chat-exited-$?; sleep 30",
+        bin().display(),
+        config.display()
+    );
+    let o = t.cmd(&[
+        "new-session", "-d", "-s", "chat", "-x", "80", "-y", "24", &line,
+    ]);
+    assert!(
+        o.status.success(),
+        "tmux new-session: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    t
+}
+
+#[test]
+fn chat_client_sends_and_shows_delivery_in_a_real_terminal() {
+    if !tmux_available() {
+        eprintln!("SKIP chat_client_sends_and_shows_delivery_in_a_real_terminal: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = BinNode::new(dir.path(), &BinNodeOptions::loopback("alice"));
+    let mut bob = BinNode::new(dir.path(), &BinNodeOptions::loopback("bob"));
+    alice.start();
+    bob.start();
+    let (_alice_id, bob_id) = introduce(&alice, &bob);
+
+    let t = start_chat(dir.path(), &alice.config);
+    let (ok, screen) = t.wait_for(Duration::from_secs(20), |s| {
+        s.contains("connected") && s.contains("bob") && s.contains("Message bob")
+    });
+    assert!(ok, "the client did not connect:\n{screen}\n--- alice:\n{}", alice.logs());
+
+    let text = "hello from the chat client";
+    assert!(t.cmd(&["send-keys", "-t", "chat", "-l", text]).status.success());
+    assert!(t.cmd(&["send-keys", "-t", "chat", "Enter"]).status.success());
+
+    // Bob's node stored it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut arrived = false;
+    while Instant::now() < deadline && !arrived {
+        arrived = bob
+            .messages()
+            .iter()
+            .any(|m| m["direction"] == "in" && m["text"] == text);
+        if !arrived {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(
+        arrived,
+        "bob did not receive it\n--- screen:\n{}\n--- alice:\n{}\n--- bob:\n{}",
+        t.screen(),
+        alice.logs(),
+        bob.logs()
+    );
+
+    // Alice's screen shows it delivered, with its path.
+    // (The status tag follows the text, on the next line when the text leaves no room.)
+    let (ok, screen) = t.wait_for(Duration::from_secs(30), |s| {
+        let lines: Vec<&str> = s.lines().collect();
+        lines.iter().enumerate().any(|(i, l)| {
+            l.contains(text)
+                && (l.contains("[delivered, ")
+                    || lines.get(i + 1).is_some_and(|n| n.contains("[delivered, ")))
+        }) && !s.contains("[queued]")
+    });
+    assert!(ok, "no delivered status on screen:\n{screen}");
+
+    // A message from bob shows up live in the conversation.
+    bob.send(&_alice_id, "hi alice, got it");
+    let (ok, screen) = t.wait_for(Duration::from_secs(30), |s| {
+        s.contains("bob: hi alice, got it")
+    });
+    assert!(ok, "bob's reply did not appear:\n{screen}\n--- bob:\n{}", bob.logs());
+
+    // The node stops: the client says so and keeps running; it reconnects by itself.
+    alice.stop();
+    let (ok, screen) = t.wait_for(Duration::from_secs(20), |s| s.contains("NODE NOT RUNNING"));
+    assert!(ok, "no 'node not running' notice:\n{screen}");
+    assert!(t.alive() && !screen.contains("chat-exited"), "{screen}");
+    alice.start();
+    let (ok, screen) = t.wait_for(Duration::from_secs(20), |s| {
+        s.lines().next().is_some_and(|l| l.contains("connected"))
+            && s.contains(text)
+            && s.contains("hi alice, got it")
+    });
+    assert!(ok, "the client did not reconnect:\n{screen}\n--- alice:\n{}", alice.logs());
+
+    // Ctrl-C leaves cleanly (exit status 0, terminal restored).
+    assert!(t.cmd(&["send-keys", "-t", "chat", "C-c"]).status.success());
+    let (ok, screen) = t.wait_for(Duration::from_secs(10), |s| s.contains("chat-exited-0"));
+    assert!(ok, "the client did not exit cleanly:\n{screen}");
+    let _ = bob_id;
+}
