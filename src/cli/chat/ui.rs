@@ -140,7 +140,7 @@ pub fn status_tag(m: &Msg) -> String {
     };
     match m.status {
         Status::Queued => "[queued]".into(),
-        Status::StoredAtRelay => with_path("stored at relay"),
+        Status::StoredAtRelay => "[stored at relay]".into(),
         Status::Delivered => with_path("delivered"),
         Status::Received if path.is_empty() => String::new(),
         Status::Received => format!("[{path}]"),
