@@ -85,7 +85,15 @@ fn start_chat(dir: &Path, config: &Path) -> Tmux {
         config.display()
     );
     let o = t.cmd(&[
-        "new-session", "-d", "-s", "chat", "-x", "80", "-y", "24", &line,
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &line,
     ]);
     assert!(
         o.status.success(),
@@ -112,11 +120,21 @@ fn chat_client_sends_and_shows_delivery_in_a_real_terminal() {
     let (ok, screen) = t.wait_for(Duration::from_secs(20), |s| {
         s.contains("connected") && s.contains("bob") && s.contains("Message bob")
     });
-    assert!(ok, "the client did not connect:\n{screen}\n--- alice:\n{}", alice.logs());
+    assert!(
+        ok,
+        "the client did not connect:\n{screen}\n--- alice:\n{}",
+        alice.logs()
+    );
 
     let text = "hello from the chat client";
-    assert!(t.cmd(&["send-keys", "-t", "chat", "-l", text]).status.success());
-    assert!(t.cmd(&["send-keys", "-t", "chat", "Enter"]).status.success());
+    assert!(t
+        .cmd(&["send-keys", "-t", "chat", "-l", text])
+        .status
+        .success());
+    assert!(t
+        .cmd(&["send-keys", "-t", "chat", "Enter"])
+        .status
+        .success());
 
     // Bob's node stored it.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -155,7 +173,11 @@ fn chat_client_sends_and_shows_delivery_in_a_real_terminal() {
     let (ok, screen) = t.wait_for(Duration::from_secs(30), |s| {
         s.contains("bob: hi alice, got it")
     });
-    assert!(ok, "bob's reply did not appear:\n{screen}\n--- bob:\n{}", bob.logs());
+    assert!(
+        ok,
+        "bob's reply did not appear:\n{screen}\n--- bob:\n{}",
+        bob.logs()
+    );
 
     // The node stops: the client says so and keeps running; it reconnects by itself.
     alice.stop();
@@ -168,7 +190,11 @@ fn chat_client_sends_and_shows_delivery_in_a_real_terminal() {
             && s.contains(text)
             && s.contains("hi alice, got it")
     });
-    assert!(ok, "the client did not reconnect:\n{screen}\n--- alice:\n{}", alice.logs());
+    assert!(
+        ok,
+        "the client did not reconnect:\n{screen}\n--- alice:\n{}",
+        alice.logs()
+    );
 
     // Ctrl-C leaves cleanly (exit status 0, terminal restored).
     assert!(t.cmd(&["send-keys", "-t", "chat", "C-c"]).status.success());

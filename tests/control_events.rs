@@ -108,11 +108,17 @@ fn contact_and_key_conflict_events() {
     assert_eq!(ev["contact"]["trust"], "trusted", "{ev}");
 
     let refused = alice.cmd(&["contacts", "add", &card(&fork)]);
-    assert!(!refused.status.success(), "an equivocating card was accepted");
+    assert!(
+        !refused.status.success(),
+        "an equivocating card was accepted"
+    );
     let ev = next_event(&mut er);
     assert_eq!(ev["kind"], "key_conflict", "{ev}");
     assert_eq!(ev["contact"]["id"], dave_id.as_str(), "{ev}");
-    assert_eq!(ev["contact"]["username"], "dave", "the pinned one is kept: {ev}");
+    assert_eq!(
+        ev["contact"]["username"], "dave",
+        "the pinned one is kept: {ev}"
+    );
     assert!(ev["detail"].as_str().unwrap().contains("card"), "{ev}");
 
     // The pinned contact did not change.
@@ -129,7 +135,10 @@ fn contact_and_key_conflict_events() {
     );
     assert_eq!(sent["ok"], true, "{sent}");
     let first = line(&mut pr);
-    assert!(first["event"].is_null(), "plain follow got an event: {first}");
+    assert!(
+        first["event"].is_null(),
+        "plain follow got an event: {first}"
+    );
     assert_eq!(first["entry"]["text"], "marker", "{first}");
 
     // presence: an array of {id, direct}.

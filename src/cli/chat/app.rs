@@ -509,7 +509,11 @@ impl App {
 
     fn warn(&mut self, id: String, name: String, detail: String) {
         self.flagged.insert(id.clone());
-        if self.warnings.iter().any(|w| w.id == id && w.detail == detail) {
+        if self
+            .warnings
+            .iter()
+            .any(|w| w.id == id && w.detail == detail)
+        {
             return;
         }
         if self.warnings.len() >= 16 {
@@ -554,10 +558,7 @@ impl App {
             return Vec::new();
         }
         if self.overlay.is_some() {
-            if matches!(
-                key.code,
-                KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')
-            ) {
+            if matches!(key.code, KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')) {
                 self.overlay = None;
             }
             return Vec::new();
@@ -567,11 +568,9 @@ impl App {
             KeyCode::BackTab => self.cycle(false),
             KeyCode::Enter => return self.submit(),
             KeyCode::Esc => self.notice = None,
-            KeyCode::Backspace => {
-                if self.cursor > 0 {
-                    self.cursor -= 1;
-                    self.remove_at(self.cursor);
-                }
+            KeyCode::Backspace if self.cursor > 0 => {
+                self.cursor -= 1;
+                self.remove_at(self.cursor);
             }
             KeyCode::Delete => self.remove_at(self.cursor),
             KeyCode::Left => self.cursor = self.cursor.saturating_sub(1),
@@ -822,7 +821,7 @@ pub(crate) mod tests {
 
     pub(crate) fn contact(id_digit: char, name: &str) -> Contact {
         Contact {
-            id: std::iter::repeat(id_digit).take(64).collect(),
+            id: std::iter::repeat_n(id_digit, 64).collect(),
             username: name.into(),
             trust: "unknown".into(),
             version: 1,
@@ -929,11 +928,29 @@ pub(crate) mod tests {
         let mut app = connected(vec![bob.clone(), carol.clone()]);
         let first = app.selected.clone();
         assert_eq!(first.as_deref(), Some(bob.id.as_str()), "by name when idle");
-        app.handle_net(NetEvent::Entry(msg(1, &carol, false, "hey", Status::Received)));
-        app.handle_net(NetEvent::Entry(msg(2, &carol, false, "you there?", Status::Received)));
+        app.handle_net(NetEvent::Entry(msg(
+            1,
+            &carol,
+            false,
+            "hey",
+            Status::Received,
+        )));
+        app.handle_net(NetEvent::Entry(msg(
+            2,
+            &carol,
+            false,
+            "you there?",
+            Status::Received,
+        )));
         assert_eq!(app.conversations[&carol.id].unread, 2);
         // The same entry again (a status repeat) does not count twice.
-        app.handle_net(NetEvent::Entry(msg(2, &carol, false, "you there?", Status::Received)));
+        app.handle_net(NetEvent::Entry(msg(
+            2,
+            &carol,
+            false,
+            "you there?",
+            Status::Received,
+        )));
         assert_eq!(app.conversations[&carol.id].unread, 2);
         // carol is now first (most recent activity).
         assert_eq!(app.order().first(), Some(&carol.id));
@@ -958,7 +975,13 @@ pub(crate) mod tests {
         assert_eq!(conv.messages, vec![m.clone()]);
         assert_eq!(conv.unread, 0, "own messages are never unread");
         // A stale copy does not undo it.
-        app.handle_net(NetEvent::Entry(msg(5, &bob, true, "hi", Status::StoredAtRelay)));
+        app.handle_net(NetEvent::Entry(msg(
+            5,
+            &bob,
+            true,
+            "hi",
+            Status::StoredAtRelay,
+        )));
         assert_eq!(app.conversations[&bob.id].messages, vec![m]);
     }
 
@@ -967,7 +990,13 @@ pub(crate) mod tests {
         let bob = contact('b', "bob");
         let mut app = connected(vec![bob.clone()]);
         for seq in 1..=(MAX_CONVERSATION as u64 + 10) {
-            app.handle_net(NetEvent::Entry(msg(seq, &bob, false, "x", Status::Received)));
+            app.handle_net(NetEvent::Entry(msg(
+                seq,
+                &bob,
+                false,
+                "x",
+                Status::Received,
+            )));
         }
         let conv = &app.conversations[&bob.id];
         assert_eq!(conv.messages.len(), MAX_CONVERSATION);
@@ -983,7 +1012,10 @@ pub(crate) mod tests {
     fn commands_map_to_actions() {
         let bob = contact('b', "bob");
         let mut app = connected(vec![bob.clone(), contact('c', "carol")]);
-        assert_eq!(typed(&mut app, "/trust"), vec![Action::Trust(bob.id.clone())]);
+        assert_eq!(
+            typed(&mut app, "/trust"),
+            vec![Action::Trust(bob.id.clone())]
+        );
         assert_eq!(
             typed(&mut app, "/reject carol"),
             vec![Action::Reject("c".repeat(64))]
@@ -1051,7 +1083,13 @@ pub(crate) mod tests {
         let bob = contact('b', "bob");
         let carol = contact('c', "carol");
         let mut app = connected(vec![bob.clone(), carol.clone()]);
-        app.handle_net(NetEvent::Entry(msg(1, &carol, false, "hey", Status::Received)));
+        app.handle_net(NetEvent::Entry(msg(
+            1,
+            &carol,
+            false,
+            "hey",
+            Status::Received,
+        )));
         app.handle_net(NetEvent::Down("node stopped".into()));
         assert_eq!(app.conn, Conn::Down("node stopped".into()));
         app.handle_net(NetEvent::Connecting);
@@ -1063,8 +1101,20 @@ pub(crate) mod tests {
         app.handle_net(NetEvent::Contacts(vec![bob.clone(), carol.clone()]));
         // The backlog replays: seen before, so not counted again; what arrived while the
         // client was away is unread.
-        app.handle_net(NetEvent::Entry(msg(1, &carol, false, "hey", Status::Received)));
-        app.handle_net(NetEvent::Entry(msg(2, &carol, false, "while away", Status::Received)));
+        app.handle_net(NetEvent::Entry(msg(
+            1,
+            &carol,
+            false,
+            "hey",
+            Status::Received,
+        )));
+        app.handle_net(NetEvent::Entry(msg(
+            2,
+            &carol,
+            false,
+            "while away",
+            Status::Received,
+        )));
         app.handle_net(NetEvent::Synced);
         assert_eq!(app.conversations[&carol.id].unread, 2);
         assert_eq!(app.conversations[&carol.id].messages.len(), 2);
@@ -1080,7 +1130,13 @@ pub(crate) mod tests {
             username: "alice".into(),
         });
         app.handle_net(NetEvent::Contacts(vec![bob, carol.clone()]));
-        app.handle_net(NetEvent::Entry(msg(1, &carol, false, "old", Status::Received)));
+        app.handle_net(NetEvent::Entry(msg(
+            1,
+            &carol,
+            false,
+            "old",
+            Status::Received,
+        )));
         app.handle_net(NetEvent::Synced);
         assert_eq!(app.conversations[&carol.id].unread, 0);
     }

@@ -60,9 +60,13 @@ fn restore_terminal() {
 }
 
 /// The local time's offset from UTC now, in seconds (0 if unknown).
+// `tm_gmtoff` is a c_long: i64 on 64-bit targets (a no-op conversion there), i32 elsewhere.
+#[allow(clippy::useless_conversion)]
 fn utc_offset_secs() -> i64 {
     let now = libc::time_t::try_from(crate::time::Timestamp::now().as_secs()).unwrap_or(0);
-    // SAFETY: localtime_r only writes the `tm` we pass; both pointers are valid for the call.
+    // SAFETY: `tm` is plain integers and one pointer, for which all zeroes is a valid value;
+    // localtime_r (which reads the TZ setting itself in glibc and musl) only writes the `tm` we
+    // pass, and both pointers are valid for the call.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     let ok = unsafe { !libc::localtime_r(&now, &mut tm).is_null() };
     if ok {

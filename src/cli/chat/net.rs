@@ -63,7 +63,9 @@ pub fn events_of(r: Response) -> Vec<NetEvent> {
         out.push(NetEvent::Entry(msg_of(e)));
     }
     match r.event {
-        Some(NodeEvent::Contact { contact, .. }) => out.push(NetEvent::Contact(contact_of(contact))),
+        Some(NodeEvent::Contact { contact, .. }) => {
+            out.push(NetEvent::Contact(contact_of(contact)))
+        }
         Some(NodeEvent::KeyConflict { contact, detail }) => out.push(NetEvent::KeyConflict {
             id: contact.id,
             username: Some(contact.username),
@@ -134,7 +136,9 @@ async fn session(
         .await?
         .into_result()?;
     if ack.following != Some(true) {
-        return Err(ControlError::BadResponse("follow was not acknowledged".into()));
+        return Err(ControlError::BadResponse(
+            "follow was not acknowledged".into(),
+        ));
     }
     let _ = tx.send(NetEvent::Connected {
         id: me.id,
@@ -285,9 +289,99 @@ async fn act(path: &Path, a: Action, tx: &UnboundedSender<NetEvent>) {
 fn contact_events(r: Response, what: &str) -> Vec<NetEvent> {
     match r.contact {
         Some(c) => {
-            let info = NetEvent::Info(format!("{} ({}): {what}", c.username, super::app::short(&c.id)));
+            let info = NetEvent::Info(format!(
+                "{} ({}): {what}",
+                c.username,
+                super::app::short(&c.id)
+            ));
             vec![NetEvent::Contact(contact_of(c)), info]
         }
         None => vec![NetEvent::Error("the node sent no contact".into())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+    use tokio::sync::mpsc;
+
+    /// Collects what `run` reports for `secs` seconds.
+    async fn events_for(path: PathBuf, secs: u64) -> Vec<NetEvent> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (_act_tx, act_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(path, tx, act_rx));
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        task.abort();
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            out.push(ev);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn no_node_is_reported_and_retried() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let evs = events_for(dir.path().join("control.sock"), 3).await;
+        let downs = evs
+            .iter()
+            .filter(|e| matches!(e, NetEvent::Down(why) if why.contains("not running")))
+            .count();
+        let tries = evs.iter().filter(|e| **e == NetEvent::Connecting).count();
+        assert!(downs >= 2 && tries >= 2, "{evs:?}");
+    }
+
+    #[tokio::test]
+    async fn garbage_from_the_socket_is_a_reconnect_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let path = dir.path().join("control.sock");
+        let listener = UnixListener::bind(&path).unwrap_or_else(|e| unreachable!("{e}"));
+        // A "node" that answers the card properly, then garbage of every kind.
+        let answers: Vec<&'static [u8]> = vec![
+            b"not json at all\n",
+            b"{\"ok\":true,\"following\":true}\n{\"ok\":true,\"entry\":{\"seq\":\"x\"}}\n",
+            b"{\"ok\":false,\"error\":\"nope\"}\n",
+            b"\xff\xfe\n",
+            b"{\"ok\":true}\n",
+        ];
+        let server = tokio::spawn(async move {
+            let card =
+                br#"{"ok":true,"identity":{"id":"aa","username":"me","version":1,"card":"x"}}"#;
+            let mut n = 0usize;
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let (rd, mut wr) = s.into_split();
+                let mut rd = BufReader::new(rd);
+                let mut line = String::new();
+                let _ = rd.read_line(&mut line).await;
+                let reply: &[u8] = if line.contains("\"card\"") {
+                    card
+                } else {
+                    answers.get(n % answers.len()).copied().unwrap_or(b"\n")
+                };
+                n += 1;
+                let _ = wr.write_all(reply).await;
+                let _ = wr.write_all(b"\n").await;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    drop(wr);
+                });
+            }
+        });
+        let evs = events_for(path, 4).await;
+        server.abort();
+        let downs = evs
+            .iter()
+            .filter(|e| matches!(e, NetEvent::Down(_)))
+            .count();
+        assert!(downs >= 2, "{evs:?}");
+        assert!(
+            !evs.iter().any(|e| matches!(e, NetEvent::Synced)),
+            "a broken node never looks synced: {evs:?}"
+        );
     }
 }

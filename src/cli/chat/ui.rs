@@ -253,7 +253,10 @@ fn draw_contacts(f: &mut Frame, app: &App, area: Rect) {
             let name_w = inner_w.saturating_sub(2 + count.width());
             let mut name = fit(&clean(&app.name_of(id)), name_w);
             if app.name_is_shared(id) {
-                name = fit(&format!("{}~{}", clean(&app.name_of(id)), short(id)), name_w);
+                name = fit(
+                    &format!("{}~{}", clean(&app.name_of(id)), short(id)),
+                    name_w,
+                );
             }
             let pad = name_w.saturating_sub(name.width());
             let mut style = Style::default();
@@ -261,13 +264,20 @@ fn draw_contacts(f: &mut Frame, app: &App, area: Rect) {
                 style = style.add_modifier(Modifier::REVERSED);
             }
             if app.contacts.get(id).is_some_and(|c| c.trust == "rejected") {
-                style = style.fg(Color::DarkGray).add_modifier(Modifier::CROSSED_OUT);
+                style = style
+                    .fg(Color::DarkGray)
+                    .add_modifier(Modifier::CROSSED_OUT);
             }
             ListItem::new(Line::from(vec![
                 Span::styled(mark, mark_style),
                 Span::raw(" "),
                 Span::styled(format!("{name}{}", " ".repeat(pad)), style),
-                Span::styled(count, Style::default().fg(Color::Magenta).add_modifier(Modifier::BOLD)),
+                Span::styled(
+                    count,
+                    Style::default()
+                        .fg(Color::Magenta)
+                        .add_modifier(Modifier::BOLD),
+                ),
             ]))
         })
         .collect();
@@ -324,14 +334,14 @@ pub fn conversation_lines(app: &App, width: usize) -> Vec<Line<'static>> {
         let who = match (m.direction, m.status) {
             (_, Status::Notice) => "*".to_string(),
             (Direction::Out, _) => me.clone(),
-            (Direction::In, _) => clean(
-                &m.peer_name
-                    .clone()
-                    .unwrap_or_else(|| app.name_of(&m.peer)),
-            ),
+            (Direction::In, _) => {
+                clean(&m.peer_name.clone().unwrap_or_else(|| app.name_of(&m.peer)))
+            }
         };
         let who_style = match m.direction {
-            Direction::Out => Style::default().fg(Color::Blue).add_modifier(Modifier::BOLD),
+            Direction::Out => Style::default()
+                .fg(Color::Blue)
+                .add_modifier(Modifier::BOLD),
             Direction::In => Style::default()
                 .fg(Color::Magenta)
                 .add_modifier(Modifier::BOLD),
@@ -398,10 +408,9 @@ fn draw_conversation(f: &mut Frame, app: &App, area: Rect) {
         }
         None => "No conversation".into(),
     };
-    let mut block = Block::default().borders(Borders::ALL).title(fit(
-        &title,
-        usize::from(area.width.saturating_sub(2)),
-    ));
+    let mut block = Block::default()
+        .borders(Borders::ALL)
+        .title(fit(&title, usize::from(area.width.saturating_sub(2))));
     if app
         .selected
         .as_ref()
@@ -464,10 +473,9 @@ fn draw_input(f: &mut Frame, app: &App, area: Rect) {
         .map(|id| format!("Message {}", clean(&app.name_of(id))))
         .unwrap_or_else(|| "Command".into());
     let title = format!("{to} \u{b7} Tab: next conversation \u{b7} /help");
-    let block = Block::default().borders(Borders::ALL).title(fit(
-        &title,
-        usize::from(area.width.saturating_sub(2)),
-    ));
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(fit(&title, usize::from(area.width.saturating_sub(2))));
     let inner = block.inner(area);
     f.render_widget(block, area);
     // Scroll the line horizontally so the cursor stays visible.
@@ -556,8 +564,8 @@ fn draw_overlay(f: &mut Frame, o: &Overlay, area: Rect) {
                 Ok(q) => {
                     let rows: Vec<&str> = q.lines().collect();
                     let qr_w = rows.iter().map(|r| r.width()).max().unwrap_or(0);
-                    let fits = qr_w <= w
-                        && lines.len() + rows.len() + 2 <= usize::from(area.height);
+                    let fits =
+                        qr_w <= w && lines.len() + rows.len() + 2 <= usize::from(area.height);
                     if fits {
                         // Dark modules on a light background, as phones expect.
                         for r in rows {
@@ -666,17 +674,35 @@ mod tests {
         app.handle_net(NetEvent::Entry(m));
         let mut out = msg(2, &bob, true, "hello bob", Status::Queued);
         app.handle_net(NetEvent::Entry(out.clone()));
-        app.handle_net(NetEvent::Entry(msg(3, &carol, false, "psst", Status::Received)));
+        app.handle_net(NetEvent::Entry(msg(
+            3,
+            &carol,
+            false,
+            "psst",
+            Status::Received,
+        )));
         let s = render(&app, 80, 24);
         let all = screen(&s);
-        assert!(s[0].contains("sremp chat") && s[0].contains("alice") && s[0].contains("connected"), "{all}");
+        assert!(
+            s[0].contains("sremp chat") && s[0].contains("alice") && s[0].contains("connected"),
+            "{all}"
+        );
         assert!(all.contains("Contacts (2)"), "{all}");
         // carol (latest activity) first, with one unread; bob direct.
         let carol_row = s.iter().position(|l| l.contains("carol")).unwrap_or(0);
-        let bob_row = s.iter().position(|l| l.contains("\u{25cf} bob")).unwrap_or(0);
+        let bob_row = s
+            .iter()
+            .position(|l| l.contains("\u{25cf} bob"))
+            .unwrap_or(0);
         assert!(carol_row > 0 && bob_row > carol_row, "{all}");
-        assert!(s[carol_row].contains("1 \u{2502}") || s[carol_row].contains(" 1"), "{all}");
-        assert!(all.contains("bob (bbbbbbbb) \u{b7} unknown \u{b7} direct"), "{all}");
+        assert!(
+            s[carol_row].contains("1 \u{2502}") || s[carol_row].contains(" 1"),
+            "{all}"
+        );
+        assert!(
+            all.contains("bob (bbbbbbbb) \u{b7} unknown \u{b7} direct"),
+            "{all}"
+        );
         assert!(all.contains("Tue 14 Nov 2023"), "day separator: {all}");
         assert!(all.contains("22:14 bob: hi alice [relay]"), "{all}");
         assert!(all.contains("22:15 alice: hello bob [queued]"), "{all}");
@@ -701,19 +727,31 @@ mod tests {
         app.handle_net(NetEvent::Entry(a));
         app.handle_net(NetEvent::Entry(b));
         let all = screen(&render(&app, 80, 24));
-        assert!(all.contains("Wed 15 Nov 2023") && all.contains("Thu 16 Nov 2023"), "{all}");
+        assert!(
+            all.contains("Wed 15 Nov 2023") && all.contains("Thu 16 Nov 2023"),
+            "{all}"
+        );
         // An hour west of UTC the first one is still on Tuesday.
         app.utc_offset_secs = -3600;
         let all = screen(&render(&app, 80, 24));
-        assert!(all.contains("Tue 14 Nov 2023") && all.contains("23:53"), "{all}");
+        assert!(
+            all.contains("Tue 14 Nov 2023") && all.contains("23:53"),
+            "{all}"
+        );
     }
 
     #[test]
     fn node_down_is_shown_in_the_header() {
         let mut app = connected(vec![contact('b', "bob")]);
-        app.handle_net(NetEvent::Down("node is not running (no control socket)".into()));
+        app.handle_net(NetEvent::Down(
+            "node is not running (no control socket)".into(),
+        ));
         let s = render(&app, 80, 24);
-        assert!(s[0].contains("NODE NOT RUNNING") && s[0].contains("retrying"), "{}", screen(&s));
+        assert!(
+            s[0].contains("NODE NOT RUNNING") && s[0].contains("retrying"),
+            "{}",
+            screen(&s)
+        );
         let mut fresh = App::new(0);
         fresh.handle_net(NetEvent::Connecting);
         let s = render(&fresh, 80, 24);
@@ -747,7 +785,10 @@ mod tests {
         let mut app = connected(vec![contact('b', "bob")]);
         app.overlay = Some(Overlay::Help);
         let all = screen(&render(&app, 80, 24));
-        assert!(all.contains("/add CARD") && all.contains("/trust") && all.contains("/id"), "{all}");
+        assert!(
+            all.contains("/add CARD") && all.contains("/trust") && all.contains("/id"),
+            "{all}"
+        );
         let code = match crate::identity::UserIdentity::generate(
             "alice",
             crate::identity::Flags::default(),
@@ -774,7 +815,10 @@ mod tests {
         assert!(all.contains("enlarge the terminal"), "{all}");
         // Large terminal: the QR code itself (half blocks).
         let all = screen(&render(&app, 120, 80));
-        assert!(all.contains('\u{2580}') || all.contains('\u{2584}'), "{all}");
+        assert!(
+            all.contains('\u{2580}') || all.contains('\u{2584}'),
+            "{all}"
+        );
     }
 
     #[test]
@@ -782,10 +826,24 @@ mod tests {
         let bob = contact('b', "b\u{1b}[2Job");
         let mut app = connected(vec![bob.clone()]);
         let long: String = "\u{1b}[31m\u{7}x\u{fe0f}\u{200b}界".repeat(500);
-        app.handle_net(NetEvent::Entry(msg(1, &bob, false, &long, Status::Received)));
+        app.handle_net(NetEvent::Entry(msg(
+            1,
+            &bob,
+            false,
+            &long,
+            Status::Received,
+        )));
         app.input = "界".repeat(300);
         app.cursor = 150;
-        for (w, h) in [(80, 24), (10, 3), (40, 10), (200, 60), (1, 1), (0, 0), (81, 25)] {
+        for (w, h) in [
+            (80, 24),
+            (10, 3),
+            (40, 10),
+            (200, 60),
+            (1, 1),
+            (0, 0),
+            (81, 25),
+        ] {
             let s = render(&app, w, h);
             assert!(!screen(&s).contains('\u{1b}'), "escape reached the screen");
         }
@@ -798,7 +856,13 @@ mod tests {
         let bob = contact('b', "bob");
         let mut app = connected(vec![bob.clone()]);
         for i in 1..=40u64 {
-            app.handle_net(NetEvent::Entry(msg(i, &bob, false, &format!("line {i}"), Status::Received)));
+            app.handle_net(NetEvent::Entry(msg(
+                i,
+                &bob,
+                false,
+                &format!("line {i}"),
+                Status::Received,
+            )));
         }
         let all = screen(&render(&app, 80, 24));
         assert!(all.contains("line 40") && !all.contains("line 5 "), "{all}");
