@@ -555,7 +555,8 @@ fn draw_overlay(f: &mut Frame, o: &Overlay, area: Rect) {
                 Line::raw("Your contact card (give it to people you want to talk to):"),
                 Line::raw(""),
             ];
-            let w = usize::from(area.width.saturating_sub(2));
+            // No side borders: a card selected with the mouse copies without box characters.
+            let w = usize::from(area.width);
             for part in wrap(&clean(card), w) {
                 lines.push(Line::styled(part, Style::default().fg(Color::Cyan)));
             }
@@ -576,7 +577,8 @@ fn draw_overlay(f: &mut Frame, o: &Overlay, area: Rect) {
                         }
                     } else {
                         lines.push(Line::raw(format!(
-                            "(QR code needs {qr_w}x{} cells: enlarge the terminal to scan it)",
+                            "(the QR code needs a terminal of at least {}x{}: enlarge it to scan)",
+                            qr_w + 2,
                             rows.len() + lines.len() + 2
                         )));
                     }
@@ -586,7 +588,7 @@ fn draw_overlay(f: &mut Frame, o: &Overlay, area: Rect) {
             f.render_widget(
                 Paragraph::new(lines).block(
                     Block::default()
-                        .borders(Borders::ALL)
+                        .borders(Borders::TOP | Borders::BOTTOM)
                         .title("Your identity (Esc to close)"),
                 ),
                 area,
@@ -812,7 +814,7 @@ mod tests {
         let all = screen(&render(&app, 80, 24));
         assert!(all.contains("Your contact card"), "{all}");
         assert!(all.contains(&card[..40]), "{all}");
-        assert!(all.contains("enlarge the terminal"), "{all}");
+        assert!(all.contains("enlarge it to scan"), "{all}");
         // Large terminal: the QR code itself (half blocks).
         let all = screen(&render(&app, 120, 80));
         assert!(
