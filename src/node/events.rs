@@ -154,3 +154,83 @@ pub struct PresenceView {
     /// reachable directly); `false` also when no attempt was made yet.
     pub direct: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Flags, Trust, UserIdentity};
+    use crate::time::Timestamp;
+
+    fn contact() -> ContactIdentity {
+        let u = UserIdentity::generate(
+            "erin",
+            Flags::default(),
+            Timestamp(1),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        ContactIdentity {
+            identity: u.identity().clone(),
+            trust: Trust::Unknown,
+            first_seen: Timestamp(1),
+            last_seen: Timestamp(1),
+            endpoints: vec![],
+            relays: vec![],
+        }
+    }
+
+    #[test]
+    fn observations_map_to_events_and_serialize_as_documented() {
+        let c = contact();
+        assert!(event_of(&Observation::Same(c.clone()), Seen::Connection).is_none());
+        assert!(event_of(&Observation::Stale(c.clone()), Seen::Connection).is_none());
+        let new = event_of(&Observation::New(c.clone()), Seen::Card);
+        let v = serde_json::to_value(&new).unwrap_or_default();
+        assert_eq!(v["kind"], "contact");
+        assert_eq!(v["change"], "new");
+        assert_eq!(v["contact"]["username"], "erin");
+        let upd = event_of(&Observation::Updated(c.clone()), Seen::Connection);
+        assert!(matches!(
+            upd,
+            Some(NodeEvent::Contact {
+                change: ContactChange::Updated,
+                ..
+            })
+        ));
+        let conflict = event_of(&Observation::Conflict(c.clone()), Seen::Connection);
+        let v = serde_json::to_value(&conflict).unwrap_or_default();
+        assert_eq!(v["kind"], "key_conflict");
+        assert_eq!(v["contact"]["id"], c.identity.key().to_string());
+        assert!(v["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("a connection") && d.contains("erin")));
+        // Round trip (clients parse what the node writes).
+        let back: Option<NodeEvent> = serde_json::from_value(v).ok();
+        assert_eq!(back, conflict);
+    }
+
+    #[test]
+    fn subscribers_see_published_events() {
+        let ev = Events::new();
+        let mut rx = ev.subscribe();
+        let c = contact();
+        ev.trust(&c);
+        ev.observed(&Observation::Same(c.clone()), Seen::Rendezvous);
+        ev.observed(&Observation::New(c), Seen::Rendezvous);
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(NodeEvent::Contact {
+                change: ContactChange::Trust,
+                ..
+            })
+        ));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(NodeEvent::Contact {
+                change: ContactChange::New,
+                ..
+            })
+        ));
+        assert!(rx.try_recv().is_err(), "Same published nothing");
+    }
+}
