@@ -104,6 +104,25 @@ fn start_chat(dir: &Path, config: &Path) -> Tmux {
 }
 
 #[test]
+fn chat_refuses_json_and_a_missing_terminal() {
+    let o = common::run_bin(&["chat", "--json"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("interactive"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // stdin is not a terminal here.
+    let o = common::run_bin(&["chat"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("needs a terminal"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
 fn chat_client_sends_and_shows_delivery_in_a_real_terminal() {
     if !tmux_available() {
         eprintln!("SKIP chat_client_sends_and_shows_delivery_in_a_real_terminal: tmux is not installed (apt-get install tmux)");

@@ -111,7 +111,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             command: Some(sub), ..
         } => id::update(&cfg, json, sub),
         Command::Id { no_qr, .. } => id::show(&cfg, json, no_qr),
-        Command::Chat => Ok(chat::run(&cfg)?),
+        Command::Chat => Ok(chat::run(&cfg, json)?),
         Command::Run => node::run(&cfg),
         Command::Relay => relay::run(&cfg),
         Command::Rendezvous => rendezvous::run(&cfg),

@@ -76,8 +76,22 @@ fn utc_offset_secs() -> i64 {
     }
 }
 
-/// Runs the client until the user leaves (Ctrl-C, `/quit`).
-pub fn run(cfg: &Config) -> Result<(), ControlError> {
+/// Runs the client until the user leaves (Ctrl-C, `/quit`). Refuses `--json` and a stdin or
+/// stdout that is not a terminal (it is interactive; scripts use `send` and `messages`).
+pub fn run(cfg: &Config, json: bool) -> Result<(), ControlError> {
+    use std::io::IsTerminal;
+    if json {
+        return Err(ControlError::BadArgument(
+            "sremp chat is interactive and has no --json output; scripts use `sremp send` and \
+             `sremp messages --follow --json`"
+                .into(),
+        ));
+    }
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        return Err(ControlError::BadArgument(
+            "sremp chat needs a terminal (stdin and stdout)".into(),
+        ));
+    }
     let path = socket_path(&cfg.data_dir());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
