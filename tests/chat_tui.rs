@@ -1,6 +1,7 @@
 //! `sremp chat` with the real binary in a real pseudo-terminal (tmux, 80×24): alice types a
-//! message, bob's node stores it, and alice's screen shows its status turn to `delivered`; then
-//! alice's node stops (the client says so and keeps running) and starts again (the client
+//! message, bob's node stores it, and alice's screen shows its status turn to `delivered`; bob's
+//! reply appears live; `/add` of a card that equivocates (same key and version as a pinned
+//! contact, other contents) raises the key warning; then alice's node stops (the client says so and keeps running) and starts again (the client
 //! reconnects by itself); Ctrl-C leaves the client.
 //!
 //! Skips with a message when tmux is not installed (`.ci/run` installs it). Every wait is
@@ -103,6 +104,38 @@ fn start_chat(dir: &Path, config: &Path) -> Tmux {
     t
 }
 
+/// A card for "dave" (version 2), and another version 2 signed by the same key with other
+/// contents (an equivocation: TOFU `Conflict`).
+fn equivocating_cards() -> (String, String) {
+    use sremp::identity::{ContactCard, Flags, UserIdentity};
+    use sremp::time::Timestamp;
+    let mut dave = UserIdentity::generate(
+        "dave",
+        Flags::default(),
+        Timestamp(1),
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap();
+    let mut fork = UserIdentity::from_secrets(
+        &dave.signing_key().to_bytes(),
+        &dave.noise_secret().to_bytes(),
+        dave.identity().clone(),
+    )
+    .unwrap();
+    dave.update(Some("dave"), None, None, Timestamp(2)).unwrap();
+    fork.update(Some("mallory"), None, None, Timestamp(3))
+        .unwrap();
+    let card = |u: &UserIdentity| {
+        ContactCard {
+            identity: u.identity().clone(),
+            endpoints: vec![],
+            relays: vec![],
+        }
+        .to_text()
+    };
+    (card(&dave), card(&fork))
+}
+
 #[test]
 fn chat_refuses_json_and_a_missing_terminal() {
     let o = common::run_bin(&["chat", "--json"]);
@@ -197,6 +230,39 @@ fn chat_client_sends_and_shows_delivery_in_a_real_terminal() {
         "bob's reply did not appear:\n{screen}\n--- bob:\n{}",
         bob.logs()
     );
+
+    // An equivocating card for a pinned contact: refused, and a warning nobody can miss.
+    let (dave, fork) = equivocating_cards();
+    alice.json(&["contacts", "add", &dave]);
+    let (ok, screen) = t.wait_for(Duration::from_secs(10), |s| s.contains("dave"));
+    assert!(ok, "dave did not appear:\n{screen}");
+    assert!(t
+        .cmd(&["send-keys", "-t", "chat", "-l", &format!("/add {fork}")])
+        .status
+        .success());
+    assert!(t
+        .cmd(&["send-keys", "-t", "chat", "Enter"])
+        .status
+        .success());
+    let (ok, screen) = t.wait_for(Duration::from_secs(10), |s| {
+        s.contains("IDENTITY KEY WARNING") && s.contains("Press Enter to acknowledge")
+    });
+    assert!(ok, "no key warning:\n{screen}");
+    assert!(t
+        .cmd(&["send-keys", "-t", "chat", "Enter"])
+        .status
+        .success());
+    let (ok, screen) = t.wait_for(Duration::from_secs(10), |s| {
+        !s.contains("IDENTITY KEY WARNING") && s.contains("\u{26a0} dave")
+    });
+    assert!(ok, "warning not acknowledged or dave not marked:\n{screen}");
+    // Back to bob's conversation for what follows.
+    let (ok, screen) = t.wait_for(Duration::from_secs(1), |s| s.contains("Message bob"));
+    if !ok {
+        assert!(t.cmd(&["send-keys", "-t", "chat", "Tab"]).status.success());
+        let (ok, screen2) = t.wait_for(Duration::from_secs(5), |s| s.contains("Message bob"));
+        assert!(ok, "{screen}\n{screen2}");
+    }
 
     // The node stops: the client says so and keeps running; it reconnects by itself.
     alice.stop();
