@@ -17,6 +17,7 @@
 //! - [`store`]: the storage trait and its sled implementation.
 //! - [`relay`]: relay protocol core, relay service and policies.
 //! - [`rendezvous`]: rendezvous protocol core, TLS server and client.
+//! - [`group`]: group chats (no I/O): signed fixed membership, sender keys, member states.
 //! - [`node`]: the personal node: listener, connections, routing; its control socket
 //!   ([`node::control`]: requests and responses, server, client).
 //! - [`config`], [`logging`], [`shutdown`]: configuration, tracing and signal handling.
@@ -29,6 +30,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod identity;
 pub mod limit;
 pub mod logging;

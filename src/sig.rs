@@ -33,11 +33,15 @@ pub enum SigContext {
     DeliveryConfirmation,
     /// `SESSION_RESET` signed by the recipient that could not decrypt a message.
     SessionReset,
+    /// A group's membership, signed by its creator.
+    GroupMembership,
+    /// A group message, signed by its author.
+    GroupMessage,
 }
 
 impl SigContext {
     /// All contexts, for tests that check they are prefix-free.
-    pub const ALL: [SigContext; 7] = [
+    pub const ALL: [SigContext; 9] = [
         SigContext::Identity,
         SigContext::RendezvousRegister,
         SigContext::RelayAuth,
@@ -45,6 +49,8 @@ impl SigContext {
         SigContext::Message,
         SigContext::DeliveryConfirmation,
         SigContext::SessionReset,
+        SigContext::GroupMembership,
+        SigContext::GroupMessage,
     ];
 
     /// The exact prefix bytes, as written in docs/PROTOCOL.md.
@@ -57,6 +63,8 @@ impl SigContext {
             SigContext::Message => b"SREMP-1 message\0",
             SigContext::DeliveryConfirmation => b"SREMP-1 delivery-confirmation\0",
             SigContext::SessionReset => b"SREMP-1 session-reset\0",
+            SigContext::GroupMembership => b"SREMP-1 group-membership\0",
+            SigContext::GroupMessage => b"SREMP-1 group-message\0",
         }
     }
 }

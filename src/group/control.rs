@@ -1,0 +1,166 @@
+//! Group control and message envelopes: what travels inside a pairwise ratchet payload of
+//! kind 3 (group).
+//!
+//! ```text
+//! GroupEnvelope = [type: uint, group_id: bin(16), body: bin]
+//! type 1 invite      body = [membership: SignedMembership, sender_key: SenderKeyDistribution]
+//!                    (from the creator only; the creator's own chain)
+//! type 2 accept      body = SenderKeyDistribution (the accepting member's chain)
+//! type 3 decline     body = empty
+//! type 4 sender_key  body = SenderKeyDistribution (a new generation after a leave/decline)
+//! type 5 leave       body = empty
+//! type 6 close       body = empty (from the creator only)
+//! type 7 message     body = GroupMessage (see `sender_key`)
+//! ```
+//! The pairwise session authenticates who sent the envelope; the group layer then checks that
+//! this sender may send it (member, creator, author of the message).
+
+use super::membership::SignedMembership;
+use super::sender_key::{GroupMessage, SenderKeyDistribution};
+use super::{GroupError, GroupId};
+use crate::wire::msgpack;
+use serde::{Deserialize, Serialize};
+
+/// The payload kind that carries group envelopes (docs/PROTOCOL.md, payload kinds).
+pub const PAYLOAD_KIND: u8 = 3;
+
+/// An invitation: the signed membership and the creator's sender key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    /// Signed by the creator.
+    pub membership: SignedMembership,
+    /// The creator's chain.
+    pub sender_key: SenderKeyDistribution,
+}
+
+/// A decoded envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Type 1.
+    Invite(Invite),
+    /// Type 2.
+    Accept(SenderKeyDistribution),
+    /// Type 3.
+    Decline,
+    /// Type 4.
+    SenderKey(SenderKeyDistribution),
+    /// Type 5.
+    Leave,
+    /// Type 6.
+    Close,
+    /// Type 7.
+    Message(GroupMessage),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Raw {
+    kind: u8,
+    group_id: GroupId,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+}
+
+impl Control {
+    /// The type number.
+    pub fn type_number(&self) -> u8 {
+        match self {
+            Control::Invite(_) => 1,
+            Control::Accept(_) => 2,
+            Control::Decline => 3,
+            Control::SenderKey(_) => 4,
+            Control::Leave => 5,
+            Control::Close => 6,
+            Control::Message(_) => 7,
+        }
+    }
+
+    /// A short name for logs and JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Control::Invite(_) => "invite",
+            Control::Accept(_) => "accept",
+            Control::Decline => "decline",
+            Control::SenderKey(_) => "sender_key",
+            Control::Leave => "leave",
+            Control::Close => "close",
+            Control::Message(_) => "message",
+        }
+    }
+
+    /// Encodes the envelope for `group_id`.
+    pub fn encode(&self, group_id: GroupId) -> Vec<u8> {
+        let body = match self {
+            Control::Invite(i) => msgpack::encode(i),
+            Control::Accept(k) | Control::SenderKey(k) => msgpack::encode(k),
+            Control::Decline | Control::Leave | Control::Close => Vec::new(),
+            Control::Message(m) => m.encode(),
+        };
+        msgpack::encode(&Raw {
+            kind: self.type_number(),
+            group_id,
+            body,
+        })
+    }
+
+    /// Decodes an envelope; the whole input must be consumed, and a message must name the
+    /// envelope's group.
+    pub fn decode(bytes: &[u8]) -> Result<(GroupId, Control), GroupError> {
+        let raw: Raw = msgpack::decode(bytes)?;
+        let empty = |c: Control| {
+            if raw.body.is_empty() {
+                Ok(c)
+            } else {
+                Err(GroupError::Malformed("body must be empty"))
+            }
+        };
+        let c = match raw.kind {
+            1 => Control::Invite(msgpack::decode(&raw.body)?),
+            2 => Control::Accept(msgpack::decode(&raw.body)?),
+            3 => empty(Control::Decline)?,
+            4 => Control::SenderKey(msgpack::decode(&raw.body)?),
+            5 => empty(Control::Leave)?,
+            6 => empty(Control::Close)?,
+            7 => {
+                let m = GroupMessage::decode(&raw.body)?;
+                if m.group_id != raw.group_id {
+                    return Err(GroupError::Malformed("message names another group"));
+                }
+                Control::Message(m)
+            }
+            _ => return Err(GroupError::Malformed("unknown group envelope type")),
+        };
+        Ok((raw.group_id, c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trip() {
+        let k = SenderKeyDistribution {
+            generation: 2,
+            chain_key: [5; 32],
+            seq: 9,
+        };
+        for c in [
+            Control::Accept(k.clone()),
+            Control::Decline,
+            Control::SenderKey(k),
+            Control::Leave,
+            Control::Close,
+        ] {
+            let g = GroupId([3; 16]);
+            assert_eq!(Control::decode(&c.encode(g)).unwrap(), (g, c));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_do_not_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Control::decode(&bytes);
+        }
+    }
+}
