@@ -421,10 +421,18 @@ async fn reset(
                 id
             }
         };
+        // A group copy is re-sent as the same group envelope, not as its text.
+        let content = match super::groups::envelope_for(inner, h.seq)? {
+            Some(data) => Content::Other {
+                kind: crate::group::control::PAYLOAD_KIND,
+                data,
+            },
+            None => Content::Text(h.text.clone()),
+        };
         let payload = Payload {
             id,
             sent_at: Timestamp(h.sent_at),
-            content: Content::Text(h.text.clone()),
+            content,
         };
         let out =
             inner

@@ -81,6 +81,9 @@ pub struct HistoryEntry {
     pub status: Status,
     /// The path it took (sent: the first path that accepted it; received: how it arrived).
     pub path: Option<DeliveryPath>,
+    /// Group chats only (absent for one-to-one messages): the group and what this entry is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<super::groups::GroupTag>,
 }
 
 /// What [`History::record`] records: an entry without its sequence number.
@@ -250,6 +253,7 @@ impl History {
             recorded_at: recorded_at.0,
             status,
             path,
+            group: None,
         };
         let mut b = Batch::new();
         b.put(Tree::History, seq_key(seq), msgpack::encode(&entry));
@@ -375,6 +379,24 @@ impl History {
             }
         }
         Ok(None)
+    }
+
+
+    /// A batch that removes `entry` and its indexes (a closed group's messages).
+    pub fn delete(&self, entry: &HistoryEntry) -> Batch {
+        let mut b = Batch::new();
+        b.delete(Tree::History, seq_key(entry.seq));
+        b.delete(Tree::History, payload_key(entry.seq));
+        if let (Some(id), Ok(peer)) = (parse_id(&entry.id), entry.peer.parse::<IdentityKey>()) {
+            b.delete(Tree::History, index_key(entry.direction, &peer, id));
+            // The id index names the latest entry with this id; remove it only if it is this one.
+            if let Ok(Some(v)) = self.store.get(Tree::History, &id_key(entry.direction, id)) {
+                if v.as_slice() == entry.seq.to_be_bytes() {
+                    b.delete(Tree::History, id_key(entry.direction, id));
+                }
+            }
+        }
+        b
     }
 
     /// Up to `limit` entries with `seq > after`, oldest first.

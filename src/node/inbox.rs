@@ -329,6 +329,22 @@ async fn receive(
         tracing::warn!(peer = %sender.short(), "message signed by someone other than its claimed sender; dropped");
         return Ok(Received::Done);
     }
+    if let Content::Other { kind, data } = &incoming.payload.content {
+        if *kind == crate::group::control::PAYLOAD_KIND {
+            // A group envelope: the group layer records it in the same batch (docs/PROTOCOL.md,
+            // "Groups"); a refused one is still confirmed, so the source drops it.
+            let mut batch = incoming.batch;
+            let (entries, later) =
+                super::groups::on_envelope(inner, sender, data, path, &mut batch)?;
+            super::commit(&inner.store, batch).await?;
+            for e in entries {
+                let _ = inner.events.send(e);
+            }
+            super::groups::send_deferred(inner, later).await?;
+            inner.wake.notify_waiters();
+            return Ok(Received::Done);
+        }
+    }
     let text = match &incoming.payload.content {
         Content::Text(t) => t.clone(),
         Content::Other { kind, .. } => format!("[unsupported content kind {kind}]"),

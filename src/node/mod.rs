@@ -39,6 +39,7 @@ pub mod contacts;
 pub mod control;
 pub mod delivery;
 pub mod events;
+pub mod groups;
 pub mod history;
 pub mod inbox;
 pub mod outbox;
@@ -160,6 +161,9 @@ pub enum NodeError {
     /// Updating the identity (key file) failed.
     #[error("identity update: {0}")]
     Identity(#[from] crate::identity::keys::KeyFileError),
+    /// A group request was refused (the code is docs/PROTOCOL.md's, "Groups").
+    #[error("group: {0} (code 0x{code:02x})", code = .0.code())]
+    Group(#[from] crate::group::GroupError),
 }
 
 /// One relay connection's state in [`NodeStatus`].

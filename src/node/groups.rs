@@ -1,0 +1,789 @@
+//! Group chats in the node: the thin shell around the [`crate::group`] core.
+//!
+//! It stores each group (and the envelopes held for groups whose invitation has not arrived)
+//! under `Tree::Meta` keys starting with `group/`, and turns the core's effects into pairwise
+//! messages: every group envelope is a ratchet payload of kind 3 queued in the normal outbox
+//! with its own history entry (tagged with [`GroupTag`]), so it travels direct-first with the
+//! relay as fallback, is retried, kept until confirmed and re-sent after a session reset
+//! exactly like a one-to-one message, and its status is that member's status.
+//!
+//! Every change runs under the node's crypto lock and is one atomic batch: the group state, the
+//! ratchet sessions advanced for each member, the history entries and the outbox entries.
+//! Receiving (called from the inbox with the received message's batch): the envelope is handled
+//! by the core; readable messages become history entries (tagged, `direction` `in`); a refusal
+//! is counted in the group (`refused`, by code name) and logged, and the pairwise message is
+//! still confirmed so the source drops it. Envelopes the core wants sent back to the member whose
+//! message is being received are queued right after that message's commit (their session record
+//! is in that batch).
+//!
+//! Store keys: `group/g/<id16>` → the `Group`; `group/pending` → the held envelopes;
+//! `group/e/<history seq u64 BE>` → the envelope of an outgoing copy (re-sent as is after a
+//! session reset); `group/h/<id16><history seq>` → the history entries of a group (deleted
+//! with them when the group closes).
+
+use super::history::{DeliveryPath, Direction, HistoryEntry, Status};
+use super::outbox::OutboxEntry;
+use super::{commit, Inner, Node, NodeError};
+use crate::group::{Control, Group, GroupError, GroupId, Pending, Shown, MAX_GROUPS};
+use crate::identity::{IdentityKey, Trust};
+use crate::ratchet::{Content, MessageId, Payload, PeerKeys};
+use crate::store::{Batch, Tree};
+use crate::time::Timestamp;
+use crate::wire::msgpack;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const PENDING_KEY: &[u8] = b"group/pending";
+
+fn gkey(id: &GroupId) -> Vec<u8> {
+    let mut k = b"group/g/".to_vec();
+    k.extend_from_slice(&id.0);
+    k
+}
+
+fn ekey(seq: u64) -> Vec<u8> {
+    let mut k = b"group/e/".to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn hprefix(id: &GroupId) -> Vec<u8> {
+    let mut k = b"group/h/".to_vec();
+    k.extend_from_slice(&id.0);
+    k
+}
+
+fn hkey(id: &GroupId, seq: u64) -> Vec<u8> {
+    let mut k = hprefix(id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// What a history entry is in a group (the `group` field of `ENTRY`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupTag {
+    /// The group id (32 hex).
+    pub group: String,
+    /// `message`, or the control sent: `invite`, `accept`, `decline`, `sender_key`, `leave`,
+    /// `close`.
+    pub kind: String,
+    /// For `message`: the group message id (16 hex), the same at every member and on every
+    /// copy the author sent; null otherwise.
+    pub message_id: Option<String>,
+    /// For a received `message`: its number in the author's chain; null otherwise.
+    pub seq: Option<u32>,
+    /// For a received `message`: numbers skipped to reach it (a visible gap); null otherwise.
+    pub gap: Option<u32>,
+}
+
+/// One member in [`GroupView`].
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberView {
+    /// Contact id (64 hex).
+    pub id: String,
+    /// Username when it is a contact (or us).
+    pub name: Option<String>,
+    /// `invited`, `accepted`, `declined` or `left`.
+    pub state: &'static str,
+    /// This is us.
+    pub me: bool,
+    /// We can send to it (it is us or a contact that is not rejected).
+    pub reachable: bool,
+}
+
+/// `sremp group show --json` (and each item of `group list`).
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupView {
+    /// Group id (32 hex).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Creator's contact id.
+    pub creator: String,
+    /// We created it.
+    pub is_creator: bool,
+    /// Our own state.
+    pub state: &'static str,
+    /// Closed by the creator (messages and keys deleted).
+    pub closed: bool,
+    /// Creation time (creator's clock, ms).
+    pub created_at: u64,
+    /// Every member, the creator included.
+    pub members: Vec<MemberView>,
+    /// Messages held until their sender key (or our acceptance) arrives.
+    pub held: usize,
+    /// Our sender key: generation and next number (null when we have none).
+    pub sender_key: Option<(u32, u32)>,
+    /// Refused envelopes by reason (code name).
+    pub refused: BTreeMap<String, u64>,
+}
+
+/// `sremp send --group` result.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupSent {
+    /// Group id.
+    pub group: String,
+    /// The group message id (16 hex).
+    pub message_id: String,
+    /// One queued copy per member, each with its own status.
+    pub entries: Vec<HistoryEntry>,
+}
+
+fn load(inner: &Inner, id: &GroupId) -> Result<Option<Group>, NodeError> {
+    match inner.store.get(Tree::Meta, &gkey(id))? {
+        None => Ok(None),
+        Some(v) => Ok(Some(msgpack::decode(&v).map_err(|e| {
+            crate::store::StoreError::Corrupt {
+                tree: Tree::Meta,
+                detail: format!("group record: {e}"),
+            }
+        })?)),
+    }
+}
+
+fn all(inner: &Inner) -> Result<Vec<Group>, NodeError> {
+    Ok(inner
+        .store
+        .scan(Tree::Meta, b"group/g/", None, MAX_GROUPS)?
+        .iter()
+        .filter_map(|(_, v)| msgpack::decode::<Group>(v).ok())
+        .collect())
+}
+
+fn put(batch: &mut Batch, g: &Group) {
+    batch.put(Tree::Meta, gkey(&g.id()), msgpack::encode(g));
+}
+
+fn load_pending(inner: &Inner) -> Pending {
+    inner
+        .store
+        .get(Tree::Meta, PENDING_KEY)
+        .ok()
+        .flatten()
+        .and_then(|v| msgpack::decode(&v).ok())
+        .unwrap_or_default()
+}
+
+fn low64(id: &MessageId) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&id.0[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// The envelope of an outgoing group copy, for a re-send after a session reset.
+pub(crate) fn envelope_for(inner: &Inner, seq: u64) -> Result<Option<Vec<u8>>, NodeError> {
+    Ok(inner.store.get(Tree::Meta, &ekey(seq))?)
+}
+
+/// Encrypts one envelope for member `to` over the pairwise session and adds the session, the
+/// history entry and the outbox entry to `batch`. None when `to` is not a usable contact. The
+/// caller holds the crypto lock and must not have `to`'s session in `batch` already.
+fn seal(
+    inner: &Inner,
+    g: &Group,
+    to: IdentityKey,
+    envelope: &[u8],
+    tag: GroupTag,
+    text: String,
+    batch: &mut Batch,
+) -> Result<Option<HistoryEntry>, NodeError> {
+    let Some(c) = inner.contacts.get(&to)? else {
+        tracing::warn!(group = %g.id(), member = %to.short(), "group member is not a contact; not sent");
+        return Ok(None);
+    };
+    if c.trust == Trust::Rejected {
+        return Ok(None);
+    }
+    let now = Timestamp::now();
+    let payload = Payload {
+        id: MessageId::random(&mut rand::rngs::OsRng),
+        sent_at: now,
+        content: Content::Other {
+            kind: crate::group::control::PAYLOAD_KIND,
+            data: envelope.to_vec(),
+        },
+    };
+    let id = low64(&payload.id);
+    let peer = PeerKeys {
+        identity_key: to.0,
+        noise_key: c.identity.noise_key().0,
+    };
+    let out = inner
+        .sessions()
+        .encrypt(&*inner.store, &mut rand::rngs::OsRng, &peer, &payload)?;
+    let (sb, wire) = out.into_parts();
+    batch.extend(sb);
+    let (mut entry, hb) = inner.history.record(
+        Direction::Out,
+        &to,
+        Some(c.identity.username().to_string()),
+        id,
+        text,
+        now,
+        now,
+        Status::Queued,
+        None,
+    );
+    batch.extend(hb);
+    entry.group = Some(tag);
+    batch.extend(inner.history.update(&entry));
+    batch.extend(
+        OutboxEntry {
+            message_id: id,
+            recipient: to.0,
+            wire,
+            history_seq: entry.seq,
+            payload_id: payload.id.0.to_vec(),
+        }
+        .put(),
+    );
+    batch.put(Tree::Meta, ekey(entry.seq), envelope.to_vec());
+    batch.put(Tree::Meta, hkey(&g.id(), entry.seq), Vec::new());
+    Ok(Some(entry))
+}
+
+fn control_tag(g: &Group, envelope: &[u8]) -> (GroupTag, String) {
+    let kind = Control::decode(envelope)
+        .map(|(_, c)| c.name())
+        .unwrap_or("control");
+    (
+        GroupTag {
+            group: g.id().to_string(),
+            kind: kind.to_string(),
+            message_id: None,
+            seq: None,
+            gap: None,
+        },
+        format!("[group {}: {kind}]", g.membership.name),
+    )
+}
+
+/// Seals every send of the core's effects (skipping `defer`, returned for later).
+fn seal_all(
+    inner: &Inner,
+    g: &Group,
+    sends: Vec<(IdentityKey, Vec<u8>)>,
+    defer: Option<IdentityKey>,
+    batch: &mut Batch,
+) -> Result<(Vec<HistoryEntry>, Vec<(IdentityKey, Vec<u8>)>), NodeError> {
+    let mut entries = Vec::new();
+    let mut later = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (to, env) in sends {
+        // A second envelope to the same member needs the first one's session committed.
+        if Some(to) == defer || !seen.insert(to) {
+            later.push((to, env));
+            continue;
+        }
+        let (tag, text) = control_tag(g, &env);
+        entries.extend(seal(inner, g, to, &env, tag, text, batch)?);
+    }
+    Ok((entries, later))
+}
+
+/// Deletes every history entry of a closed group (and the envelopes kept for re-sends).
+fn delete_history(inner: &Inner, id: &GroupId, batch: &mut Batch) -> Result<usize, NodeError> {
+    let prefix = hprefix(id);
+    let mut n = 0;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = inner
+            .store
+            .scan(Tree::Meta, &prefix, after.as_deref(), 1000)?;
+        if page.is_empty() {
+            break;
+        }
+        for (k, _) in &page {
+            let seq = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            if let Some(seq) = seq {
+                if let Some(e) = inner.history.get(seq)? {
+                    batch.extend(inner.history.delete(&e));
+                    n += 1;
+                }
+                batch.delete(Tree::Meta, ekey(seq));
+            }
+            batch.delete(Tree::Meta, k.clone());
+        }
+        after = page.last().map(|(k, _)| k.clone());
+    }
+    Ok(n)
+}
+
+fn record_shown(
+    inner: &Inner,
+    g: &Group,
+    s: &Shown,
+    path: Option<DeliveryPath>,
+    batch: &mut Batch,
+) -> Result<HistoryEntry, NodeError> {
+    let name = inner
+        .contacts
+        .get(&s.sender)?
+        .map(|c| c.identity.username().to_string());
+    let (mut entry, hb) = inner.history.record(
+        Direction::In,
+        &s.sender,
+        name,
+        low64(&s.id),
+        s.text.clone(),
+        s.sent_at,
+        Timestamp::now(),
+        Status::Received,
+        path,
+    );
+    batch.extend(hb);
+    entry.group = Some(GroupTag {
+        group: g.id().to_string(),
+        kind: "message".into(),
+        message_id: Some(super::history::format_id(low64(&s.id))),
+        seq: Some(s.seq),
+        gap: Some(s.gap),
+    });
+    batch.extend(inner.history.update(&entry));
+    batch.put(Tree::Meta, hkey(&g.id(), entry.seq), Vec::new());
+    Ok(entry)
+}
+
+fn notice(
+    inner: &Inner,
+    g: &Group,
+    peer: &IdentityKey,
+    text: String,
+    batch: &mut Batch,
+) -> HistoryEntry {
+    let now = Timestamp::now();
+    let (mut entry, hb) = inner.history.record(
+        Direction::In,
+        peer,
+        None,
+        rand::random::<u64>(),
+        text,
+        now,
+        now,
+        Status::Notice,
+        None,
+    );
+    batch.extend(hb);
+    entry.group = Some(GroupTag {
+        group: g.id().to_string(),
+        kind: "close".into(),
+        message_id: None,
+        seq: None,
+        gap: None,
+    });
+    batch.extend(inner.history.update(&entry));
+    entry
+}
+
+/// Handles a group envelope received from `sender` (inside the inbox, under the crypto lock).
+/// Adds everything to `batch` (the received message's batch); returns the entries to announce
+/// after the commit and the envelopes to send to `sender` after it.
+pub(crate) fn on_envelope(
+    inner: &Inner,
+    sender: IdentityKey,
+    data: &[u8],
+    path: DeliveryPath,
+    batch: &mut Batch,
+) -> Result<(Vec<HistoryEntry>, Vec<(IdentityKey, Vec<u8>)>), NodeError> {
+    let me = inner.me().key();
+    let (gid, c) = match Control::decode(data) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(peer = %sender.short(), code = e.code(), error = %e, "group envelope refused");
+            return Ok((Vec::new(), Vec::new()));
+        }
+    };
+    let kind = c.name();
+    let mut replay: Vec<(IdentityKey, Control)> = Vec::new();
+    let mut g = match load(inner, &gid)? {
+        Some(g) => {
+            replay.push((sender, c));
+            g
+        }
+        None => match c {
+            Control::Invite(inv) => {
+                if all(inner)?.len() >= MAX_GROUPS {
+                    let e = GroupError::TooManyGroups { max: MAX_GROUPS };
+                    tracing::warn!(peer = %sender.short(), group = %gid, error = %e, "invitation refused");
+                    return Ok((Vec::new(), Vec::new()));
+                }
+                match Group::from_invite(me, sender, inv) {
+                    Ok(g) if g.id() == gid => {
+                        tracing::info!(peer = %sender.short(), group = %gid, "group invitation received");
+                        let mut pending = load_pending(inner);
+                        for (from, env) in pending.take(gid) {
+                            if let Ok((_, c)) = Control::decode(&env) {
+                                replay.push((from, c));
+                            }
+                        }
+                        batch.put(Tree::Meta, PENDING_KEY.to_vec(), msgpack::encode(&pending));
+                        g
+                    }
+                    Ok(_) => {
+                        tracing::warn!(peer = %sender.short(), code = 0x01, "invitation names another group; refused");
+                        return Ok((Vec::new(), Vec::new()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %sender.short(), group = %gid, code = e.code(), error = %e, "group invitation refused");
+                        return Ok((Vec::new(), Vec::new()));
+                    }
+                }
+            }
+            _ => {
+                // It may have overtaken its invitation: hold it (bounded) if the sender is one
+                // of our contacts.
+                let known = inner
+                    .contacts
+                    .get(&sender)?
+                    .is_some_and(|c| c.trust != Trust::Rejected);
+                let e = GroupError::UnknownGroup;
+                tracing::info!(peer = %sender.short(), group = %gid, kind, code = e.code(), held = known, "envelope for an unknown group");
+                if known {
+                    let mut pending = load_pending(inner);
+                    pending.hold(gid, sender, data.to_vec());
+                    batch.put(Tree::Meta, PENDING_KEY.to_vec(), msgpack::encode(&pending));
+                }
+                return Ok((Vec::new(), Vec::new()));
+            }
+        },
+    };
+    let mut entries = Vec::new();
+    let mut sends = Vec::new();
+    let mut rng = rand::rngs::OsRng;
+    for (from, c) in replay {
+        let kind = c.name();
+        match g.handle(&mut rng, from, c) {
+            Ok(fx) => {
+                tracing::debug!(peer = %from.short(), group = %gid, kind, shown = fx.shown.len(), "group envelope handled");
+                for s in &fx.shown {
+                    entries.push(record_shown(inner, &g, s, Some(path), batch)?);
+                }
+                sends.extend(fx.send);
+                if fx.closed {
+                    let n = delete_history(inner, &gid, batch)?;
+                    entries.clear();
+                    entries.push(notice(
+                        inner,
+                        &g,
+                        &from,
+                        format!(
+                            "group {} closed by its creator; {n} entries deleted",
+                            g.membership.name
+                        ),
+                        batch,
+                    ));
+                    tracing::info!(group = %gid, deleted = n, "group closed by its creator");
+                }
+            }
+            Err(e) => {
+                g.count(&e);
+                tracing::warn!(peer = %from.short(), group = %gid, kind, code = e.code(), reason = e.name(), "group envelope refused");
+            }
+        }
+    }
+    let (sent, later) = seal_all(inner, &g, sends, Some(sender), batch)?;
+    entries.extend(sent);
+    put(batch, &g);
+    Ok((entries, later))
+}
+
+/// Queues envelopes deferred by [`on_envelope`] (the caller still holds the crypto lock and
+/// has committed the received message).
+pub(crate) async fn send_deferred(
+    inner: &Arc<Inner>,
+    later: Vec<(IdentityKey, Vec<u8>)>,
+) -> Result<(), NodeError> {
+    for (to, env) in later {
+        let Ok((gid, _)) = Control::decode(&env) else {
+            continue;
+        };
+        let Some(g) = load(inner, &gid)? else {
+            continue;
+        };
+        let mut batch = Batch::new();
+        let (tag, text) = control_tag(&g, &env);
+        let e = seal(inner, &g, to, &env, tag, text, &mut batch)?;
+        commit(&inner.store, batch).await?;
+        if let Some(e) = e {
+            let _ = inner.events.send(e);
+        }
+    }
+    inner.wake.notify_waiters();
+    Ok(())
+}
+
+impl Node {
+    /// Finds a group by id (32 hex), unique id prefix (at least 4 hex) or unique name.
+    fn find_group(&self, g: &str) -> Result<Group, NodeError> {
+        if let Some(id) = GroupId::parse(g) {
+            return load(&self.inner, &id)?
+                .ok_or_else(|| GroupError::Usage(format!("unknown group {g:?}")).into());
+        }
+        let groups = all(&self.inner)?;
+        let lower = g.to_ascii_lowercase();
+        let mut found: Vec<Group> = groups
+            .into_iter()
+            .filter(|x| {
+                x.membership.name == g || (g.len() >= 4 && x.id().to_string().starts_with(&lower))
+            })
+            .collect();
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(GroupError::Usage(format!("unknown group {g:?}")).into()),
+            _ => Err(
+                GroupError::Usage(format!("{g:?} matches several groups; use the group id")).into(),
+            ),
+        }
+    }
+
+    fn view(&self, g: &Group) -> GroupView {
+        let me = self.inner.me();
+        let members = g
+            .states()
+            .into_iter()
+            .map(|(k, s)| {
+                let is_me = k.0 == g.me;
+                let c = self.inner.contacts.get(&k).ok().flatten();
+                MemberView {
+                    id: k.to_string(),
+                    name: if is_me {
+                        Some(me.identity().username().to_string())
+                    } else {
+                        c.as_ref().map(|c| c.identity.username().to_string())
+                    },
+                    state: s.name(),
+                    me: is_me,
+                    reachable: is_me || c.is_some_and(|c| c.trust != Trust::Rejected),
+                }
+            })
+            .collect();
+        GroupView {
+            id: g.id().to_string(),
+            name: g.membership.name.clone(),
+            creator: IdentityKey(g.membership.creator).to_string(),
+            is_creator: g.is_creator(),
+            state: if g.closed {
+                "closed"
+            } else {
+                g.my_state().name()
+            },
+            closed: g.closed,
+            created_at: g.membership.created_at,
+            members,
+            held: g.held(),
+            sender_key: g.own_chain(),
+            refused: g.refused.clone(),
+        }
+    }
+
+    /// `sremp group create NAME --members a,b`: members are contacts (id or unique username).
+    pub async fn group_create(
+        &self,
+        name: &str,
+        members: &[String],
+    ) -> Result<GroupView, NodeError> {
+        if *self.inner.stop.borrow() {
+            return Err(NodeError::ShuttingDown);
+        }
+        let me = self.inner.me();
+        let mut keys = Vec::new();
+        for m in members.iter().map(|m| m.trim()).filter(|m| !m.is_empty()) {
+            let c = self.resolve(m)?;
+            if c.trust == Trust::Rejected {
+                return Err(NodeError::RejectedContact(c.identity.key().to_string()));
+            }
+            if c.identity.key() == me.key() {
+                return Err(NodeError::SelfContact);
+            }
+            keys.push(c.identity.key());
+        }
+        if keys.is_empty() {
+            return Err(GroupError::Usage("a group needs at least one other member".into()).into());
+        }
+        let inner = &self.inner;
+        let _one = inner.crypto.lock().await;
+        if all(inner)?.len() >= MAX_GROUPS {
+            return Err(GroupError::TooManyGroups { max: MAX_GROUPS }.into());
+        }
+        let (g, fx) = Group::create(
+            &mut rand::rngs::OsRng,
+            me.signing_key(),
+            name,
+            &keys,
+            Timestamp::now(),
+        )?;
+        let mut batch = Batch::new();
+        let (entries, later) = seal_all(inner, &g, fx.send, None, &mut batch)?;
+        put(&mut batch, &g);
+        commit(&inner.store, batch).await?;
+        self.after(entries, &g, later).await?;
+        tracing::info!(group = %g.id(), members = g.membership.members.len(), "group created");
+        Ok(self.view(&g))
+    }
+
+    async fn after(
+        &self,
+        entries: Vec<HistoryEntry>,
+        g: &Group,
+        later: Vec<(IdentityKey, Vec<u8>)>,
+    ) -> Result<(), NodeError> {
+        for e in entries {
+            let _ = self.inner.events.send(e);
+        }
+        for (to, env) in later {
+            let mut batch = Batch::new();
+            let (tag, text) = control_tag(g, &env);
+            let e = seal(&self.inner, g, to, &env, tag, text, &mut batch)?;
+            commit(&self.inner.store, batch).await?;
+            if let Some(e) = e {
+                let _ = self.inner.events.send(e);
+            }
+        }
+        self.inner.wake.notify_waiters();
+        Ok(())
+    }
+
+    /// Runs one local change on a group (accept, decline, leave, close).
+    async fn group_change(
+        &self,
+        g: &str,
+        f: impl FnOnce(&mut Group) -> Result<crate::group::Effects, GroupError>,
+    ) -> Result<GroupView, NodeError> {
+        if *self.inner.stop.borrow() {
+            return Err(NodeError::ShuttingDown);
+        }
+        let inner = &self.inner;
+        let _one = inner.crypto.lock().await;
+        let mut g = self.find_group(g)?;
+        let fx = f(&mut g)?;
+        let mut batch = Batch::new();
+        let mut entries = Vec::new();
+        if fx.closed
+            || matches!(
+                g.my_state(),
+                crate::group::MemberState::Declined | crate::group::MemberState::Left
+            )
+        {
+            delete_history(inner, &g.id(), &mut batch)?;
+        }
+        for s in &fx.shown {
+            entries.push(record_shown(inner, &g, s, None, &mut batch)?);
+        }
+        let (sent, later) = seal_all(inner, &g, fx.send, None, &mut batch)?;
+        entries.extend(sent);
+        put(&mut batch, &g);
+        commit(&inner.store, batch).await?;
+        self.after(entries, &g, later).await?;
+        Ok(self.view(&g))
+    }
+
+    /// `sremp group accept G`.
+    pub async fn group_accept(&self, g: &str) -> Result<GroupView, NodeError> {
+        self.group_change(g, |g| g.accept(&mut rand::rngs::OsRng))
+            .await
+    }
+
+    /// `sremp group decline G`.
+    pub async fn group_decline(&self, g: &str) -> Result<GroupView, NodeError> {
+        self.group_change(g, |g| g.decline()).await
+    }
+
+    /// `sremp group leave G`.
+    pub async fn group_leave(&self, g: &str) -> Result<GroupView, NodeError> {
+        self.group_change(g, |g| g.leave()).await
+    }
+
+    /// `sremp group close G` (creator).
+    pub async fn group_close(&self, g: &str) -> Result<GroupView, NodeError> {
+        self.group_change(g, |g| g.close()).await
+    }
+
+    /// `sremp group show G`.
+    pub fn group_show(&self, g: &str) -> Result<GroupView, NodeError> {
+        Ok(self.view(&self.find_group(g)?))
+    }
+
+    /// `sremp group list`.
+    pub fn group_list(&self) -> Result<Vec<GroupView>, NodeError> {
+        Ok(all(&self.inner)?.iter().map(|g| self.view(g)).collect())
+    }
+
+    /// `sremp send --group G TEXT`: one encryption, one copy per member queued.
+    pub async fn group_send(&self, g: &str, text: &str) -> Result<GroupSent, NodeError> {
+        if text.is_empty() || text.len() > super::MAX_TEXT {
+            return Err(NodeError::BadText(text.len()));
+        }
+        if *self.inner.stop.borrow() {
+            return Err(NodeError::ShuttingDown);
+        }
+        let inner = &self.inner;
+        let me = inner.me();
+        let _one = inner.crypto.lock().await;
+        let mut g = self.find_group(g)?;
+        let payload = Payload::text(&mut rand::rngs::OsRng, Timestamp::now(), text);
+        let (env, to) = g.encrypt(me.signing_key(), &payload)?;
+        if to.is_empty() {
+            return Err(GroupError::Usage("no other member left to send to".into()).into());
+        }
+        let message_id = super::history::format_id(low64(&payload.id));
+        let mut batch = Batch::new();
+        let mut entries = Vec::new();
+        for k in to {
+            let tag = GroupTag {
+                group: g.id().to_string(),
+                kind: "message".into(),
+                message_id: Some(message_id.clone()),
+                seq: None,
+                gap: None,
+            };
+            entries.extend(seal(inner, &g, k, &env, tag, text.to_string(), &mut batch)?);
+        }
+        put(&mut batch, &g);
+        commit(&inner.store, batch).await?;
+        for e in &entries {
+            let _ = inner.events.send(e.clone());
+        }
+        inner.wake.notify_waiters();
+        Ok(GroupSent {
+            group: g.id().to_string(),
+            message_id,
+            entries,
+        })
+    }
+
+    /// `sremp messages --group G`: the group's entries (messages both ways, one entry per
+    /// member copy for ours, and the controls we sent), oldest first, `seq > after`.
+    pub fn group_messages(
+        &self,
+        g: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, NodeError> {
+        let g = self.find_group(g)?;
+        let prefix = hprefix(&g.id());
+        let start = after.map(|a| hkey(&g.id(), a));
+        let mut out = Vec::new();
+        for (k, _) in self
+            .inner
+            .store
+            .scan(Tree::Meta, &prefix, start.as_deref(), limit)?
+        {
+            let seq = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            if let Some(e) = seq
+                .map(|s| self.inner.history.get(s))
+                .transpose()?
+                .flatten()
+            {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+}
