@@ -71,12 +71,18 @@ pub enum Command {
         #[command(subcommand)]
         command: ContactsCommand,
     },
-    /// Send a message through the running node; prints the message id (16 hex).
+    /// Send a message through the running node; prints the message id (16 hex). With
+    /// `--group G TEXT`: to every member of group G (one copy per member).
     Send {
-        /// The contact: 64-hex contact id or a unique username.
+        /// The contact: 64-hex contact id or a unique username (with --group: the text).
         contact: String,
         /// The text.
-        text: String,
+        #[arg(required_unless_present = "group")]
+        text: Option<String>,
+        /// Send to this group instead (32-hex id, unique id prefix or unique name); the only
+        /// argument is then the text.
+        #[arg(long, value_name = "G")]
+        group: Option<String>,
         /// Wait until the message is delivered (exit non-zero on timeout).
         #[arg(long)]
         wait: bool,
@@ -96,6 +102,16 @@ pub enum Command {
         /// Only entries with a sequence number above this.
         #[arg(long)]
         after: Option<u64>,
+        /// Only this group's entries (id, unique id prefix or unique name).
+        #[arg(long, value_name = "G", conflicts_with = "follow")]
+        group: Option<String>,
+    },
+    /// Group chats: members fixed at creation, who accept or decline (docs/PROTOCOL.md,
+    /// "Groups").
+    Group {
+        /// What to do.
+        #[command(subcommand)]
+        command: GroupCommand,
     },
     /// State of the running node: listen address, relays, rendezvous, connections.
     Status,
@@ -159,6 +175,47 @@ pub enum IdCommand {
     /// A fresh Noise static key. The old one still opens first-contact messages sealed to it
     /// for `node.noise_key_grace_secs` (default 7 days), then it is forgotten.
     RotateNoiseKey,
+}
+
+/// `sremp group` subcommands. `G` is the 32-hex group id, a unique prefix of it (4+ hex) or
+/// a unique group name.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group with these contacts and invite them; prints the group id.
+    Create {
+        /// The group's name (1 to 64 bytes).
+        name: String,
+        /// Members: contact ids or unique usernames, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+    },
+    /// Accept an invitation.
+    Accept {
+        /// The group.
+        group: String,
+    },
+    /// Decline an invitation: nothing more of the group reaches this node.
+    Decline {
+        /// The group.
+        group: String,
+    },
+    /// Who accepted, declined or has not answered, and this node's state.
+    Show {
+        /// The group.
+        group: String,
+    },
+    /// Every group this node knows.
+    List,
+    /// Close a group you created: every member deletes its messages and keys.
+    Close {
+        /// The group.
+        group: String,
+    },
+    /// Leave a group you accepted: the others are told and replace their sender keys.
+    Leave {
+        /// The group.
+        group: String,
+    },
 }
 
 /// `sremp contacts` subcommands.

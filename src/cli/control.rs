@@ -40,11 +40,11 @@ pub fn run(cfg: &Config, global: &GlobalArgs, command: Command) -> Result<(), Co
     }
 }
 
-pub(super) fn missing(what: &str) -> ControlError {
+pub(crate) fn missing(what: &str) -> ControlError {
     ControlError::BadResponse(format!("the response has no {what}"))
 }
 
-pub(super) async fn call_ok(path: &Path, req: &Request) -> Result<Response, ControlError> {
+pub(crate) async fn call_ok(path: &Path, req: &Request) -> Result<Response, ControlError> {
     request(path, req).await?.into_result()
 }
 
@@ -166,12 +166,37 @@ async fn run_command(
                 }
             }
         }
+        Command::Group { command } => super::group::run(path, json, command).await,
+        Command::Send {
+            contact,
+            text,
+            group: Some(group),
+            ..
+        } => {
+            let text = match text {
+                None => contact,
+                Some(_) => {
+                    return Err(ControlError::BadArgument(
+                        "with --group give only the text".into(),
+                    ))
+                }
+            };
+            super::group::send(path, json, group, text).await
+        }
+        Command::Messages {
+            group: Some(group),
+            limit,
+            after,
+            ..
+        } => super::group::messages(path, json, group, limit, after).await,
         Command::Send {
             contact,
             text,
             wait,
             timeout_secs,
+            group: None,
         } => {
+            let text = text.ok_or_else(|| ControlError::BadArgument("missing the text".into()))?;
             let entry = call_ok(path, &Request::Send { contact, text })
                 .await?
                 .entry
@@ -209,6 +234,7 @@ async fn run_command(
             follow,
             limit,
             after,
+            group: None,
         } => messages(path, json, follow, limit, after).await,
         other => Err(ControlError::BadArgument(format!(
             "not a control command: {other:?}"

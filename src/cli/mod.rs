@@ -12,6 +12,8 @@
 //!   running node), the commands that talk
 //!   to a running node over its control socket ([`crate::node::control`]);
 //! - [`chat`]: `sremp chat`, the interactive terminal client of the running node.
+//! - [`group`]: `sremp group ...`, `send --group`, `messages --group` (group chats, over the
+//!   control socket too).
 //!
 //! Output: human text on stdout, or with `--json` one JSON value (README, "JSON output"); a
 //! failure is `error: ...` on stderr, or with `--json` one JSON object
@@ -23,13 +25,14 @@ pub mod args;
 pub mod backup;
 pub mod chat;
 pub mod control;
+pub mod group;
 pub mod id;
 pub mod node;
 pub mod relay;
 pub mod render;
 pub mod rendezvous;
 
-pub use args::{Cli, Command, ContactsCommand, GlobalArgs, IdCommand};
+pub use args::{Cli, Command, ContactsCommand, GlobalArgs, GroupCommand, IdCommand};
 
 use crate::config::Config;
 use crate::node::control::ControlError;
@@ -131,6 +134,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         | Command::Backup { .. }
         | Command::Send { .. }
         | Command::Messages { .. }
+        | Command::Group { .. }
         | Command::Status
         | Command::Discover { .. }) => Ok(control::run(&cfg, &cli.global, cmd)?),
     }

@@ -51,6 +51,18 @@ pub(super) fn format_entry(e: &HistoryEntry) -> String {
         Direction::Out => format!("-> {who}"),
         Direction::In => format!("<- {who}"),
     };
+    // A group entry names its group (first 8 hex) and, for a control, what it was.
+    let arrow = match &e.group {
+        Some(g) if g.kind == "message" => {
+            format!("{arrow} (group {})", g.group.get(..8).unwrap_or("?"))
+        }
+        Some(g) => format!(
+            "{arrow} (group {} {})",
+            g.group.get(..8).unwrap_or("?"),
+            g.kind
+        ),
+        None => arrow,
+    };
     format!(
         "#{} {} {} {} [{}, {}] {}",
         e.seq,

@@ -21,7 +21,7 @@
 //! session reset); `group/h/<id16><history seq>` → the history entries of a group (deleted
 //! with them when the group closes).
 
-use super::history::{DeliveryPath, Direction, HistoryEntry, Status};
+use super::history::{DeliveryPath, Direction, HistoryEntry, NewEntry, Status};
 use super::outbox::OutboxEntry;
 use super::{commit, Inner, Node, NodeError};
 use crate::group::{Control, Group, GroupError, GroupId, Pending, Shown, MAX_GROUPS};
@@ -214,17 +214,17 @@ fn seal(
         .encrypt(&*inner.store, &mut rand::rngs::OsRng, &peer, &payload)?;
     let (sb, wire) = out.into_parts();
     batch.extend(sb);
-    let (mut entry, hb) = inner.history.record(
-        Direction::Out,
-        &to,
-        Some(c.identity.username().to_string()),
+    let (mut entry, hb) = inner.history.record(NewEntry {
+        direction: Direction::Out,
+        peer: to,
+        peer_name: Some(c.identity.username().to_string()),
         id,
         text,
-        now,
-        now,
-        Status::Queued,
-        None,
-    );
+        sent_at: now,
+        recorded_at: now,
+        status: Status::Queued,
+        path: None,
+    });
     batch.extend(hb);
     entry.group = Some(tag);
     batch.extend(inner.history.update(&entry));
@@ -324,17 +324,17 @@ fn record_shown(
         .contacts
         .get(&s.sender)?
         .map(|c| c.identity.username().to_string());
-    let (mut entry, hb) = inner.history.record(
-        Direction::In,
-        &s.sender,
-        name,
-        low64(&s.id),
-        s.text.clone(),
-        s.sent_at,
-        Timestamp::now(),
-        Status::Received,
+    let (mut entry, hb) = inner.history.record(NewEntry {
+        direction: Direction::In,
+        peer: s.sender,
+        peer_name: name,
+        id: low64(&s.id),
+        text: s.text.clone(),
+        sent_at: s.sent_at,
+        recorded_at: Timestamp::now(),
+        status: Status::Received,
         path,
-    );
+    });
     batch.extend(hb);
     entry.group = Some(GroupTag {
         group: g.id().to_string(),
@@ -356,17 +356,17 @@ fn notice(
     batch: &mut Batch,
 ) -> HistoryEntry {
     let now = Timestamp::now();
-    let (mut entry, hb) = inner.history.record(
-        Direction::In,
-        peer,
-        None,
-        rand::random::<u64>(),
+    let (mut entry, hb) = inner.history.record(NewEntry {
+        direction: Direction::In,
+        peer: *peer,
+        peer_name: None,
+        id: rand::random::<u64>(),
         text,
-        now,
-        now,
-        Status::Notice,
-        None,
-    );
+        sent_at: now,
+        recorded_at: now,
+        status: Status::Notice,
+        path: None,
+    });
     batch.extend(hb);
     entry.group = Some(GroupTag {
         group: g.id().to_string(),
@@ -594,7 +594,7 @@ impl Node {
         for m in members.iter().map(|m| m.trim()).filter(|m| !m.is_empty()) {
             let c = self.resolve(m)?;
             if c.trust == Trust::Rejected {
-                return Err(NodeError::RejectedContact(c.identity.key().to_string()));
+                return Err(NodeError::RejectedContact(c.identity.key()));
             }
             if c.identity.key() == me.key() {
                 return Err(NodeError::SelfContact);

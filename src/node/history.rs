@@ -387,13 +387,12 @@ impl History {
         let mut b = Batch::new();
         b.delete(Tree::History, seq_key(entry.seq));
         b.delete(Tree::History, payload_key(entry.seq));
-        if let (Some(id), Ok(peer)) = (parse_id(&entry.id), entry.peer.parse::<IdentityKey>()) {
-            b.delete(Tree::History, index_key(entry.direction, &peer, id));
-            // The id index names the latest entry with this id; remove it only if it is this one.
-            if let Ok(Some(v)) = self.store.get(Tree::History, &id_key(entry.direction, id)) {
-                if v.as_slice() == entry.seq.to_be_bytes() {
-                    b.delete(Tree::History, id_key(entry.direction, id));
-                }
+        let id = entry.id;
+        b.delete(Tree::History, index_key(entry.direction, &entry.peer, id));
+        // The id index names the latest entry with this id; remove it only if it is this one.
+        if let Ok(Some(v)) = self.store.get(Tree::History, &id_key(entry.direction, id)) {
+            if v.as_slice() == entry.seq.to_be_bytes() {
+                b.delete(Tree::History, id_key(entry.direction, id));
             }
         }
         b

@@ -22,6 +22,7 @@
 //! {"cmd":"presence"}
 //! {"cmd":"id_rename","username":"alice2"}
 //! {"cmd":"id_rotate_noise_key"}
+//! {"cmd":"group","op":"create"|"accept"|...,...}   (group chats: see [`group`])
 //! ```
 //! `after_seq` and `limit` are optional (`limit` defaults to 100 and is capped at
 //! [`MAX_MESSAGES`]); `timeout_ms` defaults to 30000 and is capped at [`MAX_WAIT`].
@@ -111,6 +112,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 
 pub mod client;
+pub mod group;
 pub mod server;
 
 pub use client::{connect, follow_stream, request, Client, Follow};
@@ -272,6 +274,30 @@ pub enum Request {
     },
     /// Publish a new identity version with a fresh Noise key.
     IdRotateNoiseKey,
+    /// Group chats: one request per `op` ([`group`] documents the shapes).
+    Group {
+        /// What to do.
+        op: group::GroupOp,
+        /// The group: 32-hex id, unique id prefix (4+ hex) or unique name (all but
+        /// `create` and `list`).
+        #[serde(default)]
+        group: Option<String>,
+        /// `create`: the group's name.
+        #[serde(default)]
+        name: Option<String>,
+        /// `create`: the members (contact ids or unique usernames), not us.
+        #[serde(default)]
+        members: Option<Vec<String>>,
+        /// `send`: the text.
+        #[serde(default)]
+        text: Option<String>,
+        /// `messages`: only entries with a larger seq.
+        #[serde(default)]
+        after_seq: Option<u64>,
+        /// `messages`: at most this many (default 100, at most 1000).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
 }
 
 /// This node's identity and card (`card` response; the shape of `sremp id --json`).
@@ -391,6 +417,13 @@ pub struct Response {
     /// `presence`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<Vec<super::events::PresenceView>>,
+    /// `group` ops `create`, `accept`, `decline`, `leave`, `close`, `show` (a `GROUP`) and
+    /// `send` (a `GROUP_SENT`); see [`group`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<serde_json::Value>,
+    /// `group` op `list`: `[GROUP,...]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<serde_json::Value>>,
 }
 
 impl Response {
@@ -411,7 +444,7 @@ impl Response {
         }
     }
 
-    fn ok() -> Self {
+    pub(crate) fn ok() -> Self {
         Response {
             ok: true,
             ..Response::default()

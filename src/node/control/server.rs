@@ -278,6 +278,26 @@ pub async fn execute(node: &Node, req: Request) -> Response {
             presence: Some(node.presence()),
             ..Response::ok()
         },
+        Request::Group {
+            op,
+            group,
+            name,
+            members,
+            text,
+            after_seq,
+            limit,
+        } => {
+            let req = super::group::GroupRequest {
+                op,
+                group,
+                name,
+                members,
+                text,
+                after_seq,
+                limit,
+            };
+            super::group::execute(node, req).await
+        }
         Request::Backup { out, key } => {
             let store = node.inner.store.clone();
             let done = tokio::task::spawn_blocking(move || {

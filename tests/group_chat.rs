@@ -1,0 +1,412 @@
+//! Group chats with the real binary: a localnet of four nodes (alice creates; bob and carol
+//! accept; dave declines) and one relay that is every node's home relay, plus eve, a contact
+//! of bob's who is not a member.
+//!
+//! Covered, in one run (the setup is the expensive part): invitations, accept/decline seen by
+//! every member, messages both ways, nothing for the member who declined, an offline member
+//! receiving everything later through its relay, a member SIGKILLed in the middle of a stream
+//! losing and duplicating nothing, a non-member's injected message and a replayed group message
+//! refused with their typed reasons (without disturbing the group), and close reaching an
+//! online member at once and an offline one when it comes back (both delete the messages and
+//! refuse to send).
+//!
+//! Injection and replay need bytes no honest CLI produces: the test writes them into a stopped
+//! sender's own outbox with the library (a fresh pairwise ratchet message around the group
+//! envelope), and the sender's real node delivers them like any other message.
+
+mod common;
+
+use common::{introduce, BinNode, BinNodeOptions, BinRelay};
+use serde_json::Value;
+use sremp::group::{Control, GroupId, GroupMessage, SenderKey};
+use sremp::identity::{ContactCard, UserIdentity};
+use sremp::node::history::{Direction, History, NewEntry, Status};
+use sremp::node::outbox::OutboxEntry;
+use sremp::ratchet::{Content, LocalKeys, MessageId, Payload, PeerKeys, SessionManager};
+use sremp::store::{SledStore, Store, Tree};
+use sremp::time::Timestamp;
+use std::time::{Duration, Instant};
+
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `f` (bounded) until it returns Some.
+fn wait<T>(node: &BinNode, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n--- node log:\n{}",
+            tail(&node.logs(), 80)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn show(n: &BinNode, g: &str) -> Option<Value> {
+    let o = n.cmd(&["group", "show", g, "--json"]);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten()
+}
+
+fn member_state(v: &Value, name: &str) -> String {
+    v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .map(|m| m["state"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+fn group_messages(n: &BinNode, g: &str) -> Vec<Value> {
+    match n.json(&["messages", "--group", g]) {
+        Value::Array(v) => v,
+        other => panic!("not an array: {other}"),
+    }
+}
+
+/// Texts of the group messages `n` received, in history order.
+fn received_texts(n: &BinNode, g: &str) -> Vec<String> {
+    group_messages(n, g)
+        .iter()
+        .filter(|e| e["direction"] == "in" && e["group"]["kind"] == "message")
+        .map(|e| e["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn wait_texts(n: &BinNode, g: &str, want: &[&str], timeout: Duration) {
+    wait(n, &format!("{want:?}"), timeout, || {
+        let got = received_texts(n, g);
+        want.iter()
+            .all(|w| got.iter().any(|t| t == w))
+            .then_some(())
+    });
+}
+
+fn wait_relay_connected(node: &BinNode) {
+    wait(node, "relay connected", Duration::from_secs(20), || {
+        (node.json(&["status"])["relays"][0]["connected"] == true).then_some(())
+    });
+}
+
+fn send_group(n: &BinNode, g: &str, text: &str) -> Value {
+    n.json(&["send", "--group", g, text])
+}
+
+/// Queues `envelope` (a group envelope) from the stopped node `from` to `to_card`'s owner as a
+/// fresh pairwise message, in `from`'s own store, so that its real node delivers it at start.
+fn queue_raw_envelope(from: &BinNode, to_card: &str, envelope: Vec<u8>) {
+    let user = UserIdentity::load_file(&from.data).unwrap();
+    let to = ContactCard::from_text(to_card).unwrap().identity;
+    let store: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(SledStore::open_checked(&from.data.join("db")).unwrap());
+    let sessions = SessionManager::new(LocalKeys::new(
+        user.signing_key().clone(),
+        user.noise_secret().to_bytes(),
+    ));
+    let now = Timestamp::now();
+    let payload = Payload {
+        id: MessageId::random(&mut rand::rngs::OsRng),
+        sent_at: now,
+        content: Content::Other {
+            kind: sremp::group::control::PAYLOAD_KIND,
+            data: envelope,
+        },
+    };
+    let peer = PeerKeys {
+        identity_key: to.key().0,
+        noise_key: to.noise_key().0,
+    };
+    let out = sessions
+        .encrypt(&*store, &mut rand::rngs::OsRng, &peer, &payload)
+        .unwrap();
+    let (mut batch, wire) = out.into_parts();
+    let mut id8 = [0u8; 8];
+    id8.copy_from_slice(&payload.id.0[..8]);
+    let id = u64::from_be_bytes(id8);
+    let history = History::open(store.clone()).unwrap();
+    let (entry, hb) = history.record(NewEntry {
+        direction: Direction::Out,
+        peer: to.key(),
+        peer_name: None,
+        id,
+        text: "[raw group envelope]".into(),
+        sent_at: now,
+        recorded_at: now,
+        status: Status::Queued,
+        path: None,
+    });
+    batch.extend(hb);
+    batch.extend(
+        OutboxEntry {
+            message_id: id,
+            recipient: to.key().0,
+            wire,
+            history_seq: entry.seq,
+            payload_id: payload.id.0.to_vec(),
+        }
+        .put(),
+    );
+    store.commit(batch).unwrap();
+    store.close().unwrap();
+}
+
+/// The envelope alice kept for her copy of group message `message_id` to `to` (for a replay).
+fn kept_envelope(from: &BinNode, to: &str, message_id: &str) -> Vec<u8> {
+    let store: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(SledStore::open_checked(&from.data.join("db")).unwrap());
+    let history = History::open(store.clone()).unwrap();
+    let mut found = None;
+    for e in history.list(None, 100_000).unwrap() {
+        let is_copy = e.direction == Direction::Out
+            && e.peer.to_string() == to
+            && e.group.as_ref().and_then(|g| g.message_id.as_deref()) == Some(message_id);
+        if is_copy {
+            let mut k = b"group/e/".to_vec();
+            k.extend_from_slice(&e.seq.to_be_bytes());
+            found = store.get(Tree::Meta, &k).unwrap();
+        }
+    }
+    store.close().unwrap();
+    found.expect("alice keeps the envelope of her copy")
+}
+
+#[test]
+fn group_localnet_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = BinRelay::start(dir.path(), "127.0.0.1:0", None);
+    let names = ["alice", "bob", "carol", "dave", "eve"];
+    let mut nodes: Vec<BinNode> = names
+        .iter()
+        .map(|n| {
+            let mut o = BinNodeOptions::loopback(n);
+            o.relays = vec![relay.hint.clone()];
+            BinNode::new(dir.path(), &o)
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    // The four members know each other; eve knows only bob.
+    for i in 0..4 {
+        for j in (i + 1)..4 {
+            introduce(&nodes[i], &nodes[j]);
+        }
+    }
+    introduce(&nodes[1], &nodes[4]);
+    for n in &nodes {
+        wait_relay_connected(n);
+    }
+    let cards: Vec<(String, String)> = nodes.iter().map(|n| n.card()).collect();
+    let [alice, bob, carol, dave, eve] = &mut nodes[..] else {
+        unreachable!()
+    };
+
+    // Create: members are contacts; the invitation reaches every member.
+    let created = alice.json(&["group", "create", "team", "--members", "bob,carol,dave"]);
+    let g = created["id"].as_str().unwrap().to_string();
+    assert_eq!(g.len(), 32);
+    assert_eq!(created["state"], "accepted");
+    assert_eq!(created["members"].as_array().unwrap().len(), 4);
+    for n in [&*bob, &*carol, &*dave] {
+        let v = wait(n, "invitation", Duration::from_secs(20), || show(n, &g));
+        assert_eq!(v["state"], "invited");
+        assert_eq!(v["name"], "team");
+        assert_eq!(member_state(&v, "alice"), "accepted");
+    }
+    // A non-contact cannot be invited.
+    let o = alice.cmd(&["group", "create", "x", "--members", "eve"]);
+    assert!(!o.status.success());
+
+    // Two accept, one declines; every member sees every answer.
+    assert_eq!(bob.json(&["group", "accept", &g])["state"], "accepted");
+    assert_eq!(
+        carol.json(&["group", "accept", "team"])["state"],
+        "accepted"
+    );
+    assert_eq!(dave.json(&["group", "decline", &g])["state"], "declined");
+    for n in [&*alice, &*bob, &*carol] {
+        wait(n, "all answers", Duration::from_secs(20), || {
+            let v = show(n, &g)?;
+            let ok = member_state(&v, "bob") == "accepted"
+                && member_state(&v, "carol") == "accepted"
+                && member_state(&v, "dave") == "declined";
+            ok.then_some(())
+        });
+    }
+
+    // Messages both ways; one encryption, one copy per active member, statuses per member.
+    let sent = send_group(alice, &g, "hello team");
+    let copies = sent["entries"].as_array().unwrap();
+    assert_eq!(
+        copies.len(),
+        2,
+        "bob and carol only (dave declined): {sent}"
+    );
+    let hello_id = sent["message_id"].as_str().unwrap().to_string();
+    send_group(bob, &g, "hi from bob");
+    wait_texts(bob, &g, &["hello team"], Duration::from_secs(20));
+    wait_texts(
+        carol,
+        &g,
+        &["hello team", "hi from bob"],
+        Duration::from_secs(20),
+    );
+    wait_texts(alice, &g, &["hi from bob"], Duration::from_secs(20));
+    // Per-member statuses reach `delivered`.
+    wait(alice, "copies delivered", Duration::from_secs(20), || {
+        let h = group_messages(alice, &g);
+        let delivered = h
+            .iter()
+            .filter(|e| e["group"]["message_id"] == hello_id.as_str() && e["status"] == "delivered")
+            .count();
+        (delivered == 2).then_some(())
+    });
+
+    // An offline member gets everything later through its relay.
+    carol.stop();
+    send_group(alice, &g, "while carol is away 1");
+    send_group(bob, &g, "while carol is away 2");
+    send_group(alice, &g, "while carol is away 3");
+    wait_texts(
+        bob,
+        &g,
+        &["while carol is away 1", "while carol is away 3"],
+        Duration::from_secs(20),
+    );
+    carol.start();
+    wait_texts(
+        carol,
+        &g,
+        &[
+            "while carol is away 1",
+            "while carol is away 2",
+            "while carol is away 3",
+        ],
+        Duration::from_secs(30),
+    );
+    let via_relay = group_messages(carol, &g)
+        .iter()
+        .filter(|e| {
+            e["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("while carol"))
+                && e["path"] == "relay"
+        })
+        .count();
+    assert_eq!(
+        via_relay, 3,
+        "carol was offline: all three came through the relay"
+    );
+
+    // A member SIGKILLed mid-stream loses and duplicates nothing.
+    let stream: Vec<String> = (0..20).map(|i| format!("stream {i:02}")).collect();
+    for (i, t) in stream.iter().enumerate() {
+        if i == 6 {
+            bob.kill();
+        }
+        if i == 14 {
+            bob.start();
+        }
+        send_group(alice, &g, t);
+    }
+    let want: Vec<&str> = stream.iter().map(String::as_str).collect();
+    wait_texts(bob, &g, &want, Duration::from_secs(40));
+    wait_texts(carol, &g, &want, Duration::from_secs(40));
+    std::thread::sleep(Duration::from_millis(500));
+    for n in [&*bob, &*carol] {
+        let got: Vec<String> = received_texts(n, &g)
+            .into_iter()
+            .filter(|t| t.starts_with("stream "))
+            .collect();
+        let mut sorted = got.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            20,
+            "each stream message exactly once: {got:?}"
+        );
+        assert_eq!(got.len(), 20, "no duplicates: {got:?}");
+    }
+    // The member who declined got nothing of it.
+    let dave_group: Vec<Value> = dave
+        .messages()
+        .into_iter()
+        .filter(|e| e["group"]["kind"] == "message")
+        .collect();
+    assert!(dave_group.is_empty(), "{dave_group:?}");
+
+    // A non-member's message is refused (typed reason), and nothing else is disturbed.
+    eve.stop();
+    let eve_signer = UserIdentity::load_file(&eve.data)
+        .unwrap()
+        .signing_key()
+        .clone();
+    let gid = GroupId::parse(&g).unwrap();
+    let mut fake_key = SenderKey::new(&mut rand::rngs::OsRng, 0);
+    let inner = Payload::text(&mut rand::rngs::OsRng, Timestamp::now(), "eve was here");
+    let fake: GroupMessage = fake_key.encrypt(gid, &eve_signer, &inner.encode()).unwrap();
+    queue_raw_envelope(eve, &cards[1].1, Control::Message(fake).encode(gid));
+    eve.start();
+    wait(bob, "non-member refused", Duration::from_secs(30), || {
+        let v = show(bob, &g)?;
+        (v["refused"]["not_member"] == 1).then_some(())
+    });
+
+    // A replayed group message (alice's "hello team" envelope, in a new pairwise message) is
+    // refused as a replay.
+    alice.stop();
+    let env = kept_envelope(alice, &cards[1].0, &hello_id);
+    queue_raw_envelope(alice, &cards[1].1, env);
+    alice.start();
+    wait(bob, "replay refused", Duration::from_secs(30), || {
+        let v = show(bob, &g)?;
+        (v["refused"]["replayed"] == 1).then_some(())
+    });
+    assert_eq!(
+        received_texts(bob, &g)
+            .iter()
+            .filter(|t| *t == "hello team" || *t == "eve was here")
+            .count(),
+        1,
+        "only the original hello, never eve's text"
+    );
+    // Still working afterwards.
+    send_group(alice, &g, "after the attacks");
+    wait_texts(bob, &g, &["after the attacks"], Duration::from_secs(20));
+    wait_texts(carol, &g, &["after the attacks"], Duration::from_secs(20));
+
+    // Close: bob online is told at once; carol offline when she comes back.
+    carol.stop();
+    let closed = alice.json(&["group", "close", &g]);
+    assert_eq!(closed["state"], "closed");
+    wait(bob, "close at bob", Duration::from_secs(20), || {
+        show(bob, &g).filter(|v| v["closed"] == true).map(|_| ())
+    });
+    assert!(
+        received_texts(bob, &g).is_empty(),
+        "bob deleted the group's messages"
+    );
+    let o = bob.cmd(&["send", "--group", &g, "too late"]);
+    assert!(!o.status.success(), "sending to a closed group is refused");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0x04"), "{o:?}");
+    carol.start();
+    wait(carol, "close at carol", Duration::from_secs(30), || {
+        show(carol, &g).filter(|v| v["closed"] == true).map(|_| ())
+    });
+    assert!(
+        received_texts(carol, &g).is_empty(),
+        "carol deleted the group's messages"
+    );
+    assert!(!alice.cmd(&["send", "--group", &g, "x"]).status.success());
+    drop(relay);
+}
