@@ -466,9 +466,8 @@ impl Group {
                 }
                 self.states.insert(fm, MemberState::Left);
                 self.receivers.remove(&fm);
-                self.held.retain(|h| {
-                    GroupMessage::decode(&h.message).map_or(false, |m| m.sender != fm.0)
-                });
+                self.held
+                    .retain(|h| GroupMessage::decode(&h.message).is_ok_and(|m| m.sender != fm.0));
                 Ok(Effects {
                     send: self.rotate(rng),
                     ..Effects::default()

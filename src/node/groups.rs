@@ -36,6 +36,9 @@ use std::sync::Arc;
 
 const PENDING_KEY: &[u8] = b"group/pending";
 
+/// History entries to announce after the commit, and envelopes to queue after it.
+type Sealed = (Vec<HistoryEntry>, Vec<(IdentityKey, Vec<u8>)>);
+
 fn gkey(id: &GroupId) -> Vec<u8> {
     let mut k = b"group/g/".to_vec();
     k.extend_from_slice(&id.0);
@@ -266,7 +269,7 @@ fn seal_all(
     sends: Vec<(IdentityKey, Vec<u8>)>,
     defer: Option<IdentityKey>,
     batch: &mut Batch,
-) -> Result<(Vec<HistoryEntry>, Vec<(IdentityKey, Vec<u8>)>), NodeError> {
+) -> Result<Sealed, NodeError> {
     let mut entries = Vec::new();
     let mut later = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -388,7 +391,7 @@ pub(crate) fn on_envelope(
     data: &[u8],
     path: DeliveryPath,
     batch: &mut Batch,
-) -> Result<(Vec<HistoryEntry>, Vec<(IdentityKey, Vec<u8>)>), NodeError> {
+) -> Result<Sealed, NodeError> {
     let me = inner.me().key();
     let (gid, c) = match Control::decode(data) {
         Ok(x) => x,

@@ -485,6 +485,7 @@ mod tests {
             recorded_at: 2,
             status: Status::Received,
             path: Some(DeliveryPath::Relay),
+            group: None,
         };
         let old = StringIds {
             seq: 7,

@@ -81,22 +81,23 @@ fn value<T: Serialize>(v: &T) -> Response {
     }
 }
 
-fn need(field: Option<String>, what: &str) -> Result<String, Response> {
-    field.ok_or_else(|| Response::error(format!("group request needs \"{what}\"")))
+fn need(field: Option<String>, what: &str) -> Result<String, Box<Response>> {
+    field.ok_or_else(|| Box::new(Response::error(format!("group request needs \"{what}\""))))
 }
 
 /// Executes one group request.
 pub async fn execute(node: &Node, req: GroupRequest) -> Response {
     match run(node, req).await {
-        Ok(r) | Err(r) => r,
+        Ok(r) => r,
+        Err(r) => *r,
     }
 }
 
-fn fail(e: NodeError) -> Response {
-    Response::node_error(&e)
+fn fail(e: NodeError) -> Box<Response> {
+    Box::new(Response::node_error(&e))
 }
 
-async fn run(node: &Node, req: GroupRequest) -> Result<Response, Response> {
+async fn run(node: &Node, req: GroupRequest) -> Result<Response, Box<Response>> {
     Ok(match req.op {
         GroupOp::Create => {
             let name = need(req.name, "name")?;
@@ -154,7 +155,7 @@ async fn run(node: &Node, req: GroupRequest) -> Result<Response, Response> {
                     messages: Some(ms),
                     ..Response::ok()
                 },
-                Ok(Err(e)) => fail(e),
+                Ok(Err(e)) => *fail(e),
                 Err(_) => Response::error("internal error in the node"),
             }
         }
