@@ -68,7 +68,10 @@ fn vectors() -> Value {
     let mut receiver = ReceiverKey::new(dist.clone());
     let mut ck = ck0;
     let mut out = Vec::new();
-    for (i, text) in ["Hello group", "Second", "Third, with ünïcode"].iter().enumerate() {
+    for (i, text) in ["Hello group", "Second", "Third, with ünïcode"]
+        .iter()
+        .enumerate()
+    {
         let seq = i as u32;
         let payload = Payload {
             id: MessageId([i as u8 + 1; 16]),
@@ -146,7 +149,10 @@ fn group_vectors_match() {
         std::fs::write(PATH, serde_json::to_string_pretty(&v).unwrap() + "\n").unwrap();
     }
     let file: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
-    assert_eq!(v, file, "vectors changed; regenerate only if the format changed on purpose");
+    assert_eq!(
+        v, file,
+        "vectors changed; regenerate only if the format changed on purpose"
+    );
     // Every stored envelope decodes to its type.
     for (name, hexed) in file["envelopes"].as_object().unwrap() {
         let (gid, c) = Control::decode(&hex::decode(hexed.as_str().unwrap()).unwrap()).unwrap();
