@@ -231,6 +231,7 @@ fn seal(
     batch.extend(hb);
     entry.group = Some(tag);
     batch.extend(inner.history.update(&entry));
+    batch.extend(inner.history.keep_payload_id(entry.seq, &payload.id.0));
     batch.extend(
         OutboxEntry {
             message_id: id,
