@@ -381,7 +381,6 @@ impl History {
         Ok(None)
     }
 
-
     /// A batch that removes `entry` and its indexes (a closed group's messages).
     pub fn delete(&self, entry: &HistoryEntry) -> Batch {
         let mut b = Batch::new();
