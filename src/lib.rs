@@ -18,6 +18,8 @@
 //! - [`relay`]: relay protocol core, relay service and policies.
 //! - [`rendezvous`]: rendezvous protocol core, TLS server and client.
 //! - [`group`]: group chats (no I/O): signed fixed membership, sender keys, member states.
+//! - [`transport`]: TCP and QUIC under the Noise channel; the QUIC endpoint and its channel
+//!   binding.
 //! - [`node`]: the personal node: listener, connections, routing; its control socket
 //!   ([`node::control`]: requests and responses, server, client).
 //! - [`config`], [`logging`], [`shutdown`]: configuration, tracing and signal handling.
@@ -43,6 +45,7 @@ pub mod shutdown;
 pub mod sig;
 pub mod store;
 pub mod time;
+pub mod transport;
 pub mod wire;
 
 pub use error::Error;

@@ -9,6 +9,8 @@ use super::framed::{self, FrameReader};
 use super::handshake::{Handshake, HandshakeError};
 use super::transport::{RecvHalf, SendHalf, TransportError};
 use crate::identity::{Identity, IdentityKey, UserIdentity, VerifiedCache};
+use crate::transport::binding::Exporter;
+use crate::transport::Transport;
 use crate::wire::frame::{FrameError, MAX_FRAME};
 use crate::wire::version::{self, VersionError, HEADER_LEN};
 use crate::wire::{Envelope, Version, VersionHeader};
@@ -58,6 +60,9 @@ pub enum ConnectionError {
     /// A transport message was refused.
     #[error("{0}")]
     Transport(#[from] TransportError),
+    /// The QUIC connection under the Noise channel failed.
+    #[error("{0}")]
+    Quic(#[from] crate::transport::QuicError),
 }
 
 impl ConnectionError {
@@ -95,10 +100,25 @@ pub struct Connection<R, W> {
     pub reader: Reader<R>,
     /// Sending half.
     pub writer: Writer<W>,
+    /// The transport under the Noise channel.
+    pub transport: Transport,
 }
 
-/// A TCP connection.
-pub type TcpConnection = Connection<OwnedReadHalf, OwnedWriteHalf>;
+/// The read half of a peer connection, whatever its transport.
+pub type BoxRead = Box<dyn AsyncRead + Send + Sync + Unpin>;
+/// The write half of a peer connection, whatever its transport.
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Sync + Unpin>;
+/// An authenticated peer connection over TCP or QUIC ([`Connection::transport`] says which).
+pub type PeerConnection = Connection<BoxRead, BoxWrite>;
+/// The connection type the listener and dialers use; kept as a name for existing callers. It
+/// is a [`PeerConnection`]: QUIC connections have the same type.
+pub type TcpConnection = PeerConnection;
+
+fn box_tcp(stream: TcpStream) -> (BoxRead, BoxWrite) {
+    let _ = stream.set_nodelay(true);
+    let (r, w): (OwnedReadHalf, OwnedWriteHalf) = stream.into_split();
+    (Box::new(r), Box::new(w))
+}
 
 impl TcpConnection {
     /// Dials `addr` and runs the handshake as initiator, all within `limits.timeout`.
@@ -110,9 +130,9 @@ impl TcpConnection {
     ) -> Result<TcpConnection, ConnectionError> {
         let fut = async {
             let stream = TcpStream::connect(addr).await?;
-            let _ = stream.set_nodelay(true);
-            let (r, w) = stream.into_split();
-            Connection::run_handshake(r, w, local, true, expected, limits.verified.as_ref()).await
+            let (r, w) = box_tcp(stream);
+            Connection::run_handshake(r, w, local, true, expected, limits.verified.as_ref(), None)
+                .await
         };
         tokio::time::timeout(limits.timeout, fut)
             .await
@@ -125,8 +145,7 @@ impl TcpConnection {
         local: &UserIdentity,
         limits: HandshakeLimits,
     ) -> Result<TcpConnection, ConnectionError> {
-        let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+        let (r, w) = box_tcp(stream);
         Connection::handshake(r, w, local, false, None, limits).await
     }
 }
@@ -143,7 +162,34 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
     ) -> Result<Self, ConnectionError> {
         tokio::time::timeout(
             limits.timeout,
-            Self::run_handshake(r, w, local, initiator, expected, limits.verified.as_ref()),
+            Self::run_handshake(r, w, local, initiator, expected, limits.verified.as_ref(), None),
+        )
+        .await
+        .map_err(|_| ConnectionError::Timeout(limits.timeout))?
+    }
+
+    /// [`Connection::handshake`] with the QUIC prologue binding `binding` (the QUIC
+    /// connection's TLS exporter, [`crate::transport::binding`]); `None` is the TCP prologue.
+    pub async fn handshake_bound(
+        r: R,
+        w: W,
+        local: &UserIdentity,
+        initiator: bool,
+        expected: Option<IdentityKey>,
+        limits: HandshakeLimits,
+        binding: Option<Exporter>,
+    ) -> Result<Self, ConnectionError> {
+        tokio::time::timeout(
+            limits.timeout,
+            Self::run_handshake(
+                r,
+                w,
+                local,
+                initiator,
+                expected,
+                limits.verified.as_ref(),
+                binding,
+            ),
         )
         .await
         .map_err(|_| ConnectionError::Timeout(limits.timeout))?
@@ -156,6 +202,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
         initiator: bool,
         expected: Option<IdentityKey>,
         verified: Option<&VerifiedCache>,
+        binding: Option<Exporter>,
     ) -> Result<Self, ConnectionError> {
         let ours = VersionHeader(Version::CURRENT);
         w.write_all(&ours.encode()).await?;
@@ -163,10 +210,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
         r.read_exact(&mut theirs).await?;
         let theirs = VersionHeader::decode(&theirs)?;
         let version = version::negotiate(Version::CURRENT, theirs.0)?;
-        let prologue = if initiator {
-            super::prologue(ours, theirs)
+        let (i, r_) = if initiator {
+            (ours, theirs)
         } else {
-            super::prologue(theirs, ours)
+            (theirs, ours)
+        };
+        let prologue = match &binding {
+            None => super::prologue(i, r_),
+            Some(x) => crate::transport::binding::prologue(i, r_, x),
         };
         let mut hs = if initiator {
             Handshake::initiator(local, &prologue, expected)?
@@ -201,6 +252,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
                 send,
                 buf: Vec::new(),
             },
+            transport: Transport::Tcp,
         })
     }
 

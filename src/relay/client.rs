@@ -12,7 +12,7 @@ use super::auth::{self, SessionBinding};
 use super::conn::{ClientRegistration, RegistrationFailure, RegistrationStep};
 use super::read_ahead::ReadAhead;
 use crate::identity::{IdentityKey, UserIdentity};
-use crate::noise::stream::{ConnectionError, HandshakeLimits, TcpConnection, Writer};
+use crate::noise::stream::{BoxWrite, ConnectionError, HandshakeLimits, TcpConnection, Writer};
 use crate::time::Timestamp;
 use crate::wire::envelope::ErrorMsg;
 use crate::wire::relay::*;
@@ -20,7 +20,7 @@ use crate::wire::Envelope;
 use ed25519_dalek::SigningKey;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::net::tcp::OwnedWriteHalf;
+
 use tokio::sync::{mpsc, oneshot};
 
 /// Events queued for the application before the reader waits.
@@ -100,7 +100,7 @@ pub struct RelayClient {
     /// Envelopes waiting for the writer; whoever holds the writer sends all of them with one
     /// write (concurrent stores coalesce instead of costing a system call each).
     outbox: Mutex<Vec<Envelope>>,
-    writer: tokio::sync::Mutex<Writer<OwnedWriteHalf>>,
+    writer: tokio::sync::Mutex<Writer<BoxWrite>>,
     stores: Pending<StoreResponse>,
     batch: Waiter,
     retrieve_lock: tokio::sync::Mutex<()>,
