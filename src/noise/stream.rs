@@ -14,6 +14,8 @@ use crate::transport::Transport;
 use crate::wire::frame::{FrameError, MAX_FRAME};
 use crate::wire::version::{self, VersionError, HEADER_LEN};
 use crate::wire::{Envelope, Version, VersionHeader};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -105,9 +107,75 @@ pub struct Connection<R, W> {
 }
 
 /// The read half of a peer connection, whatever its transport.
-pub type BoxRead = Box<dyn AsyncRead + Send + Sync + Unpin>;
+pub struct BoxRead(Pin<Box<dyn AsyncRead + Send + Sync>>);
 /// The write half of a peer connection, whatever its transport.
-pub type BoxWrite = Box<dyn AsyncWrite + Send + Sync + Unpin>;
+pub struct BoxWrite(Pin<Box<dyn AsyncWrite + Send + Sync>>);
+
+impl BoxRead {
+    /// Boxes a read half.
+    pub fn new(r: impl AsyncRead + Send + Sync + 'static) -> Self {
+        BoxRead(Box::pin(r))
+    }
+}
+
+impl BoxWrite {
+    /// Boxes a write half.
+    pub fn new(w: impl AsyncWrite + Send + Sync + 'static) -> Self {
+        BoxWrite(Box::pin(w))
+    }
+}
+
+impl std::fmt::Debug for BoxRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoxRead")
+    }
+}
+
+impl std::fmt::Debug for BoxWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoxWrite")
+    }
+}
+
+impl AsyncRead for BoxRead {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BoxWrite {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.as_mut().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
 /// An authenticated peer connection over TCP or QUIC ([`Connection::transport`] says which).
 pub type PeerConnection = Connection<BoxRead, BoxWrite>;
 /// The connection type the listener and dialers use; kept as a name for existing callers. It
@@ -117,7 +185,7 @@ pub type TcpConnection = PeerConnection;
 fn box_tcp(stream: TcpStream) -> (BoxRead, BoxWrite) {
     let _ = stream.set_nodelay(true);
     let (r, w): (OwnedReadHalf, OwnedWriteHalf) = stream.into_split();
-    (Box::new(r), Box::new(w))
+    (BoxRead::new(r), BoxWrite::new(w))
 }
 
 impl TcpConnection {

@@ -201,7 +201,7 @@ pub fn exporter(conn: &quinn::Connection) -> Result<Exporter, QuicError> {
 }
 
 fn boxed(send: quinn::SendStream, recv: quinn::RecvStream) -> (BoxRead, BoxWrite) {
-    (Box::new(recv), Box::new(send))
+    (BoxRead::new(recv), BoxWrite::new(send))
 }
 
 impl QuicEndpoint {
@@ -226,6 +226,12 @@ impl QuicEndpoint {
     /// Closes every connection and stops accepting.
     pub fn close(&self) {
         self.endpoint.close(CLOSE_DONE.into(), b"shutdown");
+    }
+
+    /// A bare QUIC connection to `addr`, without the Noise channel (for tests and tools; a
+    /// node never sends anything on it but through [`initiate`]).
+    pub async fn connect_raw(&self, addr: SocketAddr) -> Result<quinn::Connection, QuicError> {
+        Ok(self.endpoint.connect(addr, SERVER_NAME)?.await?)
     }
 
     /// Dials `addr` over QUIC and runs the bound Noise handshake as initiator, all within
