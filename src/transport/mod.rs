@@ -16,7 +16,9 @@ pub mod quic;
 pub use quic::{QuicEndpoint, QuicError, QuicSettings};
 
 /// Which transport a connection runs on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// TCP.
