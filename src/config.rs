@@ -278,6 +278,8 @@ pub struct Config {
     pub relay: crate::relay::RelayConfig,
     /// Rendezvous servers to use and, in `[rendezvous.server]`, `sremp rendezvous` settings.
     pub rendezvous: crate::rendezvous::RendezvousConfig,
+    /// The QUIC endpoint (`[quic]`) of `sremp run` and `sremp relay`.
+    pub quic: crate::transport::QuicConfig,
 }
 
 impl Config {
@@ -353,6 +355,7 @@ impl Config {
                 })?;
         }
         self.node.relay_hints()?;
+        self.quic.validate()?;
         if self.node.direct_timeout_ms == 0 || self.node.ack_timeout_ms == 0 {
             return Err(ConfigError::Value {
                 key: "node.direct_timeout_ms",

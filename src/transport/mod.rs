@@ -51,3 +51,90 @@ impl std::fmt::Display for Transport {
         f.write_str(self.name())
     }
 }
+
+/// `[quic]` in node-config.toml: the QUIC endpoint of `sremp run` and `sremp relay`.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicConfig {
+    /// Serve and dial QUIC. Default `true`. With `false` no UDP socket is opened and
+    /// `quic://` endpoints are skipped when dialling.
+    pub enabled: bool,
+    /// UDP address of the endpoint. Default: the TCP listener's address and port number
+    /// (`[listen] address`, with the port actually bound when it was 0); if that UDP port is
+    /// taken, a free port is used and a warning logged. Port 0 picks a free port.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Add `quic://<address>` to the endpoints advertised when `[listen] advertise` is empty.
+    /// Default `false`: nodes built before QUIC refuse a card with a `quic://` endpoint, so
+    /// turn it on once your contacts run QUIC-capable nodes (or list `quic://host:port` in
+    /// `[listen] advertise` yourself).
+    pub advertise: bool,
+    /// A QUIC connection with no packets for this long is closed, in milliseconds.
+    /// Default 30000.
+    pub idle_timeout_ms: u64,
+    /// Keep-alive interval (keeps NAT mappings open), in milliseconds. Default 10000; must be
+    /// below `idle_timeout_ms`.
+    pub keep_alive_ms: u64,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            enabled: true,
+            listen: None,
+            advertise: false,
+            idle_timeout_ms: 30_000,
+            keep_alive_ms: 10_000,
+        }
+    }
+}
+
+impl QuicConfig {
+    /// The endpoint settings.
+    pub fn settings(&self) -> QuicSettings {
+        QuicSettings {
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
+            keep_alive: std::time::Duration::from_millis(self.keep_alive_ms),
+        }
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        // quinn's idle timeout is a QUIC varint of milliseconds (< 2^62); a day is plenty.
+        if self.idle_timeout_ms < 100 || self.idle_timeout_ms > 86_400_000 {
+            return Err(crate::config::ConfigError::Value {
+                key: "quic.idle_timeout_ms",
+                why: "must be from 100 to 86400000".into(),
+            });
+        }
+        if self.keep_alive_ms == 0 || self.keep_alive_ms >= self.idle_timeout_ms {
+            return Err(crate::config::ConfigError::Value {
+                key: "quic.keep_alive_ms",
+                why: "must be at least 1 and below quic.idle_timeout_ms".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Binds the endpoint: `listen`, or `tcp`'s address (same port number, falling back to a
+    /// free port when that UDP port is taken). `None` when disabled.
+    pub fn bind(
+        &self,
+        tcp: std::net::SocketAddr,
+    ) -> Result<Option<QuicEndpoint>, QuicError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        if let Some(addr) = self.listen {
+            return QuicEndpoint::bind(addr, self.settings()).map(Some);
+        }
+        match QuicEndpoint::bind(tcp, self.settings()) {
+            Ok(e) => Ok(Some(e)),
+            Err(e) => {
+                let any = std::net::SocketAddr::new(tcp.ip(), 0);
+                let ep = QuicEndpoint::bind(any, self.settings())?;
+                tracing::warn!(%tcp, error = %e, quic = ?ep.local_addr().ok(), "UDP port of the TCP listener is taken; QUIC uses another port");
+                Ok(Some(ep))
+            }
+        }
+    }
+}
