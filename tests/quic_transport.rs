@@ -154,7 +154,10 @@ fn serve(
 }
 
 fn ack(id: u64) -> Envelope {
-    Envelope::DirectAck(sremp::wire::direct::DirectAck { message_id: id })
+    Envelope::ConfirmationAck(sremp::wire::relay::ConfirmationAck {
+        delivered_to: [7; 32],
+        message_id: id,
+    })
 }
 
 #[tokio::test]
