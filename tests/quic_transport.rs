@@ -134,7 +134,7 @@ fn serve(
             let local = local.clone();
             let results = results.clone();
             tokio::spawn(async move {
-                match accept_incoming(incoming, &local, limits()).await {
+                match accept_incoming(incoming, &local, limits(), || ()).await {
                     Ok(mut conn) => {
                         assert_eq!(conn.transport, Transport::Quic);
                         let _ = results.send(Ok(conn.peer.key()));

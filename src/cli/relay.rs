@@ -15,7 +15,8 @@ use std::time::Duration;
 /// Runs relay-only mode with `cfg` until SIGTERM or Ctrl-C (the `sremp relay` command).
 ///
 /// Data dir: `identity.key` (the relay's own identity, created on first start), `relay-db/`,
-/// `relay.addr` (address and id, written once listening) and `relay-stats.json`.
+/// `relay.addr` (address, id and, when QUIC is on, `quic://` UDP address, written once
+/// listening) and `relay-stats.json`.
 pub fn run(cfg: &Config) -> Result<(), CliError> {
     crate::logging::init(&cfg.log);
     cfg.relay.validate().map_err(RelayError::from)?;
@@ -53,15 +54,25 @@ async fn serve(cfg: &Config) -> Result<(), crate::Error> {
         source,
     })?;
     let id = user.key();
+    let quic = cfg
+        .quic
+        .bind(addr)
+        .map_err(|e| crate::Error::Connection(e.into()))?;
+    let quic_addr = quic.as_ref().and_then(|q| q.local_addr().ok());
+    // `<tcp addr> <id>[ quic://<udp addr>]`: the QUIC endpoint is a third field, so readers
+    // of the first two are unaffected.
+    let quic_field = quic_addr
+        .map(|q| format!(" quic://{q}"))
+        .unwrap_or_default();
     let addr_file = dir.join(ADDR_FILE);
     let tmp = dir.join("relay.addr.tmp");
-    std::fs::write(&tmp, format!("{addr} {id}\n"))
+    std::fs::write(&tmp, format!("{addr} {id}{quic_field}\n"))
         .and_then(|()| std::fs::rename(&tmp, &addr_file))
         .map_err(|source| crate::Error::Io {
             context: format!("writing {}", addr_file.display()),
             source,
         })?;
-    tracing::info!(%addr, relay_id = %id, new_identity = created, "relay listening");
+    tracing::info!(%addr, quic = ?quic_addr, relay_id = %id, new_identity = created, "relay listening");
     let (stop_tx, stop_rx) = watch_pair();
     let mut lc = cfg.listen.listener();
     // This relay's own memory of verified identities (clients reconnect often).
@@ -70,7 +81,10 @@ async fn serve(cfg: &Config) -> Result<(), crate::Error> {
     // A relay serves everyone alike: every authenticated peer is admitted as known (the
     // handshake budgets and the total still apply).
     let server = tokio::spawn(listener::serve(
-        listener,
+        listener::Sources {
+            tcp: listener,
+            quic,
+        },
         user,
         lc,
         stop_rx,

@@ -31,6 +31,7 @@ pub(super) fn path_name(p: Option<DeliveryPath>) -> &'static str {
     match p {
         Some(DeliveryPath::Direct) => "direct",
         Some(DeliveryPath::Relay) => "relay",
+        Some(DeliveryPath::DirectQuic) => "direct-quic",
         None => "-",
     }
 }

@@ -174,13 +174,17 @@ impl Pool {
             return Ok(c);
         }
         let inner = &node.inner;
-        let (client, events) = RelayClient::connect(
-            &endpoint.to_string(),
+        let (client, events) = RelayClient::connect_endpoint(
+            endpoint,
             &inner.me(),
             Some(key),
             inner.handshake.clone(),
+            inner.quic.endpoint(),
         )
         .await?;
+        if let Some(a) = client.observed_address() {
+            inner.quic.observe(key, endpoint, a, Timestamp::now());
+        }
         let client = Arc::new(client);
         learn_update(inner, client.peer_identity()).await;
         if let Ok(mut c) = self.clients.lock() {
@@ -249,7 +253,7 @@ pub(crate) async fn confirmed(node: &Node, client: &RelayClient, c: DeliveryConf
     // node (the direct path) or a relay. It can overtake that store's acceptance (another
     // task), so it names the path when the entry has none yet.
     let path = if client.relay_key() == peer {
-        DeliveryPath::Direct
+        DeliveryPath::direct(client.transport())
     } else {
         DeliveryPath::Relay
     };
@@ -1050,7 +1054,7 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
     let at_node = |ep: Endpoint| {
         Some((
             Status::StoredAtRelay,
-            DeliveryPath::Direct,
+            DeliveryPath::direct(ep.transport()),
             RelayHint {
                 endpoint: ep,
                 relay_key: peer.0,

@@ -45,10 +45,29 @@ pub enum Status {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryPath {
-    /// Straight to the peer's node.
+    /// Straight to the peer's node (over TCP for a sent message; for a received one, the
+    /// transport the sender used is not tracked). JSON `"direct"`.
     Direct,
     /// Through a relay.
     Relay,
+    /// Straight to the peer's node over QUIC (sent messages). JSON `"direct-quic"`.
+    #[serde(rename = "direct-quic")]
+    DirectQuic,
+}
+
+impl DeliveryPath {
+    /// The direct path over `transport`.
+    pub fn direct(transport: crate::transport::Transport) -> Self {
+        match transport {
+            crate::transport::Transport::Tcp => DeliveryPath::Direct,
+            crate::transport::Transport::Quic => DeliveryPath::DirectQuic,
+        }
+    }
+
+    /// True for both direct paths.
+    pub fn is_direct(self) -> bool {
+        matches!(self, DeliveryPath::Direct | DeliveryPath::DirectQuic)
+    }
 }
 
 /// One history record (also the JSON shape of `sremp messages --json`).

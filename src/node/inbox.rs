@@ -77,8 +77,26 @@ pub(crate) async fn collect(node: Node, source: Source) {
         if *stop.borrow() {
             return;
         }
-        match RelayClient::connect(&addr, &inner.me(), Some(key), inner.handshake.clone()).await {
+        let connected = match &source {
+            Source::Integrated => {
+                RelayClient::connect(&addr, &inner.me(), Some(key), inner.handshake.clone()).await
+            }
+            Source::Home(h) => {
+                RelayClient::connect_endpoint(
+                    &h.endpoint,
+                    &inner.me(),
+                    Some(key),
+                    inner.handshake.clone(),
+                    inner.quic.endpoint(),
+                )
+                .await
+            }
+        };
+        match connected {
             Ok((client, mut events)) => {
+                if let (Source::Home(h), Some(a)) = (&source, client.observed_address()) {
+                    inner.quic.observe(key, &h.endpoint, a, Timestamp::now());
+                }
                 tracing::debug!(source = %addr, "collecting messages");
                 set_connected(&node, &addr, true);
                 backoff = Duration::from_millis(200);

@@ -43,6 +43,7 @@ pub mod groups;
 pub mod history;
 pub mod inbox;
 pub mod outbox;
+pub mod quic;
 pub mod recovery;
 pub mod strangers;
 
@@ -204,6 +205,12 @@ pub struct NodeStatus {
     pub outbound_connections: usize,
     /// Messages waiting in the outbox.
     pub outbox: usize,
+    /// The QUIC endpoint's UDP address (`null` when `[quic] enabled = false`).
+    pub quic_listen: Option<String>,
+    /// What relays observed as our QUIC address, newest first.
+    pub observed_addresses: Vec<quic::Observed>,
+    /// The guess about our NAT's mapping from those observations.
+    pub nat_mapping: quic::NatMapping,
 }
 
 pub(crate) struct Inner {
@@ -251,6 +258,7 @@ pub(crate) struct Inner {
     record_errors: LogEvery,
     strangers: Mutex<strangers::Strangers>,
     refusals: Arc<Refusals>,
+    quic: quic::QuicState,
 }
 
 impl Inner {
@@ -287,6 +295,8 @@ pub struct NodeHandle {
     pub node: Node,
     /// The bound listen address.
     pub local_addr: SocketAddr,
+    /// The QUIC endpoint's bound UDP address, when QUIC is enabled.
+    pub quic_addr: Option<SocketAddr>,
     /// Endpoints advertised to others.
     pub advertised: Vec<Endpoint>,
     /// Our identity.
@@ -407,8 +417,17 @@ impl Node {
         if let Some(w) = unusable_advertise_warning(cfg, local_addr) {
             tracing::warn!("{w}");
         }
+        let quic_ep = cfg
+            .quic
+            .bind(local_addr)
+            .map_err(|e| Error::Connection(e.into()))?;
+        let quic_addr = quic_ep.as_ref().and_then(|q| q.local_addr().ok());
         let advertised = if cfg.listen.advertise.is_empty() {
-            vec![Endpoint::from_socket_addr(local_addr)]
+            let mut v = vec![Endpoint::from_socket_addr(local_addr)];
+            if let (true, Some(q)) = (cfg.quic.advertise, quic_addr) {
+                v.push(Endpoint::from_socket_addr(q).with_transport(crate::transport::Transport::Quic));
+            }
+            v
         } else {
             cfg.listen
                 .advertise
@@ -490,11 +509,13 @@ impl Node {
                 cfg.node.stranger_ttl_secs,
             )),
             refusals: Arc::new(Refusals::default()),
+            quic: quic::QuicState::new(quic_ep.clone()),
         });
         let node = Node { inner };
         tracing::info!(
             id = %identity.key(),
             listen = %local_addr,
+            quic = ?quic_addr,
             "node listening for Noise connections"
         );
         let mut tasks = Vec::new();
@@ -530,7 +551,10 @@ impl Node {
             };
             tasks.push(tokio::spawn(async move {
                 listener::serve_classified(
-                    listener,
+                    listener::Sources {
+                        tcp: listener,
+                        quic: quic_ep,
+                    },
                     id,
                     lcfg,
                     stop.clone(),
@@ -592,6 +616,7 @@ impl Node {
         Ok(NodeHandle {
             node,
             local_addr,
+            quic_addr,
             advertised,
             identity,
             contacts,
@@ -879,6 +904,9 @@ impl Node {
             inbound_connections: self.inner.inbound.load(Ordering::Relaxed),
             outbound_connections: self.inner.pool.len(),
             outbox: outbox::count(&*self.inner.store).unwrap_or(0),
+            quic_listen: self.inner.quic.local_addr().map(|a| a.to_string()),
+            observed_addresses: self.inner.quic.observed(),
+            nat_mapping: self.inner.quic.mapping(),
         }
     }
 }

@@ -13,12 +13,17 @@
 //! 5. The handler runs until it returns or the connection is evicted (its task is aborted;
 //!    handlers must keep no state that outlives them except through drop guards).
 //!
+//! A [`Sources`] may add a QUIC endpoint to the TCP listener: its connections go through the
+//! same admission budgets (one [`Admission`] for both), with step 2 being the completed QUIC
+//! handshake and step 3 the bound Noise handshake on its stream ([`crate::transport::quic`]).
+//!
 //! Every refusal is counted in [`Refusals`] and summarised once per interval (no log line per
 //! refused connection). The loop keeps serving everyone else whatever one peer does.
 
 use super::admission::{Admission, Class, ConnId, Limits};
 use super::refusals::Refusals;
 use super::stream::{HandshakeLimits, TcpConnection};
+use crate::transport::quic::{self, QuicEndpoint};
 use crate::identity::UserIdentity;
 use std::collections::HashMap;
 use std::future::Future;
@@ -103,9 +108,36 @@ fn evict(
     }
 }
 
+/// What the loop accepts from: a TCP listener and, optionally, a QUIC endpoint.
+#[derive(Debug)]
+pub struct Sources {
+    /// The TCP listener.
+    pub tcp: TcpListener,
+    /// The QUIC endpoint (closed by the loop when it stops).
+    pub quic: Option<QuicEndpoint>,
+}
+
+impl From<TcpListener> for Sources {
+    fn from(tcp: TcpListener) -> Self {
+        Sources { tcp, quic: None }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Quic(quinn::Incoming),
+}
+
+async fn next_quic(quic: &Option<QuicEndpoint>) -> Option<quinn::Incoming> {
+    match quic {
+        Some(q) => q.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// [`serve_live`] with a fixed local identity.
 pub async fn serve<H, Fut>(
-    listener: TcpListener,
+    listener: impl Into<Sources>,
     local: Arc<UserIdentity>,
     cfg: ListenerConfig,
     shutdown: watch::Receiver<bool>,
@@ -123,7 +155,7 @@ pub async fn serve<H, Fut>(
 /// identity is read from `local` at every accept, so a new identity version (a rotated Noise
 /// key, a new username) is used from the next connection on.
 pub async fn serve_live<H, Fut>(
-    listener: TcpListener,
+    listener: impl Into<Sources>,
     local: watch::Receiver<Arc<UserIdentity>>,
     cfg: ListenerConfig,
     shutdown: watch::Receiver<bool>,
@@ -151,7 +183,7 @@ pub async fn serve_live<H, Fut>(
 /// `classify` decides, right after the handshake, whether the peer is known (a contact) or a
 /// stranger, or refuses it with a reason name for the refusal log.
 pub async fn serve_classified<C, H, Fut>(
-    listener: TcpListener,
+    listener: impl Into<Sources>,
     local: watch::Receiver<Arc<UserIdentity>>,
     cfg: ListenerConfig,
     mut shutdown: watch::Receiver<bool>,
@@ -163,6 +195,7 @@ pub async fn serve_classified<C, H, Fut>(
     H: Fn(TcpConnection, SocketAddr, Class) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let sources: Sources = listener.into();
     let shared: SharedRef = Arc::new(Mutex::new(Shared {
         admission: Admission::new(cfg.limits),
         handles: HashMap::new(),
@@ -173,7 +206,11 @@ pub async fn serve_classified<C, H, Fut>(
     let mut tasks = JoinSet::new();
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            r = sources.tcp.accept() => r.map(|(s, a)| (Accepted::Tcp(s), a)),
+            Some(inc) = next_quic(&sources.quic) => {
+                let a = inc.remote_address();
+                Ok((Accepted::Quic(inc), a))
+            }
             _ = tick.tick() => {
                 refusals.flush(interval.as_secs());
                 continue;
@@ -182,7 +219,7 @@ pub async fn serve_classified<C, H, Fut>(
         };
         // Reap finished tasks so the set stays small.
         while tasks.try_join_next().is_some() {}
-        let (stream, addr) = match accepted {
+        let (accepted, addr) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(error = %e, "accept failed");
@@ -209,16 +246,27 @@ pub async fn serve_classified<C, H, Fut>(
             };
             let handle = tasks.spawn(async move {
                 let slot = slot;
-                let r = tokio::time::timeout(hs.timeout, stream.readable()).await;
-                if !matches!(r, Ok(Ok(()))) {
-                    tracing::debug!(%addr, "no bytes before the handshake deadline; closed");
-                    refusals2.note("handshake_failed");
-                    return;
-                }
-                if let Ok(mut s) = slot.shared.lock() {
-                    s.admission.progressed(slot.id);
-                }
-                let conn = match TcpConnection::accept(stream, &local, hs).await {
+                let progressed = || {
+                    if let Ok(mut s) = slot.shared.lock() {
+                        s.admission.progressed(slot.id);
+                    }
+                };
+                let conn = match accepted {
+                    Accepted::Tcp(stream) => {
+                        let r = tokio::time::timeout(hs.timeout, stream.readable()).await;
+                        if !matches!(r, Ok(Ok(()))) {
+                            tracing::debug!(%addr, "no bytes before the handshake deadline; closed");
+                            refusals2.note("handshake_failed");
+                            return;
+                        }
+                        progressed();
+                        TcpConnection::accept(stream, &local, hs).await
+                    }
+                    Accepted::Quic(incoming) => {
+                        quic::accept_incoming(incoming, &local, hs, progressed).await
+                    }
+                };
+                let conn = match conn {
                     Ok(conn) => conn,
                     Err(e) => {
                         tracing::debug!(%addr, error = %e, "handshake failed; connection closed");
@@ -255,7 +303,10 @@ pub async fn serve_classified<C, H, Fut>(
         };
         evict(&shared, &refusals, evicted);
     }
-    drop(listener);
+    if let Some(q) = &sources.quic {
+        q.close();
+    }
+    drop(sources);
     refusals.flush(interval.as_secs());
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while tasks.join_next().await.is_some() {}

@@ -104,6 +104,9 @@ pub struct Connection<R, W> {
     pub writer: Writer<W>,
     /// The transport under the Noise channel.
     pub transport: Transport,
+    /// The peer's address as this side saw it when the connection was set up (`None` when
+    /// the transport did not say).
+    pub remote: Option<std::net::SocketAddr>,
 }
 
 /// The read half of a peer connection, whatever its transport.
@@ -198,9 +201,20 @@ impl TcpConnection {
     ) -> Result<TcpConnection, ConnectionError> {
         let fut = async {
             let stream = TcpStream::connect(addr).await?;
+            let remote = stream.peer_addr().ok();
             let (r, w) = box_tcp(stream);
-            Connection::run_handshake(r, w, local, true, expected, limits.verified.as_ref(), None)
-                .await
+            let mut c = Connection::run_handshake(
+                r,
+                w,
+                local,
+                true,
+                expected,
+                limits.verified.as_ref(),
+                None,
+            )
+            .await?;
+            c.remote = remote;
+            Ok(c)
         };
         tokio::time::timeout(limits.timeout, fut)
             .await
@@ -213,8 +227,11 @@ impl TcpConnection {
         local: &UserIdentity,
         limits: HandshakeLimits,
     ) -> Result<TcpConnection, ConnectionError> {
+        let remote = stream.peer_addr().ok();
         let (r, w) = box_tcp(stream);
-        Connection::handshake(r, w, local, false, None, limits).await
+        let mut c = Connection::handshake(r, w, local, false, None, limits).await?;
+        c.remote = remote;
+        Ok(c)
     }
 }
 
@@ -321,6 +338,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
                 buf: Vec::new(),
             },
             transport: Transport::Tcp,
+            remote: None,
         })
     }
 

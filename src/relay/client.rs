@@ -105,6 +105,10 @@ pub struct RelayClient {
     batch: Waiter,
     retrieve_lock: tokio::sync::Mutex<()>,
     reader: tokio::task::JoinHandle<()>,
+    /// The transport of this connection.
+    transport: crate::transport::Transport,
+    /// What the relay said it sees as our address (QUIC connections only).
+    observed: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for RelayClient {
@@ -144,6 +148,48 @@ impl RelayClient {
         .await
     }
 
+    /// Dials `ep` over its transport (`quic://` endpoints through `quic`, which must be
+    /// given) and registers as [`RelayClient::connect`] does.
+    pub async fn connect_endpoint(
+        ep: &crate::wire::Endpoint,
+        me: &UserIdentity,
+        relay: Option<IdentityKey>,
+        limits: HandshakeLimits,
+        quic: Option<&crate::transport::QuicEndpoint>,
+    ) -> Result<(RelayClient, mpsc::Receiver<RelayEvent>), RelayClientError> {
+        use crate::transport::{QuicError, Transport};
+        let conn = match ep.transport() {
+            Transport::Tcp => {
+                TcpConnection::connect(&ep.to_connect_string(), me, relay, limits).await?
+            }
+            Transport::Quic => {
+                let q = quic.ok_or(ConnectionError::Quic(QuicError::Disabled))?;
+                let timeout = limits.timeout;
+                let addr = tokio::time::timeout(
+                    timeout,
+                    tokio::net::lookup_host(ep.to_connect_string()),
+                )
+                .await
+                .map_err(|_| ConnectionError::Timeout(timeout))?
+                .map_err(ConnectionError::Io)?
+                .next()
+                .ok_or(ConnectionError::Quic(QuicError::NoAddress))?;
+                q.connect(addr, me, relay, limits).await?
+            }
+        };
+        Self::register(
+            conn,
+            me,
+            RelayCapabilities {
+                max_message_size: 0,
+                max_storage_duration: 0,
+                quota_messages: 0,
+                quota_bytes: 0,
+            },
+        )
+        .await
+    }
+
     /// Registers on an established connection, asking for `asked` (zeros: whatever the relay
     /// offers).
     pub async fn register(
@@ -157,8 +203,19 @@ impl RelayClient {
         let (mut reg, hello) =
             ClientRegistration::start(key.clone(), relay, conn.handshake_hash, asked);
         conn.send(&hello).await?;
+        let transport = conn.transport;
+        let mut observed = None;
         let (binding, capabilities) = loop {
-            match reg.handle(conn.recv().await?) {
+            let env = conn.recv().await?;
+            // A relay tells a QUIC client its observed address before the challenge.
+            if let Envelope::ObservedAddress(o) = &env {
+                if transport == crate::transport::Transport::Quic && observed.is_none() {
+                    observed = o.socket_addr();
+                    continue;
+                }
+                return Err(RelayClientError::Protocol("unexpected OBSERVED_ADDRESS"));
+            }
+            match reg.handle(env) {
                 Ok(RegistrationStep::Send(env)) => conn.send(&env).await?,
                 Ok(RegistrationStep::Registered {
                     binding,
@@ -239,9 +296,21 @@ impl RelayClient {
                 batch,
                 retrieve_lock: tokio::sync::Mutex::new(()),
                 reader,
+                transport,
+                observed,
             },
             events,
         ))
+    }
+
+    /// The transport this connection runs on.
+    pub fn transport(&self) -> crate::transport::Transport {
+        self.transport
+    }
+
+    /// The address the relay observed for us (QUIC connections only).
+    pub fn observed_address(&self) -> Option<std::net::SocketAddr> {
+        self.observed
     }
 
     /// What the relay granted.

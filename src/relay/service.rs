@@ -363,10 +363,22 @@ impl Relay {
         };
         let conn_id = inner.next_conn.fetch_add(1, Relaxed);
         let handshake_hash = conn.handshake_hash;
+        // A QUIC client learns the address we see for it (its NAT mapping) before anything
+        // else (docs/PROTOCOL.md, "Observed addresses").
+        let observed = match (conn.transport, conn.remote) {
+            (crate::transport::Transport::Quic, Some(a)) => Some(a),
+            _ => None,
+        };
         let (peer, reader, writer) = conn.split();
         let reader = reader.map_inner(ReadAhead::new);
         let peer = peer.key();
         let (tx, rx) = mpsc::channel::<Box<Envelope>>(OUT_QUEUE);
+        if let Some(a) = observed {
+            // The queue is new and empty: this cannot fail, and goes out first.
+            let _ = tx.try_send(Box::new(Envelope::ObservedAddress(
+                crate::wire::relay::ObservedAddress::new(a),
+            )));
+        }
         let writer_task = tokio::spawn(write_loop(writer, rx));
         let mut nonce = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut nonce);

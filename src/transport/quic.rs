@@ -81,6 +81,12 @@ pub enum QuicError {
     /// The TLS exporter was unavailable.
     #[error("QUIC TLS exporter unavailable")]
     Exporter,
+    /// A `quic://` endpoint while QUIC is switched off (`[quic] enabled = false`).
+    #[error("QUIC is disabled")]
+    Disabled,
+    /// The endpoint's host resolved to no address.
+    #[error("QUIC endpoint resolved to no address")]
+    NoAddress,
 }
 
 /// One QUIC endpoint: a UDP socket that accepts and dials.
@@ -276,6 +282,7 @@ pub async fn initiate(
     let mut c = Connection::handshake_bound(r, w, local, true, expected, limits, Some(binding))
         .await?;
     c.transport = Transport::Quic;
+    c.remote = Some(conn.remote_address());
     Ok(c)
 }
 
@@ -291,19 +298,23 @@ pub async fn respond(
     let mut c =
         Connection::handshake_bound(r, w, local, false, None, limits, Some(binding)).await?;
     c.transport = Transport::Quic;
+    c.remote = Some(conn.remote_address());
     Ok(c)
 }
 
 /// The whole responder side of an incoming attempt within `limits.timeout`: QUIC handshake,
-/// then [`respond`]. A failure closes the QUIC connection with [`CLOSE_PROTOCOL`].
+/// `established()` (the peer proved it receives at its address), then [`respond`]. A
+/// failure closes the QUIC connection with [`CLOSE_PROTOCOL`].
 pub async fn accept_incoming(
     incoming: quinn::Incoming,
     local: &UserIdentity,
     limits: HandshakeLimits,
+    established: impl FnOnce(),
 ) -> Result<PeerConnection, ConnectionError> {
     let timeout = limits.timeout;
     let fut = async {
         let conn = incoming.await.map_err(QuicError::from)?;
+        established();
         let r = respond(&conn, local, limits).await;
         if r.is_err() {
             conn.close(CLOSE_PROTOCOL.into(), b"handshake failed");

@@ -126,6 +126,8 @@ envelope! {
     ConfirmationAck = 0x2a,
     /// The recipient could not decrypt a message (no session): delete it, tell its sender.
     SessionReset = 0x2b,
+    /// The source address a relay sees for a QUIC client.
+    ObservedAddress = 0x2c,
 }
 
 /// The kind numbers assigned to relay traffic (**[gap]**): a node serves an inbound connection

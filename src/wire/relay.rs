@@ -322,9 +322,73 @@ impl ResetReason {
     }
 }
 
+/// **[gap]** `OBSERVED_ADDRESS` (relay → client, QUIC connections only): the UDP source
+/// address and port the relay sees for this client, i.e. the client's public mapping when it
+/// is behind a NAT. Sent once, right after the Noise handshake and before `RELAY_CHALLENGE`.
+/// Wire: `[ip: bin(4 | 16), port: u16]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedAddress {
+    /// IPv4 (4 bytes) or IPv6 (16 bytes), network order.
+    #[serde(with = "serde_bytes")]
+    pub ip: Vec<u8>,
+    /// The UDP port.
+    pub port: u16,
+}
+
+impl ObservedAddress {
+    /// The message for `addr` (an IPv4-mapped IPv6 address is sent as IPv4).
+    pub fn new(addr: std::net::SocketAddr) -> Self {
+        let ip = match addr.ip().to_canonical() {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        ObservedAddress {
+            ip,
+            port: addr.port(),
+        }
+    }
+
+    /// The address, or `None` when `ip` is neither 4 nor 16 bytes.
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        let ip: std::net::IpAddr = if let Ok(b) = <[u8; 4]>::try_from(self.ip.as_slice()) {
+            b.into()
+        } else if let Ok(b) = <[u8; 16]>::try_from(self.ip.as_slice()) {
+            b.into()
+        } else {
+            return None;
+        };
+        Some(std::net::SocketAddr::new(ip, self.port))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observed_address_round_trip() {
+        for a in ["203.0.113.7:40000", "[2001:db8::1]:9", "[::ffff:10.0.0.1]:5"] {
+            let addr: std::net::SocketAddr = a.parse().unwrap();
+            let env = crate::wire::Envelope::ObservedAddress(ObservedAddress::new(addr));
+            let back = crate::wire::Envelope::decode(&env.encode()).unwrap();
+            let crate::wire::Envelope::ObservedAddress(o) = back else {
+                panic!("wrong kind")
+            };
+            assert_eq!(
+                o.socket_addr().map(|s| (s.ip().to_canonical(), s.port())),
+                Some((addr.ip().to_canonical(), addr.port()))
+            );
+        }
+        assert_eq!(
+            crate::wire::Envelope::ObservedAddress(ObservedAddress::new(
+                "203.0.113.7:40000".parse().unwrap()
+            ))
+            .encode(),
+            vec![0x92, 0x2c, 0x92, 0xc4, 4, 203, 0, 113, 7, 0xcd, 0x9c, 0x40]
+        );
+        let bad = ObservedAddress { ip: vec![1, 2, 3], port: 1 };
+        assert_eq!(bad.socket_addr(), None);
+    }
     use crate::wire::Envelope;
     use proptest::prelude::*;
 

@@ -177,6 +177,8 @@ pub struct BinNodeOptions {
     pub ack_timeout_ms: u64,
     /// Log filter.
     pub log: String,
+    /// TOML appended to the config as is (e.g. a `[quic]` section).
+    pub extra: String,
 }
 
 impl BinNodeOptions {
@@ -190,6 +192,7 @@ impl BinNodeOptions {
             direct_timeout_ms: 1000,
             ack_timeout_ms: 3000,
             log: "sremp=debug,info".into(),
+            extra: String::new(),
         }
     }
 }
@@ -233,7 +236,7 @@ impl BinNode {
             toml_list(&o.relays),
             o.direct_timeout_ms,
             o.ack_timeout_ms,
-        );
+        ) + &o.extra;
         std::fs::write(&config, text).unwrap();
         BinNode {
             proc: None,
@@ -373,6 +376,8 @@ pub struct BinRelay {
     pub proc: Proc,
     /// `<relay id>@host:port`, as `node.relays` wants it.
     pub hint: String,
+    /// `<relay id>@quic://host:port` (its QUIC endpoint), when it serves QUIC.
+    pub quic_hint: Option<String>,
 }
 
 impl BinRelay {
@@ -427,9 +432,11 @@ impl BinRelay {
         let mut parts = line.split_whitespace();
         let addr = parts.next().unwrap().to_string();
         let id = parts.next().unwrap().to_string();
+        let quic_hint = parts.next().map(|q| format!("{id}@{q}"));
         BinRelay {
             proc,
             hint: format!("{id}@{addr}"),
+            quic_hint,
         }
     }
 }
