@@ -106,7 +106,14 @@ fn direct_delivery_over_quic_only() {
     // Bad bytes on a QUIC stream: closed, and the node goes on serving.
     garbage_over_quic(bob_udp);
 
-    let out = a.json(&["send", &b_id, "hello over quic", "--wait", "--timeout-secs", "20"]);
+    let out = a.json(&[
+        "send",
+        &b_id,
+        "hello over quic",
+        "--wait",
+        "--timeout-secs",
+        "20",
+    ]);
     assert_eq!(out["status"], "delivered", "{out}\n{}", a.logs());
     assert_eq!(out["path"], "direct-quic", "{out}");
     let h = wait_for(
@@ -159,16 +166,29 @@ fn relay_over_quic_and_observed_addresses() {
         let s = wait_for(
             n,
             "registered at the relay over QUIC with an observed address",
-            |s| s["relays"][0]["connected"] == true && !s["observed_addresses"].as_array().unwrap().is_empty(),
+            |s| {
+                s["relays"][0]["connected"] == true
+                    && !s["observed_addresses"].as_array().unwrap().is_empty()
+            },
             &["status"],
         );
-        assert_eq!(s["relays"][0]["endpoint"], quic_hint.split('@').nth(1).unwrap());
+        assert_eq!(
+            s["relays"][0]["endpoint"],
+            quic_hint.split('@').nth(1).unwrap()
+        );
         let o = &s["observed_addresses"][0];
         assert_eq!(o["relay"], relay_id.as_str(), "{s:#}");
         assert_eq!(o["address"], s["quic_listen"], "{s:#}");
         assert_eq!(s["nat_mapping"], "unknown", "{s:#}");
     }
-    let out = a.json(&["send", &b_id, "through the quic relay", "--wait", "--timeout-secs", "20"]);
+    let out = a.json(&[
+        "send",
+        &b_id,
+        "through the quic relay",
+        "--wait",
+        "--timeout-secs",
+        "20",
+    ]);
     assert_eq!(out["status"], "delivered", "{out}\n{}", a.logs());
     assert_eq!(out["path"], "relay", "{out}");
     let h = wait_for(

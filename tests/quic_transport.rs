@@ -110,7 +110,11 @@ fn quic_binding_vector() {
     });
     let path = vector_path();
     if std::env::var_os("SREMP_REGEN_VECTORS").is_some() {
-        std::fs::write(&path, serde_json::to_string_pretty(&computed).unwrap() + "\n").unwrap();
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&computed).unwrap() + "\n",
+        )
+        .unwrap();
         return;
     }
     let stored: Value =
@@ -206,10 +210,7 @@ async fn quic_mitm_terminating_tls_cannot_complete_noise() {
         let incoming = em2.accept().await.unwrap();
         let from_alice = incoming.await.unwrap();
         let (mut a_send, mut a_recv) = from_alice.accept_bi().await.unwrap();
-        let to_bob = em2
-            .connect_raw(bob_addr)
-            .await
-            .unwrap();
+        let to_bob = em2.connect_raw(bob_addr).await.unwrap();
         let (mut b_send, mut b_recv) = to_bob.open_bi().await.unwrap();
         let up = async {
             let _ = tokio::io::copy(&mut a_recv, &mut b_send).await;
@@ -233,7 +234,10 @@ async fn quic_mitm_terminating_tls_cannot_complete_noise() {
         .await
         .expect("bob's handshake ends within its deadline")
         .unwrap();
-    assert!(bob_saw.is_err(), "bob authenticated a peer through the MITM");
+    assert!(
+        bob_saw.is_err(),
+        "bob authenticated a peer through the MITM"
+    );
     relay.abort();
 }
 
@@ -247,7 +251,9 @@ async fn quic_bad_bytes_close_the_connection_and_serving_continues() {
     serve(eb.clone(), b.clone(), tx);
     let raw = ea.connect_raw(eb.local_addr().unwrap()).await.unwrap();
     let (mut send, mut recv) = raw.open_bi().await.unwrap();
-    send.write_all(b"GARBAGE-NOT-SREMP\xff\xff\xff\xff").await.unwrap();
+    send.write_all(b"GARBAGE-NOT-SREMP\xff\xff\xff\xff")
+        .await
+        .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .unwrap()

@@ -425,7 +425,9 @@ impl Node {
         let advertised = if cfg.listen.advertise.is_empty() {
             let mut v = vec![Endpoint::from_socket_addr(local_addr)];
             if let (true, Some(q)) = (cfg.quic.advertise, quic_addr) {
-                v.push(Endpoint::from_socket_addr(q).with_transport(crate::transport::Transport::Quic));
+                v.push(
+                    Endpoint::from_socket_addr(q).with_transport(crate::transport::Transport::Quic),
+                );
             }
             v
         } else {

@@ -150,8 +150,14 @@ mod tests {
         let a: SocketAddr = "203.0.113.1:4000".parse().unwrap();
         let b: SocketAddr = "203.0.113.1:4001".parse().unwrap();
         assert_eq!(mapping_of([a].into_iter()), NatMapping::Unknown);
-        assert_eq!(mapping_of([a, a].into_iter()), NatMapping::EndpointIndependent);
-        assert_eq!(mapping_of([a, b].into_iter()), NatMapping::EndpointDependent);
+        assert_eq!(
+            mapping_of([a, a].into_iter()),
+            NatMapping::EndpointIndependent
+        );
+        assert_eq!(
+            mapping_of([a, b].into_iter()),
+            NatMapping::EndpointDependent
+        );
     }
 
     #[test]
@@ -161,7 +167,12 @@ mod tests {
         for i in 0..(MAX_OBSERVERS as u64 + 5) {
             let mut k = [0u8; 32];
             k[..8].copy_from_slice(&i.to_be_bytes());
-            s.observe(IdentityKey(k), &ep, "127.0.0.1:9".parse().unwrap(), Timestamp(i));
+            s.observe(
+                IdentityKey(k),
+                &ep,
+                "127.0.0.1:9".parse().unwrap(),
+                Timestamp(i),
+            );
         }
         let v = s.observed();
         assert_eq!(v.len(), MAX_OBSERVERS);

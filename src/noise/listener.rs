@@ -23,8 +23,8 @@
 use super::admission::{Admission, Class, ConnId, Limits};
 use super::refusals::Refusals;
 use super::stream::{HandshakeLimits, TcpConnection};
-use crate::transport::quic::{self, QuicEndpoint};
 use crate::identity::UserIdentity;
+use crate::transport::quic::{self, QuicEndpoint};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -125,7 +125,7 @@ impl From<TcpListener> for Sources {
 
 enum Accepted {
     Tcp(tokio::net::TcpStream),
-    Quic(quinn::Incoming),
+    Quic(Box<quinn::Incoming>),
 }
 
 async fn next_quic(quic: &Option<QuicEndpoint>) -> Option<quinn::Incoming> {
@@ -209,7 +209,7 @@ pub async fn serve_classified<C, H, Fut>(
             r = sources.tcp.accept() => r.map(|(s, a)| (Accepted::Tcp(s), a)),
             Some(inc) = next_quic(&sources.quic) => {
                 let a = inc.remote_address();
-                Ok((Accepted::Quic(inc), a))
+                Ok((Accepted::Quic(Box::new(inc)), a))
             }
             _ = tick.tick() => {
                 refusals.flush(interval.as_secs());
@@ -263,7 +263,7 @@ pub async fn serve_classified<C, H, Fut>(
                         TcpConnection::accept(stream, &local, hs).await
                     }
                     Accepted::Quic(incoming) => {
-                        quic::accept_incoming(incoming, &local, hs, progressed).await
+                        quic::accept_incoming(*incoming, &local, hs, progressed).await
                     }
                 };
                 let conn = match conn {

@@ -247,7 +247,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
     ) -> Result<Self, ConnectionError> {
         tokio::time::timeout(
             limits.timeout,
-            Self::run_handshake(r, w, local, initiator, expected, limits.verified.as_ref(), None),
+            Self::run_handshake(
+                r,
+                w,
+                local,
+                initiator,
+                expected,
+                limits.verified.as_ref(),
+                None,
+            ),
         )
         .await
         .map_err(|_| ConnectionError::Timeout(limits.timeout))?

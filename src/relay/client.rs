@@ -165,15 +165,13 @@ impl RelayClient {
             Transport::Quic => {
                 let q = quic.ok_or(ConnectionError::Quic(QuicError::Disabled))?;
                 let timeout = limits.timeout;
-                let addr = tokio::time::timeout(
-                    timeout,
-                    tokio::net::lookup_host(ep.to_connect_string()),
-                )
-                .await
-                .map_err(|_| ConnectionError::Timeout(timeout))?
-                .map_err(ConnectionError::Io)?
-                .next()
-                .ok_or(ConnectionError::Quic(QuicError::NoAddress))?;
+                let addr =
+                    tokio::time::timeout(timeout, tokio::net::lookup_host(ep.to_connect_string()))
+                        .await
+                        .map_err(|_| ConnectionError::Timeout(timeout))?
+                        .map_err(ConnectionError::Io)?
+                        .next()
+                        .ok_or(ConnectionError::Quic(QuicError::NoAddress))?;
                 q.connect(addr, me, relay, limits).await?
             }
         };

@@ -36,7 +36,11 @@ pub struct Exporter(pub [u8; EXPORTER_LEN]);
 impl std::fmt::Debug for Exporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A channel binding is not a secret, but there is no reason to print it whole.
-        write!(f, "Exporter({}..)", hex::encode(self.0.get(..4).unwrap_or(&[])))
+        write!(
+            f,
+            "Exporter({}..)",
+            hex::encode(self.0.get(..4).unwrap_or(&[]))
+        )
     }
 }
 

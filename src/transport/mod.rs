@@ -17,7 +17,17 @@ pub use quic::{QuicEndpoint, QuicError, QuicSettings};
 
 /// Which transport a connection runs on.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
@@ -117,10 +127,7 @@ impl QuicConfig {
 
     /// Binds the endpoint: `listen`, or `tcp`'s address (same port number, falling back to a
     /// free port when that UDP port is taken). `None` when disabled.
-    pub fn bind(
-        &self,
-        tcp: std::net::SocketAddr,
-    ) -> Result<Option<QuicEndpoint>, QuicError> {
+    pub fn bind(&self, tcp: std::net::SocketAddr) -> Result<Option<QuicEndpoint>, QuicError> {
         if !self.enabled {
             return Ok(None);
         }

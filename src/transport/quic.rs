@@ -168,7 +168,8 @@ impl ServerCertVerifier for AnyCertificate {
 
 /// The server side: a fresh self-signed certificate (P-256) for this process.
 fn server_config(s: QuicSettings) -> Result<quinn::ServerConfig, QuicError> {
-    let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()]).map_err(tls_err)?;
+    let cert =
+        rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()]).map_err(tls_err)?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -279,8 +280,8 @@ pub async fn initiate(
     let binding = exporter(conn)?;
     let (send, recv) = conn.open_bi().await.map_err(QuicError::from)?;
     let (r, w) = boxed(send, recv);
-    let mut c = Connection::handshake_bound(r, w, local, true, expected, limits, Some(binding))
-        .await?;
+    let mut c =
+        Connection::handshake_bound(r, w, local, true, expected, limits, Some(binding)).await?;
     c.transport = Transport::Quic;
     c.remote = Some(conn.remote_address());
     Ok(c)

@@ -229,7 +229,9 @@ mod tests {
         // A TCP endpoint's wire form is the draft's two-element array, unchanged.
         assert_eq!(
             crate::wire::msgpack::encode(&tcp),
-            vec![0x92, 0xa9, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1', 0xcd, 0x1b, 0x58]
+            vec![
+                0x92, 0xa9, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1', 0xcd, 0x1b, 0x58
+            ]
         );
         let q: Endpoint = "quic://[::1]:9".parse().unwrap();
         assert_eq!(q.transport(), Transport::Quic);
@@ -239,10 +241,7 @@ mod tests {
         assert_eq!(bytes.first(), Some(&0x93));
         assert!(bytes.ends_with(b"\xa4quic"));
         assert_eq!(crate::wire::msgpack::decode::<Endpoint>(&bytes).unwrap(), q);
-        assert_eq!(
-            "tcp://127.0.0.1:7000".parse::<Endpoint>().unwrap(),
-            tcp
-        );
+        assert_eq!("tcp://127.0.0.1:7000".parse::<Endpoint>().unwrap(), tcp);
         // Unknown tags and extra elements are refused.
         let mut bad = bytes.clone();
         let n = bad.len();

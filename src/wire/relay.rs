@@ -367,7 +367,11 @@ mod tests {
 
     #[test]
     fn observed_address_round_trip() {
-        for a in ["203.0.113.7:40000", "[2001:db8::1]:9", "[::ffff:10.0.0.1]:5"] {
+        for a in [
+            "203.0.113.7:40000",
+            "[2001:db8::1]:9",
+            "[::ffff:10.0.0.1]:5",
+        ] {
             let addr: std::net::SocketAddr = a.parse().unwrap();
             let env = crate::wire::Envelope::ObservedAddress(ObservedAddress::new(addr));
             let back = crate::wire::Envelope::decode(&env.encode()).unwrap();
@@ -386,7 +390,10 @@ mod tests {
             .encode(),
             vec![0x92, 0x2c, 0x92, 0xc4, 4, 203, 0, 113, 7, 0xcd, 0x9c, 0x40]
         );
-        let bad = ObservedAddress { ip: vec![1, 2, 3], port: 1 };
+        let bad = ObservedAddress {
+            ip: vec![1, 2, 3],
+            port: 1,
+        };
         assert_eq!(bad.socket_addr(), None);
     }
     use crate::wire::Envelope;
