@@ -490,6 +490,7 @@ mod tests {
         let cfg = Config::parse(example, Path::new("node-config.toml")).unwrap();
         assert_eq!(cfg.listen, ListenConfig::default());
         assert_eq!(cfg.log, LogConfig::default());
+        assert_eq!(cfg.quic, crate::transport::QuicConfig::default());
         let empty = Config::parse("", Path::new("x")).unwrap();
         assert_eq!(empty, Config::default());
     }

@@ -51,12 +51,14 @@
 //! `presence` lists every contact the node has tried to reach directly; `direct` is whether the
 //! last attempt succeeded ([`super::events::PresenceView`]).
 //! `CONTACT` is `{"id":"<64 hex>","username":"bob","version":1,"trust":"unknown"|"trusted"|
-//! "rejected","first_seen":MS,"last_seen":MS,"endpoints":["host:port"],"relays":["<64 hex
+//! "rejected","first_seen":MS,"last_seen":MS,"endpoints":["host:port"|"quic://host:port"],"relays":["<64 hex
 //! relay id>@host:port"]}` ([`ContactView`]); `ENTRY` is a
 //! [`HistoryEntry`](super::history::HistoryEntry):
 //! `{"seq":1,"id":"<16 hex>","direction":"out"|"in","peer":"<64 hex>","peer_name":"bob"|null,
 //! "text":"...","sent_at":MS,"recorded_at":MS,"status":"queued"|"stored_at_relay"|"delivered"|
-//! "received"|"notice","path":"direct"|"relay"|null}`; `FLAGS` is `{"uses_relay":bool,
+//! "received"|"notice","path":"direct"|"direct-quic"|"relay"|null}` (`direct` is the direct
+//! path over TCP, and for received messages any direct path; `direct-quic` a sent message the
+//! recipient's node stored over QUIC); `FLAGS` is `{"uses_relay":bool,
 //! "is_machine_account":bool,"is_relay_server":bool,"prefers_async":bool}`. Times are
 //! milliseconds since the Unix epoch. A `notice` entry is a line the node wrote itself, not a
 //! message (a session reset after lost state: on the sender, `direction` `out`, saying how many
