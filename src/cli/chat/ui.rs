@@ -129,6 +129,7 @@ pub fn status_tag(m: &Msg) -> String {
     let path = match m.path {
         Some(DeliveryPath::Direct) => "direct",
         Some(DeliveryPath::Relay) => "relay",
+        Some(DeliveryPath::DirectQuic) => "direct-quic",
         None => "",
     };
     let with_path = |s: &str| {
