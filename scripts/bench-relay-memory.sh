@@ -31,7 +31,7 @@ TOML
 ./target/release/sremp --config "$DIR/relay.toml" relay &
 PID=$!
 for _ in $(seq 1 300); do [ -s "$DIR/data/relay.addr" ] && break; sleep 0.1; done
-read -r ADDR ID <"$DIR/data/relay.addr"
+read -r ADDR ID _QUIC <"$DIR/data/relay.addr"
 sleep 1
 rss() { awk '/VmRSS/ {print $2}' "/proc/$PID/status"; }
 BEFORE=$(rss)
