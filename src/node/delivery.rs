@@ -186,7 +186,11 @@ impl Pool {
             inner.quic.observe(key, endpoint, a, Timestamp::now());
         }
         let client = Arc::new(client);
-        learn_update(inner, client.peer_identity()).await;
+        if let Err(e) = learn_update(inner, client.peer_identity()).await {
+            tracing::warn!(%endpoint, peer = %key.short(), error = %e, "outgoing connection refused");
+            client.close().await;
+            return Err(e);
+        }
         if let Ok(mut c) = self.clients.lock() {
             c.insert(k.clone(), client.clone());
         }
@@ -196,20 +200,31 @@ impl Pool {
 }
 
 /// A contact's node presented its identity in our handshake: pin a newer version (its
-/// username or Noise key changed), as an inbound handshake would. Relays are not contacts and
-/// are left alone.
-async fn learn_update(inner: &Arc<super::Inner>, peer: &crate::identity::Identity) {
+/// username or Noise key changed), as an inbound handshake would, and refuse an older one
+/// than pinned (`Stale`: its noise key may have been rotated out because it leaked), as an
+/// inbound handshake does. Relays are not contacts and are left alone.
+async fn learn_update(
+    inner: &Arc<super::Inner>,
+    peer: &crate::identity::Identity,
+) -> Result<(), RelayClientError> {
     let book = inner.contacts.clone();
     let p = peer.clone();
     let r = tokio::task::spawn_blocking(move || match book.get(&p.key())? {
         Some(c) if c.identity.version() < p.version() => {
-            book.observe(&p, Timestamp::now()).map(Some)
+            book.observe(&p, Timestamp::now()).map(|o| (Some(o), None))
         }
-        _ => Ok(None),
+        Some(c) if c.identity.version() > p.version() => Ok((None, Some(c.identity.version()))),
+        _ => Ok((None, None)),
     })
     .await;
     match r {
-        Ok(Ok(Some(obs))) => {
+        Ok(Ok((_, Some(pinned)))) => {
+            return Err(RelayClientError::StaleIdentity {
+                pinned,
+                presented: peer.version(),
+            })
+        }
+        Ok(Ok((Some(obs), None))) => {
             inner
                 .node_events
                 .observed(&obs, super::events::Seen::Connection);
@@ -219,10 +234,11 @@ async fn learn_update(inner: &Arc<super::Inner>, peer: &crate::identity::Identit
                 "contact presented a newer identity version"
             )
         }
-        Ok(Ok(None)) => {}
+        Ok(Ok((None, None))) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "contact store failed"),
         Err(e) => tracing::warn!(error = %e, "contact update task failed"),
     }
+    Ok(())
 }
 
 /// Events on an outgoing connection: confirmations of our messages. Ends when it closes.

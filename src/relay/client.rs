@@ -51,6 +51,15 @@ pub enum RelayClientError {
     /// A store with this message id is already waiting for its response.
     #[error("message id {0} already in flight")]
     DuplicateInFlight(u64),
+    /// The peer we dialled proved a contact's identity at an older version than the one we
+    /// pinned (its noise key may have been rotated out because it leaked): refused, closed.
+    #[error("peer presented identity version {presented}, older than the pinned version {pinned}; refused")]
+    StaleIdentity {
+        /// The version we pinned.
+        pinned: u64,
+        /// The version the peer presented.
+        presented: u64,
+    },
 }
 
 impl RelayClientError {
