@@ -43,9 +43,8 @@ async fn serve(cfg: &Config) -> Result<(), crate::Error> {
         },
     )
     .await?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen.address)
-        .await
-        .map_err(|source| crate::Error::Io {
+    let listener =
+        crate::noise::bind::listen(cfg.listen.address).map_err(|source| crate::Error::Io {
             context: format!("binding {}", cfg.listen.address),
             source,
         })?;

@@ -404,9 +404,8 @@ impl Node {
         let verified = VerifiedCache::new();
         let contacts = ContactBook::new(store.clone(), verified.clone());
         let history = History::open(store.clone())?;
-        let listener = tokio::net::TcpListener::bind(cfg.listen.address)
-            .await
-            .map_err(|source| Error::Io {
+        let listener =
+            crate::noise::bind::listen(cfg.listen.address).map_err(|source| Error::Io {
                 context: format!("binding {}", cfg.listen.address),
                 source,
             })?;

@@ -20,6 +20,7 @@
 //!   [`crate::wire::frame`]), used by [`stream`] and by the rendezvous TLS connections.
 
 pub mod admission;
+pub mod bind;
 pub mod framed;
 pub mod handshake;
 pub mod listener;
