@@ -446,3 +446,90 @@ fn rename_and_rotate_reach_contacts_and_messages_keep_flowing() {
     }
     exchange(&dir, "node2", "node1", &id1, "after the grace period");
 }
+
+/// The unknown-sender case (commit 6949378, with issue 9 item 3): node1 found node2 through
+/// rendezvous and writes to it while node2 is down, so the message reaches node2 through its
+/// relay and no handshake ever shows node2 who node1 is. node2 looks the sender up through
+/// rendezvous and can answer it — as a stranger, not a contact: its contact list stays empty.
+#[test]
+fn unknown_sender_through_a_relay_can_be_answered_as_a_stranger() {
+    if !have_bash() {
+        eprintln!("skipping: bash is not available");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ln");
+    let _down = up(&dir, "2", false);
+    let (id1, id2) = (id_of(&dir, "node1"), id_of(&dir, "node2"));
+    let c = json(
+        &dir,
+        "node1",
+        &["contacts", "add", "--from-rendezvous", &id2],
+    );
+    assert_eq!(c["id"], id2.as_str(), "{c}");
+    let o = run(&dir, &["stop", "node2"], &[], Duration::from_secs(30));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sent = json(&dir, "node1", &["send", &id2, "through the relay"]);
+    let msg_id = sent["id"].as_str().unwrap().to_string();
+    // Stored at node2's relay (node2 is down, so never directly).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = json(&dir, "node1", &["messages"]);
+        let st = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == msg_id.as_str())
+            .map(|m| m["status"].as_str().unwrap_or_default().to_string());
+        if st.as_deref() == Some("stored_at_relay") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not stored at the relay: {h}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = run(&dir, &["start", "node2"], &[], Duration::from_secs(40));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_received(&dir, "node2", "through the relay");
+    // node2 answers the unknown sender by its id.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let back = loop {
+        let o = cli(
+            &dir,
+            "node2",
+            &[
+                "send",
+                "--json",
+                "--wait",
+                "--timeout-secs",
+                "20",
+                &id1,
+                "answer to a stranger",
+            ],
+        );
+        if o.status.success() {
+            break serde_json::from_slice::<Value>(&o.stdout).unwrap();
+        }
+        // Until the rendezvous lookup has pinned the sender.
+        assert!(
+            Instant::now() < deadline,
+            "node2 cannot answer the unknown sender: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            node_log(&dir, "node2")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(back["status"], "delivered", "{back}");
+    wait_received(&dir, "node1", "answer to a stranger");
+    // A stranger, not a contact.
+    let contacts = json(&dir, "node2", &["contacts", "list"]);
+    assert_eq!(contacts.as_array().unwrap().len(), 0, "{contacts}");
+    let strangers = json(&dir, "node2", &["contacts", "list", "--strangers"]);
+    assert!(
+        strangers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == id1.as_str()),
+        "{strangers}"
+    );
+}
