@@ -280,6 +280,8 @@ pub struct Config {
     pub rendezvous: crate::rendezvous::RendezvousConfig,
     /// The QUIC endpoint (`[quic]`) of `sremp run` and `sremp relay`.
     pub quic: crate::transport::QuicConfig,
+    /// `[metrics]`: the Prometheus endpoint of `sremp relay` (off by default).
+    pub metrics: crate::relay::metrics::MetricsConfig,
 }
 
 impl Config {

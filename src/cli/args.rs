@@ -52,7 +52,12 @@ pub enum Command {
     /// Run the personal node (creates an identity on first start).
     Run,
     /// Run relay-only mode: a store-and-forward relay for other people's messages.
-    Relay,
+    Relay {
+        /// Only validate the configuration (and reach NATS for `store = "nats"`), print a
+        /// summary and exit: 0 if the relay would start, 1 if not.
+        #[arg(long)]
+        check_config: bool,
+    },
     /// Run a rendezvous (discovery) server over TLS 1.3.
     Rendezvous,
     /// Make a localnet CA (`ca.pem`, reused if present) and a certificate and key per

@@ -116,7 +116,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Id { no_qr, .. } => id::show(&cfg, json, no_qr),
         Command::Chat => Ok(chat::run(&cfg, json)?),
         Command::Run => node::run(&cfg),
-        Command::Relay => relay::run(&cfg),
+        Command::Relay { check_config: true } => relay::check_config(&cfg, json),
+        Command::Relay { .. } => relay::run(&cfg),
         Command::Rendezvous => rendezvous::run(&cfg),
         Command::Certs { out, name } => rendezvous::certs(&out, &name),
         Command::Backup {

@@ -25,6 +25,10 @@
 //! - [`policy`] — `[relay]` config, quotas, token-bucket rate limits, capability grant (pure).
 //! - [`store`] — records over [`crate::store::Store`] and the group-commit thread.
 //! - [`service`] — the async shell ([`Relay`]): read → [`conn::RelayConn`] → execute.
+//! - [`backend`] — the relay-level storage trait: the embedded store ([`store`]), or NATS
+//!   JetStream shared by several relay processes (`[relay] store = "nats"`).
+//! - [`metrics`] — the Prometheus endpoint (`[metrics] listen`).
+//! - [`check`] — `sremp relay --check-config`.
 //! - [`client`] — [`client::RelayClient`].
 //! - [`read_ahead`] — a read buffer that is freed while a connection idles.
 //! - [`stats`] — operator counters.
@@ -55,8 +59,11 @@
 //! ```
 
 pub mod auth;
+pub mod backend;
+pub mod check;
 pub mod client;
 pub mod conn;
+pub mod metrics;
 pub mod policy;
 pub mod read_ahead;
 pub mod service;
@@ -90,6 +97,12 @@ pub enum RelayError {
     /// A policy value out of range.
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
+    /// The NATS JetStream backend could not start.
+    #[error(transparent)]
+    Nats(#[from] backend::nats::NatsError),
+    /// `sremp relay --check-config` found problems (listed in its output).
+    #[error("configuration check failed: {0} problem(s)")]
+    CheckFailed(usize),
     /// The async runtime failed a task.
     #[error("relay runtime: {0}")]
     Runtime(String),

@@ -37,6 +37,27 @@ pub struct RelayConfig {
     /// How often the counters are logged and `relay-stats.json` rewritten, in seconds.
     /// Default 60.
     pub stats_interval_secs: u64,
+    /// Where `sremp relay` keeps messages: `"sled"` (default, embedded) or `"nats"` (NATS
+    /// JetStream shared by several relay processes; see [`super::backend::nats`]). The
+    /// integrated relay of `sremp run` always uses its node's store.
+    pub store: super::backend::StoreKind,
+    /// `store = "nats"`: server URLs (`nats://host:port`, `tls://host:port`). Required then.
+    pub nats_urls: Vec<String>,
+    /// `store = "nats"`: replicas of every stream (1 ..= 5). Default 3.
+    pub replicas: u8,
+    /// `store = "nats"`: a NATS `.creds` file (user JWT and NKey seed). Default none.
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// `store = "nats"`: CA certificates (PEM) that sign the servers' TLS certificates.
+    pub nats_tls_ca_file: Option<std::path::PathBuf>,
+    /// `store = "nats"`: client certificate (PEM) for mutual TLS (with `nats_tls_key_file`).
+    pub nats_tls_cert_file: Option<std::path::PathBuf>,
+    /// `store = "nats"`: the client certificate's private key (PEM).
+    pub nats_tls_key_file: Option<std::path::PathBuf>,
+    /// `store = "nats"`: refuse to connect without TLS. Default false.
+    pub nats_tls_required: bool,
+    /// `store = "nats"`: prefix of every stream and subject name, so that several relays can
+    /// share one NATS system. Letters, digits, `-` and `_`. Default `"sremp"`.
+    pub nats_prefix: String,
 }
 
 impl Default for RelayConfig {
@@ -51,6 +72,15 @@ impl Default for RelayConfig {
             rate_burst: 500,
             batch_messages: 100,
             stats_interval_secs: 60,
+            store: super::backend::StoreKind::Sled,
+            nats_urls: Vec::new(),
+            replicas: 3,
+            credentials_file: None,
+            nats_tls_ca_file: None,
+            nats_tls_cert_file: None,
+            nats_tls_key_file: None,
+            nats_tls_required: false,
+            nats_prefix: "sremp".into(),
         }
     }
 }
@@ -96,7 +126,7 @@ impl RelayConfig {
         if self.stats_interval_secs == 0 {
             return bad("relay.stats_interval_secs", "must be at least 1");
         }
-        Ok(())
+        super::backend::validate(self)
     }
 
     /// What this relay offers clients.

@@ -9,6 +9,7 @@ use super::conn::{error_envelope as err, Action, Forward, Now, RelayConn};
 use super::policy::{RateLimiter, RelayConfig};
 use super::read_ahead::ReadAhead;
 use super::stats::Stats;
+use super::backend::{LocalSink, Records, RelayBackend};
 use super::store::{NewMessage, RelayStore, RelayStoreError, StoreOutcome};
 use super::RelayError;
 use crate::identity::IdentityKey;
@@ -127,7 +128,7 @@ impl Routes {
 }
 
 struct Inner {
-    store: RelayStore,
+    store: Records,
     opts: RelayOptions,
     stats: Arc<Stats>,
     /// `opts.policy`, shared with every connection's core.
@@ -177,10 +178,21 @@ impl Relay {
         let rs = tokio::task::spawn_blocking(move || RelayStore::open(store, policy, st))
             .await
             .map_err(|e| RelayError::Runtime(e.to_string()))??;
+        Self::start_backend(Arc::new(rs), stats, opts).await
+    }
+
+    /// Starts a relay on an opened backend (see [`super::backend`]); `stats` are the counters
+    /// the backend updates.
+    pub async fn start_backend(
+        backend: Arc<dyn RelayBackend>,
+        stats: Arc<Stats>,
+        opts: RelayOptions,
+    ) -> Result<Relay, RelayError> {
+        opts.policy.validate()?;
         let (shutdown, _) = watch::channel(false);
         let relay = Relay {
             inner: Arc::new(Inner {
-                store: rs,
+                store: Records::new(backend, Default::default()),
                 rate: Arc::new(Mutex::new(RateLimiter::new(&opts.policy))),
                 policy: Arc::new(opts.policy.clone()),
                 opts,
@@ -193,8 +205,11 @@ impl Relay {
                 maintenance: Mutex::new(None),
             }),
         };
+        if let Some(cluster) = relay.inner.store.cluster() {
+            cluster.set_sink(relay.local_sink());
+        }
         let n = relay.expire_now().await?;
-        tracing::info!(expired = n, "relay store opened");
+        tracing::info!(expired = n, backend = relay.inner.store.kind(), "relay store opened");
         let task = tokio::spawn(relay.clone().maintenance());
         if let Ok(mut m) = relay.inner.maintenance.lock() {
             *m = Some(task);
@@ -223,8 +238,37 @@ impl Relay {
     }
 
     /// The underlying records (tests and tools).
-    pub fn records(&self) -> &RelayStore {
+    pub fn records(&self) -> &Records {
         &self.inner.store
+    }
+
+    /// Delivers envelopes that other processes of a clustered relay route to our clients.
+    fn local_sink(&self) -> LocalSink {
+        let weak = Arc::downgrade(&self.inner);
+        Arc::new(move |who: &IdentityKey, env: Envelope| {
+            let Some(inner) = weak.upgrade() else {
+                return false;
+            };
+            let push = matches!(env, Envelope::StoredMessage(_));
+            let target = match inner.online.lock() {
+                Ok(routes) if push => routes.push_target(who),
+                Ok(routes) => routes.confirmation_target(who),
+                Err(_) => None,
+            };
+            let sent = target.is_some_and(|out| out.try_send(Box::new(env)).is_ok());
+            if sent && push {
+                inner.stats.pushed.fetch_add(1, Relaxed);
+            }
+            sent
+        })
+    }
+
+    /// Hands a confirmation or session reset for `to` to another process of the cluster.
+    async fn forward_elsewhere(&self, to: IdentityKey, env: Envelope) -> bool {
+        match self.inner.store.cluster() {
+            Some(c) => c.forward(to, env).await,
+            None => false,
+        }
     }
 
     async fn maintenance(self) {
@@ -399,6 +443,7 @@ impl Relay {
             tx,
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_STORES)),
             idle,
+            in_cluster: false,
         };
         let reason = c.run(reader, first).await;
         tracing::debug!(peer = %peer.short(), conn = conn_id, %reason, "relay connection ended");
@@ -444,6 +489,8 @@ struct ConnState {
     tx: Out,
     inflight: Arc<Semaphore>,
     idle: Duration,
+    /// Counted online with the cluster's routing (clustered backend only).
+    in_cluster: bool,
 }
 
 impl Drop for ConnState {
@@ -451,6 +498,11 @@ impl Drop for ConnState {
         if let Some(who) = self.core.registered() {
             if let Ok(mut m) = self.relay.inner.online.lock() {
                 m.remove(&who, self.conn_id);
+            }
+            if self.in_cluster {
+                if let Some(cluster) = self.relay.inner.store.cluster() {
+                    cluster.offline(who);
+                }
             }
         }
     }
@@ -480,6 +532,12 @@ fn store_response(
         },
         Ok(StoreOutcome::Refused(code)) => refused(code),
         Err(RelayStoreError::Closed) => refused(RelayErrorCode::ShuttingDown),
+        Err(e @ RelayStoreError::Replicated { .. }) => {
+            if let Some(repeats) = stats.store_errors.due() {
+                tracing::error!(error = %e, repeats, "cannot store a message in the replicated store");
+            }
+            refused(RelayErrorCode::StorageFailure)
+        }
         Err(RelayStoreError::Store(e)) => {
             if let Some(repeats) = stats.store_errors.due() {
                 tracing::error!(error = %e, repeats, "cannot store a message; refusing STORE until it works again");
@@ -623,6 +681,11 @@ impl ConnState {
                     if let Ok(mut m) = inner.online.lock() {
                         m.register(who, self.conn_id, self.tx.clone());
                     }
+                    if let Some(cluster) = inner.store.cluster() {
+                        // Reachable from the other processes before RELAY_REGISTERED goes out.
+                        self.in_cluster = true;
+                        cluster.online(who).await;
+                    }
                 }
                 Action::SendKeptConfirmations { who, max } => {
                     match inner.store.kept_confirmations(who, max).await {
@@ -732,6 +795,13 @@ impl ConnState {
                     {
                         inner.stats.confirmations_forwarded.fetch_add(1, Relaxed);
                     }
+                    _ if self
+                        .relay
+                        .forward_elsewhere(sender, Envelope::DeliveryConfirmation(c.clone()))
+                        .await =>
+                    {
+                        inner.stats.confirmations_forwarded.fetch_add(1, Relaxed);
+                    }
                     _ => {
                         inner.stats.confirmations_kept.fetch_add(1, Relaxed);
                         if let Err(e) = inner.store.keep_confirmation(c).await {
@@ -740,8 +810,14 @@ impl ConnState {
                     }
                 },
                 Forward::SessionReset(n) => {
-                    if let Some(out) = self.relay.confirmation_target(&sender) {
-                        let _ = out.try_send(Box::new(Envelope::SessionReset(n)));
+                    let sent = self.relay.confirmation_target(&sender).is_some_and(|out| {
+                        out.try_send(Box::new(Envelope::SessionReset(n.clone())))
+                            .is_ok()
+                    });
+                    if !sent {
+                        self.relay
+                            .forward_elsewhere(sender, Envelope::SessionReset(n))
+                            .await;
                     }
                 }
             },
@@ -790,7 +866,7 @@ impl ConnState {
                 Ok(StoreOutcome::Stored(_)) => relay.push_target(&recipient),
                 _ => None,
             };
-            if let (Ok(StoreOutcome::Stored(t)), Some(out)) = (&r, push_to) {
+            if let Ok(StoreOutcome::Stored(t)) = &r {
                 let pushed = StoredMessage {
                     message_id: id,
                     sender: who.0,
@@ -798,11 +874,18 @@ impl ConnState {
                     encrypted_blob: m.blob,
                     sender_signature: m.sender_signature,
                 };
-                if out
-                    .try_send(Box::new(Envelope::StoredMessage(pushed)))
-                    .is_ok()
-                {
-                    stats.pushed.fetch_add(1, Relaxed);
+                match (push_to, relay.inner.store.cluster()) {
+                    (Some(out), _) => {
+                        if out
+                            .try_send(Box::new(Envelope::StoredMessage(pushed)))
+                            .is_ok()
+                        {
+                            stats.pushed.fetch_add(1, Relaxed);
+                        }
+                    }
+                    // Not collecting here: wherever it collects in the cluster.
+                    (None, Some(cluster)) => cluster.push(recipient, pushed),
+                    (None, None) => {}
                 }
             }
             let resp = store_response(&stats, id, r);

@@ -46,6 +46,16 @@ pub enum RelayStoreError {
     /// The committer has stopped (shutdown).
     #[error("relay store is closed")]
     Closed,
+    /// The replicated backend ([`super::backend::nats`]) failed: no quorum, a timeout, no
+    /// connection. A store that failed this way may still have been written (the retry is then
+    /// a duplicate).
+    #[error("replicated store: {what}: {detail}")]
+    Replicated {
+        /// The operation.
+        what: &'static str,
+        /// What the server or client said.
+        detail: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
