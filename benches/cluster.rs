@@ -177,7 +177,11 @@ async fn measure(store_addr: &str, collect_addr: &str, relay: IdentityKey) -> Fi
     }
     // Warm-up (untimed): one message per mailbox creates it.
     for (i, r) in recipients.iter().enumerate() {
-        clients[0].0.store(r.key(), vec![0; BLOB], 1_000_000 + i as u64).await.unwrap();
+        clients[0]
+            .0
+            .store(r.key(), vec![0; BLOB], 1_000_000 + i as u64)
+            .await
+            .unwrap();
     }
     // Durable stores.
     let started = Instant::now();
@@ -294,6 +298,12 @@ fn main() {
                     nats_prefix: "bench".into(),
                     ..policy()
                 };
+                // The servers take a moment to listen (bounded).
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while sremp::relay::backend::nats::connect(&p).await.is_err() {
+                    assert!(Instant::now() < deadline, "nats-server did not start");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 let mut addrs = Vec::new();
                 for _ in 0..2 {
                     let stats = Arc::new(Stats::default());

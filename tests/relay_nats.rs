@@ -259,6 +259,8 @@ async fn connect(
 }
 
 type Key = ([u8; 32], u64);
+/// An acknowledged store: (recipient, sender, message id).
+type Acked = (IdentityKey, [u8; 32], u64);
 
 /// What a recipient saw: every (sender, id) received, with how often.
 #[derive(Default)]
@@ -372,7 +374,7 @@ async fn nats_cluster_survives_a_dead_server_and_a_dead_relay() {
         )));
     }
     // Senders on A: confirmations they get, and every store the relay acknowledged.
-    let acked: Arc<Mutex<HashSet<(IdentityKey, [u8; 32], u64)>>> = Default::default();
+    let acked: Arc<Mutex<HashSet<Acked>>> = Default::default();
     let confirmed: Arc<Mutex<HashMap<Key, u32>>> = Default::default();
     let mut sender_clients = Vec::new();
     for s in &senders {
@@ -687,9 +689,16 @@ async fn nats_backend_matches_the_embedded_store_rules() {
 
     // Beyond the duplicate window the per-subject limit still refuses a second copy (the
     // server's answer the backend maps to Duplicate).
-    let c = nats_connect(std::slice::from_ref(&server.url)).await.unwrap();
+    let c = nats_connect(std::slice::from_ref(&server.url))
+        .await
+        .unwrap();
     let js = async_nats::jetstream::new(c);
-    let subject = format!("sem.m.{}.{}.{:016x}", IdentityKey([1; 32]), IdentityKey([2; 32]), 10u64);
+    let subject = format!(
+        "sem.m.{}.{}.{:016x}",
+        IdentityKey([1; 32]),
+        IdentityKey([2; 32]),
+        10u64
+    );
     let err = js
         .publish(subject, b"again".to_vec().into())
         .await
@@ -697,15 +706,21 @@ async fn nats_backend_matches_the_embedded_store_rules() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("maximum messages per subject exceeded"),
+        err.to_string()
+            .contains("maximum messages per subject exceeded"),
         "{err}"
     );
 
     // Paging in key order (sender, then message id), with `after` and `since`.
-    let (p, more) = p2.retrieve(IdentityKey([1; 32]), None, None, 3).await.unwrap();
+    let (p, more) = p2
+        .retrieve(IdentityKey([1; 32]), None, None, 3)
+        .await
+        .unwrap();
     assert!(more);
     assert_eq!(
-        p.iter().map(|m| (m.sender[0], m.message_id)).collect::<Vec<_>>(),
+        p.iter()
+            .map(|m| (m.sender[0], m.message_id))
+            .collect::<Vec<_>>(),
         vec![(2, 10), (2, 11), (3, 10)]
     );
     assert_eq!(p[0].timestamp, Timestamp(100));
@@ -725,7 +740,10 @@ async fn nats_backend_matches_the_embedded_store_rules() {
         .await
         .unwrap();
     assert_eq!(p.len(), 2);
-    let (p, more) = p1.retrieve(IdentityKey([9; 32]), None, None, 10).await.unwrap();
+    let (p, more) = p1
+        .retrieve(IdentityKey([9; 32]), None, None, 10)
+        .await
+        .unwrap();
     assert!(p.is_empty() && !more, "an unknown mailbox is empty");
 
     // Confirmations: someone else's deletes nothing; of concurrent ones exactly one deletes.
@@ -762,7 +780,10 @@ async fn nats_backend_matches_the_embedded_store_rules() {
         signature: [4; 64],
     };
     p1.keep_confirmation(kc.clone()).await.unwrap();
-    let kept = p2.kept_confirmations(IdentityKey([2; 32]), 10).await.unwrap();
+    let kept = p2
+        .kept_confirmations(IdentityKey([2; 32]), 10)
+        .await
+        .unwrap();
     assert_eq!(kept, vec![kc]);
     p2.ack_confirmation(IdentityKey([2; 32]), [1; 32], 10)
         .await

@@ -7,7 +7,9 @@ use crate::identity::keys::{load_or_create_identity, WantedFlags};
 use crate::noise::listener;
 use crate::relay::check::ConfigCheck;
 use crate::relay::stats::Stats;
-use crate::relay::{backend, metrics, Relay, RelayError, RelayMode, RelayOptions, ADDR_FILE, STATS_FILE};
+use crate::relay::{
+    backend, metrics, Relay, RelayError, RelayMode, RelayOptions, ADDR_FILE, STATS_FILE,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,9 +163,15 @@ fn check_text(c: &ConfigCheck) -> String {
                 }
             ),
         ),
-        other => line("store:", format!("{other} (embedded, relay-db in the data dir)")),
+        other => line(
+            "store:",
+            format!("{other} (embedded, relay-db in the data dir)"),
+        ),
     }
-    line("metrics:", c.metrics.clone().unwrap_or_else(|| "off".into()));
+    line(
+        "metrics:",
+        c.metrics.clone().unwrap_or_else(|| "off".into()),
+    );
     line(
         "limits:",
         format!(

@@ -5,11 +5,11 @@
 //! routing pushes and confirmations between connections. Protocol decisions are the core's;
 //! this file moves envelopes and maps I/O results to replies.
 
+use super::backend::{LocalSink, Records, RelayBackend};
 use super::conn::{error_envelope as err, Action, Forward, Now, RelayConn};
 use super::policy::{RateLimiter, RelayConfig};
 use super::read_ahead::ReadAhead;
 use super::stats::Stats;
-use super::backend::{LocalSink, Records, RelayBackend};
 use super::store::{NewMessage, RelayStore, RelayStoreError, StoreOutcome};
 use super::RelayError;
 use crate::identity::IdentityKey;
@@ -209,7 +209,11 @@ impl Relay {
             cluster.set_sink(relay.local_sink());
         }
         let n = relay.expire_now().await?;
-        tracing::info!(expired = n, backend = relay.inner.store.kind(), "relay store opened");
+        tracing::info!(
+            expired = n,
+            backend = relay.inner.store.kind(),
+            "relay store opened"
+        );
         let task = tokio::spawn(relay.clone().maintenance());
         if let Ok(mut m) = relay.inner.maintenance.lock() {
             *m = Some(task);
