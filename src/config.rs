@@ -282,6 +282,8 @@ pub struct Config {
     pub quic: crate::transport::QuicConfig,
     /// `[metrics]`: the Prometheus endpoint of `sremp relay` (off by default).
     pub metrics: crate::relay::metrics::MetricsConfig,
+    /// File transfer (`[files]`): download directory, auto-accept, chunk size.
+    pub files: crate::files::FilesConfig,
 }
 
 impl Config {
@@ -370,6 +372,7 @@ impl Config {
                 why: "must be at least 100 ms".into(),
             });
         }
+        self.files.validate()?;
         if let Some(u) = &self.username {
             crate::identity::Username::new(u.clone()).map_err(|e| ConfigError::Value {
                 key: "username",

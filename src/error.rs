@@ -37,6 +37,9 @@ pub enum Error {
     /// Configuration.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// File transfer.
+    #[error(transparent)]
+    Files(#[from] crate::files::FileError),
     /// Relay.
     #[error(transparent)]
     Relay(#[from] crate::relay::RelayError),
@@ -59,8 +62,8 @@ pub enum Error {
 impl Error {
     /// A stable machine-readable name for what failed, as printed in the `"kind"` field of a
     /// `--json` error (README, "JSON output"): `decode`, `identity`, `key_file`, `contact`,
-    /// `handshake`, `connection`, `store`, `config`, `relay`, `rendezvous`, `data_dir`, `backup`
-    /// or `io` (the CLI adds `control` for its control-socket failures, `cli::CliError`).
+    /// `handshake`, `connection`, `store`, `config`, `relay`, `rendezvous`, `data_dir`, `backup`,
+    /// `files` or `io` (the CLI adds `control` for its control-socket failures, `cli::CliError`).
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Decode(_) => "decode",
@@ -75,6 +78,7 @@ impl Error {
             Error::Rendezvous(_) => "rendezvous",
             Error::DataDir(_) => "data_dir",
             Error::Backup(_) => "backup",
+            Error::Files(_) => "files",
             Error::Io { .. } => "io",
         }
     }

@@ -33,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod group;
+pub mod files;
 pub mod identity;
 pub mod limit;
 pub mod logging;

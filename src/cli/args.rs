@@ -95,6 +95,24 @@ pub enum Command {
         #[arg(long, default_value = "30")]
         timeout_secs: u64,
     },
+    /// Offer a file to a contact through the running node, then show its progress (a bar
+    /// with rate and ETA on a terminal; one JSON object per change with --json) until the
+    /// recipient has it, refused it, or it failed. Ctrl-C stops watching, not the transfer.
+    SendFile {
+        /// The contact: 64-hex contact id or a unique username.
+        contact: String,
+        /// The file.
+        path: PathBuf,
+        /// Print the transfer and return at once instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// File transfers of the running node: list them (default), accept or reject an offer.
+    Files {
+        /// What to do.
+        #[command(subcommand)]
+        command: Option<FilesCommand>,
+    },
     /// Message history of the running node, oldest first.
     Messages {
         /// Keep running and print new messages and status changes as they happen (with
@@ -257,5 +275,28 @@ pub enum ContactsCommand {
     Reject {
         /// The contact.
         contact: String,
+    },
+}
+
+/// `sremp files` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// List every transfer with its state and progress.
+    List,
+    /// Accept an offered file (32-hex transfer id).
+    Accept {
+        /// The transfer id.
+        id: String,
+        /// Save into this directory (created if needed) instead of `[files] download_dir`.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Refuse an offered file; the sender is told the reason.
+    Reject {
+        /// The transfer id.
+        id: String,
+        /// Why (at most 200 bytes).
+        #[arg(long)]
+        reason: Option<String>,
     },
 }

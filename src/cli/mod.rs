@@ -8,6 +8,7 @@
 //! - [`relay`]: `sremp relay`, relay-only mode until a signal;
 //! - [`rendezvous`]: `sremp rendezvous` and `sremp certs`;
 //! - [`backup`]: `sremp backup --relay` (a stopped relay's store) and `sremp restore`;
+//! - [`files`]: `send-file` (with its progress bar) and `files [list|accept|reject]`;
 //! - [`control`]: `contacts`, `send`, `messages`, `status`, `discover`, `backup` (of the
 //!   running node), the commands that talk
 //!   to a running node over its control socket ([`crate::node::control`]);
@@ -26,13 +27,16 @@ pub mod backup;
 pub mod chat;
 pub mod control;
 pub mod group;
+pub mod files;
 pub mod id;
 pub mod node;
 pub mod relay;
 pub mod render;
 pub mod rendezvous;
 
-pub use args::{Cli, Command, ContactsCommand, GlobalArgs, GroupCommand, IdCommand};
+pub use args::{
+    Cli, Command, ContactsCommand, FilesCommand, GlobalArgs, GroupCommand, IdCommand,
+};
 
 use crate::config::Config;
 use crate::node::control::ControlError;
@@ -138,6 +142,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         | Command::Group { .. }
         | Command::Status
         | Command::Discover { .. }) => Ok(control::run(&cfg, &cli.global, cmd)?),
+        Command::SendFile {
+            contact,
+            path,
+            no_wait,
+        } => Ok(files::run(&cfg, |socket| async move {
+            files::send_file(&socket, json, &contact, &path, no_wait).await
+        })?),
+        Command::Files { command } => {
+            Ok(files::run(&cfg, |socket| async move { files::files(&socket, json, command).await })?)
+        }
     }
 }
 

@@ -151,6 +151,11 @@ impl Pool {
         }
     }
 
+    /// Drops `client` from the pool if it is still the one for `(endpoint, key)`.
+    pub(crate) fn forget(&self, endpoint: &Endpoint, key: &IdentityKey, client: &Arc<RelayClient>) {
+        self.remove(&pool_key(endpoint, key), client);
+    }
+
     /// A registered connection to `endpoint` whose Noise identity must be `key`.
     pub(crate) async fn get(
         &self,
@@ -690,10 +695,25 @@ pub(crate) async fn enqueue(
     c: &ContactIdentity,
     text: &str,
 ) -> Result<HistoryEntry, NodeError> {
+    enqueue_content(inner, c, Content::Text(text.to_string()), text).await
+}
+
+/// [`enqueue`] for any payload content; `text` is what the history entry shows (for a file
+/// message, a one-line description).
+pub(crate) async fn enqueue_content(
+    inner: &Arc<Inner>,
+    c: &ContactIdentity,
+    content: Content,
+    text: &str,
+) -> Result<HistoryEntry, NodeError> {
     let key = c.identity.key();
     let one = inner.crypto.clone().lock_owned().await;
     let now = Timestamp::now();
-    let payload = Payload::text(&mut rand::rngs::OsRng, now, text);
+    let payload = Payload {
+        id: MessageId::random(&mut rand::rngs::OsRng),
+        sent_at: now,
+        content,
+    };
     let mut id8 = [0u8; 8];
     id8.copy_from_slice(&payload.id.0[..8]);
     let id = u64::from_be_bytes(id8);

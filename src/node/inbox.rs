@@ -197,6 +197,30 @@ pub(crate) async fn handle(
     m: StoredMessage,
     path: DeliveryPath,
 ) -> bool {
+    if crate::files::chunk::ChunkBlob::is_chunk(&m.encrypted_blob) {
+        // A file chunk stored at a relay: not a ratchet message (docs/PROTOCOL.md, "File
+        // transfer"). Confirmed once stored durably (or refused for good).
+        return match crate::files::node::on_relay_chunk(
+            node,
+            IdentityKey(m.sender),
+            m.encrypted_blob.clone(),
+        )
+        .await
+        {
+            Ok(()) => {
+                if let Err(e) = client.confirm(IdentityKey(m.sender), m.message_id).await {
+                    tracing::debug!(error = %e, "confirmation not sent");
+                }
+                true
+            }
+            Err(e) => {
+                if let Some(repeats) = node.inner.receive_errors.due() {
+                    tracing::error!(error = %e, repeats, "cannot store a received file chunk; will retry");
+                }
+                false
+            }
+        };
+    }
     match receive(node, &m, path).await {
         Ok(Received::Done) => {
             if let Err(e) = client.confirm(IdentityKey(m.sender), m.message_id).await {
@@ -365,6 +389,9 @@ async fn receive(
     }
     let text = match &incoming.payload.content {
         Content::Text(t) => t.clone(),
+        Content::Other { kind, data } if *kind == crate::files::node::PAYLOAD_KIND => {
+            crate::files::node::on_message(node, &sender, contact.as_ref(), data).await
+        }
         Content::Other { kind, .. } => format!("[unsupported content kind {kind}]"),
     };
     let mut id8 = [0u8; 8];

@@ -40,6 +40,7 @@ pub mod control;
 pub mod delivery;
 pub mod events;
 pub mod groups;
+mod file_hooks;
 pub mod history;
 pub mod inbox;
 pub mod outbox;
@@ -259,6 +260,8 @@ pub(crate) struct Inner {
     strangers: Mutex<strangers::Strangers>,
     refusals: Arc<Refusals>,
     quic: quic::QuicState,
+    /// File transfers (`crate::files`).
+    files: Arc<crate::files::Files>,
 }
 
 impl Inner {
@@ -511,6 +514,7 @@ impl Node {
             )),
             refusals: Arc::new(Refusals::default()),
             quic: quic::QuicState::new(quic_ep.clone()),
+            files: Arc::new(crate::files::Files::open(&dir, cfg.files.clone())?),
         });
         let node = Node { inner };
         tracing::info!(
@@ -609,6 +613,7 @@ impl Node {
             }
         }
         tasks.push(tokio::spawn(forget_expired_noise_keys(node.clone())));
+        tasks.push(tokio::spawn(crate::files::node::run(node.clone())));
         tasks.push(tokio::spawn(control::serve(
             node.clone(),
             dir.join(CONTROL_SOCKET),
@@ -1162,6 +1167,11 @@ async fn serve_peer(
             inner.inbound.fetch_add(1, Ordering::Relaxed);
             let _count = InboundGuard(inner.clone());
             relay.serve_connection_with(conn, Some(env), idle).await;
+        }
+        Ok(Ok(Envelope::FileOpen(open))) => {
+            inner.inbound.fetch_add(1, Ordering::Relaxed);
+            let _count = InboundGuard(inner.clone());
+            crate::files::node::serve_stream(node.clone(), conn, open).await;
         }
         Ok(Ok(Envelope::Unknown { kind })) => {
             tracing::debug!(%addr, peer = %short, kind, "unknown first message kind; closing");

@@ -10,6 +10,7 @@
 //! (docs/PROTOCOL.md, Node): no 1.0 node sends them, so they have no type here and decode as
 //! [`Envelope::Unknown`].
 
+use super::file::{FileAck, FileData, FileNeed, FileOpen, FileSent};
 use super::msgpack;
 use super::relay::*;
 use super::rendezvous::*;
@@ -128,6 +129,16 @@ envelope! {
     SessionReset = 0x2b,
     /// The source address a relay sees for a QUIC client.
     ObservedAddress = 0x2c,
+    /// `FILE_OPEN`: opens the direct stream of a file transfer.
+    FileOpen = 0x48,
+    /// `FILE_NEED`: the chunks the recipient still lacks.
+    FileNeed = 0x49,
+    /// `FILE_DATA`: one encrypted chunk.
+    FileData = 0x4a,
+    /// `FILE_ACK`: progress and outcome.
+    FileAck = 0x4b,
+    /// `FILE_SENT`: end of a round of chunks.
+    FileSent = 0x4c,
 }
 
 /// The kind numbers assigned to relay traffic (**[gap]**): a node serves an inbound connection

@@ -16,6 +16,7 @@ pub mod bytes;
 pub mod chunk;
 pub mod endpoint;
 pub mod envelope;
+pub mod file;
 pub mod frame;
 pub mod msgpack;
 pub mod relay;

@@ -112,6 +112,8 @@ pub async fn request(path: &Path, req: &Request) -> Result<Response, ControlErro
             .unwrap_or(DEFAULT_WAIT)
             .min(MAX_WAIT)
             .saturating_add(CLIENT_TIMEOUT),
+        // Hashing a large file before it is offered takes a while.
+        Request::SendFile { .. } => Duration::from_secs(3600),
         _ => CLIENT_TIMEOUT,
     };
     let mut c = Client::connect(path).await?;

@@ -23,7 +23,14 @@
 //! {"cmd":"id_rename","username":"alice2"}
 //! {"cmd":"id_rotate_noise_key"}
 //! {"cmd":"group","op":"create"|"accept"|...,...}   (group chats: see [`group`])
+//! {"cmd":"send_file","contact":"<id or username>","path":"/absolute/path"}
+//! {"cmd":"files"}
+//! {"cmd":"files_accept","id":"<32-hex transfer id>","to":"/absolute/dir"}
+//! {"cmd":"files_reject","id":"<32-hex transfer id>","reason":"too big"}
+//! {"cmd":"files_follow","id":"<32-hex transfer id>"}
 //! ```
+//! The file requests, their `TRANSFER` object and the `files_follow` progress stream are
+//! described in docs/FILES.md.
 //! `after_seq` and `limit` are optional (`limit` defaults to 100 and is capped at
 //! [`MAX_MESSAGES`]); `timeout_ms` defaults to 30000 and is capped at [`MAX_WAIT`].
 //!
@@ -300,6 +307,37 @@ pub enum Request {
         #[serde(default)]
         limit: Option<usize>,
     },
+    /// Offer a file to a contact (docs/FILES.md).
+    SendFile {
+        /// 64-hex id or unique username.
+        contact: String,
+        /// Absolute path of the file (as the node sees it).
+        path: String,
+    },
+    /// Every file transfer.
+    Files,
+    /// Accept an offered file.
+    FilesAccept {
+        /// 32-hex transfer id.
+        id: String,
+        /// Absolute target directory (default: `[files] download_dir`).
+        #[serde(default)]
+        to: Option<String>,
+    },
+    /// Refuse an offered file.
+    FilesReject {
+        /// 32-hex transfer id.
+        id: String,
+        /// Told to the sender.
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Stream progress of one transfer (or of all when `id` is null).
+    FilesFollow {
+        /// 32-hex transfer id.
+        #[serde(default)]
+        id: Option<String>,
+    },
 }
 
 /// This node's identity and card (`card` response; the shape of `sremp id --json`).
@@ -426,6 +464,12 @@ pub struct Response {
     /// `group` op `list`: `[GROUP,...]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<serde_json::Value>>,
+    /// `send_file`, `files_accept`, `files_reject`, and each `files_follow` line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<crate::files::View>,
+    /// `files`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfers: Option<Vec<crate::files::View>>,
 }
 
 impl Response {

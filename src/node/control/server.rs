@@ -161,6 +161,10 @@ async fn handle_client(node: Node, stream: UnixStream, mut stop: watch::Receiver
                 continue;
             }
         };
+        if let Request::FilesFollow { id } = req {
+            files_follow(&node, rd, wr, id, stop).await;
+            return;
+        }
         if let Request::Follow { after_seq, events } = req {
             follow(&node, rd, wr, after_seq, events, stop).await;
             return;
@@ -273,7 +277,6 @@ pub async fn execute(node: &Node, req: Request) -> Response {
             shrink_to_fit(&mut resp);
             resp
         }
-        Request::Follow { .. } => Response::error("follow needs its own connection"),
         Request::Presence => Response {
             presence: Some(node.presence()),
             ..Response::ok()
@@ -298,6 +301,23 @@ pub async fn execute(node: &Node, req: Request) -> Response {
             };
             super::group::execute(node, req).await
         }
+        Request::Follow { .. } | Request::FilesFollow { .. } => {
+            Response::error("follow needs its own connection")
+        }
+        Request::SendFile { contact, path } => transfer_response(
+            crate::files::node::send_file(node, &contact, Path::new(&path)).await,
+        ),
+        Request::Files => Response {
+            transfers: Some(node.files().list()),
+            ok: true,
+            ..Response::default()
+        },
+        Request::FilesAccept { id, to } => transfer_response(
+            crate::files::node::accept(node, &id, to.map(PathBuf::from)).await,
+        ),
+        Request::FilesReject { id, reason } => transfer_response(
+            crate::files::node::reject(node, &id, reason.as_deref().unwrap_or("")).await,
+        ),
         Request::Backup { out, key } => {
             let store = node.inner.store.clone();
             let done = tokio::task::spawn_blocking(move || {
@@ -315,6 +335,87 @@ pub async fn execute(node: &Node, req: Request) -> Response {
                 Ok(Err(e)) => Response::error(format!("backup failed: {e}")),
                 Err(_) => Response::error("internal error in the node"),
             }
+        }
+    }
+}
+
+fn transfer_response(r: Result<crate::files::View, crate::files::FileError>) -> Response {
+    match r {
+        Ok(v) => Response {
+            transfer: Some(v),
+            ok: true,
+            ..Response::default()
+        },
+        Err(e) => Response {
+            code: e.is_disk_full().then(|| super::DISK_FULL.to_string()),
+            ..Response::error(e.to_string())
+        },
+    }
+}
+
+/// Streams file transfer progress: `{"ok":true,"following":true}`, the current state of the
+/// transfer(s), then a line for every change, until the client disconnects.
+async fn files_follow<R, W>(
+    node: &Node,
+    mut rd: R,
+    mut wr: W,
+    id: Option<String>,
+    mut stop: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let files = node.files();
+    let mut rx = files.subscribe();
+    let now = match &id {
+        Some(id) => match files.get(id) {
+            Ok(v) => vec![v],
+            Err(e) => {
+                let _ = write_response(&mut wr, &Response::error(e.to_string())).await;
+                return;
+            }
+        },
+        None => files.list(),
+    };
+    let line = |v: Option<crate::files::View>, following: Option<bool>, lagged: Option<u64>| Response {
+        ok: true,
+        transfer: v,
+        following,
+        lagged,
+        ..Response::default()
+    };
+    if write_response(&mut wr, &line(None, Some(true), None)).await.is_err() {
+        return;
+    }
+    for v in now {
+        if write_response(&mut wr, &line(Some(v), None, None)).await.is_err() {
+            return;
+        }
+    }
+    let mut scratch = [0u8; 512];
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            r = rd.read(&mut scratch) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            ev = rx.recv() => match ev {
+                Ok(v) => {
+                    if id.as_deref().is_some_and(|i| i != v.id) {
+                        continue;
+                    }
+                    if write_response(&mut wr, &line(Some(v), None, None)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    if write_response(&mut wr, &line(None, None, Some(n))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
         }
     }
 }
