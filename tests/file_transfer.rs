@@ -324,3 +324,127 @@ fn sender_then_receiver_killed_mid_transfer_resume() {
     );
     assert!(sent < total, "started from zero: {done:#}");
 }
+
+#[test]
+fn source_changed_after_the_offer_fails_the_hash_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _a_id, b_id) = pair(
+        dir.path(),
+        BinNodeOptions::loopback("alice"),
+        BinNodeOptions::loopback("bob"),
+        "",
+        "",
+    );
+    let src = dir.path().join("notes.txt");
+    let sha = make_file(&src, 1_000_000, 6);
+    let id = send_file(&a, &b_id, &src);
+    wait_transfer(&b, &id, "the offer at bob", Duration::from_secs(20), |t| {
+        t["state"] == "offered"
+    });
+    // Same size, other bytes: every chunk authenticates, the whole hash does not match.
+    make_file(&src, 1_000_000, 7);
+    let to = dir.path().join("in");
+    b.json(&["files", "accept", &id, "--to", to.to_str().unwrap()]);
+    let t = wait_transfer(
+        &b,
+        &id,
+        "bob fails the check",
+        Duration::from_secs(30),
+        |t| t["state"] == "failed",
+    );
+    assert!(t["error"].as_str().unwrap().contains("SHA-256"), "{t}");
+    assert_eq!(t["sha256"], sha.as_str());
+    let left: Vec<_> = std::fs::read_dir(&to).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "nothing may be left in the target directory: {left:?}"
+    );
+    let t = wait_transfer(&a, &id, "alice sees failed", Duration::from_secs(20), |t| {
+        t["state"] == "failed"
+    });
+    assert!(t["error"].as_str().unwrap().contains("SHA-256"), "{t}");
+}
+
+/// A tmpfs mounted at a directory, unmounted on drop (root only).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn full_disk_at_the_recipient_then_it_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("small");
+    let Some(_fs) = Tmpfs::mount(&to, "4m") else {
+        eprintln!("SKIP: cannot mount a tmpfs (needs root and `mount -t tmpfs`)");
+        return;
+    };
+    let (a, b, a_id, b_id) = pair(
+        dir.path(),
+        BinNodeOptions::loopback("alice"),
+        BinNodeOptions::loopback("bob"),
+        "chunk_size = 65536\n",
+        "",
+    );
+    b.json(&["contacts", "trust", &a_id]);
+    // Leave about 1 MiB free for a 2 MiB file.
+    let filler = to.join("filler");
+    std::fs::write(&filler, vec![0u8; 3 * 1024 * 1024]).unwrap();
+    let src = dir.path().join("disk.img");
+    let sha = make_file(&src, 2 * 1024 * 1024, 8);
+    let id = send_file(&a, &b_id, &src);
+    wait_transfer(&b, &id, "the offer at bob", Duration::from_secs(20), |t| {
+        t["state"] == "offered"
+    });
+    b.json(&["files", "accept", &id, "--to", to.to_str().unwrap()]);
+    let t = wait_transfer(
+        &b,
+        &id,
+        "bob hits the full disk",
+        Duration::from_secs(30),
+        |t| t["error"].as_str().is_some_and(|e| e.contains("disk full")),
+    );
+    assert_eq!(t["state"], "receiving", "{t}");
+    let stuck = t["chunks_done"].as_u64().unwrap();
+    assert!(stuck < 32, "{t}");
+    // The node keeps running and answering.
+    b.json(&["status"]);
+    std::fs::remove_file(&filler).unwrap();
+    let got = wait_transfer(
+        &b,
+        &id,
+        "bob done after space returns",
+        Duration::from_secs(90),
+        |t| t["state"] == "done",
+    );
+    assert_eq!(sha_of(Path::new(got["path"].as_str().unwrap())), sha);
+    wait_transfer(&a, &id, "alice done", Duration::from_secs(30), |t| {
+        t["state"] == "done"
+    });
+}

@@ -371,7 +371,8 @@ impl Files {
 }
 
 /// Sends one file message to a contact through the ratchet (queued like a text message).
-async fn send_message(
+/// Public so that tests can send crafted (bad) messages as a misbehaving peer would.
+pub async fn send_message(
     node: &Node,
     peer: &str,
     m: &FileMessage,
@@ -534,6 +535,8 @@ pub async fn reject(node: &Node, id: &str, reason: &str) -> Result<View, FileErr
 
 /// Handles a file message from `sender` (already decrypted and de-duplicated); returns the
 /// history line. Idempotent: the same message handled twice changes nothing the second time.
+/// Called with the node's ratchet lock held: it must not queue messages itself (it spawns
+/// tasks for that).
 pub async fn on_message(
     node: &Node,
     sender: &IdentityKey,
@@ -687,13 +690,14 @@ async fn on_offer(
         let id = record.id;
         files.with(|t| t.insert(id, Entry::new(record, Bitmap::new(0))));
         files.emit(&id);
-        send_message(
-            node,
-            &sender.to_string(),
-            &FileMessage::Reject(id, format!("refused: {e}")),
-            None,
-        )
-        .await?;
+        // Sent from a task: the receive path holds the ratchet lock while it calls us.
+        let (node, peer, reason) = (node.clone(), sender.to_string(), format!("refused: {e}"));
+        tokio::spawn(async move {
+            if let Err(e) = send_message(&node, &peer, &FileMessage::Reject(id, reason), None).await
+            {
+                tracing::debug!(transfer = %id, error = %e, "refusal not sent");
+            }
+        });
         return Ok(());
     }
     files.dir.save(&record)?;
