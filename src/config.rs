@@ -496,6 +496,7 @@ mod tests {
         assert_eq!(cfg.listen, ListenConfig::default());
         assert_eq!(cfg.log, LogConfig::default());
         assert_eq!(cfg.quic, crate::transport::QuicConfig::default());
+        assert_eq!(cfg.files, crate::files::FilesConfig::default());
         let empty = Config::parse("", Path::new("x")).unwrap();
         assert_eq!(empty, Config::default());
     }
