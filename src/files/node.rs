@@ -865,6 +865,11 @@ impl Files {
             .unwrap_or((0, false)))
     }
 
+    /// Chunks of `id` stored durably.
+    pub fn stored(&self, id: &TransferId) -> u64 {
+        self.with(|t| t.get(id).map_or(0, |e| e.have.count()))
+    }
+
     /// The chunk ranges `id` still lacks (at most [`MAX_RANGES`]).
     pub fn missing(&self, id: &TransferId) -> Vec<(u64, u64)> {
         self.with(|t| {
@@ -1039,7 +1044,7 @@ pub async fn serve_stream(node: Node, mut conn: TcpConnection, open: FileOpen) {
                         let _ = conn
                             .send(&Envelope::FileAck(FileAck {
                                 transfer_id: id.0,
-                                stored: files.missing(&id).len() as u64,
+                                stored: files.stored(&id),
                                 state: 0,
                                 error: e.to_string(),
                             }))
