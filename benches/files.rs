@@ -166,8 +166,8 @@ async fn sremp_direct(dir: &Path, bytes: usize, runs: usize) -> Vec<(Duration, D
             let _ = std::fs::remove_file(p);
         }
     }
-    a.shutdown().await;
-    b.shutdown().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
     out
 }
 

@@ -147,7 +147,7 @@ async fn offers_with_bad_names_or_shapes_are_refused() {
         std::fs::read(t["path"].as_str().unwrap()).unwrap(),
         b"hello"
     );
-    alice.shutdown().await;
+    alice.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,5 +229,5 @@ async fn tampered_and_out_of_shape_chunks_are_refused_never_written() {
     assert_eq!(t["refused"], 3, "{t}");
     assert_eq!(std::fs::read(t["path"].as_str().unwrap()).unwrap(), data);
     assert!(b.logs().contains("chunk refused"));
-    alice.shutdown().await;
+    alice.shutdown().await.unwrap();
 }

@@ -7,9 +7,9 @@ use crate::config::Config;
 use crate::files::{Direction, State, View};
 use crate::node::control::{socket_path, Client, ControlError, Request, Response};
 use std::future::Future;
-use std::path::PathBuf;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 const CALL: Duration = Duration::from_secs(30);

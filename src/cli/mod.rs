@@ -149,9 +149,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => Ok(files::run(&cfg, |socket| async move {
             files::send_file(&socket, json, &contact, &path, no_wait).await
         })?),
-        Command::Files { command } => {
-            Ok(files::run(&cfg, |socket| async move { files::files(&socket, json, command).await })?)
-        }
+        Command::Files { command } => Ok(files::run(&cfg, |socket| async move {
+            files::files(&socket, json, command).await
+        })?),
     }
 }
 

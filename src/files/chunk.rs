@@ -258,10 +258,16 @@ impl ChunkBlob {
     pub fn decode(bytes: &[u8]) -> Result<ChunkBlob, DecodeError> {
         let mut r = Reader::new(bytes);
         if r.array_len()? != 5 {
-            return Err(DecodeError::Invalid { what: "file chunk", why: "chunk field count" });
+            return Err(DecodeError::Invalid {
+                what: "file chunk",
+                why: "chunk field count",
+            });
         }
         if r.uint()? != u64::from(CHUNK_TAG) {
-            return Err(DecodeError::Invalid { what: "file chunk", why: "not a file chunk" });
+            return Err(DecodeError::Invalid {
+                what: "file chunk",
+                why: "not a file chunk",
+            });
         }
         let transfer = TransferId(r.bin_array::<16>()?);
         let index = r.uint()?;
@@ -333,7 +339,10 @@ mod tests {
         ));
         // Other key.
         let other = ChunkKey::derive(&id, &[8; 32], &[1; 32], &[2; 32]);
-        assert!(matches!(back.open(&other, &shape), Err(ChunkError::Decrypt)));
+        assert!(matches!(
+            back.open(&other, &shape),
+            Err(ChunkError::Decrypt)
+        ));
         // The short last chunk must be exactly 452 bytes.
         let last = ChunkBlob::seal(&mut rand_core::OsRng, &key, &id, &shape, 2, &[1u8; 451]);
         assert!(matches!(

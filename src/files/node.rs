@@ -1586,6 +1586,9 @@ async fn send_relay(
 // ---------------------------------------------------------------------------------------------
 // Start-up and the recipient's stall timer.
 
+/// A stalled incoming transfer: id, sender, name, missing ranges, complete.
+type Stalled = (TransferId, String, String, Vec<(u64, u64)>, bool);
+
 /// Runs for the node's lifetime: resumes senders, and asks senders of stalled incoming
 /// transfers for their missing chunks.
 pub async fn run(node: Node) {
@@ -1618,7 +1621,7 @@ pub async fn run(node: Node) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = crate::shutdown::stopped(&mut stop) => return,
         }
-        let stalled: Vec<(TransferId, String, String, Vec<(u64, u64)>, bool)> = files.with(|t| {
+        let stalled: Vec<Stalled> = files.with(|t| {
             t.values_mut()
                 .filter(|e| {
                     e.record.direction == Direction::In && e.record.state == State::Receiving

@@ -226,10 +226,18 @@ impl FileMessage {
             1 => 2,
             2 | 3 | 5 => 3,
             4 => 4,
-            _ => return Err(DecodeError::Invalid { what: "file message", why: "unknown file message type" }),
+            _ => {
+                return Err(DecodeError::Invalid {
+                    what: "file message",
+                    why: "unknown file message type",
+                })
+            }
         };
         if n != want {
-            return Err(DecodeError::Invalid { what: "file message", why: "file message field count" });
+            return Err(DecodeError::Invalid {
+                what: "file message",
+                why: "file message field count",
+            });
         }
         let id = TransferId(r.bin_array::<16>()?);
         let m = match tag {
@@ -266,11 +274,17 @@ impl FileMessage {
                 let mut last = 0u64;
                 for _ in 0..count {
                     if r.array_len()? != 2 {
-                        return Err(DecodeError::Invalid { what: "file message", why: "range" });
+                        return Err(DecodeError::Invalid {
+                            what: "file message",
+                            why: "range",
+                        });
                     }
                     let (a, b) = (r.uint()?, r.uint()?);
                     if a >= b || a < last {
-                        return Err(DecodeError::Invalid { what: "file message", why: "ranges not ascending and disjoint" });
+                        return Err(DecodeError::Invalid {
+                            what: "file message",
+                            why: "ranges not ascending and disjoint",
+                        });
                     }
                     last = b;
                     ranges.push((a, b));
@@ -281,7 +295,12 @@ impl FileMessage {
                 let ok = match r.uint()? {
                     0 => false,
                     1 => true,
-                    _ => return Err(DecodeError::Invalid { what: "file message", why: "complete flag" }),
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            what: "file message",
+                            why: "complete flag",
+                        })
+                    }
                 };
                 FileMessage::Complete(id, ok, r.str(MAX_REASON)?.to_string())
             }

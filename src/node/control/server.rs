@@ -304,17 +304,17 @@ pub async fn execute(node: &Node, req: Request) -> Response {
         Request::Follow { .. } | Request::FilesFollow { .. } => {
             Response::error("follow needs its own connection")
         }
-        Request::SendFile { contact, path } => transfer_response(
-            crate::files::node::send_file(node, &contact, Path::new(&path)).await,
-        ),
+        Request::SendFile { contact, path } => {
+            transfer_response(crate::files::node::send_file(node, &contact, Path::new(&path)).await)
+        }
         Request::Files => Response {
             transfers: Some(node.files().list()),
             ok: true,
             ..Response::default()
         },
-        Request::FilesAccept { id, to } => transfer_response(
-            crate::files::node::accept(node, &id, to.map(PathBuf::from)).await,
-        ),
+        Request::FilesAccept { id, to } => {
+            transfer_response(crate::files::node::accept(node, &id, to.map(PathBuf::from)).await)
+        }
         Request::FilesReject { id, reason } => transfer_response(
             crate::files::node::reject(node, &id, reason.as_deref().unwrap_or("")).await,
         ),
@@ -377,18 +377,25 @@ async fn files_follow<R, W>(
         },
         None => files.list(),
     };
-    let line = |v: Option<crate::files::View>, following: Option<bool>, lagged: Option<u64>| Response {
-        ok: true,
-        transfer: v,
-        following,
-        lagged,
-        ..Response::default()
-    };
-    if write_response(&mut wr, &line(None, Some(true), None)).await.is_err() {
+    let line =
+        |v: Option<crate::files::View>, following: Option<bool>, lagged: Option<u64>| Response {
+            ok: true,
+            transfer: v,
+            following,
+            lagged,
+            ..Response::default()
+        };
+    if write_response(&mut wr, &line(None, Some(true), None))
+        .await
+        .is_err()
+    {
         return;
     }
     for v in now {
-        if write_response(&mut wr, &line(Some(v), None, None)).await.is_err() {
+        if write_response(&mut wr, &line(Some(v), None, None))
+            .await
+            .is_err()
+        {
             return;
         }
     }
