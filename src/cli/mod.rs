@@ -26,17 +26,15 @@ pub mod args;
 pub mod backup;
 pub mod chat;
 pub mod control;
-pub mod group;
 pub mod files;
+pub mod group;
 pub mod id;
 pub mod node;
 pub mod relay;
 pub mod render;
 pub mod rendezvous;
 
-pub use args::{
-    Cli, Command, ContactsCommand, FilesCommand, GlobalArgs, GroupCommand, IdCommand,
-};
+pub use args::{Cli, Command, ContactsCommand, FilesCommand, GlobalArgs, GroupCommand, IdCommand};
 
 use crate::config::Config;
 use crate::node::control::ControlError;
