@@ -307,7 +307,29 @@ fn check_conf(dir: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// How long opening waits for a lock released by a handle this process just dropped.
+///
+/// sled takes an exclusive `flock` on its `db` file and releases it only when the last clone
+/// of the file handle is dropped, and its background threads (log writes, segment truncation)
+/// hold clones for a moment after the `sled::Db` itself is gone. So dropping a store and
+/// reopening the same directory at once (a node restarted in-process, a rollback's reopen)
+/// can find the lock still held: measured 55 ms on two loaded cores. A store held by another
+/// process stays locked past this wait and is refused with [`StoreError::Locked`].
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+    let start = Instant::now();
+    loop {
+        match open_sled_once(dir) {
+            Err(StoreError::Locked(_)) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_sled_once(dir: &Path) -> Result<sled::Db, StoreError> {
     let d = dir.to_path_buf();
     let opened = std::panic::catch_unwind(move || {
         sled::Config::new()
@@ -960,6 +982,49 @@ pub fn restore_store(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Takes the same exclusive `flock` sled takes on `dir/db`, as a sled background thread
+    /// still holding the file of a just-dropped handle does.
+    fn hold_lock(dir: &Path) -> std::fs::File {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("db"))
+            .unwrap();
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        f
+    }
+
+    #[test]
+    fn reopening_waits_for_a_lock_released_just_after_a_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Batch::new();
+        b.put(Tree::Meta, b"k".to_vec(), b"v".to_vec());
+        SledStore::open(dir.path()).unwrap().commit(b).unwrap();
+        let held = hold_lock(dir.path());
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(Tree::Meta, b"k").unwrap(), Some(b"v".to_vec()));
+        release.join().unwrap();
+    }
+
+    #[test]
+    fn a_lock_held_past_the_wait_is_refused_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStore::open(dir.path()).unwrap());
+        let held = hold_lock(dir.path());
+        assert!(matches!(
+            SledStore::open(dir.path()),
+            Err(StoreError::Locked(_))
+        ));
+        drop(held);
+    }
 
     #[test]
     fn concurrent_flushes_share_work_and_all_return() {
