@@ -126,6 +126,8 @@ pub enum NetEvent {
     Error(String),
     /// The node is not running or stopped; the shell retries by itself.
     Down(String),
+    /// A file transfer, new or changed (the node's `files_follow` stream; [`super::files`]).
+    Transfer(Box<crate::files::View>),
 }
 
 /// What the shell must do for the user.
@@ -146,6 +148,27 @@ pub enum Action {
     Reject(String),
     /// Fetch our card for the `/id` overlay.
     ShowCard,
+    /// `/file PATH`: offer a file to the contact `to` (64-hex id); the path as typed.
+    SendFile {
+        /// Contact id.
+        to: String,
+        /// The path (`~/` and relative paths are resolved by the shell).
+        path: String,
+    },
+    /// `/accept`: accept an incoming file offer (32-hex transfer id), into `dir` if given.
+    AcceptFile {
+        /// Transfer id.
+        id: String,
+        /// Target directory as typed (default: the node's download directory).
+        dir: Option<String>,
+    },
+    /// `/decline`: refuse an incoming file offer, telling the sender `reason`.
+    DeclineFile {
+        /// Transfer id.
+        id: String,
+        /// Told to the sender.
+        reason: Option<String>,
+    },
     /// Leave the client.
     Quit,
 }
@@ -280,6 +303,8 @@ pub struct App {
     /// The highest seq this client has shown, once the first backlog is in: received
     /// messages above it are unread (also those that arrived while the node was unreachable).
     pub seen_seq: Option<u64>,
+    /// File transfers ([`super::files`]).
+    pub transfers: super::files::Transfers,
 }
 
 impl App {
@@ -304,6 +329,7 @@ impl App {
             notice: None,
             utc_offset_secs,
             seen_seq: None,
+            transfers: Default::default(),
         }
     }
 
@@ -433,6 +459,7 @@ impl App {
                 }
                 self.contacts.clear();
                 self.presence.clear();
+                self.transfers.clear();
                 if matches!(self.notice, Some((Level::Error, _))) {
                     self.notice = None;
                 }
@@ -500,6 +527,7 @@ impl App {
             NetEvent::Card { card, qr } => self.overlay = Some(Overlay::Card { card, qr }),
             NetEvent::Info(s) => self.set_notice(Level::Info, s),
             NetEvent::Error(s) => self.set_notice(Level::Error, s),
+            NetEvent::Transfer(v) => super::files::on_transfer(self, *v),
             NetEvent::Down(why) => {
                 self.conn = Conn::Down(why);
                 self.presence.clear();
@@ -756,6 +784,9 @@ impl App {
             Some((n, a)) => (n, a.trim()),
             None => (cmd, ""),
         };
+        if let Some(actions) = super::files::command(self, name, arg) {
+            return actions;
+        }
         let needs_node = |app: &mut App| {
             if app.conn == Conn::Up {
                 true

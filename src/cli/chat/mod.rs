@@ -8,10 +8,11 @@
 //! - [`app`]: the state (conversations, unread counts, contacts, input line and history,
 //!   pop-ups, key warnings) and key handling, pure and tested without a terminal;
 //! - [`ui`]: rendering of that state, tested with ratatui's `TestBackend`;
+//! - [`files`]: `/file`, `/accept`, `/decline` and the transfer lines under a conversation;
 //! - [`net`]: the async shell over the control socket: one `follow` connection with
-//!   `"events":true` (backlog, then every new entry, status change and contact event), a
-//!   `presence` poll, one connection per user action, and reconnection when the node stops
-//!   and comes back;
+//!   `"events":true` (backlog, then every new entry, status change and contact event), one
+//!   `files_follow` connection (file transfer progress), a `presence` poll, one connection per
+//!   user action, and reconnection when the node stops and comes back;
 //! - this module: terminal setup and teardown (also on panic) and the event loop.
 //!
 //! The loop: key presses (a reader thread) and [`app::NetEvent`]s (the net task) arrive on
@@ -19,6 +20,7 @@
 //! the screen is redrawn after every batch of events.
 
 pub mod app;
+pub mod files;
 pub mod net;
 pub mod ui;
 

@@ -140,6 +140,17 @@ async fn session(
             "follow was not acknowledged".into(),
         ));
     }
+    // File transfers: every one now, then each change (docs/FILES.md). A node without file
+    // transfer refuses the request: the client then simply shows none.
+    let mut files = Client::connect(path).await?;
+    let files = match files
+        .call(&Request::FilesFollow { id: None }, CLIENT_TIMEOUT)
+        .await?
+        .into_result()
+    {
+        Ok(r) if r.following == Some(true) => Some(files),
+        _ => None,
+    };
     let _ = tx.send(NetEvent::Connected {
         id: me.id,
         username: me.username,
@@ -192,6 +203,18 @@ async fn session(
             }
         }
     }));
+    let (xtx, mut xrx) = tokio::sync::mpsc::unbounded_channel();
+    let files_reader = files.map(|mut files| {
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let r = files.next().await;
+                let end = r.is_err();
+                if xtx.send(r).is_err() || end {
+                    return;
+                }
+            }
+        }))
+    });
     let mut presence_on = true;
     let mut tick = tokio::time::interval(PRESENCE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -205,6 +228,15 @@ async fn session(
                 }
                 for ev in events_of(r) {
                     let _ = tx.send(ev);
+                }
+            }
+            line = xrx.recv(), if files_reader.is_some() => {
+                let r = line.unwrap_or(Err(ControlError::Closed))?.into_result()?;
+                if r.lagged.is_some() {
+                    return Err(ControlError::BadResponse("the file transfer stream lagged; resynchronising".into()));
+                }
+                if let Some(v) = r.transfer {
+                    let _ = tx.send(NetEvent::Transfer(Box::new(v)));
                 }
             }
             _ = tick.tick(), if presence_on => {
@@ -222,6 +254,7 @@ async fn session(
             a = actions.recv() => {
                 let Some(a) = a else {
                     drop(reader);
+                    drop(files_reader);
                     return Ok(());
                 };
                 let path = path.to_path_buf();
@@ -282,7 +315,60 @@ async fn act(path: &Path, a: Action, tx: &UnboundedSender<NetEvent>) {
                 None => vec![NetEvent::Error("the node sent no card".into())],
             }));
         }
+        Action::SendFile { to, path: typed } => {
+            let r = match super::files::absolute(&typed) {
+                Err(e) => Err(ControlError::BadArgument(e)),
+                Ok(abs) => {
+                    let req = Request::SendFile {
+                        contact: to,
+                        path: abs.to_string_lossy().into_owned(),
+                    };
+                    // The node hashes the whole file before it answers.
+                    match Client::connect(path).await {
+                        Ok(mut c) => match c.call(&req, SEND_FILE_TIMEOUT).await {
+                            Ok(r) => r.into_result(),
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            report(r.map(|r| transfer_events(r, "offered")));
+        }
+        Action::AcceptFile { id, dir } => {
+            let to = match dir.as_deref().map(super::files::absolute) {
+                Some(Err(e)) => {
+                    report(Err(ControlError::BadArgument(e)));
+                    return;
+                }
+                Some(Ok(d)) => Some(d.to_string_lossy().into_owned()),
+                None => None,
+            };
+            let r = call(path, &Request::FilesAccept { id, to }).await;
+            report(r.map(|r| transfer_events(r, "accepted")));
+        }
+        Action::DeclineFile { id, reason } => {
+            let r = call(path, &Request::FilesReject { id, reason }).await;
+            report(r.map(|r| transfer_events(r, "declined")));
+        }
         Action::Quit => {}
+    }
+}
+
+/// How long `/file` waits for the node to hash the file and queue the offer.
+pub const SEND_FILE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn transfer_events(r: Response, what: &str) -> Vec<NetEvent> {
+    match r.transfer {
+        Some(v) => {
+            let info = NetEvent::Info(format!(
+                "{} ({}): {what}",
+                super::ui::clean(&v.name),
+                super::app::short(&v.id)
+            ));
+            vec![NetEvent::Transfer(Box::new(v)), info]
+        }
+        None => vec![NetEvent::Error("the node sent no transfer".into())],
     }
 }
 

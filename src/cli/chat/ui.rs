@@ -45,6 +45,9 @@ pub const HELP: &[&str] = &[
     "/trust [NAME]    mark the contact trusted (default: selected)",
     "/reject [NAME]   mark the contact rejected (no more messages)",
     "/id              show your own card and its QR code",
+    "/file PATH       offer a file to the selected contact (progress shows below)",
+    "/accept [ID] [DIR]      accept a file offer (default: the only one waiting)",
+    "/decline [ID] [REASON]  refuse it (the sender sees the reason)",
     "/help            this help       //text  sends \"/text\"",
     "",
     "Contacts: \u{25cf} direct path works  \u{25d0} via relay  \u{25cb} no route yet",
@@ -290,7 +293,7 @@ fn draw_contacts(f: &mut Frame, app: &App, area: Rect) {
 }
 
 /// Cuts `s` to `width` columns, with an ellipsis when cut.
-fn fit(s: &str, width: usize) -> String {
+pub(crate) fn fit(s: &str, width: usize) -> String {
     if s.width() <= width {
         return s.to_string();
     }
@@ -419,9 +422,19 @@ fn draw_conversation(f: &mut Frame, app: &App, area: Rect) {
     {
         block = block.border_style(Style::default().fg(Color::Red));
     }
-    let inner = block.inner(area);
+    let mut inner = block.inner(area);
     f.render_widget(block, area);
     let width = usize::from(inner.width);
+    // File transfers of this conversation under its messages (super::files), when there is
+    // room for at least as many message lines.
+    let strip = super::files::strip_lines(app, width);
+    let strip_h = u16::try_from(strip.len()).unwrap_or(0);
+    if strip_h > 0 && inner.height >= strip_h.saturating_mul(2) {
+        let [msgs, below] =
+            Layout::vertical([Constraint::Min(1), Constraint::Length(strip_h)]).areas(inner);
+        f.render_widget(Paragraph::new(strip), below);
+        inner = msgs;
+    }
     let height = usize::from(inner.height);
     let lines = if app.selected.is_none() {
         vec![
