@@ -97,6 +97,12 @@ pub struct ListenConfig {
     /// Authenticated stranger connections from one source address. Default 8. Contacts are
     /// never limited by address.
     pub max_stranger_connections_per_ip: usize,
+    /// Handshakes one source address may start per second (bursts of twice as many). Over
+    /// that rate a connection from an address no known peer uses is closed at once; one from
+    /// an address a known peer uses is let in, closed first when a handshake budget is full,
+    /// and refused after the handshake unless the peer is a contact (docs/PROTOCOL.md,
+    /// "Connection admission"). `sremp run` only. Default 20; 0 turns it off.
+    pub handshakes_per_ip_per_sec: u32,
     /// Deadline for the version exchange and Noise handshake, in milliseconds. Default 10000.
     pub handshake_timeout_ms: u64,
     /// An authenticated connection with no traffic for this long is closed, in seconds.
@@ -119,6 +125,7 @@ impl Default for ListenConfig {
             max_handshakes_per_ip: 32,
             max_stranger_connections: 64,
             max_stranger_connections_per_ip: 8,
+            handshakes_per_ip_per_sec: 20,
             handshake_timeout_ms: 10_000,
             idle_timeout_secs: 300,
             stranger_idle_timeout_secs: 10,
@@ -149,6 +156,7 @@ impl ListenConfig {
                 max_handshakes_per_ip: self.max_handshakes_per_ip,
                 max_strangers: self.max_stranger_connections,
                 max_strangers_per_ip: self.max_stranger_connections_per_ip,
+                handshakes_per_ip_per_sec: self.handshakes_per_ip_per_sec,
             },
             handshake: crate::noise::HandshakeLimits {
                 timeout: self.handshake_timeout(),

@@ -17,10 +17,27 @@
 //!    peers: any stranger is closed first. Source addresses never limit known peers (on
 //!    loopback, or behind one NAT, everyone shares an address).
 //!
+//! 3. **Handshake rate per source address**: each address may start `handshakes_per_ip_per_sec`
+//!    handshakes per second (bursts of twice as many; [`crate::limit::TokenBuckets`]). What
+//!    happens to a connection over that rate depends on its address:
+//!    - an address no known peer uses (none connected from it now, none authenticated from it
+//!      within [`KNOWN_ADDR_TTL_MS`]): the connection is refused at once
+//!      ([`Reason::HandshakeRate`]), before any handshake work — a flood from such an address
+//!      costs one accept per connection and gets the rate's worth of handshakes, no more;
+//!    - an address a known peer uses (loopback, one NAT: a contact may share the flooder's
+//!      address, and its identity is unknown until the handshake completes): the connection is
+//!      let in, but it is the first closed when a handshake budget is full, and if it
+//!      authenticates as a stranger it is refused ([`Reason::HandshakeRate`]). A known peer is
+//!      admitted by identity whatever the rate of its address.
+//!
+//!    Addresses become known when a [`Class::Known`] peer authenticates from them; at most
+//!    [`MAX_KNOWN_ADDRS`] are remembered (connected ones always).
+//!
 //! Invariants: the counts never exceed their budgets after [`Admission::accept`] or
 //! [`Admission::authenticated`] returns (counting the evictions as done); every id is
 //! forgotten by [`Admission::closed`], which is idempotent.
 
+use crate::limit::TokenBuckets;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
@@ -37,6 +54,9 @@ pub struct Limits {
     pub max_strangers: usize,
     /// Authenticated stranger connections per source address.
     pub max_strangers_per_ip: usize,
+    /// Handshakes a source address may start per second (bursts of twice as many); see the
+    /// module docs. 0 turns the rate off.
+    pub handshakes_per_ip_per_sec: u32,
 }
 
 impl Default for Limits {
@@ -47,6 +67,7 @@ impl Default for Limits {
             max_handshakes_per_ip: 32,
             max_strangers: 64,
             max_strangers_per_ip: 8,
+            handshakes_per_ip_per_sec: 20,
         }
     }
 }
@@ -78,6 +99,8 @@ pub enum Reason {
     ForContact,
     /// A contact refused: every connection is held by contacts.
     Full,
+    /// A stranger whose handshake started over its address's handshake rate.
+    HandshakeRate,
 }
 
 impl Reason {
@@ -90,29 +113,71 @@ impl Reason {
             Reason::StrangerPerIp => "stranger_per_ip",
             Reason::ForContact => "evicted_for_contact",
             Reason::Full => "full",
+            Reason::HandshakeRate => "handshake_rate",
         }
     }
 }
 
+/// A handshake in progress: whether its peer sent bytes, whether it started over its
+/// address's rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Hs {
+    progressed: bool,
+    over_rate: bool,
+    /// When it was accepted (the caller's clock, milliseconds).
+    at_ms: u64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    Handshake { progressed: bool },
+    Handshake(Hs),
     Known,
     Stranger,
 }
 
+impl Default for Admission {
+    fn default() -> Self {
+        Admission::new(Limits::default())
+    }
+}
+
+/// Most source addresses whose handshake rate is tracked at once (full buckets are forgotten
+/// first; beyond this, a new address counts as over its rate).
+pub const MAX_RATE_KEYS: usize = 65_536;
+
+/// How long an address stays known after a known peer last authenticated from it (1 hour),
+/// when no known peer is connected from it.
+pub const KNOWN_ADDR_TTL_MS: u64 = 3_600_000;
+
+/// Most addresses remembered as known (entries of disconnected addresses are dropped oldest
+/// first to make room).
+pub const MAX_KNOWN_ADDRS: usize = 4096;
+
+/// An address a known peer used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KnownAddr {
+    /// Known peers connected from it now.
+    connected: usize,
+    /// When a known peer last authenticated from it.
+    last_ms: u64,
+}
+
 /// The admission state. See the module docs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Admission {
     limits: Limits,
     next: ConnId,
     conns: HashMap<ConnId, (IpAddr, State)>,
-    /// Handshakes by age, with whether they progressed.
-    handshakes: BTreeMap<ConnId, bool>,
-    handshakes_per_ip: HashMap<IpAddr, BTreeMap<ConnId, bool>>,
+    /// Handshakes by age.
+    handshakes: BTreeMap<ConnId, Hs>,
+    handshakes_per_ip: HashMap<IpAddr, BTreeMap<ConnId, Hs>>,
+    /// Handshake starts per source address; `None` when the rate is off.
+    rate: Option<TokenBuckets<IpAddr>>,
     strangers: BTreeMap<ConnId, IpAddr>,
     strangers_per_ip: HashMap<IpAddr, BTreeMap<ConnId, ()>>,
     known: usize,
+    /// Addresses known peers use (see the module docs).
+    known_addrs: HashMap<IpAddr, KnownAddr>,
 }
 
 impl Admission {
@@ -124,10 +189,23 @@ impl Admission {
             max_handshakes_per_ip: limits.max_handshakes_per_ip.max(1),
             max_strangers: limits.max_strangers.max(1),
             max_strangers_per_ip: limits.max_strangers_per_ip.max(1),
+            handshakes_per_ip_per_sec: limits.handshakes_per_ip_per_sec,
         };
+        let rate = (l.handshakes_per_ip_per_sec > 0).then(|| {
+            let per_sec = l.handshakes_per_ip_per_sec;
+            TokenBuckets::new(per_sec, per_sec.saturating_mul(2), MAX_RATE_KEYS, 4096)
+        });
         Admission {
             limits: l,
-            ..Admission::default()
+            next: 0,
+            conns: HashMap::new(),
+            handshakes: BTreeMap::new(),
+            handshakes_per_ip: HashMap::new(),
+            rate,
+            strangers: BTreeMap::new(),
+            strangers_per_ip: HashMap::new(),
+            known: 0,
+            known_addrs: HashMap::new(),
         }
     }
 
@@ -146,10 +224,28 @@ impl Admission {
         (self.known, self.strangers.len())
     }
 
-    /// A TCP connection from `ip` was accepted: its id, and the handshakes to close now.
-    pub fn accept(&mut self, ip: IpAddr) -> (ConnId, Vec<(ConnId, Reason)>) {
+    /// A connection from `ip` was accepted at `now_ms` (milliseconds from any fixed origin):
+    /// its id and the handshakes to close now, or `Err(HandshakeRate)` when it must be closed
+    /// at once (over the rate of an address no known peer uses; see the module docs).
+    pub fn accept(
+        &mut self,
+        ip: IpAddr,
+        now_ms: u64,
+    ) -> Result<(ConnId, Vec<(ConnId, Reason)>), Reason> {
+        let over_rate = self
+            .rate
+            .as_mut()
+            .is_some_and(|r| r.take(ip, now_ms).is_err());
+        if over_rate && !self.is_known_addr(ip, now_ms) {
+            return Err(Reason::HandshakeRate);
+        }
         let id = self.next;
         self.next = self.next.wrapping_add(1);
+        let hs = Hs {
+            progressed: false,
+            over_rate,
+            at_ms: now_ms,
+        };
         let mut evict = Vec::new();
         let per_ip = self.handshakes_per_ip.get(&ip).map_or(0, |m| m.len());
         if per_ip >= self.limits.max_handshakes_per_ip {
@@ -164,23 +260,60 @@ impl Admission {
                 evict.push((old, Reason::HandshakeBudget));
             }
         }
-        self.conns
-            .insert(id, (ip, State::Handshake { progressed: false }));
-        self.handshakes.insert(id, false);
-        self.handshakes_per_ip
-            .entry(ip)
-            .or_default()
-            .insert(id, false);
-        (id, evict)
+        self.conns.insert(id, (ip, State::Handshake(hs)));
+        self.handshakes.insert(id, hs);
+        self.handshakes_per_ip.entry(ip).or_default().insert(id, hs);
+        Ok((id, evict))
+    }
+
+    /// Whether a known peer uses `ip` (connected now, or authenticated within
+    /// [`KNOWN_ADDR_TTL_MS`] of `now_ms`).
+    pub fn is_known_addr(&self, ip: IpAddr, now_ms: u64) -> bool {
+        self.known_addrs.get(&ip).is_some_and(|k| {
+            k.connected > 0 || now_ms.saturating_sub(k.last_ms) <= KNOWN_ADDR_TTL_MS
+        })
+    }
+
+    /// A known peer authenticated from `ip` (accepted at `at_ms`).
+    fn learn_known_addr(&mut self, ip: IpAddr, at_ms: u64) {
+        if !self.known_addrs.contains_key(&ip) && self.known_addrs.len() >= MAX_KNOWN_ADDRS {
+            // Make room: expired entries, else the oldest disconnected one.
+            self.known_addrs.retain(|_, k| {
+                k.connected > 0 || at_ms.saturating_sub(k.last_ms) <= KNOWN_ADDR_TTL_MS
+            });
+            if self.known_addrs.len() >= MAX_KNOWN_ADDRS {
+                let oldest = self
+                    .known_addrs
+                    .iter()
+                    .filter(|(_, k)| k.connected == 0)
+                    .min_by_key(|(_, k)| k.last_ms)
+                    .map(|(ip, _)| *ip);
+                match oldest {
+                    Some(old) => {
+                        self.known_addrs.remove(&old);
+                    }
+                    // Every remembered address has a known peer connected: this one is not
+                    // remembered (its connection still counts as known).
+                    None => return,
+                }
+            }
+        }
+        let k = self.known_addrs.entry(ip).or_insert(KnownAddr {
+            connected: 0,
+            last_ms: at_ms,
+        });
+        k.connected = k.connected.saturating_add(1);
+        k.last_ms = k.last_ms.max(at_ms);
     }
 
     /// The peer of handshake `id` sent its first bytes.
     pub fn progressed(&mut self, id: ConnId) {
-        if let Some((ip, st @ State::Handshake { .. })) = self.conns.get_mut(&id) {
-            *st = State::Handshake { progressed: true };
-            self.handshakes.insert(id, true);
+        if let Some((ip, State::Handshake(hs))) = self.conns.get_mut(&id) {
+            hs.progressed = true;
+            let hs = *hs;
+            self.handshakes.insert(id, hs);
             if let Some(m) = self.handshakes_per_ip.get_mut(ip) {
-                m.insert(id, true);
+                m.insert(id, hs);
             }
         }
     }
@@ -193,10 +326,14 @@ impl Admission {
         id: ConnId,
         class: Class,
     ) -> Result<Vec<(ConnId, Reason)>, Reason> {
-        let Some(&(ip, State::Handshake { .. })) = self.conns.get(&id) else {
+        let Some(&(ip, State::Handshake(hs))) = self.conns.get(&id) else {
             return Err(Reason::HandshakeBudget);
         };
         self.forget_handshake(id, ip);
+        if hs.over_rate && class == Class::Stranger {
+            self.conns.remove(&id);
+            return Err(Reason::HandshakeRate);
+        }
         let mut evict = Vec::new();
         match class {
             Class::Known => {
@@ -210,6 +347,7 @@ impl Admission {
                 }
                 self.known += 1;
                 self.conns.insert(id, (ip, State::Known));
+                self.learn_known_addr(ip, hs.at_ms);
             }
             Class::Stranger => {
                 let per_ip = self.strangers_per_ip.get(&ip).map_or(0, |m| m.len());
@@ -252,7 +390,12 @@ impl Admission {
         };
         match st {
             State::Handshake { .. } => self.forget_handshake(id, ip),
-            State::Known => self.known = self.known.saturating_sub(1),
+            State::Known => {
+                self.known = self.known.saturating_sub(1);
+                if let Some(k) = self.known_addrs.get_mut(&ip) {
+                    k.connected = k.connected.saturating_sub(1);
+                }
+            }
             State::Stranger => {
                 self.strangers.remove(&id);
                 if let Some(m) = self.strangers_per_ip.get_mut(&ip) {
@@ -280,10 +423,13 @@ impl Admission {
     }
 }
 
-/// The handshake to close: the oldest silent one, else the oldest.
-fn pick_handshake(m: &BTreeMap<ConnId, bool>) -> Option<ConnId> {
+/// The handshake to close, oldest first among: silent and over the rate, then silent, then
+/// over the rate, then any.
+fn pick_handshake(m: &BTreeMap<ConnId, Hs>) -> Option<ConnId> {
     m.iter()
-        .find(|(_, progressed)| !**progressed)
+        .find(|(_, h)| !h.progressed && h.over_rate)
+        .or_else(|| m.iter().find(|(_, h)| !h.progressed))
+        .or_else(|| m.iter().find(|(_, h)| h.over_rate))
         .or_else(|| m.iter().next())
         .map(|(id, _)| *id)
 }
@@ -302,24 +448,125 @@ mod tests {
             max_handshakes_per_ip: 2,
             max_strangers: 2,
             max_strangers_per_ip: 2,
+            handshakes_per_ip_per_sec: 0,
         })
+    }
+
+    /// Issue 9: over its rate, an address no known peer uses is refused before the
+    /// handshake; an address a known peer uses is let in, its strangers refused after the
+    /// handshake and its contacts admitted; the rate refills with time and is per address.
+    #[test]
+    fn handshake_rate_per_address() {
+        let mut a = Admission::new(Limits {
+            handshakes_per_ip_per_sec: 2,
+            ..Limits::default()
+        });
+        // A (unknown): a burst of 4 (twice the rate), then refused at once.
+        for _ in 0..4 {
+            let (id, e) = a.accept(A, 1000).unwrap();
+            assert!(e.is_empty());
+            assert!(a.authenticated(id, Class::Stranger).is_ok());
+        }
+        assert_eq!(a.accept(A, 1000), Err(Reason::HandshakeRate));
+        assert!(
+            !a.is_known_addr(A, 1000),
+            "strangers do not make an address known"
+        );
+        // B has its own rate; a contact authenticating from it makes it known.
+        let (b, _) = a.accept(B, 1000).unwrap();
+        assert!(a.authenticated(b, Class::Known).is_ok());
+        assert!(a.is_known_addr(B, 1000));
+        for _ in 0..3 {
+            let (id, _) = a.accept(B, 1000).unwrap();
+            assert!(a.authenticated(id, Class::Stranger).is_ok());
+        }
+        // B over its rate: let in, a stranger refused after the handshake, a contact admitted.
+        let (s, _) = a.accept(B, 1000).unwrap();
+        assert_eq!(
+            a.authenticated(s, Class::Stranger),
+            Err(Reason::HandshakeRate)
+        );
+        let (c, _) = a.accept(B, 1000).unwrap();
+        assert!(
+            a.authenticated(c, Class::Known).is_ok(),
+            "a contact gets in"
+        );
+        // Half a second later one token is back for A.
+        let (s, _) = a.accept(A, 1500).unwrap();
+        assert!(a.authenticated(s, Class::Stranger).is_ok());
+        assert_eq!(a.accept(A, 1500), Err(Reason::HandshakeRate));
+        assert_eq!(a.counts(), (2, 8));
+        assert_eq!(a.handshakes(), 0);
+    }
+
+    /// A known address stays known while a known peer is connected from it and for
+    /// [`KNOWN_ADDR_TTL_MS`] after the last one authenticated; at most [`MAX_KNOWN_ADDRS`]
+    /// are remembered.
+    #[test]
+    fn known_addresses_expire_and_are_bounded() {
+        let mut a = Admission::new(Limits {
+            max_connections: MAX_KNOWN_ADDRS * 2,
+            handshakes_per_ip_per_sec: 1,
+            ..Limits::default()
+        });
+        let (k, _) = a.accept(A, 0).unwrap();
+        a.authenticated(k, Class::Known).unwrap();
+        let (h, _) = a.accept(A, 0).unwrap();
+        a.closed(h);
+        // Over the rate, but a known peer is connected from A.
+        let (h, _) = a.accept(A, 0).unwrap();
+        a.closed(h);
+        assert!(a.is_known_addr(A, 10 * KNOWN_ADDR_TTL_MS));
+        a.closed(k);
+        assert!(a.is_known_addr(A, KNOWN_ADDR_TTL_MS));
+        assert!(!a.is_known_addr(A, KNOWN_ADDR_TTL_MS + 1));
+        for i in 0..MAX_KNOWN_ADDRS + 10 {
+            let n = u32::try_from(i).unwrap();
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            let (id, _) = a.accept(ip, 5).unwrap();
+            a.authenticated(id, Class::Known).unwrap();
+            a.closed(id);
+        }
+        assert!(a.known_addrs.len() <= MAX_KNOWN_ADDRS);
+        assert_eq!(a.counts(), (0, 0));
+    }
+
+    #[test]
+    fn over_rate_handshakes_make_way_first() {
+        let mut a = Admission::new(Limits {
+            max_handshakes_per_ip: 3,
+            handshakes_per_ip_per_sec: 1,
+            ..Limits::default()
+        });
+        // A contact from A makes it known (and takes one token of the burst of 2).
+        let (k, _) = a.accept(A, 0).unwrap();
+        a.authenticated(k, Class::Known).unwrap();
+        let (h0, _) = a.accept(A, 0).unwrap(); // within the rate
+        let (h1, _) = a.accept(A, 0).unwrap(); // over
+        let (h2, _) = a.accept(A, 0).unwrap(); // over
+        for h in [h0, h1, h2] {
+            a.progressed(h);
+        }
+        // Full: the oldest over-rate h1 goes, though h0 is older.
+        let (_h3, e) = a.accept(A, 0).unwrap();
+        assert_eq!(e, vec![(h1, Reason::HandshakePerIp)]);
     }
 
     #[test]
     fn handshakes_evict_oldest_silent_first() {
         let mut a = small();
-        let (h0, e) = a.accept(A);
+        let (h0, e) = a.accept(A, 0).unwrap();
         assert!(e.is_empty());
         a.progressed(h0);
-        let (h1, e) = a.accept(A);
+        let (h1, e) = a.accept(A, 0).unwrap();
         assert!(e.is_empty());
         // Per-address budget full: the silent h1 goes, not the older but progressed h0.
-        let (_h2, e) = a.accept(A);
+        let (_h2, e) = a.accept(A, 0).unwrap();
         assert_eq!(e, vec![(h1, Reason::HandshakePerIp)]);
-        let (_h3, e) = a.accept(B);
+        let (_h3, e) = a.accept(B, 0).unwrap();
         assert!(e.is_empty());
         // Global budget (3) full.
-        let (_h4, e) = a.accept(B);
+        let (_h4, e) = a.accept(B, 0).unwrap();
         assert_eq!(e.len(), 1);
         assert!(a.handshakes() <= 3);
     }
@@ -329,27 +576,27 @@ mod tests {
         let mut a = small();
         let mut strangers = Vec::new();
         for _ in 0..5 {
-            let (id, _) = a.accept(A);
+            let (id, _) = a.accept(A, 0).unwrap();
             let e = a.authenticated(id, Class::Stranger).unwrap();
             assert!(e.len() <= 1);
             strangers.push(id);
         }
         assert_eq!(a.counts(), (0, 2));
         for _ in 0..2 {
-            let (id, _) = a.accept(A);
+            let (id, _) = a.accept(A, 0).unwrap();
             assert!(a.authenticated(id, Class::Known).unwrap().is_empty());
         }
         // Full (2 known + 2 strangers): a contact evicts the oldest stranger.
-        let (id, _) = a.accept(A);
+        let (id, _) = a.accept(A, 0).unwrap();
         let e = a.authenticated(id, Class::Known).unwrap();
         assert_eq!(e, vec![(strangers[3], Reason::ForContact)]);
-        let (id, _) = a.accept(A);
+        let (id, _) = a.accept(A, 0).unwrap();
         let e = a.authenticated(id, Class::Known).unwrap();
         assert_eq!(e, vec![(strangers[4], Reason::ForContact)]);
         // All known now: a stranger is refused, and so is a fifth contact.
-        let (id, _) = a.accept(A);
+        let (id, _) = a.accept(A, 0).unwrap();
         assert_eq!(a.authenticated(id, Class::Stranger), Err(Reason::Full));
-        let (id, _) = a.accept(A);
+        let (id, _) = a.accept(A, 0).unwrap();
         assert_eq!(a.authenticated(id, Class::Known), Err(Reason::Full));
         assert_eq!(a.counts(), (4, 0));
         assert_eq!(a.handshakes(), 0);
@@ -358,9 +605,9 @@ mod tests {
     #[test]
     fn evicted_handshake_cannot_authenticate_and_close_is_idempotent() {
         let mut a = small();
-        let (h0, _) = a.accept(A);
-        a.accept(A);
-        a.accept(A);
+        let (h0, _) = a.accept(A, 0).unwrap();
+        a.accept(A, 0).unwrap();
+        a.accept(A, 0).unwrap();
         assert!(a.authenticated(h0, Class::Known).is_err());
         a.closed(h0);
         a.closed(h0);
@@ -375,11 +622,11 @@ mod tests {
             max_strangers_per_ip: 1,
             ..Limits::default()
         });
-        let (s0, _) = a.accept(A);
+        let (s0, _) = a.accept(A, 0).unwrap();
         a.authenticated(s0, Class::Stranger).unwrap();
-        let (s1, _) = a.accept(B);
+        let (s1, _) = a.accept(B, 0).unwrap();
         assert!(a.authenticated(s1, Class::Stranger).unwrap().is_empty());
-        let (s2, _) = a.accept(A);
+        let (s2, _) = a.accept(A, 0).unwrap();
         assert_eq!(
             a.authenticated(s2, Class::Stranger).unwrap(),
             vec![(s0, Reason::StrangerPerIp)]

@@ -4,7 +4,8 @@
 //!
 //! Flow per connection:
 //! 1. Accepted: registered as a handshake; the admission core may close older handshakes to
-//!    make room (never the new one).
+//!    make room (never the new one), or refuse the new one at once when its address is over
+//!    its handshake rate and no known peer uses it.
 //! 2. The peer's first bytes mark it as progressed (silent connections are closed first).
 //! 3. Handshake (deadline `handshake_timeout`): a failure (garbage, wrong version, bad
 //!    identity, silence) closes it.
@@ -151,19 +152,22 @@ pub async fn serve<H, Fut>(
 }
 
 /// [`serve_classified`] for a server that treats every authenticated peer alike (as
-/// [`Class::Known`]; the handshake budgets still apply), with its own refusal log. The local
+/// [`Class::Known`]; the handshake budgets still apply, the handshake rate does not: with
+/// every peer known, it could only refuse addresses before their first peer authenticated,
+/// which is how many clients of one host start at once), with its own refusal log. The local
 /// identity is read from `local` at every accept, so a new identity version (a rotated Noise
 /// key, a new username) is used from the next connection on.
 pub async fn serve_live<H, Fut>(
     listener: impl Into<Sources>,
     local: watch::Receiver<Arc<UserIdentity>>,
-    cfg: ListenerConfig,
+    mut cfg: ListenerConfig,
     shutdown: watch::Receiver<bool>,
     handler: H,
 ) where
     H: Fn(TcpConnection, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    cfg.limits.handshakes_per_ip_per_sec = 0;
     serve_classified(
         listener,
         local,
@@ -204,6 +208,8 @@ pub async fn serve_classified<C, H, Fut>(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tasks = JoinSet::new();
+    // The clock of the admission core's handshake rate.
+    let started = std::time::Instant::now();
     loop {
         let accepted = tokio::select! {
             r = sources.tcp.accept() => r.map(|(s, a)| (Accepted::Tcp(s), a)),
@@ -239,7 +245,19 @@ pub async fn serve_classified<C, H, Fut>(
         // lock, so no other task can evict this one before its handle is known.
         let evicted = {
             let Ok(mut s) = shared.lock() else { break };
-            let (id, evicted) = s.admission.accept(addr.ip());
+            let now_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let (id, evicted) = match s.admission.accept(addr.ip(), now_ms) {
+                Ok(x) => x,
+                Err(why) => {
+                    // Over the rate of an address no known peer uses: closed before any
+                    // handshake work (dropping a QUIC `Incoming` refuses it).
+                    drop(s);
+                    drop(accepted);
+                    tracing::debug!(%addr, reason = why.name(), "connection refused");
+                    refusals.note(why.name());
+                    continue;
+                }
+            };
             let slot = Slot {
                 shared: shared.clone(),
                 id,
