@@ -271,8 +271,12 @@ pub async fn serve_classified<C, H, Fut>(
                 };
                 let conn = match accepted {
                     Accepted::Tcp(stream) => {
-                        let r = tokio::time::timeout(hs.timeout, stream.readable()).await;
-                        if !matches!(r, Ok(Ok(()))) {
+                        // `readable()` may report a fresh socket ready with nothing to read
+                        // (it did for every silent connection, so a silent flood looked
+                        // progressed and was not closed first); a peek waits for a byte.
+                        let mut first = [0u8; 1];
+                        let r = tokio::time::timeout(hs.timeout, stream.peek(&mut first)).await;
+                        if !matches!(r, Ok(Ok(n)) if n > 0) {
                             tracing::debug!(%addr, "no bytes before the handshake deadline; closed");
                             refusals2.note("handshake_failed");
                             return;
