@@ -37,11 +37,13 @@ pub enum SigContext {
     GroupMembership,
     /// A group message, signed by its author.
     GroupMessage,
+    /// A group envelope its author asks the creator to forward to members it cannot reach.
+    GroupForward,
 }
 
 impl SigContext {
     /// All contexts, for tests that check they are prefix-free.
-    pub const ALL: [SigContext; 9] = [
+    pub const ALL: [SigContext; 10] = [
         SigContext::Identity,
         SigContext::RendezvousRegister,
         SigContext::RelayAuth,
@@ -51,6 +53,7 @@ impl SigContext {
         SigContext::SessionReset,
         SigContext::GroupMembership,
         SigContext::GroupMessage,
+        SigContext::GroupForward,
     ];
 
     /// The exact prefix bytes, as written in docs/PROTOCOL.md.
@@ -65,6 +68,7 @@ impl SigContext {
             SigContext::SessionReset => b"SREMP-1 session-reset\0",
             SigContext::GroupMembership => b"SREMP-1 group-membership\0",
             SigContext::GroupMessage => b"SREMP-1 group-message\0",
+            SigContext::GroupForward => b"SREMP-1 group-forward\0",
         }
     }
 }

@@ -412,3 +412,99 @@ fn group_localnet_lifecycle() {
     assert!(!alice.cmd(&["send", "--group", &g, "x"]).status.success());
     drop(relay);
 }
+
+/// Two members who are not each other's contacts (bob and carol know only alice, the creator)
+/// get each other's messages and sender keys: their envelopes travel as forward requests to
+/// alice, who forwards them (docs/PROTOCOL.md, "Groups", forwarding through the creator).
+#[test]
+fn members_who_are_not_contacts_reach_each_other_through_the_creator() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = BinRelay::start(dir.path(), "127.0.0.1:0", None);
+    let mut nodes: Vec<BinNode> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|n| {
+            let mut o = BinNodeOptions::loopback(n);
+            o.relays = vec![relay.hint.clone()];
+            BinNode::new(dir.path(), &o)
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    introduce(&nodes[0], &nodes[1]);
+    introduce(&nodes[0], &nodes[2]);
+    for n in &nodes {
+        wait_relay_connected(n);
+    }
+    let [alice, bob, carol] = &mut nodes[..] else {
+        unreachable!()
+    };
+    let created = alice.json(&["group", "create", "trio", "--members", "bob,carol"]);
+    let g = created["id"].as_str().unwrap().to_string();
+    for n in [&*bob, &*carol] {
+        wait(n, "invitation", Duration::from_secs(20), || show(n, &g));
+        assert_eq!(n.json(&["group", "accept", &g])["state"], "accepted");
+    }
+    // Each sees the other accept (the accept went through alice) and holds its sender key.
+    for (n, other) in [(&*bob, "carol"), (&*carol, "bob")] {
+        let v = wait(n, "the other's acceptance", Duration::from_secs(30), || {
+            let v = show(n, &g)?;
+            (v["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["state"] == "accepted")
+                .count()
+                == 3)
+                .then_some(v)
+        });
+        let far: Vec<&Value> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["via_creator"] == true)
+            .collect();
+        assert_eq!(far.len(), 1, "{other} is reached through alice: {v}");
+        assert_eq!(far[0]["reachable"], true);
+    }
+    let sent = send_group(bob, &g, "bob to everyone");
+    let copies = sent["entries"].as_array().unwrap();
+    assert_eq!(
+        copies.len(),
+        1,
+        "one copy, the forward request to alice: {sent}"
+    );
+    assert_eq!(
+        copies[0]["group"]["forwarded_to"].as_array().map(Vec::len),
+        Some(1),
+        "{sent}"
+    );
+    send_group(carol, &g, "carol to everyone");
+    send_group(alice, &g, "alice to everyone");
+    wait_texts(
+        carol,
+        &g,
+        &["bob to everyone", "alice to everyone"],
+        Duration::from_secs(30),
+    );
+    wait_texts(
+        bob,
+        &g,
+        &["carol to everyone", "alice to everyone"],
+        Duration::from_secs(30),
+    );
+    wait_texts(
+        alice,
+        &g,
+        &["bob to everyone", "carol to everyone"],
+        Duration::from_secs(30),
+    );
+    // Exactly once each, and nothing refused anywhere.
+    std::thread::sleep(Duration::from_millis(500));
+    for n in [&*alice, &*bob, &*carol] {
+        let got = received_texts(n, &g);
+        assert_eq!(got.len(), 2, "{got:?}");
+        let v = show(n, &g).unwrap();
+        assert_eq!(v["refused"], serde_json::json!({}), "{v}");
+    }
+    drop(relay);
+}

@@ -14,8 +14,9 @@ use ed25519_dalek::{Signer, SigningKey};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use sremp::group::control::{ForwardRequest, Forwarded, SignedInner};
 use sremp::group::{
-    Control, GroupId, Invite, Membership, ReceiverKey, SenderKey, SenderKeyDistribution,
+    Control, GroupId, Invite, Member, Membership, ReceiverKey, SenderKey, SenderKeyDistribution,
 };
 use sremp::identity::IdentityKey;
 use sremp::ratchet::{Content, MessageId, Payload};
@@ -123,6 +124,28 @@ fn vectors() -> Value {
         sender_key: dist.clone(),
     })
     .encode(gid);
+    // A member's accept, signed for forwarding by that member (seed 0xb2) and forwarded by the
+    // creator to the other member (seed 0xc3).
+    // Spec: signature = Ed25519(author, "SREMP-1 group-forward\0" || envelope bytes).
+    let accept = Control::Accept(dist.clone()).encode(gid);
+    let inner = SignedInner::sign(&members[0], accept.clone());
+    let mut fmsg = b"SREMP-1 group-forward\0".to_vec();
+    fmsg.extend_from_slice(&accept);
+    assert_eq!(members[0].sign(&fmsg).to_bytes(), inner.signature);
+    assert_eq!(
+        inner.open(&ik(&members[0]), gid).unwrap(),
+        Control::Accept(dist.clone())
+    );
+    let forward = Control::Forward(ForwardRequest {
+        to: vec![Member(ik(&members[1]).0)],
+        inner: inner.clone(),
+    })
+    .encode(gid);
+    let forwarded = Control::Forwarded(Forwarded {
+        from: Member(ik(&members[0]).0),
+        inner,
+    })
+    .encode(gid);
     json!({
         "creator_seed": hex::encode([0xa1u8; 32]),
         "member_seeds": [hex::encode([0xb2u8; 32]), hex::encode([0xc3u8; 32])],
@@ -138,6 +161,8 @@ fn vectors() -> Value {
             "sender_key": hex::encode(Control::SenderKey(dist).encode(gid)),
             "leave": hex::encode(Control::Leave.encode(gid)),
             "close": hex::encode(Control::Close.encode(gid)),
+            "forward": hex::encode(forward),
+            "forwarded": hex::encode(forwarded),
         }
     })
 }

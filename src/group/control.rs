@@ -11,14 +11,26 @@
 //! type 5 leave       body = empty
 //! type 6 close       body = empty (from the creator only)
 //! type 7 message     body = GroupMessage (see `sender_key`)
+//! type 8 forward     body = [to: [bin(32), ...], inner: SignedInner]   (member -> creator)
+//! type 9 forwarded   body = [from: bin(32), inner: SignedInner]        (creator -> member)
+//! SignedInner        = [envelope: bin (a type 2, 3, 4, 5 or 7 envelope of the same group),
+//!                       signature: bin(64)]
+//! signature          = Ed25519(author, "SREMP-1 group-forward\0" || envelope bytes)
 //! ```
 //! The pairwise session authenticates who sent the envelope; the group layer then checks that
-//! this sender may send it (member, creator, author of the message).
+//! this sender may send it (member, creator, author of the message). Types 8 and 9 carry an
+//! envelope between two members who are not each other's contacts through the creator (who is
+//! everyone's contact): the inner envelope is signed by its author, whose identity key the
+//! creator's signed membership names, so the creator can neither forge nor alter it, and a
+//! group message inside stays encrypted under the author's sender key.
 
-use super::membership::SignedMembership;
+use super::membership::{Member, SignedMembership};
 use super::sender_key::{GroupMessage, SenderKeyDistribution};
 use super::{GroupError, GroupId};
+use crate::identity::IdentityKey;
+use crate::sig::{self, SigContext};
 use crate::wire::msgpack;
+use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 /// The payload kind that carries group envelopes (docs/PROTOCOL.md, payload kinds).
@@ -31,6 +43,73 @@ pub struct Invite {
     pub membership: SignedMembership,
     /// The creator's chain.
     pub sender_key: SenderKeyDistribution,
+}
+
+/// An envelope signed by its author, to travel through the creator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedInner {
+    /// The exact envelope bytes (type 2, 3, 4, 5 or 7 of the same group).
+    #[serde(with = "serde_bytes")]
+    pub envelope: Vec<u8>,
+    /// Ed25519 by the author over `"SREMP-1 group-forward\0" || envelope`.
+    #[serde(with = "crate::wire::bytes::fixed")]
+    pub signature: [u8; 64],
+}
+
+impl SignedInner {
+    /// Signs `envelope` as its author.
+    pub fn sign(author: &SigningKey, envelope: Vec<u8>) -> SignedInner {
+        let signature = sig::sign(author, SigContext::GroupForward, &[&envelope]);
+        SignedInner {
+            envelope,
+            signature,
+        }
+    }
+
+    /// Verifies the author's signature, decodes the inner envelope and checks that it belongs
+    /// to `group` and is of a type that may be forwarded.
+    pub fn open(&self, author: &IdentityKey, group: GroupId) -> Result<Control, GroupError> {
+        let key = sig::verifying_key(&author.0)?;
+        sig::verify(
+            &key,
+            SigContext::GroupForward,
+            &[&self.envelope],
+            &self.signature,
+        )?;
+        let (gid, c) = Control::decode(&self.envelope)?;
+        if gid != group {
+            return Err(GroupError::Malformed(
+                "forwarded envelope names another group",
+            ));
+        }
+        match c {
+            Control::Accept(_)
+            | Control::Decline
+            | Control::SenderKey(_)
+            | Control::Leave
+            | Control::Message(_) => Ok(c),
+            _ => Err(GroupError::Malformed("envelope type may not be forwarded")),
+        }
+    }
+}
+
+/// Type 8: a member asks the creator to forward `inner` to members it cannot reach (the
+/// creator handles `inner` as its own copy too).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    /// The members to forward to.
+    pub to: Vec<Member>,
+    /// The author's signed envelope.
+    pub inner: SignedInner,
+}
+
+/// Type 9: the creator forwards `inner`, authored by `from`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// The author.
+    pub from: Member,
+    /// The author's signed envelope.
+    pub inner: SignedInner,
 }
 
 /// A decoded envelope.
@@ -50,6 +129,10 @@ pub enum Control {
     Close,
     /// Type 7.
     Message(GroupMessage),
+    /// Type 8.
+    Forward(ForwardRequest),
+    /// Type 9.
+    Forwarded(Forwarded),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,6 +154,8 @@ impl Control {
             Control::Leave => 5,
             Control::Close => 6,
             Control::Message(_) => 7,
+            Control::Forward(_) => 8,
+            Control::Forwarded(_) => 9,
         }
     }
 
@@ -84,6 +169,8 @@ impl Control {
             Control::Leave => "leave",
             Control::Close => "close",
             Control::Message(_) => "message",
+            Control::Forward(_) => "forward",
+            Control::Forwarded(_) => "forwarded",
         }
     }
 
@@ -94,6 +181,8 @@ impl Control {
             Control::Accept(k) | Control::SenderKey(k) => msgpack::encode(k),
             Control::Decline | Control::Leave | Control::Close => Vec::new(),
             Control::Message(m) => m.encode(),
+            Control::Forward(f) => msgpack::encode(f),
+            Control::Forwarded(f) => msgpack::encode(f),
         };
         msgpack::encode(&Raw {
             kind: self.type_number(),
@@ -127,6 +216,8 @@ impl Control {
                 }
                 Control::Message(m)
             }
+            8 => Control::Forward(msgpack::decode(&raw.body)?),
+            9 => Control::Forwarded(msgpack::decode(&raw.body)?),
             _ => return Err(GroupError::Malformed("unknown group envelope type")),
         };
         Ok((raw.group_id, c))

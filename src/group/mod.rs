@@ -27,8 +27,13 @@
 //!
 //! What it does not do: add or remove members, MLS-style tree keys (for fixed membership of
 //! at most [`MAX_MEMBERS`], pairwise sender-key distribution costs one pairwise message per
-//! member per rotation, and rotations only happen on leave/decline), or reach members that are
-//! not this node's contacts (they are shown as `unreachable`).
+//! member per rotation, and rotations only happen on leave/decline).
+//!
+//! Members who are not each other's contacts: every member is the creator's contact, so their
+//! envelopes travel through the creator ([`Group::route`]): the creator's copy becomes a
+//! forward request (type 8) naming the members the sender cannot reach, with the envelope
+//! signed by its author; the creator handles it as its own copy and forwards it unchanged
+//! (type 9); the receiver checks the author's signature against the signed membership.
 
 pub mod control;
 pub mod error;

@@ -8,7 +8,7 @@
 //! messages gone). Envelopes go to every member other than us that has not declined or left
 //! ([`Group::recipients`]).
 
-use super::control::{Control, Invite};
+use super::control::{Control, ForwardRequest, Forwarded, Invite, SignedInner};
 use super::membership::{Member, Membership, SignedMembership};
 use super::sender_key::{GroupMessage, ReceiverKey, SenderKey};
 use super::{GroupError, GroupId, MAX_BUFFERED, MAX_PENDING};
@@ -377,6 +377,67 @@ impl Group {
         Ok((Control::Message(m).encode(gid), self.recipients()))
     }
 
+    /// Routes envelopes for members we cannot reach pairwise (`reachable` is false: not our
+    /// contact) through the creator, who is everyone's contact: for each envelope, the
+    /// creator's copy becomes one forward request (type 8) naming those members, signed by us,
+    /// and their own copies are dropped. Envelopes that may not be forwarded, and every send
+    /// when we are the creator or cannot reach it ourselves, pass unchanged (the caller skips
+    /// what it cannot send).
+    pub fn route(
+        &self,
+        signer: &SigningKey,
+        sends: Vec<(IdentityKey, Vec<u8>)>,
+        reachable: impl Fn(&IdentityKey) -> bool,
+    ) -> Vec<(IdentityKey, Vec<u8>)> {
+        let creator = IdentityKey(self.membership.creator);
+        if self.is_creator() || !reachable(&creator) {
+            return sends;
+        }
+        // Envelopes in order of first appearance, each with its recipients.
+        let mut by_env: Vec<(Vec<u8>, Vec<IdentityKey>)> = Vec::new();
+        for (to, env) in sends {
+            match by_env.iter_mut().find(|(e, _)| *e == env) {
+                Some((_, v)) => v.push(to),
+                None => by_env.push((env, vec![to])),
+            }
+        }
+        let mut out = Vec::new();
+        for (env, tos) in by_env {
+            let forwardable = matches!(
+                Control::decode(&env),
+                Ok((
+                    _,
+                    Control::Accept(_)
+                        | Control::Decline
+                        | Control::SenderKey(_)
+                        | Control::Leave
+                        | Control::Message(_)
+                ))
+            );
+            let far: Vec<Member> = tos
+                .iter()
+                .filter(|k| **k != creator && !reachable(k))
+                .map(|k| Member(k.0))
+                .collect();
+            if !forwardable || far.is_empty() || !tos.contains(&creator) {
+                out.extend(tos.into_iter().map(|k| (k, env.clone())));
+                continue;
+            }
+            for k in tos {
+                if k == creator {
+                    let req = Control::Forward(ForwardRequest {
+                        to: far.clone(),
+                        inner: SignedInner::sign(signer, env.clone()),
+                    });
+                    out.push((k, req.encode(self.id())));
+                } else if reachable(&k) {
+                    out.push((k, env.clone()));
+                }
+            }
+        }
+        out
+    }
+
     fn rotate<R: CryptoRngCore + ?Sized>(&mut self, rng: &mut R) -> Vec<(IdentityKey, Vec<u8>)> {
         if self.my_state() != MemberState::Accepted {
             return Vec::new();
@@ -483,6 +544,55 @@ impl Group {
                     closed: true,
                     ..Effects::default()
                 })
+            }
+            Control::Forward(req) => {
+                // A member asks us (the creator) to forward an envelope to members it cannot
+                // reach; we are one of its recipients too.
+                if !self.is_creator() {
+                    return Err(GroupError::NotCreator);
+                }
+                if !theirs.active() {
+                    return Err(GroupError::Inactive);
+                }
+                let inner = req.inner.open(&from, self.id())?;
+                let mut to: Vec<Member> = Vec::new();
+                for t in &req.to {
+                    if !self.membership.is_member(&t.key()) || t.0 == self.me || *t == fm {
+                        return Err(GroupError::NotMember);
+                    }
+                    if !to.contains(t) {
+                        to.push(*t);
+                    }
+                }
+                let mut fx = self.handle(rng, from, inner)?;
+                let fwd = Control::Forwarded(Forwarded {
+                    from: fm,
+                    inner: req.inner,
+                })
+                .encode(self.id());
+                for t in to {
+                    if self.state_of(&t).active() {
+                        fx.send.push((t.key(), fwd.clone()));
+                    }
+                }
+                Ok(fx)
+            }
+            Control::Forwarded(f) => {
+                // The creator forwards an envelope of a member we do not reach pairwise.
+                if from.0 != self.membership.creator {
+                    return Err(GroupError::NotCreator);
+                }
+                let author = f.from.key();
+                if !self.membership.is_member(&author) || author.0 == self.me {
+                    return Err(GroupError::NotMember);
+                }
+                if author.0 == self.membership.creator {
+                    return Err(GroupError::Malformed(
+                        "the creator forwards its own envelope",
+                    ));
+                }
+                let inner = f.inner.open(&author, self.id())?;
+                self.handle(rng, author, inner)
             }
             Control::Message(m) => {
                 if m.sender != from.0 {
@@ -784,6 +894,148 @@ mod tests {
         assert!(b.chains().is_empty());
         let (_, c) = Control::decode(&env).unwrap();
         assert_eq!(b.handle(&mut rng, a, c).err(), Some(GroupError::Closed));
+    }
+
+    /// Like `pump`, but members route their sends: `far(a, b)` is true when a cannot reach b.
+    fn pump_routed(
+        rng: &mut rand::rngs::StdRng,
+        ps: &mut [P],
+        far: &dyn Fn(IdentityKey, IdentityKey) -> bool,
+        mut q: Vec<(IdentityKey, IdentityKey, Vec<u8>)>,
+    ) -> Vec<Vec<String>> {
+        let mut shown = vec![Vec::new(); ps.len()];
+        let mut n = 0;
+        while let Some((from, to, env)) = (!q.is_empty()).then(|| q.remove(0)) {
+            n += 1;
+            assert!(n < 1000);
+            assert!(
+                !far(from, to),
+                "an envelope went to a member its sender cannot reach"
+            );
+            let Some(i) = ps.iter().position(|p| p.key() == to) else {
+                continue;
+            };
+            let (_, c) = Control::decode(&env).unwrap();
+            let sk = ps[i].sk.clone();
+            let fx = match (&mut ps[i].g, c) {
+                (None, Control::Invite(inv)) => {
+                    ps[i].g = Some(Group::from_invite(to, from, inv).unwrap());
+                    continue;
+                }
+                (None, _) => continue,
+                (Some(g), c) => match g.handle(rng, from, c) {
+                    Ok(fx) => fx,
+                    Err(_) => continue,
+                },
+            };
+            shown[i].extend(fx.shown.iter().map(|s| s.text.clone()));
+            let g = ps[i].g.as_ref().unwrap();
+            let routed = g.route(&sk, fx.send, |k| !far(to, *k));
+            q.extend(routed.into_iter().map(|(k, e)| (to, k, e)));
+        }
+        shown
+    }
+
+    #[test]
+    fn non_contacts_reach_each_other_through_the_creator() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut ps: Vec<P> = (1..=4u8)
+            .map(|i| P {
+                sk: SigningKey::from_bytes(&[i; 32]),
+                g: None,
+            })
+            .collect();
+        let (a, b, c, d) = (ps[0].key(), ps[1].key(), ps[2].key(), ps[3].key());
+        // b and c are not each other's contacts; d knows everyone.
+        let far = move |x: IdentityKey, y: IdentityKey| (x == b && y == c) || (x == c && y == b);
+        let (g, fx) = Group::create(&mut rng, &ps[0].sk, "team", &[b, c, d], Timestamp(0)).unwrap();
+        ps[0].g = Some(g);
+        let q: Vec<_> = fx.send.into_iter().map(|(k, e)| (a, k, e)).collect();
+        pump_routed(&mut rng, &mut ps, &far, q);
+        let mut q = Vec::new();
+        for i in 1..=3usize {
+            let me = ps[i].key();
+            let sk = ps[i].sk.clone();
+            let g = ps[i].g.as_mut().unwrap();
+            let fx = g.accept(&mut rng).unwrap();
+            let routed = g.route(&sk, fx.send, |k| !far(me, *k));
+            q.extend(routed.into_iter().map(|(k, e)| (me, k, e)));
+        }
+        pump_routed(&mut rng, &mut ps, &far, q);
+        // b and c have each other's sender keys (through a) and see each other's messages.
+        for i in 1..=2usize {
+            let g = ps[i].g.as_ref().unwrap();
+            assert_eq!(g.chains().len(), 3, "member {i} has every other chain");
+        }
+        let mut q = Vec::new();
+        for (i, text) in [(1usize, "from b"), (2, "from c")] {
+            let me = ps[i].key();
+            let sk = ps[i].sk.clone();
+            let p = Payload::text(&mut rng, Timestamp(1), text);
+            let g = ps[i].g.as_mut().unwrap();
+            let (env, to) = g.encrypt(&sk, &p).unwrap();
+            let sends = to.into_iter().map(|k| (k, env.clone())).collect();
+            let routed = g.route(&sk, sends, |k| !far(me, *k));
+            // d directly, a gets one forward request naming the far member.
+            assert_eq!(routed.len(), 2, "{routed:?}");
+            q.extend(routed.into_iter().map(|(k, e)| (me, k, e)));
+        }
+        let shown = pump_routed(&mut rng, &mut ps, &far, q);
+        assert_eq!(shown[0], vec!["from b", "from c"]);
+        assert_eq!(shown[1], vec!["from c"]);
+        assert_eq!(shown[2], vec!["from b"]);
+        assert_eq!(shown[3], vec!["from b", "from c"]);
+
+        // Refusals: a forwarded envelope from someone other than the creator, a forward
+        // request to a member who is not the creator, a forged inner signature.
+        let p = Payload::text(&mut rng, Timestamp(2), "again");
+        let sk_b = ps[1].sk.clone();
+        let (env, _) = ps[1].g.as_mut().unwrap().encrypt(&sk_b, &p).unwrap();
+        let gid = ps[1].g.as_ref().unwrap().id();
+        let fwd = |from: IdentityKey, inner: SignedInner| {
+            Control::Forwarded(Forwarded {
+                from: Member(from.0),
+                inner,
+            })
+        };
+        let good = SignedInner::sign(&sk_b, env.clone());
+        let forged = SignedInner::sign(&ps[3].sk, env.clone());
+        let gc = ps[2].g.as_mut().unwrap();
+        assert_eq!(
+            gc.handle(&mut rng, d, fwd(b, good.clone())).err(),
+            Some(GroupError::NotCreator)
+        );
+        assert_eq!(
+            gc.handle(&mut rng, a, fwd(b, forged)).err(),
+            Some(GroupError::BadSignature)
+        );
+        let req = Control::Forward(ForwardRequest {
+            to: vec![Member(c.0)],
+            inner: good.clone(),
+        });
+        assert_eq!(
+            ps[3].g.as_mut().unwrap().handle(&mut rng, b, req).err(),
+            Some(GroupError::NotCreator)
+        );
+        // An invitation may not travel inside a forward.
+        let bad = SignedInner::sign(&sk_b, Control::Close.encode(gid));
+        assert!(matches!(
+            ps[2]
+                .g
+                .as_mut()
+                .unwrap()
+                .handle(&mut rng, a, fwd(b, bad))
+                .err(),
+            Some(GroupError::Malformed(_))
+        ));
+        // The genuine one still opens, once.
+        let gc = ps[2].g.as_mut().unwrap();
+        let fx = gc.handle(&mut rng, a, fwd(b, good.clone())).unwrap();
+        assert_eq!(fx.shown.len(), 1);
+        assert!(matches!(
+            gc.handle(&mut rng, a, fwd(b, good)).err(),
+            Some(GroupError::Replayed { .. })
+        ));
     }
 
     fn q_to(_env: &[u8], _ps: &[P]) -> IdentityKey {

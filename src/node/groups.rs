@@ -78,6 +78,10 @@ pub struct GroupTag {
     pub seq: Option<u32>,
     /// For a received `message`: numbers skipped to reach it (a visible gap); null otherwise.
     pub gap: Option<u32>,
+    /// For a copy sent to the creator as a forward request (type 8): the members (64 hex)
+    /// that are not our contacts, to whom the creator forwards it; null otherwise.
+    #[serde(default)]
+    pub forwarded_to: Option<Vec<String>>,
 }
 
 /// One member in [`GroupView`].
@@ -91,8 +95,12 @@ pub struct MemberView {
     pub state: &'static str,
     /// This is us.
     pub me: bool,
-    /// We can send to it (it is us or a contact that is not rejected).
+    /// We can send to it: it is us, a contact that is not rejected, or a member we reach
+    /// through the creator (`via_creator`).
     pub reachable: bool,
+    /// Not our contact: our envelopes reach it through the creator (forward requests,
+    /// docs/PROTOCOL.md "Groups"), and its reach us the same way.
+    pub via_creator: bool,
 }
 
 /// `sremp group show --json` (and each item of `group list`).
@@ -248,9 +256,16 @@ fn seal(
 }
 
 fn control_tag(g: &Group, envelope: &[u8]) -> (GroupTag, String) {
-    let kind = Control::decode(envelope)
-        .map(|(_, c)| c.name())
-        .unwrap_or("control");
+    let (kind, forwarded_to) = match Control::decode(envelope) {
+        Ok((_, Control::Forward(f))) => (
+            Control::decode(&f.inner.envelope)
+                .map(|(_, c)| c.name())
+                .unwrap_or("control"),
+            Some(f.to.iter().map(|m| m.key().to_string()).collect()),
+        ),
+        Ok((_, c)) => (c.name(), None),
+        Err(_) => ("control", None),
+    };
     (
         GroupTag {
             group: g.id().to_string(),
@@ -258,9 +273,31 @@ fn control_tag(g: &Group, envelope: &[u8]) -> (GroupTag, String) {
             message_id: None,
             seq: None,
             gap: None,
+            forwarded_to,
         },
         format!("[group {}: {kind}]", g.membership.name),
     )
+}
+
+/// Whether we send to `k` pairwise: a contact we have not rejected.
+fn is_reachable(inner: &Inner, k: &IdentityKey) -> bool {
+    inner
+        .contacts
+        .get(k)
+        .ok()
+        .flatten()
+        .is_some_and(|c| c.trust != Trust::Rejected)
+}
+
+/// The core's sends with those for members who are not our contacts routed through the
+/// creator ([`Group::route`]).
+fn route(
+    inner: &Inner,
+    g: &Group,
+    sends: Vec<(IdentityKey, Vec<u8>)>,
+) -> Vec<(IdentityKey, Vec<u8>)> {
+    let me = inner.me();
+    g.route(me.signing_key(), sends, |k| is_reachable(inner, k))
 }
 
 /// Seals every send of the core's effects (skipping `defer`, returned for later).
@@ -274,7 +311,7 @@ fn seal_all(
     let mut entries = Vec::new();
     let mut later = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (to, env) in sends {
+    for (to, env) in route(inner, g, sends) {
         // A second envelope to the same member needs the first one's session committed.
         if Some(to) == defer || !seen.insert(to) {
             later.push((to, env));
@@ -346,6 +383,7 @@ fn record_shown(
         message_id: Some(super::history::format_id(low64(&s.id))),
         seq: Some(s.seq),
         gap: Some(s.gap),
+        forwarded_to: None,
     });
     batch.extend(inner.history.update(&entry));
     batch.put(Tree::Meta, hkey(&g.id(), entry.seq), Vec::new());
@@ -378,6 +416,7 @@ fn notice(
         message_id: None,
         seq: None,
         gap: None,
+        forwarded_to: None,
     });
     batch.extend(inner.history.update(&entry));
     entry
@@ -552,6 +591,11 @@ impl Node {
             .map(|(k, s)| {
                 let is_me = k.0 == g.me;
                 let c = self.inner.contacts.get(&k).ok().flatten();
+                let direct = is_me || c.as_ref().is_some_and(|c| c.trust != Trust::Rejected);
+                let via_creator = !direct
+                    && c.is_none()
+                    && !g.is_creator()
+                    && is_reachable(&self.inner, &IdentityKey(g.membership.creator));
                 MemberView {
                     id: k.to_string(),
                     name: if is_me {
@@ -561,7 +605,8 @@ impl Node {
                     },
                     state: s.name(),
                     me: is_me,
-                    reachable: is_me || c.is_some_and(|c| c.trust != Trust::Rejected),
+                    reachable: direct || via_creator,
+                    via_creator,
                 }
             })
             .collect();
@@ -736,13 +781,16 @@ impl Node {
         let message_id = super::history::format_id(low64(&payload.id));
         let mut batch = Batch::new();
         let mut entries = Vec::new();
-        for k in to {
+        let sends = to.into_iter().map(|k| (k, env.clone())).collect();
+        for (k, env) in route(inner, &g, sends) {
+            let (control, _) = control_tag(&g, &env);
             let tag = GroupTag {
                 group: g.id().to_string(),
                 kind: "message".into(),
                 message_id: Some(message_id.clone()),
                 seq: None,
                 gap: None,
+                forwarded_to: control.forwarded_to,
             };
             entries.extend(seal(inner, &g, k, &env, tag, text.to_string(), &mut batch)?);
         }

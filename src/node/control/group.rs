@@ -17,12 +17,15 @@
 //! `GROUP` ([`crate::node::groups::GroupView`]): `{"id":"<32 hex>","name":"team","creator":
 //! "<64 hex>","is_creator":bool,"state":"invited"|"accepted"|"declined"|"left"|"closed",
 //! "closed":bool,"created_at":MS,"members":[{"id":"<64 hex>","name":"bob"|null,"state":
-//! "invited"|"accepted"|"declined"|"left","me":bool,"reachable":bool},...],"held":N,
+//! "invited"|"accepted"|"declined"|"left","me":bool,"reachable":bool,"via_creator":bool},...],
+//! "held":N,
 //! "sender_key":[GENERATION,NEXT_SEQ]|null,"refused":{"<reason>":N,...}}`.
 //! `GROUP_SENT`: `{"group":"<32 hex>","message_id":"<16 hex>","entries":[ENTRY,...]}`, one
 //! queued copy per member, each with that member's status.
 //! A group `ENTRY` carries `"group":{"group":"<32 hex>","kind":"message"|"invite"|"accept"|
-//! "decline"|"sender_key"|"leave"|"close","message_id":"<16 hex>"|null,"seq":N|null,"gap":N|null}`.
+//! "decline"|"sender_key"|"leave"|"close","message_id":"<16 hex>"|null,"seq":N|null,"gap":N|null,
+//! "forwarded_to":["<64 hex>",...]|null}` (`forwarded_to`: on our copy to the creator that it
+//! forwards to these members, who are not our contacts; docs/PROTOCOL.md "Groups").
 
 use super::{Response, DEFAULT_MESSAGES, MAX_MESSAGES};
 use crate::node::{Node, NodeError};
