@@ -287,3 +287,100 @@ fn chat_client_sends_and_shows_delivery_in_a_real_terminal() {
     assert!(ok, "the client did not exit cleanly:\n{screen}");
     let _ = bob_id;
 }
+
+/// A group conversation in the real client (issue 16): the group is listed beside the
+/// contacts, Tab opens it, a typed line goes to the group (bob's node shows it as a group
+/// message), our line shows bob's copy turn to delivered, and bob's group message appears with
+/// his name.
+#[test]
+fn chat_client_group_conversation_in_a_real_terminal() {
+    if !tmux_available() {
+        eprintln!("SKIP chat_client_group_conversation_in_a_real_terminal: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = BinNode::new(dir.path(), &BinNodeOptions::loopback("alice"));
+    let mut bob = BinNode::new(dir.path(), &BinNodeOptions::loopback("bob"));
+    alice.start();
+    bob.start();
+    introduce(&alice, &bob);
+    let created = alice.json(&["group", "create", "crew", "--members", "bob"]);
+    let g = created["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bob.cmd(&["group", "show", &g]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "no invitation at bob:\n{}",
+            bob.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(bob.json(&["group", "accept", &g])["state"], "accepted");
+
+    let t = start_chat(dir.path(), &alice.config);
+    let (ok, screen) = t.wait_for(Duration::from_secs(20), |s| {
+        s.contains("connected") && s.contains("#crew")
+    });
+    assert!(
+        ok,
+        "the group is not listed:\n{screen}\n--- alice:\n{}",
+        alice.logs()
+    );
+    // Tab until the group is open (bounded).
+    for _ in 0..4 {
+        if t.screen().contains("Message #crew") {
+            break;
+        }
+        assert!(t.cmd(&["send-keys", "-t", "chat", "Tab"]).status.success());
+        t.wait_for(Duration::from_secs(2), |s| s.contains("Message #crew"));
+    }
+    let (ok, screen) = t.wait_for(Duration::from_secs(5), |s| {
+        s.contains("Message #crew") && s.contains("group")
+    });
+    assert!(ok, "the group conversation did not open:\n{screen}");
+
+    let text = "hello crew from the chat";
+    assert!(t
+        .cmd(&["send-keys", "-t", "chat", "-l", text])
+        .status
+        .success());
+    assert!(t
+        .cmd(&["send-keys", "-t", "chat", "Enter"])
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = bob.json(&["messages", "--group", &g]);
+        let arrived = got.as_array().is_some_and(|v| {
+            v.iter().any(|e| {
+                e["direction"] == "in" && e["text"] == text && e["group"]["kind"] == "message"
+            })
+        });
+        if arrived {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bob did not get the group message\n--- screen:\n{}\n--- bob:\n{}",
+            t.screen(),
+            bob.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, screen) = t.wait_for(Duration::from_secs(30), |s| s.contains("[bob delivered"));
+    assert!(ok, "bob's copy not shown delivered:\n{screen}");
+
+    bob.json(&["send", "--group", &g, "bob answers the crew"]);
+    let (ok, screen) = t.wait_for(Duration::from_secs(30), |s| {
+        s.contains("bob: bob answers the crew")
+    });
+    assert!(
+        ok,
+        "bob's group message did not appear:\n{screen}\n--- bob:\n{}",
+        bob.logs()
+    );
+
+    assert!(t.cmd(&["send-keys", "-t", "chat", "C-c"]).status.success());
+    let (ok, screen) = t.wait_for(Duration::from_secs(10), |s| s.contains("chat-exited-0"));
+    assert!(ok, "the client did not exit cleanly:\n{screen}");
+}

@@ -953,19 +953,19 @@ mod tests {
         let q: Vec<_> = fx.send.into_iter().map(|(k, e)| (a, k, e)).collect();
         pump_routed(&mut rng, &mut ps, &far, q);
         let mut q = Vec::new();
-        for i in 1..=3usize {
-            let me = ps[i].key();
-            let sk = ps[i].sk.clone();
-            let g = ps[i].g.as_mut().unwrap();
+        for p in ps.iter_mut().skip(1) {
+            let me = p.key();
+            let sk = p.sk.clone();
+            let g = p.g.as_mut().unwrap();
             let fx = g.accept(&mut rng).unwrap();
             let routed = g.route(&sk, fx.send, |k| !far(me, *k));
             q.extend(routed.into_iter().map(|(k, e)| (me, k, e)));
         }
         pump_routed(&mut rng, &mut ps, &far, q);
         // b and c have each other's sender keys (through a) and see each other's messages.
-        for i in 1..=2usize {
-            let g = ps[i].g.as_ref().unwrap();
-            assert_eq!(g.chains().len(), 3, "member {i} has every other chain");
+        for p in &ps[1..=2] {
+            let g = p.g.as_ref().unwrap();
+            assert_eq!(g.chains().len(), 3, "every other chain");
         }
         let mut q = Vec::new();
         for (i, text) in [(1usize, "from b"), (2, "from c")] {

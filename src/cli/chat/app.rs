@@ -11,6 +11,7 @@
 //! its newest [`MAX_INPUT_HISTORY`] lines, and an input line is at most [`MAX_INPUT`] bytes.
 //! Unread counts only cover what arrived while this client runs (the node keeps no read marks).
 
+use super::groups::{self, GroupInfo, GroupRef};
 use crate::node::history::{DeliveryPath, Direction, Status};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use std::collections::HashMap;
@@ -44,6 +45,8 @@ pub struct Msg {
     pub status: Status,
     /// The path it took.
     pub path: Option<DeliveryPath>,
+    /// Group entries only: the group and what the entry is ([`groups`]).
+    pub group: Option<GroupRef>,
 }
 
 /// A contact as the client shows it.
@@ -113,6 +116,8 @@ pub enum NetEvent {
     Synced,
     /// Reachability of every contact the node has a path state for.
     Presence(HashMap<String, Presence>),
+    /// The whole group list.
+    Groups(Vec<GroupInfo>),
     /// Our own card, for `/id`: the card text and its QR code lines.
     Card {
         /// The `sremp1:` card.
@@ -137,6 +142,13 @@ pub enum Action {
     Send {
         /// Contact id.
         to: String,
+        /// The text.
+        text: String,
+    },
+    /// Send `text` to the group `group` (32-hex id).
+    SendGroup {
+        /// Group id.
+        group: String,
         /// The text.
         text: String,
     },
@@ -274,8 +286,10 @@ pub struct App {
     pub contacts: HashMap<String, Contact>,
     /// Presence by contact id.
     pub presence: HashMap<String, Presence>,
-    /// Conversations by peer id.
+    /// Conversations by peer id (a group's: [`groups::key_of`] its id).
     pub conversations: HashMap<String, Conversation>,
+    /// Groups by conversation key.
+    pub groups: HashMap<String, GroupInfo>,
     /// The peer id shown.
     pub selected: Option<String>,
     /// The input line.
@@ -316,6 +330,7 @@ impl App {
             contacts: HashMap::new(),
             presence: HashMap::new(),
             conversations: HashMap::new(),
+            groups: HashMap::new(),
             selected: None,
             input: String::new(),
             cursor: 0,
@@ -337,8 +352,9 @@ impl App {
     /// name, then by id.
     pub fn order(&self) -> Vec<String> {
         let mut ids: Vec<&String> = self.contacts.keys().collect();
+        ids.extend(self.groups.keys());
         for id in self.conversations.keys() {
-            if !self.contacts.contains_key(id) {
+            if !self.contacts.contains_key(id) && !self.groups.contains_key(id) {
                 ids.push(id);
             }
         }
@@ -363,6 +379,12 @@ impl App {
     pub fn name_of(&self, id: &str) -> String {
         if let Some(c) = self.contacts.get(id) {
             return c.username.clone();
+        }
+        if let Some(g) = self.groups.get(id) {
+            return format!("#{}", g.name);
+        }
+        if let Some(gid) = groups::group_id(id) {
+            return format!("#{}", short(gid));
         }
         self.conversations
             .get(id)
@@ -460,6 +482,7 @@ impl App {
                 self.contacts.clear();
                 self.presence.clear();
                 self.transfers.clear();
+                self.groups.clear();
                 if matches!(self.notice, Some((Level::Error, _))) {
                     self.notice = None;
                 }
@@ -524,6 +547,17 @@ impl App {
                 self.seen_seq = Some(self.seen_seq.unwrap_or(0).max(top));
             }
             NetEvent::Presence(p) => self.presence = p,
+            NetEvent::Groups(list) => {
+                self.groups = list
+                    .into_iter()
+                    .take(groups::MAX_GROUPS)
+                    .map(|g| (g.key(), g))
+                    .collect();
+                if self.selected.is_none() {
+                    let first = self.order().into_iter().next();
+                    self.select(first);
+                }
+            }
             NetEvent::Card { card, qr } => self.overlay = Some(Overlay::Card { card, qr }),
             NetEvent::Info(s) => self.set_notice(Level::Info, s),
             NetEvent::Error(s) => self.set_notice(Level::Error, s),
@@ -551,7 +585,12 @@ impl App {
     }
 
     fn entry(&mut self, m: Msg) {
-        let peer = m.peer.clone();
+        // A group entry goes to its group's conversation (or nowhere: a control).
+        let peer = match groups::route(&m) {
+            None => m.peer.clone(),
+            Some(Some(key)) => key,
+            Some(None) => return,
+        };
         let incoming = m.direction == Direction::In && m.status == Status::Received;
         let shown = self.selected.as_deref() == Some(peer.as_str());
         let conv = self.conversations.entry(peer.clone()).or_default();
@@ -747,6 +786,10 @@ impl App {
             return Vec::new();
         }
         match self.selected.clone() {
+            Some(key) if groups::is_group_key(&key) => {
+                let group = groups::group_id(&key).unwrap_or_default().to_string();
+                vec![Action::SendGroup { group, text }]
+            }
             Some(to) => vec![Action::Send { to, text }],
             None => {
                 self.set_notice(
@@ -761,10 +804,13 @@ impl App {
     /// The contact a command names (`/trust bob`), or the selected one.
     fn target(&self, arg: &str) -> Result<String, String> {
         if arg.is_empty() {
-            return self
-                .selected
-                .clone()
-                .ok_or_else(|| "no conversation selected".to_string());
+            return match self.selected.clone() {
+                Some(k) if groups::is_group_key(&k) => {
+                    Err("a group is selected: name the contact".to_string())
+                }
+                Some(k) => Ok(k),
+                None => Err("no conversation selected".to_string()),
+            };
         }
         if self.contacts.contains_key(arg) {
             return Ok(arg.to_string());
@@ -871,6 +917,7 @@ pub(crate) mod tests {
             at_ms: 1_700_000_000_000 + seq * 60_000,
             status,
             path: None,
+            group: None,
         }
     }
 
@@ -883,6 +930,54 @@ pub(crate) mod tests {
         app.handle_net(NetEvent::Contacts(contacts));
         app.handle_net(NetEvent::Synced);
         app
+    }
+
+    #[test]
+    fn a_group_conversation_sends_to_the_group_and_counts_unread() {
+        use crate::cli::chat::groups::tests::{gid, gmsg, info};
+        let bob = contact('b', "bob");
+        let mut app = connected(vec![bob.clone()]);
+        assert_eq!(app.selected.as_deref(), Some(bob.id.as_str()));
+        app.handle_net(NetEvent::Groups(vec![info()]));
+        let key = info().key();
+        assert!(app.order().contains(&key));
+        assert_eq!(app.name_of(&key), "#team");
+        // A group message while bob is shown: unread in the group, not in bob's conversation.
+        app.handle_net(NetEvent::Entry(gmsg(
+            7,
+            'b',
+            false,
+            "hi",
+            Status::Received,
+            "m",
+        )));
+        assert_eq!(app.conversations.get(&key).map(|c| c.unread), Some(1));
+        assert!(!app.conversations.contains_key(&bob.id));
+        // Tab to the group clears it; Enter sends to the group.
+        while app.selected.as_deref() != Some(key.as_str()) {
+            app.handle_key(key_of(KeyCode::Tab));
+        }
+        assert_eq!(app.conversations.get(&key).map(|c| c.unread), Some(0));
+        assert_eq!(
+            typed(&mut app, "hello group"),
+            vec![Action::SendGroup {
+                group: gid(),
+                text: "hello group".into()
+            }]
+        );
+        // /trust with no name is refused on a group (it names no contact).
+        assert!(typed(&mut app, "/trust").is_empty());
+        assert!(matches!(&app.notice, Some((Level::Error, e)) if e.contains("group")));
+        // A reconnection forgets the groups until the node lists them again.
+        app.handle_net(NetEvent::Connected {
+            id: "a".repeat(64),
+            username: "alice".into(),
+        });
+        assert!(app.groups.is_empty());
+    }
+
+    fn key_of(code: KeyCode) -> KeyEvent {
+        key(code)
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   pop-ups, key warnings) and key handling, pure and tested without a terminal;
 //! - [`ui`]: rendering of that state, tested with ratatui's `TestBackend`;
 //! - [`files`]: `/file`, `/accept`, `/decline` and the transfer lines under a conversation;
+//! - [`groups`]: group conversations (the group list, our per-member copies merged into one
+//!   line with each member's status);
 //! - [`net`]: the async shell over the control socket: one `follow` connection with
 //!   `"events":true` (backlog, then every new entry, status change and contact event), one
 //!   `files_follow` connection (file transfer progress), a `presence` poll, one connection per
@@ -21,6 +23,7 @@
 
 pub mod app;
 pub mod files;
+pub mod groups;
 pub mod net;
 pub mod ui;
 

@@ -7,13 +7,16 @@
 //!    read, so nothing recorded meanwhile is missed;
 //! 3. the history, paged with `messages`, then [`NetEvent::Synced`];
 //! 4. the follow stream live (entries, status changes, contact and key-conflict events), a
-//!    `presence` poll every [`PRESENCE_EVERY`], and each user action on its own connection.
+//!    `presence` and `group list` poll every [`PRESENCE_EVERY`] (the group list also at once
+//!    when a group entry arrives), and each user action on its own connection.
 //!
 //! When the node stops (the stream closes) or is not running, [`NetEvent::Down`] says why and
 //! the session starts again every [`RETRY_EVERY`]. A `lagged` stream also starts a new session,
 //! which re-reads everything.
 
 use super::app::{Action, Contact, Msg, NetEvent, Presence};
+use super::groups::GroupInfo;
+use crate::node::control::group::GroupOp;
 use crate::node::control::{
     Client, ContactView, ControlError, Request, Response, CLIENT_TIMEOUT, MAX_MESSAGES,
 };
@@ -40,6 +43,38 @@ pub fn msg_of(e: HistoryEntry) -> Msg {
         at_ms: e.recorded_at,
         status: e.status,
         path: e.path,
+        group: e.group.map(|g| super::groups::GroupRef {
+            group: g.group,
+            kind: g.kind,
+            message_id: g.message_id,
+            forwarded_to: g.forwarded_to.unwrap_or_default(),
+        }),
+    }
+}
+
+/// The group list, or None from a node without groups (or a refusal).
+async fn group_list(ctl: &mut Client) -> Result<Option<Vec<GroupInfo>>, ControlError> {
+    let r = ctl
+        .call(&group_request(GroupOp::List, None, None), CLIENT_TIMEOUT)
+        .await?;
+    Ok(r.into_result().ok().map(|r| {
+        r.groups
+            .unwrap_or_default()
+            .iter()
+            .filter_map(GroupInfo::from_json)
+            .collect()
+    }))
+}
+
+fn group_request(op: GroupOp, group: Option<String>, text: Option<String>) -> Request {
+    Request::Group {
+        op,
+        group,
+        name: None,
+        members: None,
+        text,
+        after_seq: None,
+        limit: None,
     }
 }
 
@@ -164,6 +199,13 @@ async fn session(
     let _ = tx.send(NetEvent::Contacts(
         contacts.into_iter().map(contact_of).collect(),
     ));
+    let mut groups_on = true;
+    match group_list(&mut ctl).await? {
+        Some(list) => {
+            let _ = tx.send(NetEvent::Groups(list));
+        }
+        None => groups_on = false,
+    }
     let mut last = None;
     let mut read = 0usize;
     loop {
@@ -226,8 +268,16 @@ async fn session(
                     // Updates were lost: read everything again.
                     return Err(ControlError::BadResponse("the event stream lagged; resynchronising".into()));
                 }
+                let mut refresh = false;
                 for ev in events_of(r) {
+                    // A group entry may be a group we do not list yet, or a member's answer.
+                    refresh |= matches!(&ev, NetEvent::Entry(m) if m.group.is_some());
                     let _ = tx.send(ev);
+                }
+                if refresh && groups_on {
+                    if let Some(list) = group_list(&mut ctl).await? {
+                        let _ = tx.send(NetEvent::Groups(list));
+                    }
                 }
             }
             line = xrx.recv(), if files_reader.is_some() => {
@@ -249,6 +299,11 @@ async fn session(
                     }
                     // An older node without `presence`: no indicator beyond the relays.
                     Err(_) => presence_on = false,
+                }
+                if groups_on {
+                    if let Some(list) = group_list(&mut ctl).await? {
+                        let _ = tx.send(NetEvent::Groups(list));
+                    }
                 }
             }
             a = actions.recv() => {
@@ -289,6 +344,19 @@ async fn act(path: &Path, a: Action, tx: &UnboundedSender<NetEvent>) {
                 r.entry
                     .map(|e| vec![NetEvent::Entry(msg_of(e))])
                     .unwrap_or_default()
+            }));
+        }
+        Action::SendGroup { group, text } => {
+            let r = call(path, &group_request(GroupOp::Send, Some(group), Some(text))).await;
+            report(r.map(|r| {
+                // One entry per member copy; the app merges them into one line.
+                r.group
+                    .and_then(|g| g.get("entries").cloned())
+                    .and_then(|e| serde_json::from_value::<Vec<HistoryEntry>>(e).ok())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| NetEvent::Entry(msg_of(e)))
+                    .collect()
             }));
         }
         Action::Add(card) => {

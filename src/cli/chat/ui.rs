@@ -50,9 +50,10 @@ pub const HELP: &[&str] = &[
     "/decline [ID] [REASON]  refuse it (the sender sees the reason)",
     "/help            this help       //text  sends \"/text\"",
     "",
-    "Contacts: \u{25cf} direct path works  \u{25d0} via relay  \u{25cb} no route yet",
+    "Contacts: \u{25cf} direct path works  \u{25d0} via relay  \u{25cb} no route yet  # group",
     "          \u{26a0} identity warning this session",
     "Messages: [queued] -> [stored at relay] -> [delivered, direct|relay]",
+    "Groups:   [bob delivered, carol at relay]: each member's copy",
 ];
 
 /// Replaces control characters (escape sequences, newlines, tabs) with spaces.
@@ -236,7 +237,9 @@ fn draw_contacts(f: &mut Frame, app: &App, area: Rect) {
     let items: Vec<ListItem> = order
         .iter()
         .map(|id| {
-            let (mark, mark_style) = if app.flagged.contains(id) {
+            let (mark, mark_style) = if super::groups::is_group_key(id) {
+                ("#", Style::default().fg(Color::Cyan))
+            } else if app.flagged.contains(id) {
                 (
                     "\u{26a0}",
                     Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
@@ -322,9 +325,78 @@ pub fn conversation_lines(app: &App, width: usize) -> Vec<Line<'static>> {
         .as_ref()
         .map(|(_, n)| clean(n))
         .unwrap_or_else(|| "me".into());
+    // One item per line to draw: (time, direction, who, text, tag, tag style).
+    let group = app
+        .selected
+        .as_deref()
+        .filter(|k| super::groups::is_group_key(k));
+    let items: Vec<(u64, Direction, String, String, String, Style)> = match group {
+        Some(key) => {
+            let info = app.groups.get(key);
+            super::groups::lines(conv)
+                .into_iter()
+                .map(|l| {
+                    let (who, tag, st) = match (l.direction, l.status) {
+                        (_, Status::Notice) => {
+                            ("*".to_string(), "[notice]".to_string(), Status::Notice)
+                        }
+                        (Direction::Out, _) => {
+                            let least = super::groups::least(&l.copies);
+                            (
+                                me.clone(),
+                                super::groups::copies_tag(info, &l.copies),
+                                least,
+                            )
+                        }
+                        (Direction::In, st) => {
+                            let who = l
+                                .peer_name
+                                .clone()
+                                .or_else(|| info.map(|g| g.member_name(&l.peer)))
+                                .unwrap_or_else(|| short(&l.peer));
+                            let m = Msg {
+                                seq: l.seq,
+                                direction: l.direction,
+                                peer: l.peer.clone(),
+                                peer_name: None,
+                                text: String::new(),
+                                at_ms: l.at_ms,
+                                status: st,
+                                path: l.path,
+                                group: None,
+                            };
+                            (clean(&who), status_tag(&m), st)
+                        }
+                    };
+                    (l.at_ms, l.direction, who, l.text, tag, status_style(st))
+                })
+                .collect()
+        }
+        None => conv
+            .messages
+            .iter()
+            .map(|m| {
+                let who = match (m.direction, m.status) {
+                    (_, Status::Notice) => "*".to_string(),
+                    (Direction::Out, _) => me.clone(),
+                    (Direction::In, _) => {
+                        clean(&m.peer_name.clone().unwrap_or_else(|| app.name_of(&m.peer)))
+                    }
+                };
+                (
+                    m.at_ms,
+                    m.direction,
+                    who,
+                    m.text.clone(),
+                    status_tag(m),
+                    status_style(m.status),
+                )
+            })
+            .collect(),
+    };
     let mut last_day = None;
-    for m in &conv.messages {
-        let d = day(m.at_ms, app.utc_offset_secs);
+    for (at_ms, direction, who, text, tag, tag_style) in items {
+        let d = day(at_ms, app.utc_offset_secs);
         if last_day.as_ref() != Some(&d) {
             let label = format!(" {d} ");
             let side = width.saturating_sub(label.width()) / 2;
@@ -335,14 +407,7 @@ pub fn conversation_lines(app: &App, width: usize) -> Vec<Line<'static>> {
             ));
             last_day = Some(d);
         }
-        let who = match (m.direction, m.status) {
-            (_, Status::Notice) => "*".to_string(),
-            (Direction::Out, _) => me.clone(),
-            (Direction::In, _) => {
-                clean(&m.peer_name.clone().unwrap_or_else(|| app.name_of(&m.peer)))
-            }
-        };
-        let who_style = match m.direction {
+        let who_style = match direction {
             Direction::Out => Style::default()
                 .fg(Color::Blue)
                 .add_modifier(Modifier::BOLD),
@@ -350,10 +415,9 @@ pub fn conversation_lines(app: &App, width: usize) -> Vec<Line<'static>> {
                 .fg(Color::Magenta)
                 .add_modifier(Modifier::BOLD),
         };
-        let prefix = format!("{} ", clock(m.at_ms, app.utc_offset_secs));
+        let prefix = format!("{} ", clock(at_ms, app.utc_offset_secs));
         let head = format!("{prefix}{who}: ");
-        let tag = status_tag(m);
-        let body = clean(&m.text);
+        let body = clean(&text);
         let text_w = width.saturating_sub(head.width()).max(8);
         let mut parts = wrap(&body, text_w);
         // The tag goes on the last line if it fits, else on a line of its own.
@@ -375,14 +439,14 @@ pub fn conversation_lines(app: &App, width: usize) -> Vec<Line<'static>> {
             spans.push(Span::raw(part));
             if i + 1 == n && !tag_on_own_line && !tag.is_empty() {
                 spans.push(Span::raw(" "));
-                spans.push(Span::styled(tag.clone(), status_style(m.status)));
+                spans.push(Span::styled(tag.clone(), tag_style));
             }
             lines.push(Line::from(spans));
         }
         if tag_on_own_line {
             lines.push(Line::from(vec![
                 Span::raw(" ".repeat(head.width())),
-                Span::styled(tag, status_style(m.status)),
+                Span::styled(tag, tag_style),
             ]));
         }
     }
@@ -391,6 +455,17 @@ pub fn conversation_lines(app: &App, width: usize) -> Vec<Line<'static>> {
 
 fn draw_conversation(f: &mut Frame, app: &App, area: Rect) {
     let title = match &app.selected {
+        Some(key) if super::groups::is_group_key(key) => match app.groups.get(key) {
+            Some(g) => {
+                let (accepted, all) = g.counts();
+                format!(
+                    "#{} \u{b7} group \u{b7} {accepted}/{all} accepted \u{b7} {}",
+                    clean(&g.name),
+                    clean(&g.state)
+                )
+            }
+            None => format!("{} \u{b7} group", clean(&app.name_of(key))),
+        },
         Some(id) => {
             let trust = app
                 .contacts
@@ -730,6 +805,80 @@ mod tests {
         let all = screen(&render(&app, 80, 24));
         assert!(all.contains("hello bob [delivered, direct]"), "{all}");
         assert!(!all.contains("[queued]"), "{all}");
+    }
+
+    #[test]
+    fn group_conversation_with_senders_and_per_member_delivery() {
+        use super::super::groups::tests::{gmsg, info};
+        let bob = contact('b', "bob");
+        let carol = contact('c', "carol");
+        let mut app = connected(vec![bob.clone(), carol.clone()]);
+        app.handle_net(NetEvent::Groups(vec![info()]));
+        let gkey = info().key();
+        // bob writes; we answer (one copy each to bob and carol, and one to the creator for
+        // dave, who is not our contact); dave (no name: not a contact) writes.
+        let mut m = gmsg(1, 'b', false, "hi team", Status::Received, "m1");
+        m.peer_name = Some("bob".into());
+        m.path = Some(DeliveryPath::Relay);
+        app.handle_net(NetEvent::Entry(m));
+        let mut to_bob = gmsg(2, 'b', true, "hello all", Status::Queued, "m2");
+        app.handle_net(NetEvent::Entry(to_bob.clone()));
+        let mut to_carol = gmsg(3, 'c', true, "hello all", Status::StoredAtRelay, "m2");
+        if let Some(g) = to_carol.group.as_mut() {
+            g.forwarded_to = vec!["d".repeat(64)];
+        }
+        app.handle_net(NetEvent::Entry(to_carol));
+        app.handle_net(NetEvent::Entry(gmsg(
+            4,
+            'd',
+            false,
+            "from d",
+            Status::Received,
+            "m3",
+        )));
+        // A control we sent is not shown anywhere.
+        let mut ctl = gmsg(5, 'b', true, "[group team: accept]", Status::Delivered, "x");
+        if let Some(g) = ctl.group.as_mut() {
+            g.kind = "accept".into();
+            g.message_id = None;
+        }
+        app.handle_net(NetEvent::Entry(ctl));
+        assert!(
+            !app.conversations.contains_key(&bob.id),
+            "nothing in bob's own conversation"
+        );
+        // The group is listed beside the contacts, with its unread count.
+        let all = screen(&render(&app, 80, 24));
+        assert!(all.contains("# #team"), "{all}");
+        assert!(all.contains("Contacts (3)"), "{all}");
+        while app.selected.as_deref() != Some(gkey.as_str()) {
+            app.handle_key(key(KeyCode::Tab));
+        }
+        let all = screen(&render(&app, 100, 24));
+        assert!(
+            all.contains("#team \u{b7} group \u{b7} 4/4 accepted"),
+            "{all}"
+        );
+        assert!(all.contains("bob: hi team [relay]"), "{all}");
+        assert!(
+            all.contains("alice: hello all [bob queued, carol at relay (+dddddddd via carol)]"),
+            "one line for both copies: {all}"
+        );
+        assert!(all.contains("dddddddd: from d"), "{all}");
+        assert!(!all.contains("accept]"), "{all}");
+        assert!(all.contains("Message #team"), "{all}");
+        // bob's copy is delivered: the line updates in place.
+        to_bob.status = Status::Delivered;
+        to_bob.path = Some(DeliveryPath::Direct);
+        app.handle_net(NetEvent::Entry(to_bob));
+        let all = screen(&render(&app, 100, 24));
+        assert!(all.contains("[bob delivered, carol at relay"), "{all}");
+        // Fits 80x24 without panicking, with long names too.
+        let mut long = info();
+        long.name = "x".repeat(64);
+        app.handle_net(NetEvent::Groups(vec![long]));
+        let _ = render(&app, 80, 24);
+        let _ = render(&app, 40, 10);
     }
 
     #[test]
