@@ -508,3 +508,121 @@ fn members_who_are_not_contacts_reach_each_other_through_the_creator() {
     }
     drop(relay);
 }
+
+/// Appends `line` to the `[node]` section (the last section of a test node's config).
+fn node_setting(node: &BinNode, line: &str) {
+    let mut text = std::fs::read_to_string(&node.config).unwrap();
+    assert!(text.ends_with('\n'));
+    text.push_str(line);
+    text.push('\n');
+    std::fs::write(&node.config, text).unwrap();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// Gap repair after a restore targets only the group messages the member lost: bob's database
+/// goes back to a copy that has g1..g3; after it he got g4 and g5 (and answered alice, which
+/// turned the ratchet so his old state cannot read her next message). Alice's next message
+/// makes bob ask for a session reset naming g3 (the newest message he has from her, a group
+/// message id) and alice re-sends exactly g4 and g5 from her delivered copies — not the whole
+/// recovery window — and bob shows every message once with nothing refused.
+#[test]
+fn restored_member_gets_exactly_the_group_messages_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = BinNode::new(dir.path(), &BinNodeOptions::loopback("alice"));
+    let mut bob = BinNode::new(dir.path(), &BinNodeOptions::loopback("bob"));
+    // The backstop for a reset notice that never arrives (as in tests/session_recovery.rs).
+    node_setting(&alice, "restore_after_ms = 5000");
+    alice.start();
+    bob.start();
+    let (alice_id, _bob_id) = introduce(&alice, &bob);
+    let g = alice.json(&["group", "create", "pair", "--members", "bob"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait(&bob, "invitation", Duration::from_secs(20), || {
+        show(&bob, &g)
+    });
+    bob.json(&["group", "accept", &g]);
+    wait(&alice, "bob's acceptance", Duration::from_secs(20), || {
+        (member_state(&show(&alice, &g)?, "bob") == "accepted").then_some(())
+    });
+    let delivered = |n: &BinNode, text: &str| {
+        group_messages(n, &g)
+            .iter()
+            .any(|e| e["direction"] == "out" && e["text"] == text && e["status"] == "delivered")
+    };
+    for t in ["g1", "g2", "g3"] {
+        send_group(&alice, &g, t);
+        wait(&alice, t, Duration::from_secs(20), || {
+            delivered(&alice, t).then_some(())
+        });
+    }
+    // The backup.
+    bob.stop();
+    let old = dir.path().join("bob-db-copy");
+    copy_dir(&bob.data.join("db"), &old);
+    std::fs::copy(
+        bob.data.join("db.commit"),
+        dir.path().join("bob-db-copy.commit"),
+    )
+    .unwrap();
+    bob.start();
+    send_group(&alice, &g, "g4");
+    wait(&alice, "g4", Duration::from_secs(20), || {
+        delivered(&alice, "g4").then_some(())
+    });
+    // Bob answers (a one-to-one message): the ratchet turns.
+    let out = bob.json(&["send", &alice_id, "turn", "--wait", "--timeout-secs", "20"]);
+    assert_eq!(out["status"], "delivered", "{out}");
+    send_group(&alice, &g, "g5");
+    wait(&alice, "g5", Duration::from_secs(20), || {
+        delivered(&alice, "g5").then_some(())
+    });
+    wait_texts(&bob, &g, &["g4", "g5"], Duration::from_secs(20));
+    // The restore.
+    bob.stop();
+    std::fs::remove_dir_all(bob.data.join("db")).unwrap();
+    copy_dir(&old, &bob.data.join("db"));
+    std::fs::copy(
+        dir.path().join("bob-db-copy.commit"),
+        bob.data.join("db.commit"),
+    )
+    .unwrap();
+    bob.start();
+    assert_eq!(received_texts(&bob, &g), vec!["g1", "g2", "g3"]);
+    send_group(&alice, &g, "g6");
+    wait_texts(&bob, &g, &["g4", "g5", "g6"], Duration::from_secs(60));
+    // Alice's reset line: exactly the two lost messages were recovered.
+    let notice = wait(&alice, "the reset notice", Duration::from_secs(20), || {
+        alice.messages().into_iter().find(|e| {
+            e["status"] == "notice" && e["text"].as_str().is_some_and(|t| t.contains("re-sent"))
+        })
+    });
+    let text = notice["text"].as_str().unwrap();
+    assert!(
+        text.contains("(2 it had confirmed but lost)"),
+        "only g4 and g5 are recovered, not the whole window: {text}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut got = received_texts(&bob, &g);
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["g1", "g2", "g3", "g4", "g5", "g6"],
+        "each once (re-sent copies may overtake each other)"
+    );
+
+    assert_eq!(show(&bob, &g).unwrap()["refused"], serde_json::json!({}));
+}

@@ -11,6 +11,12 @@
 //! keeps for every outgoing message (`History::keep_payload_id`), so a recipient that does
 //! still hold one drops the copy by its `(sender, MessageId)` check and confirms it again.
 //!
+//! Group messages: the recipient records a received group message under the *group* message
+//! id (the same at every member), while each of our copies is recorded under the id of the
+//! pairwise payload that carried it, with the group message id in its `group` tag. So when
+//! `last_recorded` names no message of ours, it is looked up among our group copies to that
+//! recipient by that tag ([`group_copy_after`]); without this the whole window was re-sent.
+//!
 //! Pure selection over the store; the caller ([`super::delivery`]) holds the ratchet lock,
 //! re-encrypts and commits.
 
@@ -49,11 +55,13 @@ pub fn lost_after(
 ) -> Result<Vec<OutboxEntry>, StoreError> {
     let after = match last_recorded {
         0 => 0,
-        id => history
+        id => match history
             .find(Direction::Out, peer, id)?
             .filter(|e| e.direction == Direction::Out)
-            .map(|e| e.seq)
-            .unwrap_or(0),
+        {
+            Some(e) => e.seq,
+            None => group_copy_after(history, peer, id)?.unwrap_or(0),
+        },
     };
     let since = now_ms.saturating_sub(RECOVER_WINDOW_MS);
     let mut out = Vec::new();
@@ -93,6 +101,40 @@ pub fn lost_after(
         }
     }
     Ok(out)
+}
+
+/// The seq of our copy to `peer` of the group message whose id (low 64 bits) is `group_id`,
+/// if it is among the first [`RECOVER_SCAN`] history entries.
+pub fn group_copy_after(
+    history: &History,
+    peer: &IdentityKey,
+    group_id: u64,
+) -> Result<Option<u64>, StoreError> {
+    let want = super::history::format_id(group_id);
+    let mut cursor = None;
+    let mut read = 0usize;
+    let mut found = None;
+    const PAGE: usize = 1000;
+    while read < RECOVER_SCAN {
+        let page = history.list(cursor, PAGE)?;
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.seq);
+        read += page.len();
+        for h in &page {
+            let copy = h.direction == Direction::Out
+                && h.peer == *peer
+                && h.group
+                    .as_ref()
+                    .is_some_and(|g| g.kind == "message" && g.message_id.as_deref() == Some(&want));
+            if copy {
+                found = Some(h.seq);
+            }
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -226,5 +268,48 @@ mod tests {
         record(&h, &*store, Direction::In, &bob, 8, Status::Notice, now);
         assert_eq!(last_recorded(&h, &bob).unwrap(), 4);
         assert_eq!(last_recorded(&h, &carol).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_group_message_id_finds_our_copy_by_its_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let h = History::open(store.clone()).unwrap();
+        let bob = IdentityKey([2; 32]);
+        let now = 100 * 24 * 3600 * 1000;
+        let tag = |mid: u64| crate::node::groups::GroupTag {
+            group: "g".into(),
+            kind: "message".into(),
+            message_id: Some(crate::node::history::format_id(mid)),
+            seq: None,
+            gap: None,
+            forwarded_to: None,
+        };
+        // Our copies of group messages 0x100..0x103 (pairwise ids 1..4) to bob.
+        for i in 0..4u64 {
+            let seq = record(
+                &h,
+                &*store,
+                Direction::Out,
+                &bob,
+                i + 1,
+                Status::Delivered,
+                now,
+            );
+            let mut e = h.get(seq).unwrap().unwrap();
+            e.group = Some(tag(0x100 + i));
+            store.commit(h.update(&e)).unwrap();
+        }
+        let ids = |v: Vec<OutboxEntry>| v.iter().map(|e| e.message_id).collect::<Vec<_>>();
+        // Bob last recorded group message 0x101: only the copies after it.
+        assert_eq!(
+            ids(lost_after(&h, &bob, 0x101, now, 100).unwrap()),
+            vec![3, 4]
+        );
+        assert_eq!(group_copy_after(&h, &bob, 0x999).unwrap(), None);
+        assert_eq!(
+            group_copy_after(&h, &IdentityKey([9; 32]), 0x101).unwrap(),
+            None
+        );
     }
 }
