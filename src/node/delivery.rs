@@ -446,12 +446,14 @@ async fn reset(
                 id
             }
         };
-        // A group copy is re-sent as the same group envelope, not as its text.
+        // A group copy is re-sent as the same group envelope, not as its text (and not at all
+        // once its envelope was pruned, see `groups::prune_task`).
         let content = match super::groups::envelope_for(inner, h.seq)? {
             Some(data) => Content::Other {
                 kind: crate::group::control::PAYLOAD_KIND,
                 data,
             },
+            None if h.group.is_some() => continue,
             None => Content::Text(h.text.clone()),
         };
         let payload = Payload {

@@ -20,6 +20,13 @@
 //! `group/e/<history seq u64 BE>` → the envelope of an outgoing copy (re-sent as is after a
 //! session reset); `group/h/<id16><history seq>` → the history entries of a group (deleted
 //! with them when the group closes).
+//!
+//! Retention of the copies' envelopes: one is needed while its copy is not delivered (a
+//! session reset re-sends it) and, once delivered, for as long as a recipient restored from an
+//! older backup may ask for it again ([`super::recovery::RECOVER_WINDOW_MS`]). [`prune_task`]
+//! deletes the envelopes of copies delivered longer ago than that (and of copies whose history
+//! entry is gone) at start and every [`PRUNE_EVERY`]; a copy whose envelope was pruned is
+//! never re-sent (not as its text either).
 
 use super::history::{DeliveryPath, Direction, HistoryEntry, NewEntry, Status};
 use super::outbox::OutboxEntry;
@@ -35,6 +42,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const PENDING_KEY: &[u8] = b"group/pending";
+
+/// How often the envelopes of old delivered copies are pruned.
+pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Most envelope keys read by one prune pass (the rest wait for the next one).
+pub const PRUNE_SCAN: usize = 100_000;
 
 /// History entries to announce after the commit, and envelopes to queue after it.
 type Sealed = (Vec<HistoryEntry>, Vec<(IdentityKey, Vec<u8>)>);
@@ -180,6 +192,76 @@ fn low64(id: &MessageId) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&id.0[..8]);
     u64::from_be_bytes(b)
+}
+
+/// Whether the envelope of outgoing copy `entry` (None: its history entry is gone) may be
+/// deleted at `now_ms`: delivered (or gone) and sent before the recovery window.
+pub fn envelope_prunable(entry: Option<&HistoryEntry>, now_ms: u64) -> bool {
+    match entry {
+        None => true,
+        Some(e) => {
+            e.status == Status::Delivered
+                && e.sent_at < now_ms.saturating_sub(super::recovery::RECOVER_WINDOW_MS)
+        }
+    }
+}
+
+/// Deletes the envelopes [`envelope_prunable`] at `now_ms`; returns how many.
+pub(crate) async fn prune_envelopes(inner: &Inner, now_ms: u64) -> Result<usize, NodeError> {
+    let prefix = b"group/e/".to_vec();
+    let mut after: Option<Vec<u8>> = None;
+    let (mut read, mut pruned) = (0usize, 0usize);
+    while read < PRUNE_SCAN {
+        let page = inner
+            .store
+            .scan(Tree::Meta, &prefix, after.as_deref(), 1000)?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        read += page.len();
+        let mut batch = Batch::new();
+        let mut n = 0;
+        for (k, _) in &page {
+            let Some(seq) = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            if envelope_prunable(inner.history.get(seq)?.as_ref(), now_ms) {
+                batch.delete(Tree::Meta, k.clone());
+                n += 1;
+            }
+        }
+        if n > 0 {
+            commit(&inner.store, batch).await?;
+            pruned += n;
+        }
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    Ok(pruned)
+}
+
+/// Prunes old envelopes at start and every [`PRUNE_EVERY`] until the node stops.
+pub(crate) async fn prune_task(node: Node) {
+    let inner = node.inner.clone();
+    let mut stop = inner.stop.clone();
+    loop {
+        match prune_envelopes(&inner, Timestamp::now().0).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "envelopes of old delivered group copies pruned"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune group copies"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
 }
 
 /// The envelope of an outgoing group copy, for a re-send after a session reset.
@@ -754,6 +836,21 @@ impl Node {
     /// `sremp group show G`.
     pub fn group_show(&self, g: &str) -> Result<GroupView, NodeError> {
         Ok(self.view(&self.find_group(g)?))
+    }
+
+    /// Envelopes of outgoing group copies kept for re-sends (what [`prune_task`] bounds).
+    pub fn group_kept_envelopes(&self) -> Result<usize, NodeError> {
+        Ok(self
+            .inner
+            .store
+            .scan(Tree::Meta, b"group/e/", None, PRUNE_SCAN)?
+            .len())
+    }
+
+    /// One prune pass as if the time were `now_ms` (the node runs it hourly with the clock);
+    /// returns how many envelopes were deleted.
+    pub async fn group_prune(&self, now_ms: u64) -> Result<usize, NodeError> {
+        prune_envelopes(&self.inner, now_ms).await
     }
 
     /// `sremp group list`.

@@ -614,6 +614,7 @@ impl Node {
         }
         tasks.push(tokio::spawn(forget_expired_noise_keys(node.clone())));
         tasks.push(tokio::spawn(crate::files::node::run(node.clone())));
+        tasks.push(tokio::spawn(groups::prune_task(node.clone())));
         tasks.push(tokio::spawn(control::serve(
             node.clone(),
             dir.join(CONTROL_SOCKET),
