@@ -39,11 +39,13 @@ pub enum SigContext {
     GroupMessage,
     /// A group envelope its author asks the creator to forward to members it cannot reach.
     GroupForward,
+    /// A hole-punching message (candidates), signed by its sender.
+    Punch,
 }
 
 impl SigContext {
     /// All contexts, for tests that check they are prefix-free.
-    pub const ALL: [SigContext; 10] = [
+    pub const ALL: [SigContext; 11] = [
         SigContext::Identity,
         SigContext::RendezvousRegister,
         SigContext::RelayAuth,
@@ -54,6 +56,7 @@ impl SigContext {
         SigContext::GroupMembership,
         SigContext::GroupMessage,
         SigContext::GroupForward,
+        SigContext::Punch,
     ];
 
     /// The exact prefix bytes, as written in docs/PROTOCOL.md.
@@ -69,6 +72,7 @@ impl SigContext {
             SigContext::GroupMembership => b"SREMP-1 group-membership\0",
             SigContext::GroupMessage => b"SREMP-1 group-message\0",
             SigContext::GroupForward => b"SREMP-1 group-forward\0",
+            SigContext::Punch => b"SREMP-1 punch\0",
         }
     }
 }

@@ -91,6 +91,9 @@ pub enum RelayEvent {
     /// The recipient of a message we stored could not decrypt it and asks us to start a new
     /// session (verify it with [`auth::verify_session_reset`] against the pinned identity).
     SessionReset(SessionReset),
+    /// A hole-punching message from `peer` forwarded by the relay (check it with
+    /// `transport::punch::PunchMessage::open`).
+    Punch(PunchRelay),
     /// An error not tied to a waiting request.
     Error(ErrorMsg),
 }
@@ -275,6 +278,7 @@ impl RelayClient {
                     Envelope::StoredMessage(m) => RelayEvent::Message(m),
                     Envelope::DeliveryConfirmation(c) => RelayEvent::Confirmation(c),
                     Envelope::SessionReset(n) => RelayEvent::SessionReset(n),
+                    Envelope::PunchRelay(p) => RelayEvent::Punch(p),
                     _ => continue,
                 };
                 if events_tx.send(event).await.is_err() {
@@ -504,6 +508,13 @@ impl RelayClient {
             message_id: c.message_id,
         }))
         .await
+    }
+
+    /// Asks the relay to forward a signed hole-punching message to `peer` (best effort: an
+    /// absent peer never gets it and nothing is answered).
+    pub async fn punch(&self, peer: IdentityKey, body: Vec<u8>) -> Result<(), RelayClientError> {
+        self.send(Envelope::PunchRelay(PunchRelay { peer: peer.0, body }))
+            .await
     }
 
     /// Sends any envelope (tests that break the protocol on purpose).

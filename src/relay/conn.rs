@@ -142,6 +142,14 @@ pub enum Action {
         /// The message.
         message_id: u64,
     },
+    /// Forward a hole-punching message to `to`'s registered connection, if it has one (else
+    /// drop it: punching is best effort and never stored).
+    ForwardPunch {
+        /// The recipient.
+        to: IdentityKey,
+        /// The envelope as `to` receives it (`peer` = the sender).
+        env: Envelope,
+    },
     /// This many sender signatures were verified as one batch (a counter).
     SignaturesBatched(u64),
     /// Close the connection.
@@ -405,6 +413,35 @@ impl RelayConn {
                 delivered_to: a.delivered_to,
                 message_id: a.message_id,
             }],
+            Envelope::PunchRelay(p) => {
+                // Only open relays coordinate hole punching between two of their clients; an
+                // integrated relay's clients already reach its owner directly.
+                if matches!(self.mode, RelayMode::Integrated { .. }) {
+                    return vec![refuse(
+                        RelayErrorCode::UnexpectedMessage,
+                        "punch relaying is served by open relays only",
+                    )];
+                }
+                if let Err(code) = self.charge(who, now) {
+                    return vec![refuse(code, "rate limited")];
+                }
+                if p.body.len() > crate::transport::punch::MAX_MESSAGE_LEN {
+                    return vec![refuse(RelayErrorCode::TooLarge, "punch message too large")];
+                }
+                if p.peer == who.0 {
+                    return vec![refuse(
+                        RelayErrorCode::UnexpectedMessage,
+                        "punch message to oneself",
+                    )];
+                }
+                vec![Action::ForwardPunch {
+                    to: IdentityKey(p.peer),
+                    env: Envelope::PunchRelay(PunchRelay {
+                        peer: who.0,
+                        body: p.body,
+                    }),
+                }]
+            }
             Envelope::ErrorMsg(e) => {
                 tracing::debug!(peer = %who.short(), code = e.code, "client reported an error");
                 Vec::new()
@@ -651,6 +688,61 @@ mod tests {
             sender_signature: auth::sign_store(&client(), &to, id, blob),
             message_id: id,
         }
+    }
+
+    #[test]
+    fn punch_messages_are_forwarded_by_open_relays_only() {
+        let punch = |peer: [u8; 32], len: usize| {
+            Envelope::PunchRelay(PunchRelay {
+                peer,
+                body: vec![0; len],
+            })
+        };
+        let me = key(&client());
+        let mut c = conn(RelayMode::Open, RelayConfig::default());
+        register(&mut c);
+        let a = c.handle(punch([9; 32], 10), NOW);
+        assert!(matches!(
+            &a[..],
+            [Action::ForwardPunch { to, env: Envelope::PunchRelay(p) }]
+                if *to == IdentityKey([9; 32]) && p.peer == me.0 && p.body.len() == 10
+        ));
+        let a = c.handle(
+            punch([9; 32], crate::transport::punch::MAX_MESSAGE_LEN + 1),
+            NOW,
+        );
+        assert!(matches!(
+            &a[..],
+            [Action::Refuse {
+                code: RelayErrorCode::TooLarge,
+                ..
+            }]
+        ));
+        let a = c.handle(punch(me.0, 10), NOW);
+        assert!(matches!(
+            &a[..],
+            [Action::Refuse {
+                code: RelayErrorCode::UnexpectedMessage,
+                ..
+            }]
+        ));
+        let mut i = conn(
+            RelayMode::Integrated { owner: RELAY },
+            RelayConfig::default(),
+        );
+        register(&mut i);
+        let a = i.handle(punch([9; 32], 10), NOW);
+        assert!(matches!(
+            &a[..],
+            [Action::Refuse {
+                code: RelayErrorCode::UnexpectedMessage,
+                ..
+            }]
+        ));
+        // Before registration: refused and closed like any request.
+        let mut u = conn(RelayMode::Open, RelayConfig::default());
+        let a = u.handle(punch([9; 32], 10), NOW);
+        assert!(matches!(&a[..], [Action::Refuse { .. }, Action::Close(_)]));
     }
 
     #[test]

@@ -765,6 +765,14 @@ impl ConnState {
                         tracing::error!(error = %e, "forgetting a confirmation failed");
                     }
                 }
+                Action::ForwardPunch { to, env } => match self.relay.confirmation_target(&to) {
+                    Some(out) if out.try_send(Box::new(env)).is_ok() => {
+                        tracing::debug!(from = %self.peer.short(), to = %to.short(), "punch message forwarded");
+                    }
+                    _ => {
+                        tracing::debug!(from = %self.peer.short(), to = %to.short(), "punch message for an absent client dropped");
+                    }
+                },
                 Action::SignaturesBatched(n) => {
                     inner.stats.signatures_batched.fetch_add(n, Relaxed);
                 }

@@ -7,10 +7,13 @@
 //! connection's TLS exporter.
 //!
 //! - [`binding`]: the QUIC Noise prologue (pure).
+//! - [`punch`]: hole punching coordinated through a relay (pure): signed candidate messages,
+//!   one attempt's state machine, the per-contact policy.
 //! - [`quic`]: the quinn endpoint and the async shell from QUIC connection to
 //!   [`crate::noise::stream::PeerConnection`].
 
 pub mod binding;
+pub mod punch;
 pub mod quic;
 
 pub use quic::{QuicEndpoint, QuicError, QuicSettings};

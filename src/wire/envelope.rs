@@ -139,6 +139,8 @@ envelope! {
     FileAck = 0x4b,
     /// `FILE_SENT`: end of a round of chunks.
     FileSent = 0x4c,
+    /// A hole-punching message forwarded between two registered clients.
+    PunchRelay = 0x2d,
 }
 
 /// The kind numbers assigned to relay traffic (**[gap]**): a node serves an inbound connection

@@ -361,6 +361,20 @@ impl ObservedAddress {
     }
 }
 
+/// **[gap]** `PUNCH_RELAY`: a hole-punching message (`transport::punch::PunchMessage`, signed
+/// by its author) forwarded by an open relay between two registered clients. From a client,
+/// `peer` is the recipient; from the relay, `peer` is the registered sender. Wire:
+/// `[peer: bin(32), body: bin]`, `body` at most `transport::punch::MAX_MESSAGE_LEN` bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchRelay {
+    /// The recipient (client → relay) or the sender (relay → client).
+    #[serde(with = "crate::wire::bytes::fixed")]
+    pub peer: [u8; 32],
+    /// The signed punch message.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
