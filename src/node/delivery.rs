@@ -202,6 +202,25 @@ impl Pool {
         tokio::spawn(outbound_events(node.clone(), k, client.clone(), events));
         Ok(client)
     }
+
+    /// Adds a connection made elsewhere (a punched QUIC path to `key` at `endpoint`), replacing
+    /// any pooled one for the same endpoint.
+    pub(crate) fn adopt(
+        &self,
+        node: &Node,
+        endpoint: &Endpoint,
+        key: IdentityKey,
+        client: RelayClient,
+        events: mpsc::Receiver<RelayEvent>,
+    ) -> Arc<RelayClient> {
+        let k = pool_key(endpoint, &key);
+        let client = Arc::new(client);
+        if let Ok(mut c) = self.clients.lock() {
+            c.insert(k.clone(), client.clone());
+        }
+        tokio::spawn(outbound_events(node.clone(), k, client.clone(), events));
+        client
+    }
 }
 
 /// A contact's node presented its identity in our handshake: pin a newer version (its
@@ -258,6 +277,7 @@ async fn outbound_events(
             RelayEvent::Confirmation(c) => confirmed(&node, &client, c).await,
             RelayEvent::SessionReset(n) => session_reset(&node, n).await,
             RelayEvent::Message(_) => {}
+            RelayEvent::Punch(p) => super::punch::on_message(&node, &client, p).await,
             RelayEvent::Error(e) => tracing::debug!(code = e.code, "relay error event"),
         }
     }
@@ -1039,7 +1059,7 @@ async fn finalize(
     Ok(())
 }
 
-fn set_proven(inner: &Inner, peer: &IdentityKey, ok: bool) {
+pub(crate) fn set_proven(inner: &Inner, peer: &IdentityKey, ok: bool) {
     if let Ok(mut p) = inner.paths.lock() {
         let s = p.entry(*peer).or_default();
         if s.direct_proven != ok {
@@ -1048,6 +1068,34 @@ fn set_proven(inner: &Inner, peer: &IdentityKey, ok: bool) {
             tracing::debug!(peer = %peer.short(), direct = ok, "direct path state changed");
         }
     }
+}
+
+/// The current path per peer with a known path state (`paths` in `sremp status --json`).
+pub(crate) fn paths(inner: &Inner) -> Vec<super::ContactPath> {
+    let states: Vec<(IdentityKey, PathState)> = inner
+        .paths
+        .lock()
+        .map(|p| p.iter().map(|(k, v)| (*k, *v)).collect())
+        .unwrap_or_default();
+    let mut v: Vec<super::ContactPath> = states
+        .into_iter()
+        .map(|(k, s)| {
+            let ep = s
+                .direct_proven
+                .then(|| inner.punch.last_direct(&k))
+                .flatten();
+            super::ContactPath {
+                contact: k.to_string(),
+                path: match &ep {
+                    Some(e) => e.transport().direct_path().to_string(),
+                    None => "relay".to_string(),
+                },
+                endpoint: ep.map(|e| e.to_string()),
+            }
+        })
+        .collect();
+    v.sort_by(|a, b| a.contact.cmp(&b.contact));
+    v
 }
 
 fn path_state(inner: &Inner, peer: &IdentityKey) -> PathState {
@@ -1070,8 +1118,23 @@ type Outcome = Option<(Status, DeliveryPath, RelayHint)>;
 async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Outcome {
     let inner = &node.inner;
     let peer = contact.identity.key();
-    let endpoints: Vec<Endpoint> = contact.endpoints.iter().take(MAX_ROUTES).cloned().collect();
+    // A punched QUIC path (docs/PROTOCOL.md, "Hole punching") is a direct path, tried first.
+    let punched = super::punch::punched(node, &peer);
+    let endpoints: Vec<Endpoint> = punched
+        .iter()
+        .chain(
+            contact
+                .endpoints
+                .iter()
+                .filter(|e| Some(*e) != punched.as_ref()),
+        )
+        .take(MAX_ROUTES)
+        .cloned()
+        .collect();
     let relays: Vec<RelayHint> = contact.relays.iter().take(MAX_ROUTES).cloned().collect();
+    if !path_state(inner, &peer).direct_proven {
+        super::punch::maybe_start(node, peer);
+    }
     let p = plan(
         path_state(inner, &peer),
         inner.cfg.delivery,
@@ -1086,6 +1149,9 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
     );
     let direct = |node: Node, e: OutboxEntry, endpoints: Vec<Endpoint>| async move {
         let ok = try_direct(&node, &e, &endpoints).await;
+        if let Some(ep) = &ok {
+            super::punch::direct_used(&node, IdentityKey(e.recipient), ep);
+        }
         set_proven(&node.inner, &IdentityKey(e.recipient), ok.is_some());
         ok
     };
@@ -1162,6 +1228,7 @@ async fn try_direct(node: &Node, e: &OutboxEntry, endpoints: &[Endpoint]) -> Opt
         if store_at(node, e, ep, recipient).await {
             return Some(ep.clone());
         }
+        super::punch::lost(node, &recipient, ep);
     }
     None
 }

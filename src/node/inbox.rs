@@ -94,6 +94,7 @@ pub(crate) async fn collect(node: Node, source: Source) {
         };
         match connected {
             Ok((client, mut events)) => {
+                let client = std::sync::Arc::new(client);
                 if let (Source::Home(h), Some(a)) = (&source, client.observed_address()) {
                     inner.quic.observe(key, &h.endpoint, a, Timestamp::now());
                 }
@@ -121,6 +122,7 @@ pub(crate) async fn collect(node: Node, source: Source) {
                                 }
                                 Some(RelayEvent::Confirmation(c)) => super::delivery::confirmed(&node, &client, c).await,
                                 Some(RelayEvent::SessionReset(n)) => super::delivery::session_reset(&node, n).await,
+                                Some(RelayEvent::Punch(p)) => super::punch::on_message(&node, &client, p).await,
                                 Some(RelayEvent::Error(e)) => tracing::debug!(source = %addr, code = e.code, "relay error"),
                                 None => break,
                             },

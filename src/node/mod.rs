@@ -44,6 +44,7 @@ pub mod groups;
 pub mod history;
 pub mod inbox;
 pub mod outbox;
+pub mod punch;
 pub mod quic;
 pub mod recovery;
 pub mod strangers;
@@ -212,6 +213,22 @@ pub struct NodeStatus {
     pub observed_addresses: Vec<quic::Observed>,
     /// The guess about our NAT's mapping from those observations.
     pub nat_mapping: quic::NatMapping,
+    /// Per contact, the path its last message took now (see [`ContactPath`]).
+    pub paths: Vec<ContactPath>,
+    /// Hole punching per contact met in punching.
+    pub punch: Vec<punch::PeerPunch>,
+}
+
+/// The current path to one contact (an entry of `paths` in `sremp status --json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ContactPath {
+    /// The contact's id, 64 hex characters.
+    pub contact: String,
+    /// `"direct-quic"` or `"direct-tcp"` while the direct path is proven (the last direct
+    /// attempt succeeded), else `"relay"`.
+    pub path: String,
+    /// The direct endpoint that last worked, if the path is direct.
+    pub endpoint: Option<String>,
 }
 
 pub(crate) struct Inner {
@@ -262,6 +279,7 @@ pub(crate) struct Inner {
     quic: quic::QuicState,
     /// File transfers (`crate::files`).
     files: Arc<crate::files::Files>,
+    punch: punch::PunchState,
 }
 
 impl Inner {
@@ -515,6 +533,7 @@ impl Node {
             refusals: Arc::new(Refusals::default()),
             quic: quic::QuicState::new(quic_ep.clone()),
             files: Arc::new(crate::files::Files::open(&dir, cfg.files.clone())?),
+            punch: punch::PunchState::default(),
         });
         let node = Node { inner };
         tracing::info!(
@@ -914,6 +933,8 @@ impl Node {
             quic_listen: self.inner.quic.local_addr().map(|a| a.to_string()),
             observed_addresses: self.inner.quic.observed(),
             nat_mapping: self.inner.quic.mapping(),
+            paths: delivery::paths(&self.inner),
+            punch: self.inner.punch.status(),
         }
     }
 }

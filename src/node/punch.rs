@@ -1,0 +1,538 @@
+//! The node's hole-punching shell: drives [`crate::transport::punch`] attempts over relay
+//! connections and the one QUIC endpoint, and remembers the punched path per contact.
+//!
+//! - [`maybe_start`]: the send path calls it when a contact has no proven direct path. If QUIC
+//!   is on, our mapping is not endpoint-dependent, the contact has relays, no attempt with it
+//!   is running and the [`Policy`] allows one (back-off, hourly cap, an hour's pause after a
+//!   symmetric NAT), an initiator attempt starts in the background through the contact's
+//!   relays (connections from the delivery pool).
+//! - [`on_message`]: a `PUNCH_RELAY` arrived on any relay connection (home-relay collector or
+//!   pooled). Admitted at most `INBOUND_PER_MINUTE` per peer, verified (signed by the sender,
+//!   addressed to us, fresh), accepted only from a contact that is not rejected; a `CONNECT`
+//!   starts a responder attempt answered over the same connection, the rest go to their
+//!   attempt.
+//! - A `Dial` step dials the (filtered, at most four) candidates at once from the node's QUIC
+//!   endpoint, each as a relay client of the peer's integrated relay with the peer's identity
+//!   expected (QUIC + bound Noise + TOFU checks as for any dial). The first to register wins;
+//!   it joins the delivery pool under `quic://addr`, the contact's direct path is marked
+//!   proven, and [`punched`] gives the endpoint to the send path, which tries it first.
+//! - When a store over the punched path fails, [`lost`] forgets it (the send path falls back to
+//!   the relay as for any direct failure) and the next message may punch again.
+//!
+//! Bounded: one attempt per contact at a time, tables capped at [`MAX_TRACKED`] peers.
+
+use super::delivery;
+use super::quic::NatMapping;
+use super::Node;
+use crate::identity::{IdentityKey, Trust};
+use crate::relay::RelayClient;
+use crate::time::Timestamp;
+use crate::transport::punch::{
+    Attempt, Failure, Mapping, Policy, Punch, PunchKind, PunchMessage, Step, MAX_DIAL,
+};
+use crate::transport::Transport;
+use crate::wire::relay::PunchRelay;
+use crate::wire::Endpoint;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Most peers tracked in the punch tables.
+pub const MAX_TRACKED: usize = 1024;
+/// Relays of a contact tried per attempt to coordinate.
+pub const MAX_COORDINATORS: usize = 2;
+
+/// One contact's punch state (an entry of `punch` in `sremp status --json`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PeerPunch {
+    /// The contact's id, 64 hex characters.
+    pub contact: String,
+    /// The current punched path `quic://ip:port`, if any.
+    pub punched: Option<String>,
+    /// Attempts started by us in the last hour.
+    pub attempts_last_hour: usize,
+    /// Attempts (either side) that ended in a direct connection, since start.
+    pub successes: u64,
+    /// How the last attempt ended: `"connected"`, `"endpoint-dependent mapping"`, `"no reply"`,
+    /// `"no connection"`, `"no candidates"`; `null` before the first.
+    pub last_result: Option<String>,
+    /// Round trip of the last CONNECT exchange we initiated, in milliseconds.
+    pub last_rtt_ms: Option<u64>,
+}
+
+#[derive(Default)]
+struct Tables {
+    /// Running attempts: id → (peer, channel to its task).
+    attempts: HashMap<u64, (IdentityKey, mpsc::Sender<Punch>)>,
+    /// Peers with an attempt running.
+    busy: HashMap<IdentityKey, u64>,
+    /// The punched path per peer.
+    punched: HashMap<IdentityKey, Endpoint>,
+    /// Status per peer.
+    info: HashMap<IdentityKey, PeerPunch>,
+    /// The direct endpoint that last took a message, per peer (any transport).
+    last_direct: HashMap<IdentityKey, Endpoint>,
+}
+
+/// The node's punch state.
+pub(crate) struct PunchState {
+    policy: Mutex<Policy>,
+    tables: Mutex<Tables>,
+    epoch: Instant,
+}
+
+impl Default for PunchState {
+    fn default() -> Self {
+        PunchState {
+            policy: Mutex::default(),
+            tables: Mutex::default(),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PunchState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PunchState").finish_non_exhaustive()
+    }
+}
+
+impl PunchState {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn info(&self, peer: IdentityKey, f: impl FnOnce(&mut PeerPunch)) {
+        if let Ok(mut t) = self.tables.lock() {
+            if !t.info.contains_key(&peer) && t.info.len() >= MAX_TRACKED {
+                return;
+            }
+            let e = t.info.entry(peer).or_insert_with(|| PeerPunch {
+                contact: peer.to_string(),
+                ..PeerPunch::default()
+            });
+            f(e);
+        }
+    }
+
+    /// The direct endpoint that last took a message to `peer`.
+    pub(crate) fn last_direct(&self, peer: &IdentityKey) -> Option<Endpoint> {
+        self.tables
+            .lock()
+            .ok()
+            .and_then(|t| t.last_direct.get(peer).cloned())
+    }
+
+    /// The status rows, one per contact met in punching, by contact id.
+    pub(crate) fn status(&self) -> Vec<PeerPunch> {
+        let now = self.now_ms();
+        let Ok(t) = self.tables.lock() else {
+            return Vec::new();
+        };
+        let mut v: Vec<PeerPunch> = t
+            .info
+            .iter()
+            .map(|(k, p)| {
+                let mut p = p.clone();
+                p.punched = t.punched.get(k).map(|e| e.to_string());
+                p.attempts_last_hour = self
+                    .policy
+                    .lock()
+                    .map(|mut pol| pol.attempts_last_hour(&k.0, now))
+                    .unwrap_or(0);
+                p
+            })
+            .collect();
+        v.sort_by(|a, b| a.contact.cmp(&b.contact));
+        v
+    }
+}
+
+/// The punched path to `peer`, if one is known.
+pub(crate) fn punched(node: &Node, peer: &IdentityKey) -> Option<Endpoint> {
+    node.inner
+        .punch
+        .tables
+        .lock()
+        .ok()
+        .and_then(|t| t.punched.get(peer).cloned())
+}
+
+/// A store over the direct endpoint `ep` to `peer` succeeded.
+pub(crate) fn direct_used(node: &Node, peer: IdentityKey, ep: &Endpoint) {
+    if let Ok(mut t) = node.inner.punch.tables.lock() {
+        if t.last_direct.contains_key(&peer) || t.last_direct.len() < MAX_TRACKED {
+            t.last_direct.insert(peer, ep.clone());
+        }
+    }
+}
+
+/// A store over `ep` to `peer` failed: if it is the punched path, forget it.
+pub(crate) fn lost(node: &Node, peer: &IdentityKey, ep: &Endpoint) {
+    if let Ok(mut t) = node.inner.punch.tables.lock() {
+        if t.punched.get(peer) == Some(ep) {
+            t.punched.remove(peer);
+            tracing::info!(peer = %peer.short(), path = %ep, "punched path lost; back to the relay");
+        }
+    }
+}
+
+fn mapping(node: &Node) -> Mapping {
+    match node.inner.quic.mapping() {
+        NatMapping::Unknown => Mapping::Unknown,
+        NatMapping::EndpointIndependent => Mapping::EndpointIndependent,
+        NatMapping::EndpointDependent => Mapping::EndpointDependent,
+    }
+}
+
+/// Our candidates: the addresses relays observed (distinct, newest first), then the
+/// endpoint's own address when it is a specific one.
+fn candidates(node: &Node) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for o in node.inner.quic.observed() {
+        if let Ok(a) = o.address.parse::<SocketAddr>() {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    if let Some(a) = node.inner.quic.local_addr() {
+        if !a.ip().is_unspecified() && !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out.truncate(crate::transport::punch::MAX_CANDIDATES);
+    out
+}
+
+fn sign(node: &Node, kind: PunchKind, attempt: u64, peer: IdentityKey) -> Vec<u8> {
+    let me = node.inner.me();
+    let cands = if kind == PunchKind::Sync {
+        Vec::new()
+    } else {
+        candidates(node)
+    };
+    PunchMessage::sign(
+        me.signing_key(),
+        kind,
+        attempt,
+        peer.0,
+        Timestamp::now().0,
+        mapping(node),
+        &cands,
+    )
+    .encode()
+}
+
+/// Starts an attempt with `peer` in the background if allowed (see the module docs).
+pub(crate) fn maybe_start(node: &Node, peer: IdentityKey) {
+    let inner = &node.inner;
+    if inner.quic.endpoint().is_none() || mapping(node) == Mapping::EndpointDependent {
+        return;
+    }
+    let Ok(Some(contact)) = inner.contacts.get(&peer) else {
+        return;
+    };
+    if contact.trust == Trust::Rejected || contact.relays.is_empty() {
+        return;
+    }
+    let id = rand::random::<u64>();
+    {
+        let Ok(mut t) = inner.punch.tables.lock() else {
+            return;
+        };
+        if t.busy.contains_key(&peer) || t.punched.contains_key(&peer) {
+            return;
+        }
+        let now = inner.punch.now_ms();
+        let allowed = inner
+            .punch
+            .policy
+            .lock()
+            .map(|mut p| p.start(&peer.0, now).is_ok())
+            .unwrap_or(false);
+        if !allowed || t.busy.len() >= MAX_TRACKED {
+            return;
+        }
+        t.busy.insert(peer, id);
+    }
+    let node = node.clone();
+    let relays: Vec<_> = contact
+        .relays
+        .iter()
+        .take(MAX_COORDINATORS)
+        .cloned()
+        .collect();
+    tokio::spawn(async move {
+        let mut clients = Vec::new();
+        for h in &relays {
+            let got = tokio::time::timeout(
+                Duration::from_millis(node.inner.cfg.direct_timeout_ms),
+                node.inner
+                    .pool
+                    .get(&node, &h.endpoint, IdentityKey(h.relay_key)),
+            )
+            .await;
+            if let Ok(Ok(c)) = got {
+                clients.push(c);
+            }
+        }
+        if clients.is_empty() {
+            tracing::debug!(peer = %peer.short(), "no relay of the contact reachable to punch through");
+            finish(&node, peer, id, Err(Failure::NoReply));
+            return;
+        }
+        let now = node.inner.punch.now_ms();
+        let (attempt, first) = Attempt::initiate(id, mapping(&node), now);
+        run(node, peer, attempt, clients, vec![first]).await;
+    });
+}
+
+/// A `PUNCH_RELAY` arrived on `client`.
+pub(crate) async fn on_message(node: &Node, client: &Arc<RelayClient>, p: PunchRelay) {
+    let inner = &node.inner;
+    let peer = IdentityKey(p.peer);
+    let now = inner.punch.now_ms();
+    let admitted = inner
+        .punch
+        .policy
+        .lock()
+        .map(|mut pol| pol.admit(&peer.0, now))
+        .unwrap_or(Err(crate::transport::punch::PunchError::RateLimited));
+    if let Err(e) = admitted {
+        tracing::debug!(peer = %peer.short(), error = %e, "punch message dropped");
+        return;
+    }
+    let me = inner.me().key();
+    let msg = match PunchMessage::open(&p.body, &p.peer, &me.0, Timestamp::now().0) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(peer = %peer.short(), error = %e, "punch message refused");
+            return;
+        }
+    };
+    match inner.contacts.get(&peer) {
+        Ok(Some(c)) if c.trust != Trust::Rejected => {}
+        _ => {
+            tracing::debug!(peer = %peer.short(), "punch message from a non-contact ignored");
+            return;
+        }
+    }
+    if msg.kind == PunchKind::Connect {
+        if inner.quic.endpoint().is_none() {
+            return;
+        }
+        {
+            let Ok(mut t) = inner.punch.tables.lock() else {
+                return;
+            };
+            // A retry of a running attempt goes to it (below).
+            if let Some((who, tx)) = t.attempts.get(&msg.attempt) {
+                if *who == peer {
+                    let _ = tx.try_send(msg);
+                }
+                return;
+            }
+            // Both sides started at once: the smaller identity key keeps its attempt as
+            // initiator, the other also answers.
+            if t.busy.contains_key(&peer) && me.0 < peer.0 {
+                tracing::debug!(peer = %peer.short(), "crossing punch attempts; keeping ours");
+                return;
+            }
+            if t.attempts.len() >= MAX_TRACKED {
+                return;
+            }
+            t.busy.insert(peer, msg.attempt);
+        }
+        let (attempt, steps) = Attempt::respond(&msg, mapping(node), now);
+        tokio::spawn(run(
+            node.clone(),
+            peer,
+            attempt,
+            vec![client.clone()],
+            steps,
+        ));
+        return;
+    }
+    let target = inner
+        .punch
+        .tables
+        .lock()
+        .ok()
+        .and_then(|t| t.attempts.get(&msg.attempt).cloned());
+    match target {
+        Some((who, tx)) if who == peer => {
+            let _ = tx.try_send(msg);
+        }
+        _ => tracing::debug!(peer = %peer.short(), "punch message for no running attempt"),
+    }
+}
+
+fn finish(node: &Node, peer: IdentityKey, id: u64, r: Result<Endpoint, Failure>) {
+    let inner = &node.inner;
+    let now = inner.punch.now_ms();
+    if let Ok(mut t) = inner.punch.tables.lock() {
+        t.attempts.remove(&id);
+        if t.busy.get(&peer) == Some(&id) {
+            t.busy.remove(&peer);
+        }
+        if let Ok(ep) = &r {
+            t.punched.insert(peer, ep.clone());
+        }
+    }
+    if let Ok(mut pol) = inner.punch.policy.lock() {
+        match &r {
+            Ok(_) => pol.succeeded(&peer.0, now),
+            Err(f) => pol.failed(&peer.0, *f, now),
+        }
+    }
+    match &r {
+        Ok(ep) => {
+            inner.punch.info(peer, |i| {
+                i.successes += 1;
+                i.last_result = Some("connected".into());
+            });
+            tracing::info!(peer = %peer.short(), path = %ep, "hole punched: direct QUIC path");
+            delivery::set_proven(inner, &peer, true);
+            inner.wake.notify_waiters();
+        }
+        Err(f) => {
+            inner
+                .punch
+                .info(peer, |i| i.last_result = Some(f.name().into()));
+            tracing::info!(peer = %peer.short(), why = f.name(), "hole punching failed");
+        }
+    }
+}
+
+/// Drives one attempt to its end.
+async fn run(
+    node: Node,
+    peer: IdentityKey,
+    mut attempt: Attempt,
+    clients: Vec<Arc<RelayClient>>,
+    first: Vec<Step>,
+) {
+    let id = attempt.id;
+    let (tx, mut rx) = mpsc::channel::<Punch>(8);
+    if let Ok(mut t) = node.inner.punch.tables.lock() {
+        t.attempts.insert(id, (peer, tx));
+    }
+    let mut steps: std::collections::VecDeque<Step> = first.into();
+    let (dial_tx, mut dial_rx) = mpsc::channel::<Endpoint>(1);
+    let mut dialling: Option<tokio::task::JoinHandle<()>> = None;
+    let result = loop {
+        while let Some(s) = steps.pop_front() {
+            match s {
+                Step::Send(kind) => {
+                    let body = sign(&node, kind, id, peer);
+                    for c in &clients {
+                        if let Err(e) = c.punch(peer, body.clone()).await {
+                            tracing::debug!(peer = %peer.short(), error = %e, "cannot send punch message");
+                        }
+                    }
+                }
+                Step::Dial { at_ms, addrs } => {
+                    if let Some(h) = dialling.take() {
+                        h.abort();
+                    }
+                    let wait = at_ms.saturating_sub(node.inner.punch.now_ms());
+                    tracing::debug!(peer = %peer.short(), ?addrs, wait_ms = wait, "punching");
+                    dialling = Some(tokio::spawn(dial(
+                        node.clone(),
+                        peer,
+                        addrs,
+                        Duration::from_millis(wait),
+                        dial_tx.clone(),
+                    )));
+                }
+                Step::Failed(_) => break,
+            }
+        }
+        if attempt.is_done() {
+            break Err(last_failure(&attempt));
+        }
+        let deadline = attempt
+            .poll_timeout()
+            .unwrap_or_else(|| node.inner.punch.now_ms());
+        let wait = Duration::from_millis(deadline.saturating_sub(node.inner.punch.now_ms()));
+        tokio::select! {
+            got = dial_rx.recv() => {
+                if let Some(ep) = got {
+                    attempt.connected();
+                    break Ok(ep);
+                }
+            }
+            m = rx.recv() => {
+                if let Some(m) = m {
+                    let now = node.inner.punch.now_ms();
+                    steps.extend(attempt.handle(&m, now));
+                    if let Some(rtt) = attempt.rtt_ms {
+                        node.inner.punch.info(peer, |i| i.last_rtt_ms = Some(rtt));
+                    }
+                }
+            }
+            _ = tokio::time::sleep(wait) => {
+                let now = node.inner.punch.now_ms();
+                steps.extend(attempt.handle_timeout(now));
+            }
+        }
+    };
+    if let Some(h) = dialling.take() {
+        h.abort();
+    }
+    finish(&node, peer, id, result);
+}
+
+fn last_failure(a: &Attempt) -> Failure {
+    a.failure().unwrap_or(Failure::NoConnection)
+}
+
+/// Dials every address at once after `wait`; sends the endpoint of the first that proves
+/// `peer` and registers.
+async fn dial(
+    node: Node,
+    peer: IdentityKey,
+    addrs: Vec<SocketAddr>,
+    wait: Duration,
+    done: mpsc::Sender<Endpoint>,
+) {
+    tokio::time::sleep(wait).await;
+    let inner = &node.inner;
+    let mut set = tokio::task::JoinSet::new();
+    for a in addrs.into_iter().take(MAX_DIAL) {
+        let node = node.clone();
+        set.spawn(async move {
+            let ep = Endpoint::from_socket_addr(a).with_transport(Transport::Quic);
+            let r = RelayClient::connect_endpoint(
+                &ep,
+                &node.inner.me(),
+                Some(peer),
+                node.inner.handshake.clone(),
+                node.inner.quic.endpoint(),
+            )
+            .await;
+            (ep, r)
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok((ep, Ok((client, events)))) => {
+                if let Some(a) = client.observed_address() {
+                    inner.quic.observe(peer, &ep, a, Timestamp::now());
+                }
+                inner.pool.adopt(&node, &ep, peer, client, events);
+                set.abort_all();
+                let _ = done.send(ep).await;
+                return;
+            }
+            Ok((ep, Err(e))) => {
+                tracing::debug!(peer = %peer.short(), endpoint = %ep, error = %e, "punch dial failed")
+            }
+            Err(_) => {}
+        }
+    }
+}
