@@ -523,3 +523,89 @@ fn a_mitm_terminating_quic_cannot_authenticate() {
     let _ = stop_tx.send(());
     mitm.join().unwrap();
 }
+
+/// One trial for the table: fresh nodes on `port`, one message, then up to `secs` for a
+/// punched path. `Some(time from the send to the punched path)`.
+fn punch_trial(
+    lab: &Lab,
+    dir: &Path,
+    r: &(BinRelay, BinRelay),
+    tag: &str,
+    port: u16,
+    secs: u64,
+) -> Option<Duration> {
+    let a = node(
+        dir,
+        &format!("a{tag}{port}"),
+        &lab.home_a(),
+        natlab::HA,
+        port,
+        r,
+    );
+    let b = node(
+        dir,
+        &format!("b{tag}{port}"),
+        &lab.home_b(),
+        natlab::HB,
+        port,
+        r,
+    );
+    let (_, b_id) = introduce(&a, &b);
+    let known = |s: &Value| s["nat_mapping"] != "unknown";
+    wait_status(&a, "alice's mapping", 20, known);
+    wait_status(&b, "bob's mapping", 20, known);
+    let t0 = Instant::now();
+    a.send(&b_id, "hello");
+    let deadline = t0 + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        let s = a.json(&["status"]);
+        if punch_row(&s, &b_id).is_some_and(|r| r["punched"].is_string()) {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// `scripts/bench-nat.sh`: punch success and time per NAT combination.
+#[test]
+#[ignore = "benchmark: run by scripts/bench-nat.sh"]
+fn nat_bench_table() {
+    let trials: u16 = std::env::var("NAT_BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+        .clamp(1, 100);
+    let mut rows = Vec::new();
+    for (name, a, b) in [
+        ("cone/cone", Nat::Cone, Nat::Cone),
+        ("cone/symmetric", Nat::Cone, Nat::Symmetric),
+        ("symmetric/cone", Nat::Symmetric, Nat::Cone),
+        ("symmetric/symmetric", Nat::Symmetric, Nat::Symmetric),
+    ] {
+        let Some(lab) = lab_or_skip("nat_bench_table", a, b) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let r = relays(&lab, dir.path());
+        let mut times: Vec<u64> = Vec::new();
+        for i in 0..trials {
+            if let Some(t) = punch_trial(&lab, dir.path(), &r, "x", 7100 + i, 15) {
+                times.push(t.as_millis() as u64);
+            }
+        }
+        times.sort_unstable();
+        rows.push((name, times));
+    }
+    eprintln!("NAT-BENCH combination            punched/trials  median ms  max ms");
+    for (name, times) in rows {
+        eprintln!(
+            "NAT-BENCH {name:<22} {:>6}/{trials:<8} {:>9} {:>7}",
+            times.len(),
+            times
+                .get(times.len() / 2)
+                .map_or("-".to_string(), |t| t.to_string()),
+            times.last().map_or("-".to_string(), |t| t.to_string()),
+        );
+    }
+}
