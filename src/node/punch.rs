@@ -269,13 +269,19 @@ pub(crate) fn maybe_start(node: &Node, peer: IdentityKey) {
     tokio::spawn(async move {
         let mut clients = Vec::new();
         for h in &relays {
-            let got = tokio::time::timeout(
-                Duration::from_millis(node.inner.cfg.direct_timeout_ms),
-                node.inner
-                    .pool
-                    .get(&node, &h.endpoint, IdentityKey(h.relay_key)),
-            )
-            .await;
+            if *node.inner.stop.borrow() {
+                break;
+            }
+            let mut stop = node.inner.stop.clone();
+            let got = tokio::select! {
+                got = tokio::time::timeout(
+                    Duration::from_millis(node.inner.cfg.direct_timeout_ms),
+                    node.inner
+                        .pool
+                        .get(&node, &h.endpoint, IdentityKey(h.relay_key)),
+                ) => got,
+                _ = super::stopped(&mut stop) => break,
+            };
             if let Ok(Ok(c)) = got {
                 clients.push(c);
             }
@@ -424,7 +430,12 @@ async fn run(
     let mut steps: std::collections::VecDeque<Step> = first.into();
     let (dial_tx, mut dial_rx) = mpsc::channel::<Endpoint>(1);
     let mut dialling: Option<tokio::task::JoinHandle<()>> = None;
+    // The task holds the node: it must end with it (shutdown releases the store).
+    let mut stop = node.inner.stop.clone();
     let result = loop {
+        if *stop.borrow() {
+            break Err(Failure::NoReply);
+        }
         while let Some(s) = steps.pop_front() {
             match s {
                 Step::Send(kind) => {
@@ -479,6 +490,7 @@ async fn run(
                 let now = node.inner.punch.now_ms();
                 steps.extend(attempt.handle_timeout(now));
             }
+            _ = super::stopped(&mut stop) => break Err(Failure::NoReply),
         }
     };
     if let Some(h) = dialling.take() {
