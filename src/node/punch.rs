@@ -194,13 +194,13 @@ fn candidates(node: &Node) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
     for o in node.inner.quic.observed() {
         if let Ok(a) = o.address.parse::<SocketAddr>() {
-            if !out.contains(&a) {
+            if crate::transport::punch::dialable(&a) && !out.contains(&a) {
                 out.push(a);
             }
         }
     }
     if let Some(a) = node.inner.quic.local_addr() {
-        if !a.ip().is_unspecified() && !out.contains(&a) {
+        if crate::transport::punch::dialable(&a) && !out.contains(&a) {
             out.push(a);
         }
     }

@@ -16,8 +16,8 @@
 //!    winner within [`DIAL_WINDOW_MS`] the initiator retries from 1, at most [`MAX_TRIES`] times.
 //!
 //! Limits and invariants: a message carries at most [`MAX_CANDIDATES`] addresses; at most
-//! [`MAX_DIAL`] of them are dialled per attempt, and never an unspecified, multicast or
-//! broadcast address or port 0 ([`filter_candidates`]); messages from a peer are admitted at
+//! [`MAX_DIAL`] of them are dialled per attempt, and never an unspecified, multicast,
+//! broadcast or loopback address or port 0 ([`filter_candidates`]); messages from a peer are admitted at
 //! most [`INBOUND_PER_MINUTE`] per minute; a contact is punched at most
 //! [`MAX_ATTEMPTS_PER_HOUR`] times an hour, with exponential back-off between failed attempts,
 //! and not at all for [`SYMMETRIC_PAUSE_MS`] after either side reported an endpoint-dependent
@@ -329,15 +329,18 @@ pub struct Punch {
     pub candidates: Vec<SocketAddr>,
 }
 
-/// True for an address a node may send punch packets to: not unspecified, multicast or
-/// broadcast, and not port 0.
+/// True for an address a node may send punch packets to: not unspecified, multicast,
+/// broadcast or loopback (a peer must not aim our packets at our own host's services), and not
+/// port 0.
 pub fn dialable(a: &SocketAddr) -> bool {
     if a.port() == 0 {
         return false;
     }
     match a.ip().to_canonical() {
-        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
-        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback())
+        }
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast() || v6.is_loopback()),
     }
 }
 
@@ -774,6 +777,8 @@ mod tests {
                 addr("198.18.0.2:0"),
                 addr("[::]:1"),
                 addr("[ff02::1]:1"),
+                addr("127.0.0.1:1"),
+                addr("[::1]:1"),
                 addr("198.18.0.2:1"),
                 addr("198.18.0.2:1"),
                 addr("[::ffff:198.18.0.2]:1"),
