@@ -4,6 +4,7 @@
 //! The file is optional; unknown keys are an error (a typo must not silently fall back to a
 //! default). Paths may start with `~/`.
 
+pub use crate::logging::{LogConfig, LogFormat};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,36 +40,6 @@ pub enum ConfigError {
     /// A `[rendezvous]` or `[rendezvous.server]` value is out of range or does not parse.
     #[error(transparent)]
     Rendezvous(Box<crate::rendezvous::RendezvousError>),
-}
-
-/// Log output settings (`[log]`).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// Level filter in `RUST_LOG` syntax. Default `"info"`. `RUST_LOG` overrides it.
-    pub level: String,
-    /// `"text"` (default) or `"json"`.
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
-/// Log format.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The direct-connection listener (`[listen]`).
@@ -113,6 +84,27 @@ pub struct ListenConfig {
     /// Refused and failed connections are summarised in one WARN line per this many
     /// seconds (counts per reason) instead of one line each. Default 10.
     pub refusal_log_interval_secs: u64,
+}
+
+impl ListenConfig {
+    /// The endpoints the node advertises: `advertise` parsed (the one place it is parsed,
+    /// so a bad entry is an error everywhere, never skipped), or `bound` (the address
+    /// actually listened on) when it is empty.
+    pub fn advertised(&self, bound: SocketAddr) -> Result<Vec<crate::wire::Endpoint>, ConfigError> {
+        if self.advertise.is_empty() {
+            return Ok(vec![crate::wire::Endpoint::from_socket_addr(bound)]);
+        }
+        self.advertise
+            .iter()
+            .map(|a| {
+                a.parse::<crate::wire::Endpoint>()
+                    .map_err(|e| ConfigError::Value {
+                        key: "listen.advertise",
+                        why: format!("{a}: {e}"),
+                    })
+            })
+            .collect()
+    }
 }
 
 impl Default for ListenConfig {
@@ -359,13 +351,7 @@ impl Config {
                 why: "must be at least 1".into(),
             });
         }
-        for a in &self.listen.advertise {
-            a.parse::<crate::wire::Endpoint>()
-                .map_err(|e| ConfigError::Value {
-                    key: "listen.advertise",
-                    why: format!("{a}: {e}"),
-                })?;
-        }
+        self.listen.advertised(self.listen.address)?;
         self.node.relay_hints()?;
         self.quic.validate()?;
         if self.node.direct_timeout_ms == 0 || self.node.ack_timeout_ms == 0 {
@@ -564,5 +550,28 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn advertised_endpoints_are_parsed_in_one_place() {
+        let bound: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        let mut l = ListenConfig::default();
+        assert_eq!(
+            l.advertised(bound).unwrap(),
+            vec![crate::wire::Endpoint::from_socket_addr(bound)]
+        );
+        l.advertise = vec!["example.org:7480".into(), "203.0.113.7:1".into()];
+        let got = l.advertised(bound).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].to_string(), "example.org:7480");
+        // One bad entry is an error, not skipped.
+        l.advertise.push("nope".into());
+        assert!(matches!(
+            l.advertised(bound),
+            Err(ConfigError::Value {
+                key: "listen.advertise",
+                ..
+            })
+        ));
     }
 }

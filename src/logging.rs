@@ -3,8 +3,38 @@
 //! Nothing in sremp logs message content or key material; identity keys appear in their short
 //! form (first 8 hex characters).
 
-use crate::config::{LogConfig, LogFormat};
+use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
+
+/// Log output settings (`[log]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level filter in `RUST_LOG` syntax. Default `"info"`. `RUST_LOG` overrides it.
+    pub level: String,
+    /// `"text"` (default) or `"json"`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log format.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global subscriber (once; later calls are ignored).
 pub fn init(cfg: &LogConfig) {

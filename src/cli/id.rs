@@ -69,7 +69,7 @@ pub fn update(cfg: &Config, json: bool, sub: super::IdCommand) -> Result<(), Cli
         None => {
             let dir = cfg.data_dir();
             let user = apply_update(&dir, &change, cfg.node.noise_key_grace(), Timestamp::now())?;
-            let card = offline_card(cfg, &user);
+            let card = offline_card(cfg, &user)?;
             (IdentityView::of(&card), false)
         }
     };
@@ -101,7 +101,7 @@ pub fn show(cfg: &Config, json: bool, no_qr: bool) -> Result<(), CliError> {
     if let Some(w) = crate::node::unusable_advertise_warning(cfg, cfg.listen.address) {
         eprintln!("warning: {w}");
     }
-    let card = offline_card(cfg, &user);
+    let card = offline_card(cfg, &user)?;
     if json {
         println!(
             "{}",
@@ -128,21 +128,12 @@ pub fn show(cfg: &Config, json: bool, no_qr: bool) -> Result<(), CliError> {
 }
 
 /// The card of a stopped node: configured endpoints, no relays.
-fn offline_card(cfg: &Config, user: &UserIdentity) -> ContactCard {
-    let endpoints = if cfg.listen.advertise.is_empty() {
-        vec![crate::wire::Endpoint::from_socket_addr(cfg.listen.address)]
-    } else {
-        cfg.listen
-            .advertise
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .collect()
-    };
-    ContactCard {
+fn offline_card(cfg: &Config, user: &UserIdentity) -> Result<ContactCard, CliError> {
+    Ok(ContactCard {
         identity: user.identity().clone(),
-        endpoints,
+        endpoints: cfg.listen.advertised(cfg.listen.address)?,
         relays: Vec::new(),
-    }
+    })
 }
 
 /// `sremp id` while the node runs: its live card (actual endpoints and home relays). Returns

@@ -442,21 +442,14 @@ impl Node {
             .bind(local_addr)
             .map_err(|e| Error::Connection(e.into()))?;
         let quic_addr = quic_ep.as_ref().and_then(|q| q.local_addr().ok());
-        let advertised = if cfg.listen.advertise.is_empty() {
-            let mut v = vec![Endpoint::from_socket_addr(local_addr)];
+        let mut advertised = cfg.listen.advertised(local_addr)?;
+        if cfg.listen.advertise.is_empty() {
             if let (true, Some(q)) = (cfg.quic.advertise, quic_addr) {
-                v.push(
+                advertised.push(
                     Endpoint::from_socket_addr(q).with_transport(crate::transport::Transport::Quic),
                 );
             }
-            v
-        } else {
-            cfg.listen
-                .advertise
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect()
-        };
+        }
         let my_relays = cfg.node.relay_hints()?;
         let rendezvous =
             if cfg.rendezvous.servers.is_empty() && cfg.rendezvous.dns_bootstrap.is_empty() {
