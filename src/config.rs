@@ -387,22 +387,6 @@ impl Config {
         Ok(())
     }
 
-    /// Everything `sremp run` checks before it creates an identity or opens the store: the
-    /// ranges of [`Config::validate`], the relay policy and the rendezvous settings.
-    pub fn validate_node(&self) -> Result<(), crate::Error> {
-        self.validate()?;
-        self.relay
-            .validate()
-            .map_err(crate::relay::RelayError::from)?;
-        if !self.rendezvous.servers.is_empty() {
-            crate::rendezvous::client::RegistrarSettings::from_config(
-                &self.rendezvous,
-                self.data_dir(),
-            )?;
-        }
-        Ok(())
-    }
-
     /// The data directory: the configured one or the platform default.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(default_data_dir)

@@ -17,7 +17,7 @@ use std::time::Duration;
 /// `sremp init`: a new identity in the data directory (refuses to overwrite one).
 pub fn init(cfg: &Config, json: bool, username: Option<String>) -> Result<(), CliError> {
     // Refuse a config `run` would refuse before creating anything.
-    cfg.validate_node()?;
+    crate::node::validate_config(cfg)?;
     let dir = cfg.data_dir();
     if let Some(old) = ensure_private_dir(&dir)? {
         eprintln!(

@@ -91,6 +91,19 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 /// Longest text a message may carry (bytes), so that it fits every relay's default limit.
 pub const MAX_TEXT: usize = 64 * 1024;
 
+/// Everything `sremp run` checks before it creates an identity or opens the store:
+/// [`Config::validate`] (every section's values) and the rendezvous client settings (CA file).
+pub fn validate_config(cfg: &Config) -> Result<(), Error> {
+    cfg.validate()?;
+    if !cfg.rendezvous.servers.is_empty() {
+        crate::rendezvous::client::RegistrarSettings::from_config(
+            &cfg.rendezvous,
+            cfg.data_dir(),
+        )?;
+    }
+    Ok(())
+}
+
 /// The identity flags of `sremp run` (and `init`) with this configuration: `uses_relay` when
 /// the node has home relays (`node.relays`).
 pub fn wanted_flags(cfg: &Config) -> WantedFlags {
@@ -410,7 +423,7 @@ impl Node {
     /// delivery engine, rendezvous registrar and control socket.
     pub async fn start(cfg: &Config) -> Result<NodeHandle, Error> {
         // Validate everything first: a refused config must not leave a new identity behind.
-        cfg.validate_node()?;
+        validate_config(cfg)?;
         let dir = cfg.data_dir();
         let (user, created) = load_or_create_identity(&dir, &cfg.username(), wanted_flags(cfg))?;
         if created {
