@@ -28,25 +28,45 @@
 //! Protocol cores (`wire`, `noise::handshake`, `ratchet`, relay/rendezvous cores) never do I/O
 //! and never read the clock; the async shells around them own sockets and time.
 
-pub mod backup;
+//! ## Public API and test hooks
+//! Without features, the crate exposes the command line ([`cli`]), the configuration
+//! ([`config`]), the crate [`Error`], and at the root what embeds a node, a relay or a
+//! rendezvous server: [`Node`] / [`NodeHandle`] with its [`control`] socket and [`history`]
+//! entries, [`Relay`], [`RendezvousServer`], and the identity and endpoint types they take.
+//! Every other module is private. The `test-hooks` feature makes them all public (their paths
+//! are `sremp::wire::...`, `sremp::ratchet::...` and so on): the crate's own integration tests,
+//! benchmarks and fuzz targets turn it on through a dev-dependency on this package, so a plain
+//! `cargo test` runs everything. It is not a stable API.
+
+// Without the test hooks, items that only the tests, benchmarks and fuzz targets reach are
+// unused; with them (every `cargo test`, `cargo bench`, `cargo clippy --all-targets`) all is
+// public and nothing is reported either way, as before the modules became private.
+#![cfg_attr(not(feature = "test-hooks"), allow(dead_code, unused_imports))]
+
 pub mod cli;
 pub mod config;
-pub mod error;
-pub mod files;
-pub mod group;
-pub mod identity;
-pub mod limit;
-pub mod logging;
-pub mod node;
-pub mod noise;
-pub mod ratchet;
-pub mod relay;
-pub mod rendezvous;
-pub mod shutdown;
-pub mod sig;
-pub mod store;
-pub mod time;
-pub mod transport;
-pub mod wire;
+
+/// Declares the internal modules: public with the `test-hooks` feature, private otherwise.
+macro_rules! internal_modules {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "test-hooks")]
+            pub mod $name;
+            #[cfg(not(feature = "test-hooks"))]
+            mod $name;
+        )*
+    };
+}
+
+internal_modules!(
+    backup, error, files, group, identity, limit, logging, node, noise, ratchet, relay,
+    rendezvous, shutdown, sig, store, time, transport, wire,
+);
 
 pub use error::Error;
+pub use identity::{ContactCard, ContactIdentity, Identity, IdentityKey, Trust, UserIdentity};
+pub use node::{control, history, Node, NodeError, NodeHandle};
+pub use relay::{Relay, RelayMode, RelayOptions};
+pub use rendezvous::server::ServerOptions as RendezvousServerOptions;
+pub use rendezvous::{Server as RendezvousServer, ServerHandle as RendezvousServerHandle};
+pub use wire::Endpoint;
