@@ -18,6 +18,7 @@
 //! - [`relay`]: relay protocol core, relay service and policies.
 //! - [`rendezvous`]: rendezvous protocol core, TLS server and client.
 //! - [`group`]: group chats (no I/O): signed fixed membership, sender keys, member states.
+//! - [`files`]: file transfer: offer messages, chunk crypto, the resumable receiver, the sender.
 //! - [`transport`]: TCP and QUIC under the Noise channel; the QUIC endpoint and its channel
 //!   binding.
 //! - [`node`]: the personal node: listener, connections, routing; its control socket
@@ -59,8 +60,8 @@ macro_rules! internal_modules {
 }
 
 internal_modules!(
-    backup, error, files, group, identity, limit, logging, node, noise, ratchet, relay,
-    rendezvous, shutdown, sig, store, time, transport, wire,
+    backup, error, files, group, identity, limit, logging, node, noise, ratchet, relay, rendezvous,
+    shutdown, sig, store, time, transport, wire,
 );
 
 pub use error::Error;
