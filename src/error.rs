@@ -2,7 +2,6 @@
 
 use crate::identity::keys::{KeyFileError, SetupError};
 use crate::identity::IdentityError;
-use crate::node::contacts::ContactError;
 use crate::noise::{ConnectionError, HandshakeError};
 use crate::store::StoreError;
 use crate::wire::DecodeError;
@@ -19,9 +18,6 @@ pub enum Error {
     /// Key file problem.
     #[error(transparent)]
     KeyFile(#[from] KeyFileError),
-    /// Contacts.
-    #[error(transparent)]
-    Contact(#[from] ContactError),
     /// Noise handshake.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
@@ -61,7 +57,7 @@ pub enum Error {
 
 impl Error {
     /// A stable machine-readable name for what failed, as printed in the `"kind"` field of a
-    /// `--json` error (README, "JSON output"): `decode`, `identity`, `key_file`, `contact`,
+    /// `--json` error (README, "JSON output"): `decode`, `identity`, `key_file`,
     /// `handshake`, `connection`, `store`, `config`, `relay`, `rendezvous`, `data_dir`, `backup`,
     /// `files` or `io` (the CLI adds `control` for its control-socket failures, `cli::CliError`).
     pub fn kind(&self) -> &'static str {
@@ -69,7 +65,6 @@ impl Error {
             Error::Decode(_) => "decode",
             Error::Identity(_) => "identity",
             Error::KeyFile(_) => "key_file",
-            Error::Contact(_) => "contact",
             Error::Handshake(_) => "handshake",
             Error::Connection(_) => "connection",
             Error::Store(_) => "store",
