@@ -353,7 +353,10 @@ impl Config {
         }
         self.listen.advertised(self.listen.address)?;
         self.node.relay_hints()?;
-        self.quic.validate()?;
+        self.quic.validate().map_err(|e| ConfigError::Value {
+            key: e.key,
+            why: e.why.into(),
+        })?;
         if self.node.direct_timeout_ms == 0 || self.node.ack_timeout_ms == 0 {
             return Err(ConfigError::Value {
                 key: "node.direct_timeout_ms",
@@ -366,7 +369,10 @@ impl Config {
                 why: "must be at least 100 ms".into(),
             });
         }
-        self.files.validate()?;
+        self.files.validate().map_err(|e| ConfigError::Value {
+            key: e.key,
+            why: e.why,
+        })?;
         if let Some(u) = &self.username {
             crate::identity::Username::new(u.clone()).map_err(|e| ConfigError::Value {
                 key: "username",

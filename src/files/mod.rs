@@ -120,11 +120,21 @@ impl Default for FilesConfig {
     }
 }
 
+/// A `[files]` value out of range (the config loader reports it as an invalid config value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config value {key}: {why}")]
+pub struct FilesConfigError {
+    /// The key.
+    pub key: &'static str,
+    /// Why.
+    pub why: String,
+}
+
 impl FilesConfig {
     /// Checks ranges.
-    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+    pub fn validate(&self) -> Result<(), FilesConfigError> {
         if !(chunk::MIN_CHUNK_SIZE..=chunk::MAX_CHUNK_SIZE).contains(&self.chunk_size) {
-            return Err(crate::config::ConfigError::Value {
+            return Err(FilesConfigError {
                 key: "files.chunk_size",
                 why: format!(
                     "must be {} ..= {}",

@@ -18,52 +18,9 @@ pub mod quic;
 
 pub use quic::{QuicEndpoint, QuicError, QuicSettings};
 
-/// Which transport a connection runs on.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// TCP.
-    #[default]
-    Tcp,
-    /// QUIC over UDP.
-    Quic,
-}
-
-impl Transport {
-    /// Stable name: `"tcp"` or `"quic"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Quic => "quic",
-        }
-    }
-
-    /// The path name of a direct message on this transport: `"direct-tcp"` or `"direct-quic"`.
-    pub fn direct_path(self) -> &'static str {
-        match self {
-            Transport::Tcp => "direct-tcp",
-            Transport::Quic => "direct-quic",
-        }
-    }
-}
-
-impl std::fmt::Display for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+// Which transport a connection runs on: defined beside the endpoints that name it, so `wire`
+// does not import this shell.
+pub use crate::wire::Transport;
 
 /// `[quic]` in node-config.toml: the QUIC endpoint of `sremp run` and `sremp relay`.
 #[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
@@ -101,6 +58,16 @@ impl Default for QuicConfig {
     }
 }
 
+/// A `[quic]` value out of range (the config loader reports it as an invalid config value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config value {key}: {why}")]
+pub struct QuicConfigError {
+    /// The key.
+    pub key: &'static str,
+    /// Why.
+    pub why: &'static str,
+}
+
 impl QuicConfig {
     /// The endpoint settings.
     pub fn settings(&self) -> QuicSettings {
@@ -111,18 +78,18 @@ impl QuicConfig {
     }
 
     /// Checks ranges.
-    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+    pub fn validate(&self) -> Result<(), QuicConfigError> {
         // quinn's idle timeout is a QUIC varint of milliseconds (< 2^62); a day is plenty.
         if self.idle_timeout_ms < 100 || self.idle_timeout_ms > 86_400_000 {
-            return Err(crate::config::ConfigError::Value {
+            return Err(QuicConfigError {
                 key: "quic.idle_timeout_ms",
-                why: "must be from 100 to 86400000".into(),
+                why: "must be from 100 to 86400000",
             });
         }
         if self.keep_alive_ms == 0 || self.keep_alive_ms >= self.idle_timeout_ms {
-            return Err(crate::config::ConfigError::Value {
+            return Err(QuicConfigError {
                 key: "quic.keep_alive_ms",
-                why: "must be at least 1 and below quic.idle_timeout_ms".into(),
+                why: "must be at least 1 and below quic.idle_timeout_ms",
             });
         }
         Ok(())

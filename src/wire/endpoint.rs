@@ -8,7 +8,6 @@
 //! (docs/PROTOCOL.md, "QUIC transport").
 
 use super::DecodeError;
-use crate::transport::Transport;
 use serde::de::{Error as _, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -18,6 +17,54 @@ use std::fmt;
 pub const QUIC_TAG: &str = "quic";
 /// The text prefix of a QUIC endpoint.
 pub const QUIC_SCHEME: &str = "quic://";
+
+/// Which transport a connection runs on (and an endpoint names): TCP or QUIC. The QUIC
+/// endpoint itself is in `crate::transport`, which re-exports this type.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// QUIC over UDP.
+    Quic,
+}
+
+impl Transport {
+    /// Stable name: `"tcp"` or `"quic"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        }
+    }
+
+    /// The path name of a direct message on this transport: `"direct-tcp"` or `"direct-quic"`.
+    pub fn direct_path(self) -> &'static str {
+        match self {
+            Transport::Tcp => "direct-tcp",
+            Transport::Quic => "direct-quic",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Longest host name accepted (RFC 1035).
 pub const MAX_HOST_LEN: usize = 253;

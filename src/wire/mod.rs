@@ -23,7 +23,7 @@ pub mod relay;
 pub mod rendezvous;
 pub mod version;
 
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, Transport};
 pub use envelope::{Envelope, Kind};
 pub use version::{Version, VersionHeader};
 
