@@ -31,6 +31,7 @@ pub mod group;
 pub mod id;
 pub mod node;
 pub mod relay;
+pub mod relay_check;
 pub mod render;
 pub mod rendezvous;
 

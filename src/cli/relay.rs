@@ -1,15 +1,20 @@
 //! `sremp relay`: relay-only mode, a store-and-forward relay for other people's messages
 //! ([`crate::relay::Relay`] in [`RelayMode::Open`]) until SIGTERM or Ctrl-C.
 
+use super::relay_check::ConfigCheck;
 use super::CliError;
 use crate::config::Config;
 use crate::identity::keys::{load_or_create_identity, WantedFlags};
 use crate::noise::listener;
-use crate::relay::check::ConfigCheck;
+use crate::relay::backend::{nats::NatsBackend, RelayBackend, StoreKind};
 use crate::relay::stats::Stats;
+use crate::relay::store::RelayStore;
 use crate::relay::{
-    backend, metrics, Relay, RelayError, RelayMode, RelayOptions, ADDR_FILE, STATS_FILE,
+    metrics, Relay, RelayConfig, RelayError, RelayMode, RelayOptions, ADDR_FILE, DB_DIR,
+    RELAY_DAMAGE_ADVICE, STATS_FILE,
 };
+use crate::store::{SledStore, Store};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +35,7 @@ async fn serve(cfg: &Config) -> Result<(), crate::Error> {
     let (user, created) = load_or_create_identity(&dir, &cfg.username(), WantedFlags::relay())?;
     let user = Arc::new(user);
     let stats = Arc::new(Stats::default());
-    let (backend, store) = backend::open(cfg, &dir, stats.clone()).await?;
+    let (backend, store) = open_backend(&cfg.relay, &dir, stats.clone()).await?;
     let relay = Relay::start_backend(
         backend,
         stats,
@@ -73,7 +78,7 @@ async fn serve(cfg: &Config) -> Result<(), crate::Error> {
         })?;
     tracing::info!(%addr, quic = ?quic_addr, relay_id = %id, new_identity = created, "relay listening");
     let (stop_tx, stop_rx) = watch_pair();
-    let metrics_task = metrics::start(cfg, &relay, stop_rx.clone()).await?;
+    let metrics_task = start_metrics(cfg.metrics.listen, &relay, stop_rx.clone()).await?;
     let mut lc = cfg.listen.listener();
     // This relay's own memory of verified identities (clients reconnect often).
     lc.handshake.verified = Some(crate::identity::VerifiedCache::new());
@@ -113,7 +118,67 @@ async fn serve(cfg: &Config) -> Result<(), crate::Error> {
     Ok(())
 }
 
-/// `sremp relay --check-config`: prints the summary ([`crate::relay::check`]; text, or the
+/// Opens the backend `[relay] store` names: the embedded store in the data dir (returned too,
+/// to be closed at shutdown) or NATS JetStream.
+async fn open_backend(
+    cfg: &RelayConfig,
+    dir: &std::path::Path,
+    stats: Arc<Stats>,
+) -> Result<(Arc<dyn RelayBackend>, Option<Arc<dyn Store>>), crate::Error> {
+    match cfg.store {
+        StoreKind::Sled => {
+            let store: Arc<dyn Store> = Arc::new(
+                SledStore::open_checked(&dir.join(DB_DIR))
+                    .map_err(|e| e.with_advice(RELAY_DAMAGE_ADVICE))?,
+            );
+            let (s, policy) = (store.clone(), cfg.clone());
+            let rs = tokio::task::spawn_blocking(move || RelayStore::open(s, policy, stats))
+                .await
+                .map_err(|e| RelayError::Runtime(e.to_string()))?
+                .map_err(RelayError::from)?;
+            Ok((Arc::new(rs), Some(store)))
+        }
+        StoreKind::Nats => {
+            let b = NatsBackend::open(cfg.clone(), stats)
+                .await
+                .map_err(RelayError::from)?;
+            tracing::info!(urls = %cfg.nats_urls.join(","), replicas = cfg.replicas, "relay store: NATS JetStream");
+            Ok((b, None))
+        }
+    }
+}
+
+/// Starts the endpoint of `[metrics] listen` (`at`) for `relay`, if configured; it stops when
+/// `stop` turns true.
+async fn start_metrics(
+    at: Option<SocketAddr>,
+    relay: &Relay,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, crate::Error> {
+    let Some(at) = at else {
+        return Ok(None);
+    };
+    let l = tokio::net::TcpListener::bind(at)
+        .await
+        .map_err(|source| crate::Error::Io {
+            context: format!("binding the metrics endpoint {at}"),
+            source,
+        })?;
+    let bound = l.local_addr().map_err(|source| crate::Error::Io {
+        context: "reading the metrics address".into(),
+        source,
+    })?;
+    tracing::info!(addr = %bound, "metrics endpoint listening");
+    let r = relay.clone();
+    let render: metrics::Render = Arc::new(move || {
+        r.records()
+            .metrics()
+            .render(&r.stats().snapshot(), r.records().kind())
+    });
+    Ok(Some(tokio::spawn(metrics::serve(l, render, stop))))
+}
+
+/// `sremp relay --check-config`: prints the summary ([`super::relay_check`]; text, or the
 /// JSON object with `--json`) on stdout; an error (exit status 1) when the relay would not
 /// start.
 pub fn check_config(cfg: &Config, json: bool) -> Result<(), CliError> {
@@ -124,7 +189,7 @@ pub fn check_config(cfg: &Config, json: bool) -> Result<(), CliError> {
             context: "starting the runtime".into(),
             source,
         })?;
-    let c = rt.block_on(crate::relay::check::check(cfg));
+    let c = rt.block_on(super::relay_check::check(cfg));
     if json {
         println!("{}", serde_json::to_string(&c).unwrap_or_default());
     } else {

@@ -181,36 +181,6 @@ impl RelayMetrics {
 /// What the HTTP handler serves: called once per scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Starts the endpoint of `[metrics] listen` for `relay`, if configured; it stops when `stop`
-/// turns true.
-pub async fn start(
-    cfg: &crate::config::Config,
-    relay: &super::Relay,
-    stop: watch::Receiver<bool>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, crate::Error> {
-    let Some(at) = cfg.metrics.listen else {
-        return Ok(None);
-    };
-    let l = TcpListener::bind(at)
-        .await
-        .map_err(|source| crate::Error::Io {
-            context: format!("binding the metrics endpoint {at}"),
-            source,
-        })?;
-    let bound = l.local_addr().map_err(|source| crate::Error::Io {
-        context: "reading the metrics address".into(),
-        source,
-    })?;
-    tracing::info!(addr = %bound, "metrics endpoint listening");
-    let r = relay.clone();
-    let render: Render = Arc::new(move || {
-        r.records()
-            .metrics()
-            .render(&r.stats().snapshot(), r.records().kind())
-    });
-    Ok(Some(tokio::spawn(serve(l, render, stop))))
-}
-
 /// Serves `GET /metrics` on `listener` until `stop` turns true.
 pub async fn serve(listener: TcpListener, render: Render, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPERS));

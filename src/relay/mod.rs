@@ -28,7 +28,6 @@
 //! - [`backend`] — the relay-level storage trait: the embedded store ([`store`]), or NATS
 //!   JetStream shared by several relay processes (`[relay] store = "nats"`).
 //! - [`metrics`] — the Prometheus endpoint (`[metrics] listen`).
-//! - [`check`] — `sremp relay --check-config`.
 //! - [`client`] — [`client::RelayClient`].
 //! - [`read_ahead`] — a read buffer that is freed while a connection idles.
 //! - [`stats`] — operator counters.
@@ -60,7 +59,6 @@
 
 pub mod auth;
 pub mod backend;
-pub mod check;
 pub mod client;
 pub mod conn;
 pub mod metrics;

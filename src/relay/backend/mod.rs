@@ -101,38 +101,6 @@ pub fn validate(cfg: &super::RelayConfig) -> Result<(), super::policy::PolicyErr
     Ok(())
 }
 
-/// Opens the backend `[relay] store` names for `sremp relay`: the embedded store in the data dir (returned too,
-/// to be closed at shutdown) or NATS JetStream.
-pub async fn open(
-    cfg: &crate::config::Config,
-    dir: &std::path::Path,
-    stats: Arc<super::stats::Stats>,
-) -> Result<(Arc<dyn RelayBackend>, Option<Arc<dyn crate::store::Store>>), crate::Error> {
-    match cfg.relay.store {
-        StoreKind::Sled => {
-            let store: Arc<dyn crate::store::Store> = Arc::new(
-                crate::store::SledStore::open_checked(&dir.join(super::DB_DIR))
-                    .map_err(|e| e.with_advice(super::RELAY_DAMAGE_ADVICE))?,
-            );
-            let (s, policy) = (store.clone(), cfg.relay.clone());
-            let rs = tokio::task::spawn_blocking(move || {
-                super::store::RelayStore::open(s, policy, stats)
-            })
-            .await
-            .map_err(|e| super::RelayError::Runtime(e.to_string()))?
-            .map_err(super::RelayError::from)?;
-            Ok((Arc::new(rs), Some(store)))
-        }
-        StoreKind::Nats => {
-            let b = nats::NatsBackend::open(cfg.relay.clone(), stats)
-                .await
-                .map_err(super::RelayError::from)?;
-            tracing::info!(urls = %cfg.relay.nats_urls.join(","), replicas = cfg.relay.replicas, "relay store: NATS JetStream");
-            Ok((b, None))
-        }
-    }
-}
-
 /// A boxed future of a backend operation.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, RelayStoreError>> + Send + 'a>>;
 

@@ -5,10 +5,12 @@
 //! than at start-up.
 //!
 //! The summary's fields are the `--json` shape documented in the README ("sremp relay
-//! --check-config"); the CLI ([`crate::cli`]) renders and prints it.
+//! --check-config"); [`super::relay`] renders and prints it. It lives in the CLI because it
+//! checks the whole configuration (data dir, identity file, `[listen]`, `[metrics]`), not only
+//! the relay's own section.
 
-use super::backend::StoreKind;
 use crate::config::Config;
+use crate::relay::backend::StoreKind;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -92,7 +94,7 @@ pub async fn check(cfg: &Config) -> ConfigCheck {
         StoreKind::Sled => None,
         StoreKind::Nats if problems.is_empty() => {
             let probe = async {
-                let client = super::backend::nats::connect(&cfg.relay)
+                let client = crate::relay::backend::nats::connect(&cfg.relay)
                     .await
                     .map_err(|e| e.to_string())?;
                 async_nats::jetstream::new(client)
