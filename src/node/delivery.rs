@@ -302,7 +302,11 @@ pub(crate) async fn confirmed(node: &Node, client: &RelayClient, c: DeliveryConf
         .await
         .is_ok()
     {
-        let _ = client.ack_confirmation(&c).await;
+        // Unacknowledged, the relay keeps the confirmation and hands it over again on the
+        // next registration (the upgrade above is idempotent), so nothing is lost.
+        if let Err(e) = client.ack_confirmation(&c).await {
+            tracing::debug!(error = %e, "confirmation ack not sent; the relay will hand it over again");
+        }
     }
 }
 
