@@ -218,6 +218,17 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Approximate bytes on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// Records in `tree` (applied so far), when the store keeps a count: O(1), for status
+    /// lines that must not walk a tree. `None` when it does not.
+    fn count(&self, tree: Tree) -> Option<u64> {
+        let _ = tree;
+        None
+    }
+    /// Flushes that reached the disk since open (each is one sled flush + `fdatasync`), when
+    /// the store counts them. With group commit, concurrent commits share one.
+    fn flushes(&self) -> Option<u64> {
+        None
+    }
     /// Flushes and records the durable state for the next open (the commit marker). Call once
     /// at shutdown; the store stays usable.
     fn close(&self) -> Result<(), StoreError> {

@@ -191,6 +191,8 @@ struct Shared {
     flusher: Flusher,
     /// When the marker was last written.
     marker_written: Mutex<Option<Instant>>,
+    /// Flushes led (each one sled flush + `fdatasync`).
+    flushes: std::sync::atomic::AtomicU64,
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -437,6 +439,7 @@ impl SledStore {
                 generation: Default::default(),
                 closed: Mutex::new(None),
                 flusher: Default::default(),
+                flushes: Default::default(),
                 marker_written: Mutex::new(None),
             }),
         };
@@ -791,6 +794,9 @@ impl Store for SledStore {
                 // Every batch up to this manifest was applied before the flush starts.
                 let covered = *o.manifest.lock().map_err(|_| poisoned())?;
                 sync(&o)?;
+                self.shared
+                    .flushes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(covered)
             });
             match &result {
@@ -821,6 +827,20 @@ impl Store for SledStore {
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         let o = self.db()?;
         o.db.size_on_disk().map_err(io)
+    }
+
+    fn count(&self, tree: Tree) -> Option<u64> {
+        let o = self.db().ok()?;
+        let m = o.manifest.lock().ok()?;
+        m.counts.get(tree as usize).copied()
+    }
+
+    fn flushes(&self) -> Option<u64> {
+        Some(
+            self.shared
+                .flushes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     fn generation(&self) -> u64 {
@@ -1046,6 +1066,44 @@ mod tests {
         let st = s.shared.flusher.state.lock().unwrap();
         assert_eq!(st.durable, 160, "every ticket durable");
         assert!(!st.running);
+    }
+
+    #[test]
+    fn lone_commits_flush_each_and_concurrent_commits_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            // A lone commit is never held back for company: one flush each.
+            for i in 0..10u8 {
+                let mut b = Batch::new();
+                b.put(Tree::Meta, vec![0xee, i], vec![i]);
+                s.commit(b).unwrap();
+            }
+            assert_eq!(s.flushes(), Some(10));
+            // Concurrent commits: every one returns only after a flush that covers it, and
+            // they share flushes (at most one per commit, usually far fewer).
+            let acked = std::sync::Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                for t in 0..8u8 {
+                    let (s, acked) = (s.clone(), &acked);
+                    scope.spawn(move || {
+                        for i in 0..25u8 {
+                            let mut b = Batch::new();
+                            b.put(Tree::Meta, vec![t, i], vec![i]);
+                            s.commit(b).unwrap();
+                            acked.lock().unwrap().push(vec![t, i]);
+                        }
+                    });
+                }
+            });
+            let flushes = s.flushes().unwrap() - 10;
+            assert!(flushes <= 200, "{flushes} flushes for 200 commits");
+            eprintln!("200 concurrent commits, {flushes} flushes");
+            assert_eq!(acked.lock().unwrap().len(), 200);
+            // Dropped without close (no final flush): only what the commits flushed remains.
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.scan(Tree::Meta, b"", None, 1000).unwrap().len(), 210);
     }
 
     #[test]
