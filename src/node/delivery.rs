@@ -47,6 +47,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+/// How long [`Pool::close_all`] waits for connection event tasks at shutdown.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long a proven direct path gets before the relay is tried as well.
 pub const HEDGE: Duration = Duration::from_millis(250);
 /// Messages to one recipient in flight at once.
@@ -100,10 +102,17 @@ pub fn plan(state: PathState, mode: DeliveryMode, has_direct: bool, has_relay: b
 }
 
 /// Outgoing relay-protocol connections (to recipients' nodes and to relays), reused.
+///
+/// Each connection's event task (confirmations and session resets it carries, which write to
+/// the store) is owned by the pool: [`Pool::close_all`] closes the connections and waits for
+/// those tasks, so none of them writes after the node's final flush. The per-destination
+/// connect locks are dropped once nobody waits on them.
 #[derive(Default)]
 pub struct Pool {
-    clients: Mutex<HashMap<String, Arc<RelayClient>>>,
+    /// Open connections and when each registered.
+    clients: Mutex<HashMap<String, (Arc<RelayClient>, Instant)>>,
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    tasks: Mutex<JoinSet<()>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -127,25 +136,60 @@ impl Pool {
         self.len() == 0
     }
 
-    /// Closes every pooled connection (shutdown).
+    /// Closes every pooled connection and waits (at most [`CLOSE_WAIT`]) for their event
+    /// tasks to finish what they are writing.
     pub async fn close_all(&self) {
         let all: Vec<Arc<RelayClient>> = self
             .clients
             .lock()
-            .map(|mut c| c.drain().map(|(_, v)| v).collect())
+            .map(|mut c| c.drain().map(|(_, (v, _))| v).collect())
             .unwrap_or_default();
         for c in all {
             c.close().await;
         }
+        let mut tasks = self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        let joined = tokio::time::timeout(CLOSE_WAIT, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!("connection event tasks did not finish in time");
+        }
+    }
+
+    /// Runs `task` (a short background job: a lookup, an announcement) as one of the tasks
+    /// [`Pool::close_all`] waits for.
+    pub(crate) fn track(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(mut t) = self.tasks.lock() {
+            while t.try_join_next().is_some() {}
+            t.spawn(task);
+        }
+    }
+
+    /// Connect locks held (for tests and status).
+    pub fn connecting(&self) -> usize {
+        self.connecting.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Event tasks running.
+    pub fn tasks(&self) -> usize {
+        self.tasks.lock().map(|t| t.len()).unwrap_or(0)
     }
 
     fn cached(&self, k: &str) -> Option<Arc<RelayClient>> {
-        self.clients.lock().ok().and_then(|c| c.get(k).cloned())
+        self.clients
+            .lock()
+            .ok()
+            .and_then(|c| c.get(k).map(|(c, _)| c.clone()))
     }
 
     fn remove(&self, k: &str, client: &Arc<RelayClient>) {
         if let Ok(mut c) = self.clients.lock() {
-            if c.get(k).is_some_and(|x| Arc::ptr_eq(x, client)) {
+            if c.get(k).is_some_and(|(x, _)| Arc::ptr_eq(x, client)) {
                 c.remove(k);
             }
         }
@@ -154,6 +198,31 @@ impl Pool {
     /// Drops `client` from the pool if it is still the one for `(endpoint, key)`.
     pub(crate) fn forget(&self, endpoint: &Endpoint, key: &IdentityKey, client: &Arc<RelayClient>) {
         self.remove(&pool_key(endpoint, key), client);
+    }
+
+    /// Like [`Pool::get`], but a pooled connection that registered more than `older_than` ago
+    /// is closed and replaced: a relay hands over the confirmations it kept for us (our
+    /// connection's queue was full, or we were away) only when we register.
+    pub(crate) async fn fresh(
+        &self,
+        node: &Node,
+        endpoint: &Endpoint,
+        key: IdentityKey,
+        older_than: Duration,
+    ) -> Result<Arc<RelayClient>, RelayClientError> {
+        let k = pool_key(endpoint, &key);
+        let stale = self.clients.lock().ok().and_then(|mut c| {
+            let old = c.get(&k).is_some_and(|(_, at)| at.elapsed() > older_than);
+            if old {
+                c.remove(&k).map(|(client, _)| client)
+            } else {
+                None
+            }
+        });
+        if let Some(client) = stale {
+            client.close().await;
+        }
+        self.get(node, endpoint, key).await
     }
 
     /// A registered connection to `endpoint` whose Noise identity must be `key`.
@@ -174,10 +243,32 @@ impl Pool {
                 .map_err(|_| RelayClientError::Closed)?;
             m.entry(k.clone()).or_default().clone()
         };
-        let _one = lock.lock().await;
-        if let Some(c) = self.cached(&k) {
-            return Ok(c);
+        let r = async {
+            let _one = lock.lock().await;
+            if let Some(c) = self.cached(&k) {
+                return Ok(c);
+            }
+            self.connect(node, endpoint, key, &k).await
         }
+        .await;
+        // Forget the connect lock unless someone else waits on it (they keep their clone).
+        if let Ok(mut m) = self.connecting.lock() {
+            if m.get(&k)
+                .is_some_and(|l| Arc::ptr_eq(l, &lock) && Arc::strong_count(l) <= 2)
+            {
+                m.remove(&k);
+            }
+        }
+        r
+    }
+
+    async fn connect(
+        &self,
+        node: &Node,
+        endpoint: &Endpoint,
+        key: IdentityKey,
+        k: &str,
+    ) -> Result<Arc<RelayClient>, RelayClientError> {
         let inner = &node.inner;
         let (client, events) = RelayClient::connect_endpoint(
             endpoint,
@@ -197,9 +288,18 @@ impl Pool {
             return Err(e);
         }
         if let Ok(mut c) = self.clients.lock() {
-            c.insert(k.clone(), client.clone());
+            c.insert(k.to_string(), (client.clone(), Instant::now()));
         }
-        tokio::spawn(outbound_events(node.clone(), k, client.clone(), events));
+        if let Ok(mut t) = self.tasks.lock() {
+            // Reap the tasks of connections that ended.
+            while t.try_join_next().is_some() {}
+            t.spawn(outbound_events(
+                node.clone(),
+                k.to_string(),
+                client.clone(),
+                events,
+            ));
+        }
         Ok(client)
     }
 
@@ -333,7 +433,7 @@ pub(crate) async fn session_reset(node: &Node, n: SessionReset) {
     match reset(inner, &contact, &n).await {
         Ok(Some(count)) => {
             tracing::info!(peer = %peer.short(), resent = count, "peer lost our session; started a new one and re-sent unconfirmed messages");
-            inner.wake.notify_waiters();
+            inner.wakers.wake(&peer);
         }
         Ok(None) => {}
         Err(e) => tracing::error!(peer = %peer.short(), error = %e, "session reset failed"),
@@ -378,7 +478,7 @@ async fn reset(
     n: &SessionReset,
 ) -> Result<Option<usize>, NodeError> {
     let peer = contact.identity.key();
-    let _one = inner.crypto.lock().await;
+    let _one = inner.locks.peer(&peer).await;
     let Some(named) = inner.history.find(Direction::Out, &peer, n.message_id)? else {
         return Ok(None);
     };
@@ -395,7 +495,7 @@ async fn reset(
                 let mut batch = e.put();
                 batch.delete(Tree::Awaiting, named.seq.to_be_bytes().to_vec());
                 commit(&inner.store, batch).await?;
-                inner.wake.notify_waiters();
+                inner.wakers.wake(&peer);
             }
             // Its store may be in flight right now: store it once more when that finishes.
             (Some(_), _) => {
@@ -621,9 +721,11 @@ pub(crate) async fn confirmations(node: Node) {
             }
         };
         let now = Timestamp::now().0;
-        let mut relays: Vec<RelayHint> = Vec::new();
+        // Each relay holding awaiting messages, and whether one has waited a whole poll.
+        let mut relays: Vec<(RelayHint, bool)> = Vec::new();
+        let poll_ms = u64::try_from(poll.as_millis()).unwrap_or(u64::MAX);
         let mut changes = crate::store::Batch::new();
-        let mut requeued = 0usize;
+        let mut requeued: Vec<IdentityKey> = Vec::new();
         for (k, v) in entries {
             let seq = <[u8; 8]>::try_from(k.as_slice()).map(u64::from_be_bytes);
             let entry: Result<AwaitingConfirmation, _> = crate::wire::msgpack::decode(&v);
@@ -658,7 +760,7 @@ pub(crate) async fn confirmations(node: Node) {
                                 .is_none()
                             {
                                 changes.extend(e.put());
-                                requeued += 1;
+                                requeued.push(IdentityKey(e.recipient));
                             }
                             // The record stays (with `first_stored`, so the retention limit
                             // holds across re-stores) until the store overwrites it.
@@ -671,8 +773,10 @@ pub(crate) async fn confirmations(node: Node) {
                             changes.put(Tree::Awaiting, k, crate::wire::msgpack::encode(&again));
                         }
                         _ => {
-                            if !relays.contains(&a.relay) {
-                                relays.push(a.relay);
+                            let stale = now.saturating_sub(a.last_stored) >= poll_ms;
+                            match relays.iter_mut().find(|(r, _)| *r == a.relay) {
+                                Some((_, s)) => *s |= stale,
+                                None => relays.push((a.relay, stale)),
                             }
                         }
                     }
@@ -682,25 +786,34 @@ pub(crate) async fn confirmations(node: Node) {
         }
         if !changes.is_empty() {
             match commit(&inner.store, changes).await {
-                Ok(()) if requeued > 0 => {
+                Ok(()) if !requeued.is_empty() => {
                     tracing::info!(
-                        messages = requeued,
+                        messages = requeued.len(),
                         "no delivery confirmation in time; storing again"
                     );
-                    inner.wake.notify_waiters();
+                    requeued.sort_unstable_by_key(|k| k.0);
+                    requeued.dedup();
+                    for peer in &requeued {
+                        inner.wakers.wake(peer);
+                    }
                 }
                 Ok(()) => {}
                 Err(e) => tracing::error!(error = %e, "cannot update kept messages"),
             }
         }
-        for hint in relays.into_iter().take(MAX_ROUTES * 16) {
-            let got = tokio::time::timeout(
-                Duration::from_millis(inner.cfg.direct_timeout_ms),
-                inner
-                    .pool
-                    .get(&node, &hint.endpoint, IdentityKey(hint.relay_key)),
-            )
-            .await;
+        for (hint, stale) in relays.into_iter().take(MAX_ROUTES * 16) {
+            // A confirmation still missing after a whole poll may be kept at the relay for a
+            // connection of ours that has been open all along: register anew to receive it.
+            let key = IdentityKey(hint.relay_key);
+            let got =
+                tokio::time::timeout(Duration::from_millis(inner.cfg.direct_timeout_ms), async {
+                    if stale {
+                        inner.pool.fresh(&node, &hint.endpoint, key, poll).await
+                    } else {
+                        inner.pool.get(&node, &hint.endpoint, key).await
+                    }
+                })
+                .await;
             if !matches!(got, Ok(Ok(_))) {
                 tracing::debug!(relay = %hint.endpoint, "relay holding confirmations unreachable");
             }
@@ -708,14 +821,17 @@ pub(crate) async fn confirmations(node: Node) {
     }
 }
 
-/// Encrypts and queues a message (the `send` path). Holds the ratchet lock across the commit.
+/// Encrypts and queues a message (the `send` path). Holds the peer's ratchet lock across the
+/// commit.
 ///
 /// Commit before send: the advanced ratchet session, the history entry and the outbox entry
-/// are one batch, and the delivery workers read the outbox only under the same lock, so they
-/// never see (and send) a message whose commit has not returned. The lock guard moves into the
-/// blocking commit, so a cancelled `send` cannot release it early. If the commit fails (a full
-/// disk), the store rolls its in-memory state back to what is on disk: the session is not
-/// advanced, no outbox entry exists, nothing is sent, and the next message reuses no key.
+/// are one batch, and the delivery worker reads the outbox only under the same peer lock, so it
+/// never sees (and sends) a message whose commit has not returned. Encryption and the commit
+/// run on the blocking pool (off the async workers), and the lock guard moves there with
+/// them, so a cancelled `send` cannot release it early. Other peers are not held back: their
+/// commits share the flush (group commit). If the commit fails (a full disk), the store rolls
+/// its in-memory state back to what is on disk: the session is not advanced, no outbox entry
+/// exists, nothing is sent, and the next message reuses no key.
 pub(crate) async fn enqueue(
     inner: &Arc<Inner>,
     c: &ContactIdentity,
@@ -733,50 +849,55 @@ pub(crate) async fn enqueue_content(
     text: &str,
 ) -> Result<HistoryEntry, NodeError> {
     let key = c.identity.key();
-    let one = inner.crypto.clone().lock_owned().await;
-    let now = Timestamp::now();
-    let payload = Payload {
-        id: MessageId::random(&mut rand::rngs::OsRng),
-        sent_at: now,
-        content,
-    };
-    let mut id8 = [0u8; 8];
-    id8.copy_from_slice(&payload.id.0[..8]);
-    let id = u64::from_be_bytes(id8);
+    let one = inner.locks.peer(&key).await;
+    let sessions = inner.sessions();
+    let store = inner.store.clone();
+    let history = inner.history.clone();
+    let username = c.identity.username().to_string();
+    let text = text.to_string();
     let peer = PeerKeys {
         identity_key: key.0,
         noise_key: c.identity.noise_key().0,
     };
-    let out = inner
-        .sessions()
-        .encrypt(&*inner.store, &mut rand::rngs::OsRng, &peer, &payload)?;
-    let (mut batch, wire) = out.into_parts();
-    let (entry, hb) = inner.history.record(NewEntry {
-        direction: Direction::Out,
-        peer: key,
-        peer_name: Some(c.identity.username().to_string()),
-        id,
-        text: text.to_string(),
-        sent_at: now,
-        recorded_at: now,
-        status: Status::Queued,
-        path: None,
-    });
-    batch.extend(hb);
-    batch.extend(inner.history.keep_payload_id(entry.seq, &payload.id.0));
-    batch.extend(
-        OutboxEntry {
-            message_id: id,
-            recipient: key.0,
-            wire,
-            history_seq: entry.seq,
-            payload_id: payload.id.0.to_vec(),
-        }
-        .put(),
-    );
-    let store = inner.store.clone();
     tokio::task::spawn_blocking(move || {
-        let r = store.commit(batch);
+        let r = (|| -> Result<HistoryEntry, NodeError> {
+            let now = Timestamp::now();
+            let payload = Payload {
+                id: MessageId::random(&mut rand::rngs::OsRng),
+                sent_at: now,
+                content,
+            };
+            let mut id8 = [0u8; 8];
+            id8.copy_from_slice(&payload.id.0[..8]);
+            let id = u64::from_be_bytes(id8);
+            let out = sessions.encrypt(&*store, &mut rand::rngs::OsRng, &peer, &payload)?;
+            let (mut batch, wire) = out.into_parts();
+            let (entry, hb) = history.record(NewEntry {
+                direction: Direction::Out,
+                peer: key,
+                peer_name: Some(username),
+                id,
+                text,
+                sent_at: now,
+                recorded_at: now,
+                status: Status::Queued,
+                path: None,
+            });
+            batch.extend(hb);
+            batch.extend(history.keep_payload_id(entry.seq, &payload.id.0));
+            batch.extend(
+                OutboxEntry {
+                    message_id: id,
+                    recipient: key.0,
+                    wire,
+                    history_seq: entry.seq,
+                    payload_id: payload.id.0.to_vec(),
+                }
+                .put(),
+            );
+            store.commit(batch)?;
+            Ok(entry)
+        })();
         drop(one);
         r
     })
@@ -784,41 +905,49 @@ pub(crate) async fn enqueue_content(
     .map_err(|e| crate::store::StoreError::TaskFailed {
         task: "commit",
         detail: e.to_string(),
-    })??;
-    Ok(entry)
+    })?
 }
 
-/// Starts a worker per recipient with queued messages; runs until shutdown.
+/// How often the engine re-reads the whole outbox as a safety net (a worker that stopped on a
+/// local error, a message queued by a path that woke nobody). Wake-ups do the real work.
+pub const RESCAN: Duration = Duration::from_secs(30);
+
+/// Starts a worker per recipient with queued messages; runs until shutdown, then waits for
+/// every worker to stop (each finishes the commit it is in; none is aborted mid-write).
+///
+/// Workers are started for the recipients read from the outbox at start, for each recipient
+/// [`super::wake::Wakers::wake`] hands over (a message queued for a recipient without a
+/// worker), and at each [`RESCAN`].
 pub(crate) async fn engine(node: Node) {
     let inner = node.inner.clone();
     let mut stop = inner.stop.clone();
-    let mut workers: HashMap<IdentityKey, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut workers: JoinSet<()> = JoinSet::new();
+    let mut rescan = true;
     loop {
-        // Registered before the outbox is read: `notify_waiters` stores no permit, so a `send`
-        // committed while we scan would otherwise wait for the next tick.
-        let woken = inner.wake.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        workers.retain(|_, h| !h.is_finished());
-        match outbox::recipients(&*inner.store, 10_000) {
-            Ok(recipients) => {
-                for r in recipients {
-                    workers
-                        .entry(r)
-                        .or_insert_with(|| tokio::spawn(worker(node.clone(), r)));
-                }
+        let (woken, all) = inner.wakers.take();
+        let mut start: Vec<IdentityKey> = woken;
+        if rescan || all {
+            match outbox::recipients(&*inner.store, 10_000) {
+                Ok(recipients) => start.extend(recipients),
+                Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
             }
-            Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
         }
+        for r in start {
+            if let Some(w) = inner.wakers.register(&r) {
+                let reg = super::wake::Registration::new(inner.wakers.clone(), r, w);
+                workers.spawn(worker(node.clone(), r, reg));
+            }
+        }
+        rescan = false;
         tokio::select! {
-            _ = &mut woken => {}
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = inner.wakers.engine_woken() => {}
+            Some(_) = workers.join_next(), if !workers.is_empty() => {}
+            _ = tokio::time::sleep(RESCAN) => rescan = true,
             _ = super::stopped(&mut stop) => break,
         }
     }
-    for (_, h) in workers {
-        h.abort();
-    }
+    // Workers return at the stop signal once their current step is done.
+    while workers.join_next().await.is_some() {}
 }
 
 /// Delivers one recipient's queued messages, retrying with backoff until the outbox is empty.
@@ -827,7 +956,7 @@ pub(crate) async fn engine(node: Node) {
 /// completes (and whenever a new message is queued), so a fresh message never waits behind a
 /// slow one. After a failed attempt no new attempts start until the in-flight ones finish;
 /// then the worker backs off.
-async fn worker(node: Node, recipient: IdentityKey) {
+async fn worker(node: Node, recipient: IdentityKey, reg: super::wake::Registration) {
     let inner = node.inner.clone();
     let mut stop = inner.stop.clone();
     let initial = Duration::from_millis(inner.cfg.retry_initial_ms.max(1));
@@ -841,30 +970,32 @@ async fn worker(node: Node, recipient: IdentityKey) {
         if *stop.borrow() {
             return;
         }
-        // Registered before the outbox is read: a message queued meanwhile wakes us.
-        let woken = inner.wake.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
         if !failed && in_flight.len() < PIPELINE {
-            // Under the ratchet lock: `enqueue` holds it until its commit returned, so what we
-            // read here is durable (or was rolled back before we could see it).
+            // Wake-ups up to here are covered by the read below.
+            reg.waker().clear();
+            // Under the peer's ratchet lock: `enqueue` holds it until its commit returned, so
+            // what we read here is durable (or was rolled back before we could see it).
             let read = {
-                let _committed = inner.crypto.lock().await;
+                let _committed = inner.locks.peer(&recipient).await;
                 outbox::for_recipient(&*inner.store, &recipient, PIPELINE)
             };
             let entries = match read {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbox");
-                    return;
+                    Vec::new()
                 }
             };
             if entries.is_empty() && set.is_empty() {
-                // Linger briefly: exiting at once would race the engine, which starts no
-                // second worker while this one runs.
+                // Linger briefly, then leave unless a wake-up arrived since the read.
                 tokio::select! {
-                    _ = &mut woken => continue,
-                    _ = tokio::time::sleep(WORKER_IDLE) => return,
+                    _ = reg.waker().woken() => continue,
+                    _ = tokio::time::sleep(WORKER_IDLE) => {
+                        if reg.retire() {
+                            return;
+                        }
+                        continue;
+                    }
                     _ = super::stopped(&mut stop) => return,
                 }
             }
@@ -907,7 +1038,7 @@ async fn worker(node: Node, recipient: IdentityKey) {
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = &mut woken => {}
+                    _ = reg.waker().woken() => {}
                     _ = super::stopped(&mut stop) => return,
                 }
                 backoff = (backoff * 2).min(max);
@@ -933,7 +1064,7 @@ async fn worker(node: Node, recipient: IdentityKey) {
                     None => failed = true,
                 }
             }
-            _ = &mut woken => {}
+            _ = reg.waker().woken() => {}
             _ = super::stopped(&mut stop) => return,
         }
     }
@@ -1001,7 +1132,7 @@ async fn finalize(
     path: DeliveryPath,
     hint: RelayHint,
 ) -> Result<(), NodeError> {
-    let _one = inner.crypto.lock().await;
+    let _one = inner.locks.peer(&IdentityKey(e.recipient)).await;
     // A session reset may have replaced this entry with a re-encrypted copy (same key), and a
     // confirmation may have removed it: then this acceptance concerns a copy that is gone.
     let still_queued = inner

@@ -43,11 +43,13 @@ mod file_hooks;
 pub mod groups;
 pub mod history;
 pub mod inbox;
+pub mod locks;
 pub mod outbox;
 pub mod punch;
 pub mod quic;
 pub mod recovery;
 pub mod strangers;
+pub mod wake;
 
 use crate::config::Config;
 use crate::identity::keys::{load_or_create_identity, WantedFlags};
@@ -257,8 +259,9 @@ pub(crate) struct Inner {
     updating: tokio::sync::Mutex<()>,
     /// Wakes the grace-period task after a rotation.
     keys_changed: Notify,
-    /// One ratchet operation at a time (load → compute → commit must not interleave).
-    crypto: Arc<tokio::sync::Mutex<()>>,
+    /// One ratchet operation per peer at a time (load → compute → commit must not
+    /// interleave); different peers run at once.
+    locks: locks::RatchetLocks,
     events: broadcast::Sender<HistoryEntry>,
     /// Contact events for control clients (`follow` with `"events":true`).
     node_events: events::Events,
@@ -272,7 +275,8 @@ pub(crate) struct Inner {
     data_dir: PathBuf,
     pool: delivery::Pool,
     paths: Mutex<std::collections::HashMap<IdentityKey, delivery::PathState>>,
-    wake: Notify,
+    /// Wakes one recipient's delivery worker (or the engine).
+    wakers: Arc<wake::Wakers>,
     inbound: AtomicUsize,
     sources: Mutex<std::collections::HashMap<String, bool>>,
     /// Sender side: when we last reset our session with a peer after its notice.
@@ -362,7 +366,7 @@ impl NodeHandle {
         // Inbound peers sit in the integrated relay's connection loop: tell it now, or the
         // listener waits out its grace period for peers that are merely idle.
         self.relay.begin_shutdown();
-        self.node.inner.wake.notify_waiters();
+        self.node.inner.wakers.wake_all();
         for t in self.tasks {
             if tokio::time::timeout(Duration::from_secs(10), t)
                 .await
@@ -429,8 +433,15 @@ impl Node {
         if created {
             tracing::info!(id = %user.key(), dir = %dir.display(), "created a new identity");
         }
+        // Opening verifies every record: on the blocking pool, not an async worker.
+        let db = dir.join(DB_DIR);
         let store: Arc<dyn Store> = Arc::new(
-            SledStore::open_checked(&dir.join(DB_DIR))
+            tokio::task::spawn_blocking(move || SledStore::open_checked(&db))
+                .await
+                .map_err(|e| StoreError::TaskFailed {
+                    task: "store open",
+                    detail: e.to_string(),
+                })?
                 .map_err(|e| e.with_advice(NODE_DAMAGE_ADVICE))?,
         );
         // Identities this node has verified (peers' handshakes, stored contacts), shared by
@@ -510,7 +521,7 @@ impl Node {
             sessions: std::sync::RwLock::new(Arc::new(SessionManager::new(keys))),
             updating: tokio::sync::Mutex::new(()),
             keys_changed: Notify::new(),
-            crypto: Arc::new(tokio::sync::Mutex::new(())),
+            locks: Default::default(),
             events,
             node_events: events::Events::new(),
             cfg: cfg.node.clone(),
@@ -523,7 +534,7 @@ impl Node {
             data_dir: dir.clone(),
             pool: delivery::Pool::default(),
             paths: Mutex::new(Default::default()),
-            wake: Notify::new(),
+            wakers: Default::default(),
             inbound: AtomicUsize::new(0),
             sources: Mutex::new(Default::default()),
             resets: Mutex::new(Default::default()),
@@ -702,7 +713,7 @@ impl Node {
                 if let Ok(mut s) = self.inner.strangers.lock() {
                     s.remove(&card.identity.key());
                 }
-                self.inner.wake.notify_waiters();
+                self.inner.wakers.wake(&card.identity.key());
                 Ok(other.contact().clone())
             }
         }
@@ -757,12 +768,14 @@ impl Node {
             if let Ok(mut s) = self.inner.strangers.lock() {
                 s.remove(&key);
             }
-            self.inner.wake.notify_waiters();
+            self.inner.wakers.wake(&key);
             self.inner.node_events.trust(&c);
             return Ok(c);
         }
         let c = self.inner.contacts.set_trust(&key, trust)?;
         self.inner.node_events.trust(&c);
+        // Messages kept queued while it was rejected may leave now.
+        self.inner.wakers.wake(&key);
         Ok(c)
     }
 
@@ -781,7 +794,7 @@ impl Node {
         }
         let entry = delivery::enqueue(&self.inner, &c, text).await?;
         let _ = self.inner.events.send(entry.clone());
-        self.inner.wake.notify_waiters();
+        self.inner.wakers.wake(&c.identity.key());
         Ok(entry)
     }
 
@@ -935,7 +948,11 @@ impl Node {
             rendezvous_error: error,
             inbound_connections: self.inner.inbound.load(Ordering::Relaxed),
             outbound_connections: self.inner.pool.len(),
-            outbox: outbox::count(&*self.inner.store).unwrap_or(0),
+            // The store's record count (O(1)); a walk only for a store that keeps none.
+            outbox: match self.inner.store.count(crate::store::Tree::Outbox) {
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                None => outbox::count(&*self.inner.store).unwrap_or(0),
+            },
             quic_listen: self.inner.quic.local_addr().map(|a| a.to_string()),
             observed_addresses: self.inner.quic.observed(),
             nat_mapping: self.inner.quic.mapping(),
@@ -1009,7 +1026,7 @@ impl Node {
         }
         let user = Arc::new(user);
         {
-            let _crypto = inner.crypto.lock().await;
+            let _all = inner.locks.all().await;
             inner.set_sessions(local_keys(&user, &prev));
             inner.me.send_replace(user.clone());
         }
@@ -1020,9 +1037,9 @@ impl Node {
             "identity updated"
         );
         inner.pool.close_all().await;
-        inner.wake.notify_waiters();
+        inner.wakers.wake_all();
         let node = self.clone();
-        tokio::spawn(async move { announce(&node).await });
+        inner.pool.track(async move { announce(&node).await });
         Ok(user)
     }
 }
@@ -1101,7 +1118,7 @@ async fn forget_expired_noise_keys(node: Node) {
         match pruned {
             Ok(Ok((0, _))) => {}
             Ok(Ok((n, prev))) => {
-                let _crypto = inner.crypto.lock().await;
+                let _all = inner.locks.all().await;
                 inner.set_sessions(local_keys(&inner.me(), &prev));
                 tracing::info!(
                     forgotten = n,
@@ -1183,7 +1200,7 @@ async fn serve_peer(
         }
         if class == Class::Known {
             // A contact we have queued messages for just showed up.
-            inner.wake.notify_waiters();
+            inner.wakers.wake(&peer.key());
         }
     }
     let first = tokio::select! {
