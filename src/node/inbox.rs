@@ -4,6 +4,10 @@
 //! The node is a relay client of its own integrated relay (over loopback, as its owner) and of
 //! each home relay. For each source a collector connects, registers, drains what is stored
 //! (paged), then handles pushed messages until the connection ends, and reconnects with backoff.
+//! A push that found a queue full (the relay's outgoing queue, or our client's event queue,
+//! which never blocks on a push so that a retrieval cannot deadlock behind pushes) stays stored
+//! at the source: the collector drains again when its client reports one left out, and once
+//! after every burst of pushes ([`SWEEP_AFTER`] of quiet).
 //!
 //! Per message: a sender marked Rejected is refused (the message is deleted unread); otherwise
 //! the ratchet verifies, decrypts and de-duplicates it, and the session change plus the history
@@ -22,7 +26,7 @@ use crate::identity::{IdentityKey, Trust};
 use crate::ratchet::{Content, DecryptError};
 use crate::relay::{RelayClient, RelayEvent};
 use crate::time::Timestamp;
-use crate::wire::relay::{ResetReason, StoredMessage};
+use crate::wire::relay::{ResetReason, RetrieveCursor, StoredMessage};
 use crate::wire::rendezvous::RelayHint;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -102,21 +106,40 @@ pub(crate) async fn collect(node: Node, source: Source) {
                 set_connected(&node, &addr, true);
                 backoff = Duration::from_millis(200);
                 warned = false;
-                let mut drained = drain(&node, &client, path).await;
+                let mut recent = Recent::default();
+                let mut drained = drain(&node, &client, path, &mut recent).await;
+                // Pushed messages were handled since the last drain: after a quiet
+                // `SWEEP_AFTER`, drain once more for pushes the relay or our client left out
+                // (full queues during a burst); they stay stored at the source until then.
+                let mut pushed = false;
                 if drained != Drained::Failed {
                     loop {
+                        if drained == Drained::Done && client.take_missed() {
+                            drained = drain(&node, &client, path, &mut recent).await;
+                            if drained == Drained::Failed {
+                                break;
+                            }
+                        }
                         tokio::select! {
                             // A local failure (full disk) left messages at the source: try
                             // again after a pause, on the same connection, without a restart.
                             _ = tokio::time::sleep(STALL_RETRY), if drained == Drained::Stalled => {
-                                drained = drain(&node, &client, path).await;
+                                drained = drain(&node, &client, path, &mut recent).await;
+                                if drained == Drained::Failed {
+                                    break;
+                                }
+                            }
+                            _ = tokio::time::sleep(SWEEP_AFTER), if pushed && drained == Drained::Done => {
+                                pushed = false;
+                                drained = drain(&node, &client, path, &mut recent).await;
                                 if drained == Drained::Failed {
                                     break;
                                 }
                             }
                             ev = events.recv() => match ev {
                                 Some(RelayEvent::Message(m)) => {
-                                    if !handle(&node, &client, m, path).await {
+                                    pushed = true;
+                                    if !handle(&node, &client, m, path, &mut recent).await {
                                         drained = Drained::Stalled;
                                     }
                                 }
@@ -156,6 +179,9 @@ pub(crate) async fn collect(node: Node, source: Source) {
 
 /// How long a collector waits before it retries messages it could not record (full disk).
 pub const STALL_RETRY: Duration = Duration::from_secs(1);
+/// Quiet time after pushed messages after which a collector drains its source once more
+/// (pushes dropped on a full queue stay stored there).
+pub const SWEEP_AFTER: Duration = Duration::from_secs(1);
 
 /// How a drain of a source ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,16 +196,31 @@ enum Drained {
 }
 
 /// Handles everything stored at the source, stopping at the first local failure.
-async fn drain(node: &Node, client: &RelayClient, path: DeliveryPath) -> Drained {
-    // Each round confirms (deletes) what it handled; bounded rounds.
-    for _ in 0..1000 {
-        match client.retrieve_all(10).await {
-            Ok(msgs) if msgs.is_empty() => return Drained::Done,
-            Ok(msgs) => {
-                for m in msgs {
-                    if !handle(node, client, m, path).await {
+///
+/// Pages forward with a cursor: a message just handled is not offered again by the next page
+/// while its confirmation is still on its way to the source (re-reading from the start would
+/// decrypt it again as a duplicate). Bounded: at most [`DRAIN_PAGES`] pages per drain.
+async fn drain(
+    node: &Node,
+    client: &RelayClient,
+    path: DeliveryPath,
+    recent: &mut Recent,
+) -> Drained {
+    let mut after = None;
+    for _ in 0..DRAIN_PAGES {
+        match client.retrieve(None, after, 0).await {
+            Ok(batch) => {
+                after = batch.messages.last().map(|m| RetrieveCursor {
+                    sender: m.sender,
+                    message_id: m.message_id,
+                });
+                for m in batch.messages {
+                    if !handle(node, client, m, path, recent).await {
                         return Drained::Stalled;
                     }
+                }
+                if !batch.has_more || after.is_none() {
+                    return Drained::Done;
                 }
             }
             Err(e) => {
@@ -191,6 +232,37 @@ async fn drain(node: &Node, client: &RelayClient, path: DeliveryPath) -> Drained
     Drained::Done
 }
 
+/// Messages (sender, transport id) a collector handled lately, all confirmed after a commit
+/// (or refused): a copy offered again is confirmed again without decrypting. Bounded FIFO.
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    set: std::collections::HashSet<([u8; 32], u64)>,
+    order: std::collections::VecDeque<([u8; 32], u64)>,
+}
+
+/// Entries a [`Recent`] keeps.
+pub const RECENT: usize = 4096;
+
+impl Recent {
+    fn contains(&self, k: &([u8; 32], u64)) -> bool {
+        self.set.contains(k)
+    }
+
+    fn insert(&mut self, k: ([u8; 32], u64)) {
+        if self.set.insert(k) {
+            self.order.push_back(k);
+            if self.order.len() > RECENT {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Most pages one drain reads.
+pub const DRAIN_PAGES: usize = 10_000;
+
 /// Decrypts, records and confirms one stored message. False when it could not be recorded
 /// (a local failure such as a full disk): it stays at the source, unconfirmed.
 pub(crate) async fn handle(
@@ -198,6 +270,7 @@ pub(crate) async fn handle(
     client: &RelayClient,
     m: StoredMessage,
     path: DeliveryPath,
+    recent: &mut Recent,
 ) -> bool {
     if crate::files::chunk::ChunkBlob::is_chunk(&m.encrypted_blob) {
         // A file chunk stored at a relay: not a ratchet message (docs/PROTOCOL.md, "File
@@ -223,8 +296,18 @@ pub(crate) async fn handle(
             }
         };
     }
+    let key = (m.sender, m.message_id);
+    if recent.contains(&key) {
+        // Handled (and committed) moments ago: a pushed copy of a message a drain already
+        // read, or one whose confirmation was lost. Confirm again, without decrypting.
+        if let Err(e) = client.confirm(IdentityKey(m.sender), m.message_id).await {
+            tracing::debug!(error = %e, "confirmation not sent");
+        }
+        return true;
+    }
     match receive(node, &m, path).await {
         Ok(Received::Done) => {
+            recent.insert(key);
             if let Err(e) = client.confirm(IdentityKey(m.sender), m.message_id).await {
                 tracing::debug!(error = %e, "confirmation not sent");
             }
@@ -341,37 +424,93 @@ async fn receive(
         tracing::info!(peer = %sender.short(), "refused a message from a rejected contact");
         return Ok(Received::Done);
     }
-    let _one = inner.crypto.lock().await;
-    let incoming = match inner.sessions().decrypt(&*inner.store, &m.encrypted_blob) {
+    let username = contact.map(|c| c.identity.username().to_string());
+    // Verify, decrypt and commit on the blocking pool under the sender's ratchet lock (other
+    // senders are not held back; their commits share the flush).
+    let one = inner.locks.peer(&sender).await;
+    let sessions = inner.sessions();
+    let store = inner.store.clone();
+    let history = inner.history.clone();
+    let blob = m.encrypted_blob.clone();
+    let claimed = m.sender;
+    let done = tokio::task::spawn_blocking(move || {
+        let r = record(&sessions, &*store, &history, &blob, claimed, username, path);
+        drop(one);
+        r
+    })
+    .await
+    .map_err(|e| crate::store::StoreError::TaskFailed {
+        task: "receive",
+        detail: e.to_string(),
+    })??;
+    let entry = match done {
+        Recorded::Entry(e) => e,
+        Recorded::Handled(r) => return Ok(r),
+    };
+    tracing::info!(peer = %sender.short(), id = %format_id(entry.id), ?path, "message received");
+    let _ = inner.events.send(entry);
+    if !known && inner.rendezvous.is_some() {
+        // A first message from someone we have never seen (it came through a relay, so no
+        // handshake showed us their identity): learn and pin it so that we can answer.
+        let job = inner.clone();
+        inner
+            .pool
+            .track(async move { super::delivery::lookup(&job, &sender).await });
+    }
+    Ok(Received::Done)
+}
+
+/// What [`record`] did.
+enum Recorded {
+    /// Decrypted and committed with its history entry.
+    Entry(super::history::HistoryEntry),
+    /// Not recorded (duplicate, undecryptable, forged): how to answer the source.
+    Handled(Received),
+}
+
+/// Verifies, decrypts and de-duplicates `blob` from `claimed`, and commits the ratchet change,
+/// the de-duplication entries and the history entry in one batch. Blocking (crypto and the
+/// store's flush); the caller holds the sender's ratchet lock.
+fn record(
+    sessions: &crate::ratchet::SessionManager,
+    store: &dyn crate::store::Store,
+    history: &super::history::History,
+    blob: &[u8],
+    claimed: [u8; 32],
+    username: Option<String>,
+    path: DeliveryPath,
+) -> Result<Recorded, NodeError> {
+    let sender = IdentityKey(claimed);
+    let incoming = match sessions.decrypt(store, blob) {
         Ok(i) => i,
         Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Duplicate))
         | Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Replayed { .. })) => {
             tracing::debug!(peer = %sender.short(), "duplicate message dropped");
-            return Ok(Received::Done);
+            return Ok(Recorded::Handled(Received::Done));
         }
         Err(crate::ratchet::ReceiveError::Rejected(DecryptError::ConflictingReplay)) => {
             tracing::warn!(peer = %sender.short(), "message dropped: it reuses a message key or id already received with different content (possible key reuse by the sender)");
-            return Ok(Received::Done);
+            return Ok(Recorded::Handled(Received::Done));
         }
         // The sender's signature verified (these come after the check): our state is missing
         // or older than the sender's.
         Err(crate::ratchet::ReceiveError::Rejected(
             DecryptError::NoSession | DecryptError::UnknownNoiseKey,
-        )) => return Ok(Received::Lost(ResetReason::NoSession)),
+        )) => return Ok(Recorded::Handled(Received::Lost(ResetReason::NoSession))),
         Err(crate::ratchet::ReceiveError::Rejected(
             DecryptError::Decrypt
             | DecryptError::UnexpectedRatchetKey
             | DecryptError::TooBigMessageGap { .. },
-        )) => return Ok(Received::Lost(ResetReason::StateMismatch)),
+        )) => return Ok(Recorded::Handled(Received::Lost(ResetReason::StateMismatch))),
         Err(crate::ratchet::ReceiveError::Rejected(e)) => {
             tracing::warn!(peer = %sender.short(), error = %e, "undecryptable message dropped");
-            return Ok(Received::Done);
+            return Ok(Recorded::Handled(Received::Done));
         }
         Err(crate::ratchet::ReceiveError::Local(e)) => return Err(NodeError::Session(e)),
     };
-    if incoming.sender != m.sender {
+    if incoming.sender != claimed {
         tracing::warn!(peer = %sender.short(), "message signed by someone other than its claimed sender; dropped");
-        return Ok(Received::Done);
+        return Ok(Recorded::Handled(Received::Done));
     }
     if let Content::Other { kind, data } = &incoming.payload.content {
         if *kind == crate::group::control::PAYLOAD_KIND {
@@ -400,10 +539,10 @@ async fn receive(
     id8.copy_from_slice(&incoming.payload.id.0[..8]);
     let id = u64::from_be_bytes(id8);
     let now = Timestamp::now();
-    let (entry, hb) = inner.history.record(NewEntry {
+    let (entry, hb) = history.record(NewEntry {
         direction: Direction::In,
         peer: sender,
-        peer_name: contact.map(|c| c.identity.username().to_string()),
+        peer_name: username,
         id,
         text,
         sent_at: incoming.payload.sent_at,
@@ -413,14 +552,6 @@ async fn receive(
     });
     let mut batch = incoming.batch;
     batch.extend(hb);
-    super::commit(&inner.store, batch).await?;
-    tracing::info!(peer = %sender.short(), id = %format_id(entry.id), ?path, "message received");
-    let _ = inner.events.send(entry);
-    if !known && inner.rendezvous.is_some() {
-        // A first message from someone we have never seen (it came through a relay, so no
-        // handshake showed us their identity): learn and pin it so that we can answer.
-        let inner = inner.clone();
-        tokio::spawn(async move { super::delivery::lookup(&inner, &sender).await });
-    }
-    Ok(Received::Done)
+    store.commit(batch)?;
+    Ok(Recorded::Entry(entry))
 }

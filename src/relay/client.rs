@@ -121,6 +121,9 @@ pub struct RelayClient {
     transport: crate::transport::Transport,
     /// What the relay said it sees as our address (QUIC connections only).
     observed: Option<std::net::SocketAddr>,
+    /// A pushed message was not queued as an event (the queue was full): it stays stored at
+    /// the relay, and the application should retrieve (see [`RelayClient::take_missed`]).
+    missed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for RelayClient {
@@ -245,6 +248,8 @@ impl RelayClient {
         let stores: Pending<StoreResponse> = Arc::default();
         let batch: Waiter = Arc::default();
         let (s2, b2) = (stores.clone(), batch.clone());
+        let missed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let missed2 = missed.clone();
         let reader = tokio::spawn(async move {
             loop {
                 let env = match reader.recv().await {
@@ -275,7 +280,19 @@ impl RelayClient {
                         }
                         None => RelayEvent::Error(e),
                     },
-                    Envelope::StoredMessage(m) => RelayEvent::Message(m),
+                    // Never wait for room for a push: the application may be waiting for a
+                    // response behind it (a retrieval while pushes pile up would deadlock).
+                    // A push left out stays stored at the relay; `take_missed` says so.
+                    Envelope::StoredMessage(m) => {
+                        match events_tx.try_send(RelayEvent::Message(m)) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                missed2.store(true, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        }
+                        continue;
+                    }
                     Envelope::DeliveryConfirmation(c) => RelayEvent::Confirmation(c),
                     Envelope::SessionReset(n) => RelayEvent::SessionReset(n),
                     Envelope::PunchRelay(p) => RelayEvent::Punch(p),
@@ -309,6 +326,7 @@ impl RelayClient {
                 reader,
                 transport,
                 observed,
+                missed,
             },
             events,
         ))
@@ -322,6 +340,12 @@ impl RelayClient {
     /// The address the relay observed for us (QUIC connections only).
     pub fn observed_address(&self) -> Option<std::net::SocketAddr> {
         self.observed
+    }
+
+    /// True (once) when a pushed message was left out of the event queue because it was full
+    /// since the last call: it is still stored at the relay, retrieve it.
+    pub fn take_missed(&self) -> bool {
+        self.missed.swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// What the relay granted.
