@@ -493,8 +493,8 @@ async fn pipelined(dir: &Path, relay: Option<&BenchRelay>, m: usize) -> (f64, Du
     let el = t.elapsed();
     let cpu = cpu_time() - cpu0;
     sender.await.unwrap();
-    a.shutdown().await;
-    b.shutdown().await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
     (m as f64 / el.as_secs_f64(), cpu / m as u32)
 }
 
@@ -551,9 +551,9 @@ async fn contacts(dir: &Path, k: usize, rounds: usize) -> Stats {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for a in senders {
-        a.shutdown().await;
+        a.shutdown().await.unwrap();
     }
-    b.shutdown().await;
+    b.shutdown().await.unwrap();
     Stats::new(lat)
 }
 

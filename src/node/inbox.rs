@@ -501,7 +501,11 @@ fn record(
             DecryptError::Decrypt
             | DecryptError::UnexpectedRatchetKey
             | DecryptError::TooBigMessageGap { .. },
-        )) => return Ok(Recorded::Handled(Received::Lost(ResetReason::StateMismatch))),
+        )) => {
+            return Ok(Recorded::Handled(Received::Lost(
+                ResetReason::StateMismatch,
+            )))
+        }
         Err(crate::ratchet::ReceiveError::Rejected(e)) => {
             tracing::warn!(peer = %sender.short(), error = %e, "undecryptable message dropped");
             return Ok(Recorded::Handled(Received::Done));
