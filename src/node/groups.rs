@@ -7,8 +7,11 @@
 //! relay as fallback, is retried, kept until confirmed and re-sent after a session reset
 //! exactly like a one-to-one message, and its status is that member's status.
 //!
-//! Every change runs under the node's crypto lock and is one atomic batch: the group state, the
-//! ratchet sessions advanced for each member, the history entries and the outbox entries.
+//! Every change runs under the node-wide ratchet lock ([`super::locks::RatchetLocks::all`]: it
+//! advances several members' sessions and the group state, so no per-contact operation may
+//! run beside it) and is one atomic batch: the group state, the ratchet sessions advanced for
+//! each member, the history entries and the outbox entries. After the commit only the
+//! delivery workers of the members with new outbox entries are woken.
 //! Receiving (called from the inbox with the received message's batch): the envelope is handled
 //! by the core; readable messages become history entries (tagged, `direction` `in`); a refusal
 //! is counted in the group (`refused`, by code name) and logged, and the pairwise message is
@@ -271,7 +274,7 @@ pub(crate) fn envelope_for(inner: &Inner, seq: u64) -> Result<Option<Vec<u8>>, N
 
 /// Encrypts one envelope for member `to` over the pairwise session and adds the session, the
 /// history entry and the outbox entry to `batch`. None when `to` is not a usable contact. The
-/// caller holds the crypto lock and must not have `to`'s session in `batch` already.
+/// caller holds the node-wide ratchet lock and must not have `to`'s session in `batch` already.
 fn seal(
     inner: &Inner,
     g: &Group,
@@ -504,7 +507,7 @@ fn notice(
     entry
 }
 
-/// Handles a group envelope received from `sender` (inside the inbox, under the crypto lock).
+/// Handles a group envelope received from `sender` (inside the inbox, under the node-wide ratchet lock).
 /// Adds everything to `batch` (the received message's batch); returns the entries to announce
 /// after the commit and the envelopes to send to `sender` after it.
 pub(crate) fn on_envelope(
@@ -616,7 +619,7 @@ pub(crate) fn on_envelope(
     Ok((entries, later))
 }
 
-/// Queues envelopes deferred by [`on_envelope`] (the caller still holds the crypto lock and
+/// Queues envelopes deferred by [`on_envelope`] (the caller still holds the node-wide ratchet lock and
 /// has committed the received message).
 pub(crate) async fn send_deferred(
     inner: &Arc<Inner>,
@@ -635,10 +638,20 @@ pub(crate) async fn send_deferred(
         commit(&inner.store, batch).await?;
         if let Some(e) = e {
             let _ = inner.events.send(e);
+            inner.wakers.wake(&to);
         }
     }
-    inner.wake.notify_waiters();
     Ok(())
+}
+
+/// Wakes the delivery workers of the members that `entries` queued messages for (after their
+/// commit).
+pub(crate) fn wake_queued(inner: &Inner, entries: &[HistoryEntry]) {
+    for e in entries {
+        if e.direction == Direction::Out && e.status == Status::Queued {
+            inner.wakers.wake(&e.peer);
+        }
+    }
 }
 
 impl Node {
@@ -736,7 +749,7 @@ impl Node {
             return Err(GroupError::Usage("a group needs at least one other member".into()).into());
         }
         let inner = &self.inner;
-        let _one = inner.crypto.lock().await;
+        let _one = inner.locks.all().await;
         if all(inner)?.len() >= MAX_GROUPS {
             return Err(GroupError::TooManyGroups { max: MAX_GROUPS }.into());
         }
@@ -762,6 +775,7 @@ impl Node {
         g: &Group,
         later: Vec<(IdentityKey, Vec<u8>)>,
     ) -> Result<(), NodeError> {
+        wake_queued(&self.inner, &entries);
         for e in entries {
             let _ = self.inner.events.send(e);
         }
@@ -772,9 +786,9 @@ impl Node {
             commit(&self.inner.store, batch).await?;
             if let Some(e) = e {
                 let _ = self.inner.events.send(e);
+                self.inner.wakers.wake(&to);
             }
         }
-        self.inner.wake.notify_waiters();
         Ok(())
     }
 
@@ -788,7 +802,7 @@ impl Node {
             return Err(NodeError::ShuttingDown);
         }
         let inner = &self.inner;
-        let _one = inner.crypto.lock().await;
+        let _one = inner.locks.all().await;
         let mut g = self.find_group(g)?;
         let fx = f(&mut g)?;
         let mut batch = Batch::new();
@@ -868,7 +882,7 @@ impl Node {
         }
         let inner = &self.inner;
         let me = inner.me();
-        let _one = inner.crypto.lock().await;
+        let _one = inner.locks.all().await;
         let mut g = self.find_group(g)?;
         let payload = Payload::text(&mut rand::rngs::OsRng, Timestamp::now(), text);
         let (env, to) = g.encrypt(me.signing_key(), &payload)?;
@@ -893,10 +907,10 @@ impl Node {
         }
         put(&mut batch, &g);
         commit(&inner.store, batch).await?;
+        wake_queued(inner, &entries);
         for e in &entries {
             let _ = inner.events.send(e.clone());
         }
-        inner.wake.notify_waiters();
         Ok(GroupSent {
             group: g.id().to_string(),
             message_id,

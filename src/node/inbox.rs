@@ -446,6 +446,7 @@ async fn receive(
     let entry = match done {
         Recorded::Entry(e) => e,
         Recorded::Handled(r) => return Ok(r),
+        Recorded::Group => return group(node, m, path).await,
     };
     tracing::info!(peer = %sender.short(), id = %format_id(entry.id), ?path, "message received");
     let _ = inner.events.send(entry);
@@ -466,6 +467,73 @@ enum Recorded {
     Entry(super::history::HistoryEntry),
     /// Not recorded (duplicate, undecryptable, forged): how to answer the source.
     Handled(Received),
+    /// A group envelope: nothing committed; handle it under the node-wide lock ([`group`]).
+    Group,
+}
+
+/// How a failed decryption is answered (`Ok`), or a local failure (`Err`).
+fn refused(sender: &IdentityKey, e: crate::ratchet::ReceiveError) -> Result<Received, NodeError> {
+    match e {
+        crate::ratchet::ReceiveError::Rejected(DecryptError::Duplicate)
+        | crate::ratchet::ReceiveError::Rejected(DecryptError::Replayed { .. }) => {
+            tracing::debug!(peer = %sender.short(), "duplicate message dropped");
+            Ok(Received::Done)
+        }
+        crate::ratchet::ReceiveError::Rejected(DecryptError::ConflictingReplay) => {
+            tracing::warn!(peer = %sender.short(), "message dropped: it reuses a message key or id already received with different content (possible key reuse by the sender)");
+            Ok(Received::Done)
+        }
+        // The sender's signature verified (these come after the check): our state is missing
+        // or older than the sender's.
+        crate::ratchet::ReceiveError::Rejected(
+            DecryptError::NoSession | DecryptError::UnknownNoiseKey,
+        ) => Ok(Received::Lost(ResetReason::NoSession)),
+        crate::ratchet::ReceiveError::Rejected(
+            DecryptError::Decrypt
+            | DecryptError::UnexpectedRatchetKey
+            | DecryptError::TooBigMessageGap { .. },
+        ) => Ok(Received::Lost(ResetReason::StateMismatch)),
+        crate::ratchet::ReceiveError::Rejected(e) => {
+            tracing::warn!(peer = %sender.short(), error = %e, "undecryptable message dropped");
+            Ok(Received::Done)
+        }
+        crate::ratchet::ReceiveError::Local(e) => Err(NodeError::Session(e)),
+    }
+}
+
+/// A group envelope ([`Recorded::Group`]): it changes the group state and may advance several
+/// members' sessions (answers, forwarded envelopes), so it runs under the node-wide ratchet
+/// lock. The sender's lock was released without a commit, so the message is verified and
+/// decrypted again from the stored state (a copy recorded meanwhile is a duplicate), and the
+/// group layer records it in the same batch (docs/PROTOCOL.md, "Groups"); a refused one is still
+/// confirmed, so the source drops it.
+async fn group(node: &Node, m: &StoredMessage, path: DeliveryPath) -> Result<Received, NodeError> {
+    let inner = &node.inner;
+    let sender = IdentityKey(m.sender);
+    let _all = inner.locks.all().await;
+    let incoming = match inner.sessions().decrypt(&*inner.store, &m.encrypted_blob) {
+        Ok(i) => i,
+        Err(e) => return refused(&sender, e),
+    };
+    if incoming.sender != m.sender {
+        tracing::warn!(peer = %sender.short(), "message signed by someone other than its claimed sender; dropped");
+        return Ok(Received::Done);
+    }
+    let Content::Other { kind, data } = &incoming.payload.content else {
+        return Ok(Received::Done);
+    };
+    if *kind != crate::group::control::PAYLOAD_KIND {
+        return Ok(Received::Done);
+    }
+    let mut batch = incoming.batch;
+    let (entries, later) = super::groups::on_envelope(inner, sender, data, path, &mut batch)?;
+    super::commit(&inner.store, batch).await?;
+    super::groups::wake_queued(inner, &entries);
+    for e in entries {
+        let _ = inner.events.send(e);
+    }
+    super::groups::send_deferred(inner, later).await?;
+    Ok(Received::Done)
 }
 
 /// Verifies, decrypts and de-duplicates `blob` from `claimed`, and commits the ratchet change,
@@ -483,53 +551,15 @@ fn record(
     let sender = IdentityKey(claimed);
     let incoming = match sessions.decrypt(store, blob) {
         Ok(i) => i,
-        Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Duplicate))
-        | Err(crate::ratchet::ReceiveError::Rejected(DecryptError::Replayed { .. })) => {
-            tracing::debug!(peer = %sender.short(), "duplicate message dropped");
-            return Ok(Recorded::Handled(Received::Done));
-        }
-        Err(crate::ratchet::ReceiveError::Rejected(DecryptError::ConflictingReplay)) => {
-            tracing::warn!(peer = %sender.short(), "message dropped: it reuses a message key or id already received with different content (possible key reuse by the sender)");
-            return Ok(Recorded::Handled(Received::Done));
-        }
-        // The sender's signature verified (these come after the check): our state is missing
-        // or older than the sender's.
-        Err(crate::ratchet::ReceiveError::Rejected(
-            DecryptError::NoSession | DecryptError::UnknownNoiseKey,
-        )) => return Ok(Recorded::Handled(Received::Lost(ResetReason::NoSession))),
-        Err(crate::ratchet::ReceiveError::Rejected(
-            DecryptError::Decrypt
-            | DecryptError::UnexpectedRatchetKey
-            | DecryptError::TooBigMessageGap { .. },
-        )) => {
-            return Ok(Recorded::Handled(Received::Lost(
-                ResetReason::StateMismatch,
-            )))
-        }
-        Err(crate::ratchet::ReceiveError::Rejected(e)) => {
-            tracing::warn!(peer = %sender.short(), error = %e, "undecryptable message dropped");
-            return Ok(Recorded::Handled(Received::Done));
-        }
-        Err(crate::ratchet::ReceiveError::Local(e)) => return Err(NodeError::Session(e)),
+        Err(e) => return refused(&sender, e).map(Recorded::Handled),
     };
     if incoming.sender != claimed {
         tracing::warn!(peer = %sender.short(), "message signed by someone other than its claimed sender; dropped");
         return Ok(Recorded::Handled(Received::Done));
     }
-    if let Content::Other { kind, data } = &incoming.payload.content {
+    if let Content::Other { kind, .. } = &incoming.payload.content {
         if *kind == crate::group::control::PAYLOAD_KIND {
-            // A group envelope: the group layer records it in the same batch (docs/PROTOCOL.md,
-            // "Groups"); a refused one is still confirmed, so the source drops it.
-            let mut batch = incoming.batch;
-            let (entries, later) =
-                super::groups::on_envelope(inner, sender, data, path, &mut batch)?;
-            super::commit(&inner.store, batch).await?;
-            for e in entries {
-                let _ = inner.events.send(e);
-            }
-            super::groups::send_deferred(inner, later).await?;
-            inner.wake.notify_waiters();
-            return Ok(Received::Done);
+            return Ok(Recorded::Group);
         }
     }
     let text = match &incoming.payload.content {
