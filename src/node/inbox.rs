@@ -444,7 +444,7 @@ async fn receive(
         detail: e.to_string(),
     })??;
     let entry = match done {
-        Recorded::Entry(e) => e,
+        Recorded::Entry(e) => *e,
         Recorded::Handled(r) => return Ok(r),
         Recorded::Group => return group(node, m, path).await,
     };
@@ -464,7 +464,7 @@ async fn receive(
 /// What [`record`] did.
 enum Recorded {
     /// Decrypted and committed with its history entry.
-    Entry(super::history::HistoryEntry),
+    Entry(Box<super::history::HistoryEntry>),
     /// Not recorded (duplicate, undecryptable, forged): how to answer the source.
     Handled(Received),
     /// A group envelope: nothing committed; handle it under the node-wide lock ([`group`]).
@@ -587,5 +587,5 @@ fn record(
     let mut batch = incoming.batch;
     batch.extend(hb);
     store.commit(batch)?;
-    Ok(Recorded::Entry(entry))
+    Ok(Recorded::Entry(Box::new(entry)))
 }
