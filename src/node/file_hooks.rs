@@ -31,7 +31,7 @@ impl Node {
         }
         let entry = super::delivery::enqueue_content(&self.inner, c, content, text).await?;
         let _ = self.inner.events.send(entry.clone());
-        self.inner.wake.notify_waiters();
+        self.inner.wakers.wake(&c.identity.key());
         Ok(entry)
     }
 

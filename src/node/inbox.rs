@@ -424,7 +424,7 @@ async fn receive(
         tracing::info!(peer = %sender.short(), "refused a message from a rejected contact");
         return Ok(Received::Done);
     }
-    let username = contact.map(|c| c.identity.username().to_string());
+    let username = contact.as_ref().map(|c| c.identity.username().to_string());
     // Verify, decrypt and commit on the blocking pool under the sender's ratchet lock (other
     // senders are not held back; their commits share the flush).
     let one = inner.locks.peer(&sender).await;
@@ -447,6 +447,10 @@ async fn receive(
         Recorded::Entry(e) => *e,
         Recorded::Handled(r) => return Ok(r),
         Recorded::Group => return group(node, m, path).await,
+        Recorded::File => match file_message(node, m, path, contact).await? {
+            Ok(e) => e,
+            Err(r) => return Ok(r),
+        },
     };
     tracing::info!(peer = %sender.short(), id = %format_id(entry.id), ?path, "message received");
     let _ = inner.events.send(entry);
@@ -469,6 +473,42 @@ enum Recorded {
     Handled(Received),
     /// A group envelope: nothing committed; handle it under the node-wide lock ([`group`]).
     Group,
+    /// A file message: nothing committed; its handling awaits the file layer
+    /// ([`file_message`]).
+    File,
+}
+
+/// A file message ([`Recorded::File`]): the file layer acts on it (async, so not inside the
+/// blocking [`record`]) and names its history entry. Under the sender's ratchet lock, taken
+/// again: the message is verified and decrypted again from the stored state (a copy recorded
+/// meanwhile is a duplicate), then committed like any message. Ok(Err): answer the source so.
+async fn file_message(
+    node: &Node,
+    m: &StoredMessage,
+    path: DeliveryPath,
+    contact: Option<crate::identity::ContactIdentity>,
+) -> Result<Result<super::history::HistoryEntry, Received>, NodeError> {
+    let inner = &node.inner;
+    let sender = IdentityKey(m.sender);
+    let _one = inner.locks.peer(&sender).await;
+    let incoming = match inner.sessions().decrypt(&*inner.store, &m.encrypted_blob) {
+        Ok(i) => i,
+        Err(e) => return refused(&sender, e).map(Err),
+    };
+    if incoming.sender != m.sender {
+        tracing::warn!(peer = %sender.short(), "message signed by someone other than its claimed sender; dropped");
+        return Ok(Err(Received::Done));
+    }
+    let text = match &incoming.payload.content {
+        Content::Other { kind, data } if *kind == crate::files::node::PAYLOAD_KIND => {
+            crate::files::node::on_message(node, &sender, contact.as_ref(), data).await
+        }
+        _ => return Ok(Err(Received::Done)),
+    };
+    let username = contact.map(|c| c.identity.username().to_string());
+    let (entry, batch) = entry_for(&inner.history, incoming, username, path, Some(text));
+    super::commit(&inner.store, batch).await?;
+    Ok(Ok(entry))
 }
 
 /// How a failed decryption is answered (`Ok`), or a local failure (`Err`).
@@ -557,25 +597,50 @@ fn record(
         tracing::warn!(peer = %sender.short(), "message signed by someone other than its claimed sender; dropped");
         return Ok(Recorded::Handled(Received::Done));
     }
-    if let Content::Other { kind, .. } = &incoming.payload.content {
-        if *kind == crate::group::control::PAYLOAD_KIND {
-            return Ok(Recorded::Group);
-        }
+    if is_group(&incoming) {
+        return Ok(Recorded::Group);
     }
-    let text = match &incoming.payload.content {
+    if is_file(&incoming) {
+        return Ok(Recorded::File);
+    }
+    let (entry, batch) = entry_for(history, incoming, username, path, None);
+    store.commit(batch)?;
+    Ok(Recorded::Entry(Box::new(entry)))
+}
+
+/// True when `incoming` carries a group envelope (handled by the group layer, [`group`]).
+pub(super) fn is_group(incoming: &crate::ratchet::Incoming) -> bool {
+    matches!(&incoming.payload.content,
+        Content::Other { kind, .. } if *kind == crate::group::control::PAYLOAD_KIND)
+}
+
+/// True when `incoming` carries a file message (handled by the file layer, [`file_message`]).
+pub(super) fn is_file(incoming: &crate::ratchet::Incoming) -> bool {
+    matches!(&incoming.payload.content,
+        Content::Other { kind, .. } if *kind == crate::files::node::PAYLOAD_KIND)
+}
+
+/// The history entry of a decrypted one-to-one message, and the batch that records it: the
+/// ratchet change and de-duplication entries of `incoming` plus the entry. `text`: what the
+/// entry shows, when not the message's own text.
+pub(super) fn entry_for(
+    history: &super::history::History,
+    incoming: crate::ratchet::Incoming,
+    username: Option<String>,
+    path: DeliveryPath,
+    text: Option<String>,
+) -> (super::history::HistoryEntry, crate::store::Batch) {
+    let text = text.unwrap_or_else(|| match &incoming.payload.content {
         Content::Text(t) => t.clone(),
-        Content::Other { kind, data } if *kind == crate::files::node::PAYLOAD_KIND => {
-            crate::files::node::on_message(node, &sender, contact.as_ref(), data).await
-        }
         Content::Other { kind, .. } => format!("[unsupported content kind {kind}]"),
-    };
+    });
     let mut id8 = [0u8; 8];
     id8.copy_from_slice(&incoming.payload.id.0[..8]);
     let id = u64::from_be_bytes(id8);
     let now = Timestamp::now();
     let (entry, hb) = history.record(NewEntry {
         direction: Direction::In,
-        peer: sender,
+        peer: IdentityKey(incoming.sender),
         peer_name: username,
         id,
         text,
@@ -586,6 +651,5 @@ fn record(
     });
     let mut batch = incoming.batch;
     batch.extend(hb);
-    store.commit(batch)?;
-    Ok(Recorded::Entry(Box::new(entry)))
+    (entry, batch)
 }
