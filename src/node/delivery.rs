@@ -316,9 +316,13 @@ impl Pool {
         let k = pool_key(endpoint, &key);
         let client = Arc::new(client);
         if let Ok(mut c) = self.clients.lock() {
-            c.insert(k.clone(), client.clone());
+            c.insert(k.clone(), (client.clone(), Instant::now()));
         }
-        tokio::spawn(outbound_events(node.clone(), k, client.clone(), events));
+        // Owned by the pool like every connection's event task (waited for at shutdown).
+        if let Ok(mut t) = self.tasks.lock() {
+            while t.try_join_next().is_some() {}
+            t.spawn(outbound_events(node.clone(), k, client.clone(), events));
+        }
         client
     }
 }

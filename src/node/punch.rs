@@ -403,7 +403,7 @@ fn finish(node: &Node, peer: IdentityKey, id: u64, r: Result<Endpoint, Failure>)
             });
             tracing::info!(peer = %peer.short(), path = %ep, "hole punched: direct QUIC path");
             delivery::set_proven(inner, &peer, true);
-            inner.wake.notify_waiters();
+            inner.wakers.wake(&peer);
         }
         Err(f) => {
             inner
