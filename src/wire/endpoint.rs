@@ -19,7 +19,7 @@ pub const QUIC_TAG: &str = "quic";
 pub const QUIC_SCHEME: &str = "quic://";
 
 /// Which transport a connection runs on (and an endpoint names): TCP or QUIC. The QUIC
-/// endpoint itself is in `crate::transport`, which re-exports this type.
+/// endpoint itself is in the transport shell, which re-exports this type.
 #[derive(
     Clone,
     Copy,
