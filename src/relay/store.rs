@@ -58,23 +58,25 @@ pub enum RelayStoreError {
     },
 }
 
+/// A stored message's record (MessagePack): the layout both relay backends keep, the embedded
+/// store as a tree value and the NATS backend as a JetStream message payload.
 #[derive(Serialize, Deserialize)]
-struct Record {
-    stored_at: Timestamp,
+pub(crate) struct Record {
+    pub(crate) stored_at: Timestamp,
     #[serde(with = "crate::wire::bytes::fixed")]
-    sender_signature: [u8; 64],
+    pub(crate) sender_signature: [u8; 64],
     #[serde(with = "serde_bytes")]
-    blob: Vec<u8>,
+    pub(crate) blob: Vec<u8>,
 }
 
 /// [`Record`] borrowing its blob, for encoding without a copy (the same bytes).
 #[derive(Serialize)]
-struct RecordRef<'a> {
-    stored_at: Timestamp,
+pub(crate) struct RecordRef<'a> {
+    pub(crate) stored_at: Timestamp,
     #[serde(with = "crate::wire::bytes::fixed")]
-    sender_signature: [u8; 64],
+    pub(crate) sender_signature: [u8; 64],
     #[serde(with = "serde_bytes")]
-    blob: &'a [u8],
+    pub(crate) blob: &'a [u8],
 }
 
 /// A message to store.

@@ -30,14 +30,15 @@ use super::{BoxFut, Cluster, LocalSink, Page, RelayBackend};
 use crate::identity::IdentityKey;
 use crate::relay::policy::RelayConfig;
 use crate::relay::stats::Stats;
-use crate::relay::store::{NewMessage, RelayStoreError, StoreCallback, StoreOutcome};
+use crate::relay::store::{
+    NewMessage, Record, RecordRef, RelayStoreError, StoreCallback, StoreOutcome,
+};
 use crate::time::Timestamp;
 use crate::wire::msgpack;
 use crate::wire::relay::{DeliveryConfirmation, RelayErrorCode, RetrieveCursor, StoredMessage};
 use crate::wire::Envelope;
 use async_nats::jetstream::{self, context::Publish, stream};
 use futures::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::future::Future;
@@ -98,15 +99,6 @@ fn io_err(what: &'static str, e: impl std::fmt::Display) -> RelayStoreError {
     }
 }
 
-/// The embedded store's record layout (the payload of a stored message).
-#[derive(Serialize, Deserialize)]
-struct Record {
-    stored_at: Timestamp,
-    #[serde(with = "crate::wire::bytes::fixed")]
-    sender_signature: [u8; 64],
-    #[serde(with = "serde_bytes")]
-    blob: Vec<u8>,
-}
 
 /// The NATS JetStream backend. See the module docs.
 pub struct NatsBackend(Arc<Core>);
@@ -444,15 +436,6 @@ impl Core {
     }
 }
 
-/// [`Record`] borrowing its blob.
-#[derive(Serialize)]
-struct RecordRef<'a> {
-    stored_at: Timestamp,
-    #[serde(with = "crate::wire::bytes::fixed")]
-    sender_signature: [u8; 64],
-    #[serde(with = "serde_bytes")]
-    blob: &'a [u8],
-}
 
 /// `P.m.<recipient>.<sender>.<id>` → (sender, id).
 fn parse_message_subject(s: &str) -> Option<([u8; 32], u64)> {
