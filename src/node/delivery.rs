@@ -636,12 +636,18 @@ async fn reset(
 }
 
 /// Marks an outgoing message delivered (if it is not already).
+///
+/// Under the peer's lock, like the acceptance it may overtake ([`finalize`]): a confirmation
+/// can arrive while that store's acceptance is between its reads and its commit, and an
+/// acceptance committed after this would write `stored_at_relay` over `delivered` (and keep
+/// the message for a needless re-store).
 async fn upgrade(
     inner: &Arc<Inner>,
     peer: &IdentityKey,
     id: u64,
     path: Option<DeliveryPath>,
 ) -> Result<(), NodeError> {
+    let _one = inner.locks.peer(peer).await;
     let Some(mut e) = inner.history.find(Direction::Out, peer, id)? else {
         return Ok(());
     };
@@ -1129,6 +1135,8 @@ pub(crate) async fn lookup(inner: &Arc<Inner>, recipient: &IdentityKey) {
     }
 }
 
+/// Records a store's acceptance of an outbox entry (under the recipient's lock, see
+/// [`upgrade`]).
 async fn finalize(
     inner: &Arc<Inner>,
     e: &OutboxEntry,
@@ -1137,6 +1145,30 @@ async fn finalize(
     hint: RelayHint,
 ) -> Result<(), NodeError> {
     let _one = inner.locks.peer(&IdentityKey(e.recipient)).await;
+    let Some((batch, entry)) = acceptance(inner, e, status, path, hint)? else {
+        return Ok(());
+    };
+    commit(&inner.store, batch).await?;
+    if let Some(h) = entry {
+        tracing::debug!(id = %format_id(h.id), ?status, ?path, "message accepted");
+        let _ = inner.events.send(h);
+    }
+    Ok(())
+}
+
+/// The reads of [`finalize`]: the batch that records the acceptance, and the history entry to
+/// announce (`None`: nothing changed that a subscriber must see). `None` when there is nothing
+/// to record. The caller holds the recipient's lock from here until the batch is committed.
+///
+/// Monotonic: a message already `delivered` stays so; its acceptance only removes the queued
+/// copy and keeps nothing for a re-store.
+fn acceptance(
+    inner: &Inner,
+    e: &OutboxEntry,
+    status: Status,
+    path: DeliveryPath,
+    hint: RelayHint,
+) -> Result<Option<(crate::store::Batch, Option<HistoryEntry>)>, NodeError> {
     // A session reset may have replaced this entry with a re-encrypted copy (same key), and a
     // confirmation may have removed it: then this acceptance concerns a copy that is gone.
     let still_queued = inner
@@ -1145,7 +1177,7 @@ async fn finalize(
         .and_then(|v| crate::wire::msgpack::decode::<OutboxEntry>(&v).ok())
         .is_some_and(|q| q.wire == e.wire);
     if !still_queued {
-        return Ok(());
+        return Ok(None);
     }
     // The relay may have answered this store as a duplicate of an older copy that the
     // recipient has since dropped (session reset): leave it queued, to be stored once more.
@@ -1155,9 +1187,17 @@ async fn finalize(
         .map(|mut r| r.remove(&e.history_seq))
         .unwrap_or(false)
     {
-        return Ok(());
+        return Ok(None);
     }
     let mut batch = e.delete();
+    let current = inner.history.get(e.history_seq)?;
+    if current
+        .as_ref()
+        .is_some_and(|h| h.status == Status::Delivered)
+    {
+        // Confirmed already: never downgraded, and not kept for a re-store.
+        return Ok(Some((batch, None)));
+    }
     // Kept until the recipient confirms it (see `confirmations`).
     let now = Timestamp::now().0;
     let first_stored = inner
@@ -1177,9 +1217,9 @@ async fn finalize(
             last_stored: now,
         }),
     );
-    let entry = match inner.history.get(e.history_seq)? {
+    let entry = match current {
         Some(mut h) => {
-            if h.status < status && h.status != Status::Delivered {
+            if h.status < status {
                 h.status = status;
             }
             if h.path.is_none() {
@@ -1190,12 +1230,7 @@ async fn finalize(
         }
         None => None,
     };
-    commit(&inner.store, batch).await?;
-    if let Some(h) = entry {
-        tracing::debug!(id = %format_id(h.id), ?status, ?path, "message accepted");
-        let _ = inner.events.send(h);
-    }
-    Ok(())
+    Ok(Some((batch, entry)))
 }
 
 pub(crate) fn set_proven(inner: &Inner, peer: &IdentityKey, ok: bool) {
@@ -1470,6 +1505,109 @@ mod tests {
         let e: OutboxEntry = crate::wire::msgpack::decode(&old).unwrap();
         assert!(e.payload_id.is_empty());
         assert_eq!((e.message_id, e.history_seq), (1, 4));
+    }
+
+    /// A node `a` with one queued message to `b`, whose endpoint is dead (nothing is ever
+    /// accepted on its own): returns the handle, b's key and the queued outbox entry.
+    async fn one_queued(dir: &std::path::Path) -> (super::super::NodeHandle, IdentityKey, OutboxEntry) {
+        let cfg = |name: &str| {
+            crate::config::Config::parse(
+                &format!(
+                    "data_dir = \"{}\"\nusername = \"{name}\"\n[listen]\naddress = \"127.0.0.1:0\"\n",
+                    dir.join(name).display()
+                ),
+                std::path::Path::new("test"),
+            )
+            .unwrap()
+        };
+        let b = Node::start(&cfg("bob")).await.unwrap();
+        let card = b.node.card().to_text();
+        let bob = b.node.id();
+        b.shutdown().await.unwrap();
+        let a = Node::start(&cfg("alice")).await.unwrap();
+        a.node.add_contact(&card).unwrap();
+        let sent = a.node.send("bob", "hello").await.unwrap();
+        let queued = outbox::for_recipient(&*a.node.inner.store, &bob, 10).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].history_seq, sent.seq);
+        (a, bob, queued.into_iter().next().unwrap())
+    }
+
+    fn hint() -> RelayHint {
+        RelayHint {
+            endpoint: "127.0.0.1:9".parse().unwrap(),
+            relay_key: [5; 32],
+        }
+    }
+
+    /// The race of issue 12: a store's acceptance (`finalize`) read the entry under the
+    /// recipient's lock, the confirmation (`upgrade`) committed `delivered` meanwhile, and the
+    /// acceptance then wrote `stored_at_relay` over it (and kept the message for a re-store).
+    /// Driven deterministically: the acceptance's reads, then the confirmation gets a chance
+    /// to run, then the acceptance's commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_confirmation_overtaking_an_acceptance_stays_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, bob, e) = one_queued(dir.path()).await;
+        let inner = a.node.inner.clone();
+        let seq = e.history_seq;
+        let id = inner.history.get(seq).unwrap().unwrap().id;
+        // finalize(): the lock, then its reads.
+        let guard = inner.locks.peer(&bob).await;
+        let (batch, _) = acceptance(&inner, &e, Status::StoredAtRelay, DeliveryPath::Direct, hint())
+            .unwrap()
+            .expect("still queued");
+        // The confirmation arrives now.
+        let up = {
+            let inner = inner.clone();
+            tokio::spawn(async move { upgrade(&inner, &bob, id, Some(DeliveryPath::Direct)).await })
+        };
+        let mut up = up;
+        // It must wait for the acceptance (bounded: on the old code it finishes at once).
+        let overtook = tokio::time::timeout(Duration::from_millis(500), &mut up).await.is_ok();
+        // finalize(): its commit, then the lock is released.
+        commit(&inner.store, batch).await.unwrap();
+        drop(guard);
+        if !overtook {
+            tokio::time::timeout(Duration::from_secs(10), &mut up)
+                .await
+                .expect("upgrade finishes once the lock is free")
+                .unwrap()
+                .unwrap();
+        }
+        let h = inner.history.get(seq).unwrap().unwrap();
+        assert_eq!(h.status, Status::Delivered, "acceptance wrote over the confirmation");
+        assert!(
+            inner.store.get(Tree::Awaiting, &seq.to_be_bytes()).unwrap().is_none(),
+            "a delivered message is kept for a re-store"
+        );
+        assert!(!overtook, "the confirmation did not wait for the acceptance's commit");
+        a.shutdown().await.unwrap();
+    }
+
+    /// The other order: the confirmation first, then a late acceptance of the same copy. The
+    /// confirmation removed the queued copy, so the acceptance is normally ignored; here the
+    /// copy is put back to check the store-level rule beneath the lock: the status stays
+    /// `delivered` and nothing is kept for a re-store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_acceptance_after_the_confirmation_never_downgrades() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, bob, e) = one_queued(dir.path()).await;
+        let inner = a.node.inner.clone();
+        let seq = e.history_seq;
+        let id = inner.history.get(seq).unwrap().unwrap().id;
+        upgrade(&inner, &bob, id, Some(DeliveryPath::Relay)).await.unwrap();
+        // The copy queued again, then its acceptance.
+        commit(&inner.store, e.put()).await.unwrap();
+        finalize(&inner, &e, Status::StoredAtRelay, DeliveryPath::Direct, hint())
+            .await
+            .unwrap();
+        let h = inner.history.get(seq).unwrap().unwrap();
+        assert_eq!(h.status, Status::Delivered);
+        assert_eq!(h.path, Some(DeliveryPath::Relay));
+        assert!(inner.store.get(Tree::Awaiting, &seq.to_be_bytes()).unwrap().is_none());
+        assert!(inner.store.get(Tree::Outbox, &e.key()).unwrap().is_none());
+        a.shutdown().await.unwrap();
     }
 
     #[test]
