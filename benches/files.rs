@@ -6,7 +6,7 @@
 //!   connection and another reads and decrypts them. No file IO.
 //! - `sremp_direct`: two in-process nodes (`Node::start`, temp dirs on the machine's disk), the
 //!   recipient trusts the sender and auto-accepts; a file is offered with
-//!   `files::node::send_file` and timed until the sender sees `done`. Two figures: end to end
+//!   `node::files::send_file` and timed until the sender sees `done`. Two figures: end to end
 //!   (hashing the source, the offer and accept round trip through the ratchet, the chunks, the
 //!   recipient's whole-file hash check and atomic save) and the data phase alone (from the
 //!   moment the sender's state is `sending` to `done`).
@@ -137,7 +137,7 @@ async fn sremp_direct(dir: &Path, bytes: usize, runs: usize) -> Vec<(Duration, D
     for _ in 0..runs {
         let mut events = a.node.files().subscribe();
         let start = Instant::now();
-        let v = sremp::files::node::send_file(&a.node, &bob, &src)
+        let v = sremp::node::files::send_file(&a.node, &bob, &src)
             .await
             .unwrap();
         let mut sending = None;

@@ -110,7 +110,7 @@ async fn offers_with_bad_names_or_shapes_are_refused() {
     tiny.chunk_size = 1; // below the minimum
     cases.push((tiny, "chunk size"));
     for (o, _) in &cases {
-        sremp::files::node::send_message(&alice.node, &b_id, &FileMessage::Offer(o.clone()), None)
+        sremp::node::files::send_message(&alice.node, &b_id, &FileMessage::Offer(o.clone()), None)
             .await
             .unwrap();
     }
@@ -139,7 +139,7 @@ async fn offers_with_bad_names_or_shapes_are_refused() {
     // The node is still fine: a genuine file still works.
     let src = dir.path().join("ok.txt");
     std::fs::write(&src, b"hello").unwrap();
-    let v = sremp::files::node::send_file(&alice.node, &b_id, &src)
+    let v = sremp::node::files::send_file(&alice.node, &b_id, &src)
         .await
         .unwrap();
     let t = wait_transfer(&b, &v.id, "the genuine file", |t| t["state"] == "done").await;
@@ -170,7 +170,7 @@ async fn tampered_and_out_of_shape_chunks_are_refused_never_written() {
         .map(|i| (i * 7 + i / 256) as u8)
         .collect();
     std::fs::write(&src, &data).unwrap();
-    let v = sremp::files::node::send_file(&alice.node, &b_id, &src)
+    let v = sremp::node::files::send_file(&alice.node, &b_id, &src)
         .await
         .unwrap();
     wait_transfer(&b, &v.id, "bob receiving", |t| t["state"] == "receiving").await;

@@ -4,8 +4,9 @@
 
 use crate::cli::FilesCommand;
 use crate::config::Config;
-use crate::files::{Direction, State, View};
+use crate::files::{Direction, State};
 use crate::node::control::{socket_path, Client, ControlError, Request, Response};
+use crate::node::files::View;
 use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::path::Path;

@@ -9,8 +9,10 @@
 //!   (XChaCha20-Poly1305, index and transfer in the AAD).
 //! - [`transfer`]: the state machines and the chunk bitmap (no IO).
 //! - [`store`]: records, bitmaps and the receiver's temporary file on disk.
-//! - [`node`]: the async shell inside the node: the sender task per transfer, the direct
-//!   stream server, the relay path, the control API operations and progress events.
+//!
+//! The async shell inside the node (the transfer table, the sender task per transfer, the
+//! direct stream server, the relay path, the control API operations and progress events) is
+//! `node::files`: this module never imports the node.
 //!
 //! Flow (docs/PROTOCOL.md, "File transfer"):
 //! 1. The sender hashes the file (SHA-256) and sends an `Offer` (transfer id, name, size,
@@ -34,7 +36,6 @@
 
 pub mod chunk;
 pub mod name;
-pub mod node;
 pub mod offer;
 pub mod store;
 pub mod transfer;
@@ -42,7 +43,6 @@ pub mod transfer;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-pub use node::{Files, View};
 pub use offer::{FileMessage, Offer};
 pub use transfer::{Direction, Record, State};
 
@@ -216,9 +216,6 @@ pub enum FileError {
         /// The blob size needed.
         need: usize,
     },
-    /// The node refused (unknown contact, rejected contact, full disk, shutting down).
-    #[error("{0}")]
-    Node(#[from] crate::node::NodeError),
 }
 
 impl FileError {
@@ -236,7 +233,6 @@ impl FileError {
     pub fn is_disk_full(&self) -> bool {
         match self {
             FileError::DiskFull(_) => true,
-            FileError::Node(e) => e.is_disk_full(),
             _ => false,
         }
     }

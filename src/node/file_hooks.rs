@@ -1,9 +1,9 @@
-//! What the file-transfer shell ([`crate::files::node`]) needs from the node: its transfer
+//! What the file-transfer shell ([`crate::node::files`]) needs from the node: its transfer
 //! table, queueing a file message through the ratchet, pooled relay connections, and the
 //! shutdown signal. Kept apart so the node's own modules stay as they are.
 
 use super::{Node, NodeError};
-use crate::files::Files;
+use super::files::Files;
 use crate::identity::{ContactIdentity, IdentityKey};
 use crate::noise::stream::HandshakeLimits;
 use crate::ratchet::Content;

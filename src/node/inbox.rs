@@ -275,7 +275,7 @@ pub(crate) async fn handle(
     if crate::files::chunk::ChunkBlob::is_chunk(&m.encrypted_blob) {
         // A file chunk stored at a relay: not a ratchet message (docs/PROTOCOL.md, "File
         // transfer"). Confirmed once stored durably (or refused for good).
-        return match crate::files::node::on_relay_chunk(
+        return match crate::node::files::on_relay_chunk(
             node,
             IdentityKey(m.sender),
             m.encrypted_blob.clone(),
@@ -500,8 +500,8 @@ async fn file_message(
         return Ok(Err(Received::Done));
     }
     let text = match &incoming.payload.content {
-        Content::Other { kind, data } if *kind == crate::files::node::PAYLOAD_KIND => {
-            crate::files::node::on_message(node, &sender, contact.as_ref(), data).await
+        Content::Other { kind, data } if *kind == crate::node::files::PAYLOAD_KIND => {
+            crate::node::files::on_message(node, &sender, contact.as_ref(), data).await
         }
         _ => return Ok(Err(Received::Done)),
     };
@@ -617,7 +617,7 @@ pub(super) fn is_group(incoming: &crate::ratchet::Incoming) -> bool {
 /// True when `incoming` carries a file message (handled by the file layer, [`file_message`]).
 pub(super) fn is_file(incoming: &crate::ratchet::Incoming) -> bool {
     matches!(&incoming.payload.content,
-        Content::Other { kind, .. } if *kind == crate::files::node::PAYLOAD_KIND)
+        Content::Other { kind, .. } if *kind == crate::node::files::PAYLOAD_KIND)
 }
 
 /// The history entry of a decrypted one-to-one message, and the batch that records it: the

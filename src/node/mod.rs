@@ -40,6 +40,7 @@ pub mod control;
 pub mod delivery;
 pub mod events;
 mod file_hooks;
+pub mod files;
 pub mod groups;
 pub mod history;
 pub mod inbox;
@@ -295,7 +296,7 @@ pub(crate) struct Inner {
     refusals: Arc<Refusals>,
     quic: quic::QuicState,
     /// File transfers (`crate::files`).
-    files: Arc<crate::files::Files>,
+    files: Arc<files::Files>,
     punch: punch::PunchState,
 }
 
@@ -549,7 +550,7 @@ impl Node {
             )),
             refusals: Arc::new(Refusals::default()),
             quic: quic::QuicState::new(quic_ep.clone()),
-            files: Arc::new(crate::files::Files::open(&dir, cfg.files.clone())?),
+            files: Arc::new(files::Files::open(&dir, cfg.files.clone())?),
             punch: punch::PunchState::default(),
         });
         let node = Node { inner };
@@ -649,7 +650,7 @@ impl Node {
             }
         }
         tasks.push(tokio::spawn(forget_expired_noise_keys(node.clone())));
-        tasks.push(tokio::spawn(crate::files::node::run(node.clone())));
+        tasks.push(tokio::spawn(files::run(node.clone())));
         tasks.push(tokio::spawn(groups::prune_task(node.clone())));
         tasks.push(tokio::spawn(control::serve(
             node.clone(),
@@ -1216,7 +1217,7 @@ async fn serve_peer(
         Ok(Ok(Envelope::FileOpen(open))) => {
             inner.inbound.fetch_add(1, Ordering::Relaxed);
             let _count = InboundGuard(inner.clone());
-            crate::files::node::serve_stream(node.clone(), conn, open).await;
+            files::serve_stream(node.clone(), conn, open).await;
         }
         Ok(Ok(Envelope::Unknown { kind })) => {
             tracing::debug!(%addr, peer = %short, kind, "unknown first message kind; closing");

@@ -132,7 +132,7 @@ pub enum NetEvent {
     /// The node is not running or stopped; the shell retries by itself.
     Down(String),
     /// A file transfer, new or changed (the node's `files_follow` stream; [`super::files`]).
-    Transfer(Box<crate::files::View>),
+    Transfer(Box<crate::node::files::View>),
 }
 
 /// What the shell must do for the user.

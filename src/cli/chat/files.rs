@@ -9,7 +9,8 @@
 
 use super::app::{short, Action, App, Conn, Level};
 use super::ui::clean;
-use crate::files::{Direction, State, View};
+use crate::files::{Direction, State};
+use crate::node::files::View;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use std::collections::HashMap;

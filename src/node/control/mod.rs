@@ -466,10 +466,10 @@ pub struct Response {
     pub groups: Option<Vec<serde_json::Value>>,
     /// `send_file`, `files_accept`, `files_reject`, and each `files_follow` line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transfer: Option<crate::files::View>,
+    pub transfer: Option<crate::node::files::View>,
     /// `files`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transfers: Option<Vec<crate::files::View>>,
+    pub transfers: Option<Vec<crate::node::files::View>>,
 }
 
 impl Response {

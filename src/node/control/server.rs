@@ -305,7 +305,7 @@ pub async fn execute(node: &Node, req: Request) -> Response {
             Response::error("follow needs its own connection")
         }
         Request::SendFile { contact, path } => {
-            transfer_response(crate::files::node::send_file(node, &contact, Path::new(&path)).await)
+            transfer_response(crate::node::files::send_file(node, &contact, Path::new(&path)).await)
         }
         Request::Files => Response {
             transfers: Some(node.files().list()),
@@ -313,10 +313,10 @@ pub async fn execute(node: &Node, req: Request) -> Response {
             ..Response::default()
         },
         Request::FilesAccept { id, to } => {
-            transfer_response(crate::files::node::accept(node, &id, to.map(PathBuf::from)).await)
+            transfer_response(crate::node::files::accept(node, &id, to.map(PathBuf::from)).await)
         }
         Request::FilesReject { id, reason } => transfer_response(
-            crate::files::node::reject(node, &id, reason.as_deref().unwrap_or("")).await,
+            crate::node::files::reject(node, &id, reason.as_deref().unwrap_or("")).await,
         ),
         Request::Backup { out, key } => {
             let store = node.inner.store.clone();
@@ -339,7 +339,9 @@ pub async fn execute(node: &Node, req: Request) -> Response {
     }
 }
 
-fn transfer_response(r: Result<crate::files::View, crate::files::FileError>) -> Response {
+fn transfer_response(
+    r: Result<crate::node::files::View, crate::node::files::TransferError>,
+) -> Response {
     match r {
         Ok(v) => Response {
             transfer: Some(v),
@@ -378,7 +380,7 @@ async fn files_follow<R, W>(
         None => files.list(),
     };
     let line =
-        |v: Option<crate::files::View>, following: Option<bool>, lagged: Option<u64>| Response {
+        |v: Option<crate::node::files::View>, following: Option<bool>, lagged: Option<u64>| Response {
             ok: true,
             transfer: v,
             following,

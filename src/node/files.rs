@@ -2,7 +2,8 @@
 //! outgoing transfer, the direct stream server, chunks that arrive through a relay, the
 //! recipient's stall timer, and the operations the control API calls.
 //!
-//! Protocol decisions live in [`super::transfer`], [`super::chunk`] and [`super::offer`]; this
+//! Protocol decisions live in [`crate::files::transfer`], [`crate::files::chunk`] and
+//! [`crate::files::offer`]; this
 //! file moves bytes between them, the disk, the ratchet (file messages are ordinary queued
 //! messages) and connections.
 //!
@@ -12,13 +13,13 @@
 //! - a record is saved (atomically) before the state change is announced or acted on;
 //! - the transfer table lock is never held across an `.await`.
 
-use super::chunk::{ChunkBlob, ChunkKey, BLOB_OVERHEAD};
-use super::offer::{FileMessage, Offer, MAX_RANGES};
-use super::store::{self, Dir, PartFile};
-use super::transfer::{Bitmap, Direction, Record, State};
-use super::{FileError, FilesConfig, TransferId};
+use crate::files::chunk::{ChunkBlob, ChunkKey, BLOB_OVERHEAD};
+use crate::files::offer::{FileMessage, Offer, MAX_RANGES};
+use crate::files::store::{self, Dir, PartFile};
+use crate::files::transfer::{Bitmap, Direction, Record, State};
+use super::{Node, NodeError};
+use crate::files::{FileError, FilesConfig, TransferId};
 use crate::identity::{ContactIdentity, IdentityKey, Trust};
-use crate::node::{Node, NodeError};
 use crate::noise::stream::TcpConnection;
 use crate::ratchet::Content;
 use crate::relay::RelayClientError;
@@ -49,6 +50,39 @@ pub const MAX_ROUNDS: u32 = 16;
 const READ_BATCH: u64 = 8;
 /// Most time a direct stream waits for the next envelope.
 const STREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// Why a file operation of the node failed: the file layer refused it ([`FileError`]), or the
+/// node did (unknown or rejected contact, full disk, shutting down). The file layer knows
+/// nothing of the node, so the wrapper of both lives here.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The file layer refused or failed.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The node refused (unknown contact, rejected contact, full disk, shutting down).
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl TransferError {
+    /// True for a full disk.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            TransferError::File(e) => e.is_disk_full(),
+            TransferError::Node(e) => e.is_disk_full(),
+        }
+    }
+
+    /// A failure of this node (disk, IO, shutting down), not of the peer's data: worth
+    /// retrying later.
+    fn is_local(&self) -> bool {
+        matches!(
+            self,
+            TransferError::File(FileError::DiskFull(_) | FileError::Io { .. })
+                | TransferError::Node(_)
+        )
+    }
+}
 
 /// One transfer as the control API shows it (`sremp files --json`, progress lines).
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -377,7 +411,7 @@ pub async fn send_message(
     peer: &str,
     m: &FileMessage,
     name: Option<&str>,
-) -> Result<(), FileError> {
+) -> Result<(), TransferError> {
     let c = node.resolve(peer)?;
     if c.trust == Trust::Rejected {
         return Err(NodeError::RejectedContact(c.identity.key()).into());
@@ -398,7 +432,11 @@ pub async fn send_message(
 // Operations of the control API.
 
 /// `send-file`: hashes `path`, records the transfer and queues the offer.
-pub async fn send_file(node: &Node, contact: &str, path: &Path) -> Result<View, FileError> {
+pub async fn send_file(
+    node: &Node,
+    contact: &str,
+    path: &Path,
+) -> Result<View, TransferError> {
     let files = node.files();
     let c = node.resolve(contact)?;
     if c.trust == Trust::Rejected {
@@ -412,15 +450,15 @@ pub async fn send_file(node: &Node, contact: &str, path: &Path) -> Result<View, 
     let meta = std::fs::metadata(&path)
         .map_err(|e| FileError::from_io(format!("reading {}", path.display()), e))?;
     if !meta.is_file() {
-        return Err(FileError::NotAFile(path));
+        return Err(FileError::NotAFile(path).into());
     }
-    let name = super::name::of_path(&path)?;
+    let name = crate::files::name::of_path(&path).map_err(FileError::from)?;
     let p = path.clone();
     let (sha256, size) = tokio::task::spawn_blocking(move || store::hash_file(&p))
         .await
-        .map_err(|_| FileError::Node(NodeError::ShuttingDown))??;
-    if size > super::offer::MAX_FILE_SIZE {
-        return Err(super::offer::OfferError::TooLarge(size).into());
+        .map_err(|_| NodeError::ShuttingDown)??;
+    if size > crate::files::offer::MAX_FILE_SIZE {
+        return Err(FileError::from(crate::files::offer::OfferError::TooLarge(size)).into());
     }
     let chunk_size = files.cfg.chunk_size;
     let offer = Offer {
@@ -428,11 +466,11 @@ pub async fn send_file(node: &Node, contact: &str, path: &Path) -> Result<View, 
         name,
         size,
         chunk_size,
-        total: super::chunk::chunk_count(size, chunk_size),
+        total: crate::files::chunk::chunk_count(size, chunk_size),
         sha256,
         secret: zeroize::Zeroizing::new(rand::random()),
     };
-    offer.validate()?;
+    offer.validate().map_err(FileError::from)?;
     let mut record = Record::from_offer(
         &offer,
         Direction::Out,
@@ -463,12 +501,16 @@ pub async fn send_file(node: &Node, contact: &str, path: &Path) -> Result<View, 
         return Err(e);
     }
     tracing::info!(transfer = %id, peer = %c.identity.key().short(), size, "file offered");
-    files.get(&id.to_string())
+    Ok(files.get(&id.to_string())?)
 }
 
 /// `files accept`: accepts an offered incoming transfer into `to` (default: the download
 /// directory), creating the directory if needed.
-pub async fn accept(node: &Node, id: &str, to: Option<PathBuf>) -> Result<View, FileError> {
+pub async fn accept(
+    node: &Node,
+    id: &str,
+    to: Option<PathBuf>,
+) -> Result<View, TransferError> {
     let files = node.files();
     let tid: TransferId = id.parse()?;
     let dir = match to {
@@ -481,7 +523,7 @@ pub async fn accept(node: &Node, id: &str, to: Option<PathBuf>) -> Result<View, 
     let meta = std::fs::metadata(&dir)
         .map_err(|e| FileError::from_io(format!("reading {}", dir.display()), e))?;
     if !meta.is_dir() {
-        return Err(FileError::NotAFile(dir));
+        return Err(FileError::NotAFile(dir).into());
     }
     let part = Arc::new(PartFile::open(&dir, &tid)?);
     let rec = files.update(&tid, |e| {
@@ -498,7 +540,7 @@ pub async fn accept(node: &Node, id: &str, to: Option<PathBuf>) -> Result<View, 
             if fresh && !matches!(e, FileError::WrongState { .. }) {
                 let _ = std::fs::remove_file(part.path());
             }
-            return Err(e);
+            return Err(e.into());
         }
     };
     tracing::info!(transfer = %tid, dir = %dir.display(), "file accepted");
@@ -506,11 +548,11 @@ pub async fn accept(node: &Node, id: &str, to: Option<PathBuf>) -> Result<View, 
     if rec.total == 0 {
         finish_incoming(node, tid).await;
     }
-    files.get(id)
+    Ok(files.get(id)?)
 }
 
 /// `files reject`: refuses an offered (or receiving) incoming transfer.
-pub async fn reject(node: &Node, id: &str, reason: &str) -> Result<View, FileError> {
+pub async fn reject(node: &Node, id: &str, reason: &str) -> Result<View, TransferError> {
     let files = node.files();
     let tid: TransferId = id.parse()?;
     let rec = files.update(&tid, |e| {
@@ -527,7 +569,7 @@ pub async fn reject(node: &Node, id: &str, reason: &str) -> Result<View, FileErr
         Some(&rec.name),
     )
     .await?;
-    files.get(id)
+    Ok(files.get(id)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -724,7 +766,7 @@ async fn on_offer(
 /// What a chunk needs before it can be opened and written.
 struct Target {
     key: ChunkKey,
-    shape: super::chunk::Shape,
+    shape: crate::files::chunk::Shape,
     part: Arc<PartFile>,
 }
 
@@ -785,7 +827,7 @@ impl Files {
         sender: &IdentityKey,
         bytes: &[u8],
     ) -> Result<(TransferId, ChunkOutcome), FileError> {
-        let blob = ChunkBlob::decode(bytes).map_err(super::chunk::ChunkError::from)?;
+        let blob = ChunkBlob::decode(bytes).map_err(crate::files::chunk::ChunkError::from)?;
         let id = blob.transfer;
         let Some(target) = self.target(me, &sender.to_string(), &blob)? else {
             return Ok((id, ChunkOutcome::Duplicate));
@@ -903,12 +945,13 @@ pub async fn finish_incoming(node: &Node, id: TransferId) -> State {
     let (name, size) = (rec.name.clone(), rec.size);
     let result = tokio::task::spawn_blocking(move || store::finalize(&dir, &id, &name, size, &sha))
         .await
-        .unwrap_or(Err(FileError::Node(NodeError::ShuttingDown)));
+        .map_err(|_| TransferError::from(NodeError::ShuttingDown))
+        .and_then(|r| r.map_err(TransferError::from));
     let outcome = match &result {
         Ok(p) => Ok(p.clone()),
         Err(e) => Err(e.to_string()),
     };
-    if let Err(FileError::DiskFull(_) | FileError::Io { .. } | FileError::Node(_)) = &result {
+    if result.as_ref().is_err_and(TransferError::is_local) {
         // A local failure, not the sender's: try again later from `receiving`.
         let msg = result.as_ref().err().map(|e| e.to_string());
         let _ = files.update(&id, |e| {
@@ -952,7 +995,7 @@ pub async fn on_relay_chunk(
     node: &Node,
     sender: IdentityKey,
     blob: Vec<u8>,
-) -> Result<(), FileError> {
+) -> Result<(), TransferError> {
     let n = node.clone();
     let me = node.id();
     let r = tokio::task::spawn_blocking(move || {
@@ -962,14 +1005,14 @@ pub async fn on_relay_chunk(
         Ok::<_, FileError>((id, synced))
     })
     .await
-    .map_err(|_| FileError::Node(NodeError::ShuttingDown))?;
+    .map_err(|_| NodeError::ShuttingDown)?;
     match r {
         Ok((id, (_, true))) => {
             finish_incoming(node, id).await;
             Ok(())
         }
         Ok(_) => Ok(()),
-        Err(e @ (FileError::DiskFull(_) | FileError::Io { .. })) => Err(e),
+        Err(e @ (FileError::DiskFull(_) | FileError::Io { .. })) => Err(e.into()),
         Err(e) => {
             tracing::debug!(peer = %sender.short(), error = %e, "relayed chunk dropped");
             Ok(())
@@ -1195,7 +1238,7 @@ async fn sender(node: &Node, id: TransferId) {
                 }
                 Err(e) => {
                     tracing::debug!(transfer = %id, endpoint = %ep, error = %e, "direct file stream failed");
-                    if matches!(e, FileError::SourceChanged(_)) {
+                    if matches!(e, TransferError::File(FileError::SourceChanged(_))) {
                         let _ = files.update(&id, |en| {
                             Ok(en
                                 .record
@@ -1314,7 +1357,7 @@ async fn send_direct(
     path: &Path,
     endpoint: &str,
     peer: IdentityKey,
-) -> Result<Round, FileError> {
+) -> Result<Round, TransferError> {
     let files = node.files();
     let id = rec.id;
     let me = node.identity();
@@ -1392,7 +1435,7 @@ async fn send_direct(
                         (path.to_path_buf(), rec.clone(), key.clone(), batch.to_vec());
                     let blobs = tokio::task::spawn_blocking(move || read_chunks(&p, &r, &k, &b))
                         .await
-                        .map_err(|_| FileError::Node(NodeError::ShuttingDown))??;
+                        .map_err(|_| NodeError::ShuttingDown)??;
                     for (_, blob) in blobs {
                         let n = blob.len();
                         writer
@@ -1440,7 +1483,8 @@ async fn send_direct(
                 return Err(FileError::Io {
                     context: format!("file stream to {endpoint}"),
                     source: std::io::Error::other(e.message),
-                })
+                }
+                .into())
             }
             _ => return Ok(Round::Failed),
         }
@@ -1462,7 +1506,7 @@ async fn send_relay(
     rec: &Record,
     path: &Path,
     contact: &ContactIdentity,
-) -> Result<Round, FileError> {
+) -> Result<Round, TransferError> {
     let files = node.files();
     let id = rec.id;
     let me = node.identity();
@@ -1511,7 +1555,7 @@ async fn send_relay(
             let (p, r, k, b) = (path.to_path_buf(), rec.clone(), key.clone(), batch.to_vec());
             let blobs = tokio::task::spawn_blocking(move || read_chunks(&p, &r, &k, &b))
                 .await
-                .map_err(|_| FileError::Node(NodeError::ShuttingDown))??;
+                .map_err(|_| NodeError::ShuttingDown)??;
             for (i, blob) in blobs {
                 let n = blob.len();
                 let mid = ChunkBlob::relay_message_id(&id, i);
@@ -1578,7 +1622,7 @@ async fn send_relay(
         return Ok(Round::Waiting);
     }
     match last_err {
-        Some(e) => Err(e),
+        Some(e) => Err(e.into()),
         None => Ok(Round::Failed),
     }
 }
