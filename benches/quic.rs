@@ -17,9 +17,10 @@ use sremp::config::Config;
 use sremp::identity::{Flags, UserIdentity};
 use sremp::node::history::{Direction, HistoryEntry, Status};
 use sremp::node::{Node, NodeHandle};
+use sremp::noise::quic::{accept_incoming, connect};
 use sremp::noise::stream::HandshakeLimits;
 use sremp::time::Timestamp;
-use sremp::transport::quic::{accept_incoming, QuicEndpoint, QuicSettings};
+use sremp::transport::quic::{QuicEndpoint, QuicSettings};
 use sremp::transport::Transport;
 use sremp::wire::relay::StoreMessage;
 use sremp::wire::{Endpoint, Envelope};
@@ -213,8 +214,7 @@ async fn sremp_quic(n: usize) -> f64 {
         t.elapsed()
     });
     let a = user("alice");
-    let mut conn = client
-        .connect(addr, &a, Some(b.key()), limits())
+    let mut conn = connect(&client, addr, &a, Some(b.key()), limits())
         .await
         .unwrap();
     let frame = big(0).encode().len() + 16 + 2;

@@ -6,11 +6,12 @@ use serde_json::{json, Value};
 use sremp::identity::{
     Flags, Identity, IdentityKey, IdentityVerifiedData, NoiseKey, UserIdentity, Username,
 };
+use sremp::noise::quic::{accept_incoming, connect};
 use sremp::noise::stream::HandshakeLimits;
 use sremp::noise::{ConnectionError, Handshake, HandshakeError};
 use sremp::time::Timestamp;
 use sremp::transport::binding::{self, Exporter};
-use sremp::transport::quic::{accept_incoming, QuicEndpoint, QuicSettings};
+use sremp::transport::quic::{QuicEndpoint, QuicSettings};
 use sremp::transport::Transport;
 use sremp::wire::{Envelope, Version, VersionHeader};
 use std::path::PathBuf;
@@ -170,8 +171,7 @@ async fn quic_connection_authenticates_both_ways() {
     let (ea, eb) = (endpoint(), endpoint());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     serve(eb.clone(), b.clone(), tx);
-    let mut conn = ea
-        .connect(eb.local_addr().unwrap(), &a, Some(b.key()), limits())
+    let mut conn = connect(&ea, eb.local_addr().unwrap(), &a, Some(b.key()), limits())
         .await
         .unwrap();
     assert_eq!(conn.transport, Transport::Quic);
@@ -182,8 +182,7 @@ async fn quic_connection_authenticates_both_ways() {
 
     // Dialling the right address but expecting someone else fails with the typed error.
     let c = user("carol");
-    let err = ea
-        .connect(eb.local_addr().unwrap(), &a, Some(c.key()), limits())
+    let err = connect(&ea, eb.local_addr().unwrap(), &a, Some(c.key()), limits())
         .await
         .unwrap_err();
     assert!(
@@ -221,8 +220,7 @@ async fn quic_mitm_terminating_tls_cannot_complete_noise() {
         tokio::join!(up, down);
         (from_alice, to_bob)
     });
-    let err = ea
-        .connect(em.local_addr().unwrap(), &a, Some(b.key()), limits())
+    let err = connect(&ea, em.local_addr().unwrap(), &a, Some(b.key()), limits())
         .await
         .unwrap_err();
     assert!(
@@ -276,8 +274,7 @@ async fn quic_bad_bytes_close_the_connection_and_serving_continues() {
         matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == 1u32.into()),
         "{closed:?}"
     );
-    let mut conn = ea
-        .connect(eb.local_addr().unwrap(), &a, Some(b.key()), limits())
+    let mut conn = connect(&ea, eb.local_addr().unwrap(), &a, Some(b.key()), limits())
         .await
         .unwrap();
     conn.send(&ack(1)).await.unwrap();

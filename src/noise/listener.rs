@@ -16,7 +16,7 @@
 //!
 //! A [`Sources`] may add a QUIC endpoint to the TCP listener: its connections go through the
 //! same admission budgets (one [`Admission`] for both), with step 2 being the completed QUIC
-//! handshake and step 3 the bound Noise handshake on its stream ([`crate::transport::quic`]).
+//! handshake and step 3 the bound Noise handshake on its stream ([`super::quic`]).
 //!
 //! Every refusal is counted in [`Refusals`] and summarised once per interval (no log line per
 //! refused connection). The loop keeps serving everyone else whatever one peer does.
@@ -24,8 +24,9 @@
 use super::admission::{Admission, Class, ConnId, Limits};
 use super::refusals::Refusals;
 use super::stream::{HandshakeLimits, TcpConnection};
+use super::quic;
 use crate::identity::UserIdentity;
-use crate::transport::quic::{self, QuicEndpoint};
+use crate::transport::QuicEndpoint;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,6 +1,10 @@
 //! Noise: the authenticated, encrypted channel between two SREMP participants.
 //!
-//! Pattern `Noise_XX_25519_ChaChaPoly_BLAKE2s` (through snow), over TCP:
+//! Layering: this module sits on the byte carriers of [`crate::transport`] (TCP and QUIC
+//! sockets, the QUIC channel binding), which never import it.
+//!
+//! Pattern `Noise_XX_25519_ChaChaPoly_BLAKE2s` (through snow), over TCP (over QUIC the same,
+//! with the prologue of [`quic`]):
 //! 1. Both sides send their 7-byte version header at once ([`crate::wire::version`]); a
 //!    different major version ends the connection, otherwise both continue at the lower minor.
 //! 2. The prologue is `"SREMP-1 noise-prologue\0" || initiator header || responder header`,
@@ -16,6 +20,9 @@
 //! - [`transport`]: send/receive cipher halves with explicit nonces (so reading and writing can
 //!   run in separate tasks), plus chunking and reassembly of envelopes.
 //! - [`stream`]: the async shell: dial/accept with a deadline, and framed envelope I/O.
+//! - [`quic`]: the same handshake and stream over a QUIC connection of the transport's
+//!   endpoint, with the prologue bound to its TLS exporter.
+//! - [`listener`]: the accept loop of TCP and QUIC, with admission control.
 //! - [`framed`]: the async frame reader and writer (the socket half of
 //!   [`crate::wire::frame`]), used by [`stream`] and by the rendezvous TLS connections.
 
@@ -24,6 +31,7 @@ pub mod bind;
 pub mod framed;
 pub mod handshake;
 pub mod listener;
+pub mod quic;
 pub mod refusals;
 pub mod stream;
 pub mod transport;

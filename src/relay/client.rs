@@ -187,7 +187,7 @@ impl RelayClient {
                         .map_err(ConnectionError::Io)?
                         .next()
                         .ok_or(ConnectionError::Quic(QuicError::NoAddress))?;
-                q.connect(addr, me, relay, limits).await?
+                crate::noise::quic::connect(q, addr, me, relay, limits).await?
             }
         };
         Self::register(

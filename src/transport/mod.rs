@@ -1,16 +1,17 @@
-//! Transports under the Noise channel: TCP (in [`crate::noise::stream`]) and QUIC.
+//! The byte carriers under the Noise channel: TCP (tokio's sockets, used directly by the Noise
+//! stream) and QUIC, plus the hole-punching core. This layer never imports `noise`: the Noise
+//! channel sits on top of it and runs over either carrier (its QUIC shell is `noise::quic`).
 //!
-//! Both carry the same thing: the version exchange, the Noise XX handshake with the same
-//! identity checks, and then Noise transport frames with relay-protocol and direct envelopes.
-//! QUIC adds a UDP endpoint (so NAT mappings can be learnt from relays, see
+//! Both carriers carry the same thing: the version exchange, the Noise XX handshake with the
+//! same identity checks, and then Noise transport frames with relay-protocol and direct
+//! envelopes. QUIC adds a UDP endpoint (so NAT mappings can be learnt from relays, see
 //! [`crate::wire::relay`]'s observed-address message) and binds the Noise prologue to the QUIC
 //! connection's TLS exporter.
 //!
-//! - [`binding`]: the QUIC Noise prologue (pure).
+//! - [`binding`]: the QUIC Noise prologue bytes (pure).
 //! - [`punch`]: hole punching coordinated through a relay (pure): signed candidate messages,
 //!   one attempt's state machine, the per-contact policy.
-//! - [`quic`]: the quinn endpoint and the async shell from QUIC connection to
-//!   [`crate::noise::stream::PeerConnection`].
+//! - [`quic`]: the quinn endpoint (TLS configuration, accept, dial, exporter).
 
 pub mod binding;
 pub mod punch;

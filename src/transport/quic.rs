@@ -1,28 +1,26 @@
-//! The QUIC endpoint (quinn): one UDP socket that both accepts and dials, and the async shell
-//! that turns a QUIC connection into an authenticated [`PeerConnection`].
+//! The QUIC endpoint (quinn): one UDP socket that both accepts and dials, its TLS
+//! configuration and the TLS exporter of a connection. A raw byte carrier: it knows nothing of
+//! Noise or identities.
 //!
 //! Flow of one connection (docs/PROTOCOL.md, "QUIC transport"):
 //! 1. QUIC-TLS 1.3, ALPN [`ALPN`]. The server presents a throwaway self-signed certificate made
 //!    at start-up; the client accepts any certificate (it still checks the TLS handshake
 //!    signature, so the server holds the certificate's key). TLS here is only a pipe.
-//! 2. Both ends compute the TLS exporter ([`binding`]); the dialler opens the one bidirectional
-//!    stream and the version exchange and Noise XX run on it exactly as over TCP, with the QUIC
-//!    prologue that binds the exporter value.
+//! 2. Both ends compute the TLS exporter ([`exporter`], [`super::binding`]); the dialler opens
+//!    the one bidirectional stream and the version exchange and Noise XX run on it exactly as
+//!    over TCP, with the QUIC prologue that binds the exporter value. That step, which turns a
+//!    QUIC connection into an authenticated peer connection, is the Noise channel's QUIC shell
+//!    (`noise::quic`), above this module.
 //! 3. Relay-protocol and direct frames then flow on that stream inside the Noise transport
 //!    encryption, the same bytes as over TCP.
 //!
 //! Limits: a peer may open one bidirectional stream and no unidirectional ones (quinn's
-//! transport parameters refuse more); an idle connection closes after `idle_timeout`; the whole
-//! setup (QUIC handshake, stream, Noise) runs under the caller's handshake deadline.
+//! transport parameters refuse more); an idle connection closes after `idle_timeout`.
 //!
-//! Not here: admission control and the handler per connection (the listener in
-//! [`crate::noise::listener`] serves TCP and QUIC alike), hole punching.
+//! Not here: the Noise handshake on the stream and its deadline, admission control and the
+//! handler per connection (the Noise listener serves TCP and QUIC alike), hole punching.
 
 use super::binding::{Exporter, EXPORTER_CONTEXT, EXPORTER_LABEL, EXPORTER_LEN};
-use super::Transport;
-use crate::identity::{IdentityKey, UserIdentity};
-use crate::noise::stream::{BoxRead, BoxWrite, ConnectionError, HandshakeLimits, PeerConnection};
-use crate::noise::Connection;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -207,10 +205,6 @@ pub fn exporter(conn: &quinn::Connection) -> Result<Exporter, QuicError> {
     Ok(Exporter(out))
 }
 
-fn boxed(send: quinn::SendStream, recv: quinn::RecvStream) -> (BoxRead, BoxWrite) {
-    (BoxRead::new(recv), BoxWrite::new(send))
-}
-
 impl QuicEndpoint {
     /// Binds a UDP socket on `addr` and serves QUIC on it (needs a tokio runtime).
     pub fn bind(addr: SocketAddr, settings: QuicSettings) -> Result<QuicEndpoint, QuicError> {
@@ -235,94 +229,10 @@ impl QuicEndpoint {
         self.endpoint.close(CLOSE_DONE.into(), b"shutdown");
     }
 
-    /// A bare QUIC connection to `addr`, without the Noise channel (for tests and tools; a
-    /// node never sends anything on it but through [`initiate`]).
+    /// A bare QUIC connection to `addr`, without the Noise channel. A node always runs the
+    /// bound Noise handshake on it next (`noise::quic::connect`); tests and tools also use it
+    /// alone.
     pub async fn connect_raw(&self, addr: SocketAddr) -> Result<quinn::Connection, QuicError> {
         Ok(self.endpoint.connect(addr, SERVER_NAME)?.await?)
     }
-
-    /// Dials `addr` over QUIC and runs the bound Noise handshake as initiator, all within
-    /// `limits.timeout`.
-    pub async fn connect(
-        &self,
-        addr: SocketAddr,
-        local: &UserIdentity,
-        expected: Option<IdentityKey>,
-        limits: HandshakeLimits,
-    ) -> Result<PeerConnection, ConnectionError> {
-        let timeout = limits.timeout;
-        let fut = async {
-            let conn = self
-                .endpoint
-                .connect(addr, SERVER_NAME)
-                .map_err(QuicError::from)?
-                .await
-                .map_err(QuicError::from)?;
-            let r = initiate(&conn, local, expected, limits).await;
-            if r.is_err() {
-                conn.close(CLOSE_PROTOCOL.into(), b"handshake failed");
-            }
-            r
-        };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| ConnectionError::Timeout(timeout))?
-    }
-}
-
-/// The initiator's half once QUIC is up: open the stream, Noise with the bound prologue.
-pub async fn initiate(
-    conn: &quinn::Connection,
-    local: &UserIdentity,
-    expected: Option<IdentityKey>,
-    limits: HandshakeLimits,
-) -> Result<PeerConnection, ConnectionError> {
-    let binding = exporter(conn)?;
-    let (send, recv) = conn.open_bi().await.map_err(QuicError::from)?;
-    let (r, w) = boxed(send, recv);
-    let mut c =
-        Connection::handshake_bound(r, w, local, true, expected, limits, Some(binding)).await?;
-    c.transport = Transport::Quic;
-    c.remote = Some(conn.remote_address());
-    Ok(c)
-}
-
-/// The responder's half once QUIC is up: accept the stream, Noise with the bound prologue.
-pub async fn respond(
-    conn: &quinn::Connection,
-    local: &UserIdentity,
-    limits: HandshakeLimits,
-) -> Result<PeerConnection, ConnectionError> {
-    let binding = exporter(conn)?;
-    let (send, recv) = conn.accept_bi().await.map_err(QuicError::from)?;
-    let (r, w) = boxed(send, recv);
-    let mut c =
-        Connection::handshake_bound(r, w, local, false, None, limits, Some(binding)).await?;
-    c.transport = Transport::Quic;
-    c.remote = Some(conn.remote_address());
-    Ok(c)
-}
-
-/// The whole responder side of an incoming attempt within `limits.timeout`: QUIC handshake,
-/// `established()` (the peer proved it receives at its address), then [`respond`]. A
-/// failure closes the QUIC connection with [`CLOSE_PROTOCOL`].
-pub async fn accept_incoming(
-    incoming: quinn::Incoming,
-    local: &UserIdentity,
-    limits: HandshakeLimits,
-    established: impl FnOnce(),
-) -> Result<PeerConnection, ConnectionError> {
-    let timeout = limits.timeout;
-    let fut = async {
-        let conn = incoming.await.map_err(QuicError::from)?;
-        established();
-        let r = respond(&conn, local, limits).await;
-        if r.is_err() {
-            conn.close(CLOSE_PROTOCOL.into(), b"handshake failed");
-        }
-        r
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| ConnectionError::Timeout(timeout))?
 }
