@@ -12,22 +12,27 @@
 //! - [`identity`]: identities, private keys and the data directory on disk, contact cards, TOFU
 //!   contacts.
 //! - [`wire`]: version header, the one frame codec, typed MessagePack envelopes, chunking.
-//! - [`noise`]: the XX handshake core (no I/O), transport halves, the async connection shell.
+//! - [`noise`]: the XX handshake core (no I/O), transport halves, the async connection shell
+//!   over TCP and QUIC, the accept loop with admission control.
 //! - [`ratchet`]: the Double Ratchet core (no I/O) and signed end-to-end messages.
 //! - [`store`]: the storage trait and its sled implementation.
 //! - [`relay`]: relay protocol core, relay service and policies.
 //! - [`rendezvous`]: rendezvous protocol core, TLS server and client.
 //! - [`group`]: group chats (no I/O): signed fixed membership, sender keys, member states.
-//! - [`files`]: file transfer: offer messages, chunk crypto, the resumable receiver, the sender.
-//! - [`transport`]: TCP and QUIC under the Noise channel; the QUIC endpoint and its channel
-//!   binding.
-//! - [`node`]: the personal node: listener, connections, routing; its control socket
-//!   ([`node::control`]: requests and responses, server, client).
+//! - [`files`]: file transfer without the node: offer messages, chunk crypto, the transfer
+//!   state machines and their records on disk (the node's shell is `node::files`).
+//! - [`transport`]: the byte carriers under the Noise channel: the QUIC endpoint, its channel
+//!   binding bytes, the hole-punching core. It never imports [`noise`], whose QUIC shell
+//!   (`noise::quic`) runs the handshake over it.
+//! - [`node`]: the personal node: listener, connections, routing, the file-transfer shell; its
+//!   control socket ([`node::control`]: requests and responses, server, client).
 //! - [`config`], [`logging`], [`shutdown`]: configuration, tracing and signal handling.
 //! - [`cli`]: every command of the binary and all its output (`main.rs` only calls it).
 //!
 //! Protocol cores (`wire`, `noise::handshake`, `ratchet`, relay/rendezvous cores) never do I/O
-//! and never read the clock; the async shells around them own sockets and time.
+//! and never read the clock; the async shells around them own sockets and time. Modules import
+//! each other one way only (`tests/module_graph.rs` checks it; the order is in the README,
+//! "Layout").
 
 //! ## Public API and test hooks
 //! Without features, the crate exposes the command line ([`cli`]), the configuration
