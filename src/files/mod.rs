@@ -231,9 +231,6 @@ impl FileError {
 
     /// True for a full disk.
     pub fn is_disk_full(&self) -> bool {
-        match self {
-            FileError::DiskFull(_) => true,
-            _ => false,
-        }
+        matches!(self, FileError::DiskFull(_))
     }
 }
