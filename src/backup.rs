@@ -461,6 +461,13 @@ fn write_file(
     Ok((records, bytes))
 }
 
+/// `Tree::Meta` key written by [`restore_backup`] when the backup holds group state (keys
+/// starting `group/g/`): value the restore time (unix seconds, u64 BE). The node, at its next
+/// start and before anything else runs, replaces its sender key in every group by a fresh
+/// generation above that time and deletes the key (`node::groups`, docs/PROTOCOL.md "Sender
+/// keys after a restore").
+pub const GROUPS_RESTORED_KEY: &[u8] = b"group/restored";
+
 /// Replaces the store in `db_dir` (its process stopped) with the backup `file`, decrypted
 /// with the key in `key_file`. See [`crate::store::restore_store`] for the order of the file
 /// operations; a backup that fails to authenticate anywhere leaves everything untouched.
@@ -470,7 +477,9 @@ fn write_file(
 /// already used after the backup was taken. With no session, the first message from each
 /// contact is answered with a session reset saying what was last recorded from it, and the
 /// contact starts a new session and re-sends what the restored store lacks
-/// (docs/PROTOCOL.md, "Session recovery"). `records` counts the records written.
+/// (docs/PROTOCOL.md, "Session recovery"). Group sender keys are restored but marked
+/// ([`GROUPS_RESTORED_KEY`]) for replacement at the next start, for the same reason.
+/// `records` counts the records written.
 pub fn restore_backup(
     db_dir: &Path,
     file: &Path,
@@ -488,11 +497,30 @@ pub fn restore_backup(
     // Second pass: write. (A file changed between the passes still fails authentication.)
     let mut r = open()?;
     let mut failure: Option<BackupError> = None;
+    let mut groups = false;
     let restored = crate::store::restore_store(db_dir, force, &mut |sink| loop {
         match r.next_record() {
             Ok(Some((t, _, _))) if t == crate::store::Tree::Sessions as u8 => {}
-            Ok(Some((t, k, v))) => sink(t, k, v)?,
-            Ok(None) => return Ok(()),
+            Ok(Some((t, k, v))) => {
+                groups |= t == crate::store::Tree::Meta as u8 && k.starts_with(b"group/g/");
+                if !(t == crate::store::Tree::Meta as u8 && k == GROUPS_RESTORED_KEY) {
+                    sink(t, k, v)?;
+                }
+            }
+            Ok(None) => {
+                if groups {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or_default();
+                    sink(
+                        crate::store::Tree::Meta as u8,
+                        GROUPS_RESTORED_KEY.to_vec(),
+                        now.to_be_bytes().to_vec(),
+                    )?;
+                }
+                return Ok(());
+            }
             Err(e) => {
                 let msg = e.to_string();
                 failure = Some(e);

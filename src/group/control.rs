@@ -174,6 +174,23 @@ impl Control {
         }
     }
 
+    /// The group message this envelope carries, directly (type 7) or inside a forward (types
+    /// 8 and 9, inner envelope decoded without checking its signature): for telling an exact
+    /// replay from a conflicting one after the core refused it as replayed (which it does
+    /// only after every signature checked).
+    pub fn message(&self) -> Option<GroupMessage> {
+        let inner = match self {
+            Control::Message(m) => return Some(m.clone()),
+            Control::Forward(f) => &f.inner,
+            Control::Forwarded(f) => &f.inner,
+            _ => return None,
+        };
+        match Control::decode(&inner.envelope) {
+            Ok((_, Control::Message(m))) => Some(m),
+            _ => None,
+        }
+    }
+
     /// Encodes the envelope for `group_id`.
     pub fn encode(&self, group_id: GroupId) -> Vec<u8> {
         let body = match self {

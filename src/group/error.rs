@@ -34,6 +34,16 @@ pub enum GroupError {
         /// Message number in that generation.
         seq: u32,
     },
+    /// 0x10: a (generation, seq) of this sender already received came again with a different
+    /// ciphertext: the sender encrypted two texts under one message key (for example after
+    /// restoring an old backup without re-keying). Dropped, and logged at WARN.
+    #[error("group message (generation {generation}, seq {seq}) already received with different content (possible key reuse by the sender)")]
+    ConflictingReplay {
+        /// Sender key generation.
+        generation: u32,
+        /// Message number in that generation.
+        seq: u32,
+    },
     /// 0x08: the message is further ahead of the last one received than allowed.
     #[error("group message gap too big: {got} > {max}")]
     TooBigGap {
@@ -105,6 +115,7 @@ impl GroupError {
             GroupError::InvalidMembership(_) => 0x0d,
             GroupError::StaleGeneration { .. } => 0x0e,
             GroupError::Exhausted => 0x0f,
+            GroupError::ConflictingReplay { .. } => 0x10,
             GroupError::Usage(_) => 0x40,
             GroupError::WrongState(_) => 0x41,
             GroupError::TooManyGroups { .. } => 0x42,
@@ -129,6 +140,7 @@ impl GroupError {
             GroupError::InvalidMembership(_) => "invalid_membership",
             GroupError::StaleGeneration { .. } => "stale_generation",
             GroupError::Exhausted => "exhausted",
+            GroupError::ConflictingReplay { .. } => "conflicting_replay",
             GroupError::Usage(_) => "usage",
             GroupError::WrongState(_) => "wrong_state",
             GroupError::TooManyGroups { .. } => "too_many_groups",

@@ -96,6 +96,9 @@ pub struct GroupMessage {
     pub signature: [u8; 64],
 }
 
+/// Length of [`GroupMessage::digest`].
+pub const DIGEST_LEN: usize = 16;
+
 fn ad(group_id: &GroupId, sender: &[u8; 32], generation: u32, seq: u32) -> Vec<u8> {
     let mut v = Vec::with_capacity(56);
     v.extend_from_slice(&group_id.0);
@@ -114,6 +117,19 @@ impl GroupMessage {
     /// Decodes; the whole input must be consumed.
     pub fn decode(bytes: &[u8]) -> Result<GroupMessage, GroupError> {
         Ok(msgpack::decode(bytes)?)
+    }
+
+    /// First 16 bytes of SHA-256 over the ciphertext: what a receiver keeps per (sender,
+    /// generation, seq) it decrypted, to tell an exact replay from a second, different
+    /// ciphertext under the same message key (docs/PROTOCOL.md, "Sender keys after a restore").
+    pub fn digest(&self) -> [u8; DIGEST_LEN] {
+        use sha2::Digest;
+        let full = sha2::Sha256::digest(&self.ciphertext);
+        let mut d = [0u8; DIGEST_LEN];
+        for (o, i) in d.iter_mut().zip(full.iter()) {
+            *o = *i;
+        }
+        d
     }
 
     /// Checks the author's signature.

@@ -67,6 +67,9 @@ pub struct Shown {
     pub seq: u32,
     /// Numbers skipped to reach it.
     pub gap: u32,
+    /// [`GroupMessage::digest`] of the message (kept by the node to recognise a different
+    /// ciphertext at the same number later).
+    pub digest: [u8; super::sender_key::DIGEST_LEN],
 }
 
 /// What a call wants done.
@@ -106,6 +109,11 @@ pub struct Group {
     held: Vec<Held>,
     /// Refusals by code name.
     pub refused: BTreeMap<String, u64>,
+    /// The lowest generation our next fresh chain may have (0 until a restore): after a
+    /// restore it is the restore time in seconds, above every generation this node may have
+    /// used before it was rolled back ([`Group::restart_sender_key`]).
+    #[serde(default)]
+    min_generation: u32,
 }
 
 impl Group {
@@ -147,6 +155,7 @@ impl Group {
             receivers: BTreeMap::new(),
             held: Vec::new(),
             refused: BTreeMap::new(),
+            min_generation: 0,
         };
         Ok((
             g,
@@ -188,6 +197,7 @@ impl Group {
             receivers,
             held: Vec::new(),
             refused: BTreeMap::new(),
+            min_generation: 0,
         })
     }
 
@@ -290,7 +300,7 @@ impl Group {
         if self.my_state() != MemberState::Invited {
             return Err(GroupError::WrongState(self.my_state().name()));
         }
-        let own = SenderKey::new(rng, 0);
+        let own = SenderKey::new(rng, self.next_generation());
         let c = Control::Accept(own.distribution());
         self.own = Some(own);
         self.states.insert(Member(self.me), MemberState::Accepted);
@@ -442,14 +452,42 @@ impl Group {
         if self.my_state() != MemberState::Accepted {
             return Vec::new();
         }
-        let generation = self
-            .own
-            .as_ref()
-            .map_or(0, |k| k.chain.generation.saturating_add(1));
-        let own = SenderKey::new(rng, generation);
+        let own = SenderKey::new(rng, self.next_generation());
         let c = Control::SenderKey(own.distribution());
         self.own = Some(own);
         self.broadcast(&c)
+    }
+
+    /// The generation of our next fresh chain: one above the current one (0 for the first),
+    /// and never below `min_generation`.
+    fn next_generation(&self) -> u32 {
+        self.own
+            .as_ref()
+            .map_or(0, |k| k.chain.generation.saturating_add(1))
+            .max(self.min_generation)
+    }
+
+    /// After this node's store was restored from a backup (or may otherwise be older than
+    /// what it already sent): our chain in the store may be one we advanced past and sent on
+    /// after the backup, so sending on it would encrypt new texts under message keys already
+    /// used. It is replaced by a fresh random chain whose generation is at least `floor` (the
+    /// restore time in seconds: above every generation used before, which a restored store
+    /// cannot know) and sent as `sender_key` to every member not declined or left. A member
+    /// that has not accepted yet only remembers the floor for its chain at acceptance. Nothing
+    /// for a closed group or one we declined or left.
+    pub fn restart_sender_key<R: CryptoRngCore + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        floor: u32,
+    ) -> Effects {
+        self.min_generation = self.min_generation.max(floor);
+        if self.closed || self.own.is_none() {
+            return Effects::default();
+        }
+        Effects {
+            send: self.rotate(rng),
+            ..Effects::default()
+        }
     }
 
     fn install(&mut self, from: Member, k: super::SenderKeyDistribution) {
@@ -658,6 +696,7 @@ impl Group {
             generation: m.generation,
             seq: m.seq,
             gap: opened.gap,
+            digest: m.digest(),
         }))
     }
 
@@ -1036,6 +1075,117 @@ mod tests {
             gc.handle(&mut rng, a, fwd(b, good)).err(),
             Some(GroupError::Replayed { .. })
         ));
+    }
+
+    /// A member restored from an older copy of its state (a backup) must not send on its old
+    /// chain: its numbers were used after the copy was taken. `restart_sender_key` gives it a
+    /// fresh generation the others install, while messages of the old generation still in
+    /// flight keep opening; without it, the numbers repeat and the others refuse them.
+    #[test]
+    fn restored_member_restarts_its_sender_key_at_a_new_generation() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut ps: Vec<P> = (1..=3u8)
+            .map(|i| P {
+                sk: SigningKey::from_bytes(&[i; 32]),
+                g: None,
+            })
+            .collect();
+        let (a, b) = (ps[0].key(), ps[1].key());
+        let others: Vec<IdentityKey> = ps[1..].iter().map(|p| p.key()).collect();
+        let (g, fx) = Group::create(&mut rng, &ps[0].sk, "team", &others, Timestamp(0)).unwrap();
+        ps[0].g = Some(g);
+        pump(&mut rng, &mut ps, fx.send.into_iter().map(|(k, e)| (a, k, e)).collect());
+        let mut q = Vec::new();
+        for i in [1usize, 2] {
+            let me = ps[i].key();
+            let fx = ps[i].g.as_mut().unwrap().accept(&mut rng).unwrap();
+            q.extend(fx.send.into_iter().map(|(k, e)| (me, k, e)));
+        }
+        pump(&mut rng, &mut ps, q);
+        let q = send(&mut ps, 1, "b1", &mut rng);
+        pump(&mut rng, &mut ps, q);
+        // The backup of b's state.
+        let backup = ps[1].g.clone().unwrap();
+        let q = send(&mut ps, 1, "b2", &mut rng);
+        pump(&mut rng, &mut ps, q);
+        // b3 is sent but still in flight when b is restored.
+        let in_flight = send(&mut ps, 1, "b3", &mut rng);
+        assert_eq!(ps[1].g.as_ref().unwrap().own_chain(), Some((0, 3)));
+
+        // Without a restart the restored chain repeats number 1: refused as replayed.
+        let mut stale = backup.clone();
+        let p = Payload::text(&mut rng, Timestamp(1), "again");
+        let (env, _) = stale.encrypt(&ps[1].sk, &p).unwrap();
+        let (_, c) = Control::decode(&env).unwrap();
+        assert_eq!(
+            ps[0].g.as_mut().unwrap().handle(&mut rng, b, c).err(),
+            Some(GroupError::Replayed {
+                generation: 0,
+                seq: 1
+            })
+        );
+
+        // The restart: a fresh chain at the floor, sent to both others.
+        ps[1].g = Some(backup);
+        let fx = ps[1]
+            .g
+            .as_mut()
+            .unwrap()
+            .restart_sender_key(&mut rng, 1_700_000_000);
+        assert_eq!(fx.send.len(), 2);
+        assert_eq!(
+            ps[1].g.as_ref().unwrap().own_chain(),
+            Some((1_700_000_000, 0))
+        );
+        let mut q: Vec<_> = fx.send.into_iter().map(|(k, e)| (b, k, e)).collect();
+        q.extend(in_flight);
+        q.extend(send(&mut ps, 1, "b4", &mut rng));
+        let shown = pump(&mut rng, &mut ps, q);
+        assert_eq!(shown[0], vec!["b3", "b4"]);
+        assert_eq!(shown[2], vec!["b3", "b4"]);
+        for i in [0usize, 2] {
+            let chains = ps[i].g.as_ref().unwrap().chains();
+            assert!(chains.contains(&(b, 1_700_000_000, 1, 0)), "{chains:?}");
+        }
+        // A later rotation keeps going up from there.
+        let fx = ps[2].g.as_mut().unwrap().leave().unwrap();
+        let c = ps[2].key();
+        pump(&mut rng, &mut ps, fx.send.into_iter().map(|(k, e)| (c, k, e)).collect());
+        assert_eq!(
+            ps[1].g.as_ref().unwrap().own_chain(),
+            Some((1_700_000_001, 0))
+        );
+    }
+
+    /// A member restored to before its acceptance accepts again with a chain at the floor, so
+    /// the others (who installed its first chain, generation 0) take the new one.
+    #[test]
+    fn restart_before_acceptance_sets_the_floor_for_the_accept() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let mut ps: Vec<P> = (1..=2u8)
+            .map(|i| P {
+                sk: SigningKey::from_bytes(&[i; 32]),
+                g: None,
+            })
+            .collect();
+        let (a, b) = (ps[0].key(), ps[1].key());
+        let (g, fx) = Group::create(&mut rng, &ps[0].sk, "pair", &[b], Timestamp(0)).unwrap();
+        ps[0].g = Some(g);
+        pump(&mut rng, &mut ps, fx.send.into_iter().map(|(k, e)| (a, k, e)).collect());
+        let backup = ps[1].g.clone().unwrap();
+        let fx = ps[1].g.as_mut().unwrap().accept(&mut rng).unwrap();
+        pump(&mut rng, &mut ps, fx.send.into_iter().map(|(k, e)| (b, k, e)).collect());
+        let q = send(&mut ps, 1, "first", &mut rng);
+        assert_eq!(pump(&mut rng, &mut ps, q)[0], vec!["first"]);
+        // Restored to "invited": nothing to send yet, the floor is kept for the accept.
+        ps[1].g = Some(backup);
+        let fx = ps[1].g.as_mut().unwrap().restart_sender_key(&mut rng, 500);
+        assert!(fx.send.is_empty());
+        let fx = ps[1].g.as_mut().unwrap().accept(&mut rng).unwrap();
+        assert_eq!(ps[1].g.as_ref().unwrap().own_chain(), Some((500, 0)));
+        pump(&mut rng, &mut ps, fx.send.into_iter().map(|(k, e)| (b, k, e)).collect());
+        let q = send(&mut ps, 1, "second", &mut rng);
+        assert_eq!(pump(&mut rng, &mut ps, q)[0], vec!["second"]);
     }
 
     fn q_to(_env: &[u8], _ps: &[P]) -> IdentityKey {

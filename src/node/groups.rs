@@ -78,6 +78,39 @@ fn hkey(id: &GroupId, seq: u64) -> Vec<u8> {
     k
 }
 
+fn sprefix(id: &GroupId) -> Vec<u8> {
+    let mut k = b"group/s/".to_vec();
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// Where the digest of a received group message is kept: `group/s/<id16><sender32>
+/// <generation u32 BE><seq u32 BE>`.
+fn skey(id: &GroupId, sender: &IdentityKey, generation: u32, seq: u32) -> Vec<u8> {
+    let mut k = sprefix(id);
+    k.extend_from_slice(&sender.0);
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// A refusal as the node reports it: a `replayed` message whose number we decrypted before
+/// with a *different* ciphertext is [`GroupError::ConflictingReplay`] (its author encrypted
+/// two texts under one message key); an exact copy stays `replayed`.
+fn classify(inner: &Inner, gid: &GroupId, c: Option<&crate::group::GroupMessage>, e: GroupError) -> GroupError {
+    let (GroupError::Replayed { generation, seq }, Some(m)) = (&e, c) else {
+        return e;
+    };
+    let key = skey(gid, &IdentityKey(m.sender), *generation, *seq);
+    match inner.store.get(Tree::Meta, &key) {
+        Ok(Some(d)) if d.as_slice() != m.digest().as_slice() => GroupError::ConflictingReplay {
+            generation: *generation,
+            seq: *seq,
+        },
+        _ => e,
+    }
+}
+
 /// What a history entry is in a group (the `group` field of `ENTRY`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupTag {
@@ -97,6 +130,10 @@ pub struct GroupTag {
     /// that are not our contacts, to whom the creator forwards it; null otherwise.
     #[serde(default)]
     pub forwarded_to: Option<Vec<String>>,
+    /// For a received `message`: the author's sender-key generation (with `seq`, the number
+    /// that must never repeat for one author); null otherwise.
+    #[serde(default)]
+    pub generation: Option<u32>,
 }
 
 /// One member in [`GroupView`].
@@ -359,6 +396,7 @@ fn control_tag(g: &Group, envelope: &[u8]) -> (GroupTag, String) {
             seq: None,
             gap: None,
             forwarded_to,
+            generation: None,
         },
         format!("[group {}: {kind}]", g.membership.name),
     )
@@ -436,6 +474,18 @@ fn delete_history(inner: &Inner, id: &GroupId, batch: &mut Batch) -> Result<usiz
         }
         after = page.last().map(|(k, _)| k.clone());
     }
+    let prefix = sprefix(id);
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = inner
+            .store
+            .scan(Tree::Meta, &prefix, after.as_deref(), 1000)?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        for (k, _) in &page {
+            batch.delete(Tree::Meta, k.clone());
+        }
+    }
     Ok(n)
 }
 
@@ -469,9 +519,15 @@ fn record_shown(
         seq: Some(s.seq),
         gap: Some(s.gap),
         forwarded_to: None,
+        generation: Some(s.generation),
     });
     batch.extend(inner.history.update(&entry));
     batch.put(Tree::Meta, hkey(&g.id(), entry.seq), Vec::new());
+    batch.put(
+        Tree::Meta,
+        skey(&g.id(), &s.sender, s.generation, s.seq),
+        s.digest.to_vec(),
+    );
     Ok(entry)
 }
 
@@ -502,6 +558,7 @@ fn notice(
         seq: None,
         gap: None,
         forwarded_to: None,
+        generation: None,
     });
     batch.extend(inner.history.update(&entry));
     entry
@@ -584,6 +641,7 @@ pub(crate) fn on_envelope(
     let mut rng = rand::rngs::OsRng;
     for (from, c) in replay {
         let kind = c.name();
+        let carried = c.message();
         match g.handle(&mut rng, from, c) {
             Ok(fx) => {
                 tracing::debug!(peer = %from.short(), group = %gid, kind, shown = fx.shown.len(), "group envelope handled");
@@ -608,8 +666,14 @@ pub(crate) fn on_envelope(
                 }
             }
             Err(e) => {
+                let e = classify(inner, &gid, carried.as_ref(), e);
                 g.count(&e);
-                tracing::warn!(peer = %from.short(), group = %gid, kind, code = e.code(), reason = e.name(), "group envelope refused");
+                if let GroupError::ConflictingReplay { generation, seq } = e {
+                    let author = carried.as_ref().map(|m| IdentityKey(m.sender)).unwrap_or(from);
+                    tracing::warn!(peer = %from.short(), author = %author.short(), group = %gid, generation, seq, code = e.code(), reason = e.name(), "group message dropped: it reuses a message key already received with different content (possible key reuse by the sender)");
+                } else {
+                    tracing::warn!(peer = %from.short(), group = %gid, kind, code = e.code(), reason = e.name(), "group envelope refused");
+                }
             }
         }
     }
@@ -642,6 +706,50 @@ pub(crate) async fn send_deferred(
         }
     }
     Ok(())
+}
+
+/// After a restore ([`crate::backup::GROUPS_RESTORED_KEY`] present): replaces our sender key
+/// in every group by a fresh generation at least the restore time in seconds (and at least
+/// now), sent to the other members as `sender_key` ([`Group::restart_sender_key`]); then
+/// deletes the mark. Runs at start before anything can send or receive. One commit per group
+/// (a member's second envelope needs the first one's session committed); a crash in between
+/// re-keys again at the next start, which only costs another generation. Returns how many
+/// groups got a new chain.
+pub(crate) async fn rekey_after_restore(inner: &Arc<Inner>) -> Result<usize, NodeError> {
+    let Some(mark) = inner
+        .store
+        .get(Tree::Meta, crate::backup::GROUPS_RESTORED_KEY)?
+    else {
+        return Ok(0);
+    };
+    let restored_at = <[u8; 8]>::try_from(mark.as_slice())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0);
+    let floor = restored_at.max(Timestamp::now().0 / 1000);
+    let floor = u32::try_from(floor).unwrap_or(u32::MAX);
+    let _one = inner.locks.all().await;
+    let mut n = 0;
+    for mut g in all(inner)? {
+        let before = g.own_chain();
+        let fx = g.restart_sender_key(&mut rand::rngs::OsRng, floor);
+        let mut batch = Batch::new();
+        let (entries, later) = seal_all(inner, &g, fx.send, None, &mut batch)?;
+        put(&mut batch, &g);
+        commit(&inner.store, batch).await?;
+        if g.own_chain() != before {
+            n += 1;
+            tracing::info!(group = %g.id(), generation = ?g.own_chain().map(|c| c.0), "restored from a backup: group sender key replaced by a new generation");
+        }
+        wake_queued(inner, &entries);
+        for e in entries {
+            let _ = inner.events.send(e);
+        }
+        send_deferred(inner, later).await?;
+    }
+    let mut batch = Batch::new();
+    batch.delete(Tree::Meta, crate::backup::GROUPS_RESTORED_KEY.to_vec());
+    commit(&inner.store, batch).await?;
+    Ok(n)
 }
 
 /// Wakes the delivery workers of the members that `entries` queued messages for (after their
@@ -902,6 +1010,7 @@ impl Node {
                 seq: None,
                 gap: None,
                 forwarded_to: control.forwarded_to,
+                generation: None,
             };
             entries.extend(seal(inner, &g, k, &env, tag, text.to_string(), &mut batch)?);
         }

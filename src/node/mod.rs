@@ -560,6 +560,17 @@ impl Node {
             quic = ?quic_addr,
             "node listening for Noise connections"
         );
+        // A restored store's group sender keys may be behind what this node already sent:
+        // replace them before anything can send (docs/PROTOCOL.md, "Sender keys after a
+        // restore").
+        // Refuse to start rather than send on a chain that may repeat message keys.
+        if let Err(e) = groups::rekey_after_restore(&node.inner).await {
+            return Err(StoreError::TaskFailed {
+                task: "replacing group sender keys after a restore",
+                detail: e.to_string(),
+            }
+            .into());
+        }
         let mut tasks = Vec::new();
         // The listener: relay-protocol connections go to the integrated relay.
         let mut lcfg = cfg.listen.listener();
