@@ -181,7 +181,8 @@ async fn store_retrieve_page_push_confirm_and_route() {
         }
         other => panic!("expected a confirmation, got {other:?}"),
     }
-    // Alice goes away; bob confirms the rest; the confirmations are kept for her.
+    // Alice goes away without acknowledging it (as if the push died with her connection); bob
+    // confirms the rest. Every confirmation is kept for her, the pushed one included.
     ca.close().await;
     drop(ca);
     drop(ea);
@@ -195,7 +196,7 @@ async fn store_retrieve_page_push_confirm_and_route() {
     assert!(left.is_empty(), "{left:?}");
     let (ca, mut ea) = r.client(&alice).await;
     let mut seen = Vec::new();
-    for _ in 0..7 {
+    for _ in 0..8 {
         match next_event(&mut ea).await {
             RelayEvent::Confirmation(c) => {
                 ca.ack_confirmation(&c).await.unwrap();
@@ -205,7 +206,7 @@ async fn store_retrieve_page_push_confirm_and_route() {
         }
     }
     seen.sort();
-    assert_eq!(seen, (0..7).collect::<Vec<_>>());
+    assert_eq!(seen, (0..7).chain([100]).collect::<Vec<_>>());
     // Acknowledged confirmations are not handed over again.
     tokio::time::sleep(Duration::from_millis(100)).await;
     r.relay.records().flush().await.unwrap();

@@ -62,7 +62,8 @@ pub struct Now {
 /// Where a confirmation or a session reset is forwarded once the message is deleted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Forward {
-    /// A `DELIVERY_CONFIRMATION`: pushed to the connected sender, else kept for it.
+    /// A `DELIVERY_CONFIRMATION`: kept for the sender until it acknowledges it, and pushed to
+    /// it if it is connected.
     Confirmation(DeliveryConfirmation),
     /// A `SESSION_RESET`: pushed to the connected sender only (never kept).
     SessionReset(SessionReset),

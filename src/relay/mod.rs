@@ -15,9 +15,9 @@
 //!    in one batch, [`crate::sig::verify_batch`]) → `STORE_RESPONSE` after the group commit
 //!    that made it durable; a connected recipient gets it pushed at once;
 //! 4. `RETRIEVE_MESSAGES` → `MESSAGE_BATCH` pages (`has_more`, continue `after` the last);
-//! 5. recipient `DELIVERY_CONFIRMATION` → the message is deleted and the confirmation is pushed
-//!    to the sender if connected, otherwise kept until the sender registers and acknowledges it
-//!    with `CONFIRMATION_ACK`.
+//! 5. recipient `DELIVERY_CONFIRMATION` → the message is deleted and, in the same step, the
+//!    confirmation is kept for the sender until it acknowledges it with `CONFIRMATION_ACK`;
+//!    it is pushed at once to a connected sender and handed over again on every registration.
 //!
 //! Modules:
 //! - [`conn`] — the connection core (no I/O): every protocol decision on one connection.

@@ -782,9 +782,15 @@ impl ConnState {
         Flow::Continue
     }
 
-    /// Deletes `who`'s message `(sender, message_id)`; if it existed, forwards a confirmation
-    /// to the sender's connection (else keeps it) or a session reset (dropped if the sender is
-    /// away: it re-stores later and gets a fresh notice).
+    /// Deletes `who`'s message `(sender, message_id)`. If it existed: a delivery confirmation
+    /// is kept durably for the sender in the same step (see [`RelayBackend::confirm_keeping`])
+    /// and then pushed to the sender if it is connected here or to another process of the
+    /// cluster; the kept copy goes when the sender acknowledges it (`CONFIRMATION_ACK`), and is
+    /// handed over again on its next registration until then, so a receipt survives a crash of
+    /// this process or a push lost in flight. A session reset is pushed only (dropped if the
+    /// sender is away: it re-stores later and gets a fresh notice).
+    ///
+    /// [`RelayBackend::confirm_keeping`]: super::backend::RelayBackend::confirm_keeping
     async fn confirm(
         &mut self,
         who: IdentityKey,
@@ -793,46 +799,39 @@ impl ConnState {
         forward: Forward,
     ) {
         let inner = self.relay.inner.clone();
-        let what = match &forward {
-            Forward::Confirmation(_) => "confirmation",
-            Forward::SessionReset(_) => "session reset",
+        let (what, deleted) = match &forward {
+            Forward::Confirmation(c) => (
+                "confirmation",
+                inner
+                    .store
+                    .confirm_keeping(who, sender, message_id, c.clone())
+                    .await,
+            ),
+            Forward::SessionReset(_) => (
+                "session reset",
+                inner.store.confirm(who, sender, message_id).await,
+            ),
         };
-        match inner.store.confirm(who, sender, message_id).await {
-            Ok(true) => match forward {
-                Forward::Confirmation(c) => match self.relay.confirmation_target(&sender) {
-                    Some(out)
-                        if out
-                            .try_send(Box::new(Envelope::DeliveryConfirmation(c.clone())))
-                            .is_ok() =>
-                    {
-                        inner.stats.confirmations_forwarded.fetch_add(1, Relaxed);
-                    }
-                    _ if self
-                        .relay
-                        .forward_elsewhere(sender, Envelope::DeliveryConfirmation(c.clone()))
-                        .await =>
-                    {
-                        inner.stats.confirmations_forwarded.fetch_add(1, Relaxed);
-                    }
-                    _ => {
-                        inner.stats.confirmations_kept.fetch_add(1, Relaxed);
-                        if let Err(e) = inner.store.keep_confirmation(c).await {
-                            tracing::error!(error = %e, "keeping a confirmation failed");
-                        }
-                    }
-                },
-                Forward::SessionReset(n) => {
-                    let sent = self.relay.confirmation_target(&sender).is_some_and(|out| {
-                        out.try_send(Box::new(Envelope::SessionReset(n.clone())))
-                            .is_ok()
-                    });
-                    if !sent {
-                        self.relay
-                            .forward_elsewhere(sender, Envelope::SessionReset(n))
-                            .await;
-                    }
+        match deleted {
+            Ok(true) => {
+                let env = match forward {
+                    Forward::Confirmation(c) => Envelope::DeliveryConfirmation(c),
+                    Forward::SessionReset(n) => Envelope::SessionReset(n),
+                };
+                let receipt = matches!(env, Envelope::DeliveryConfirmation(_));
+                let local = self.relay.confirmation_target(&sender).is_some_and(|out| {
+                    out.try_send(Box::new(env.clone())).is_ok()
+                });
+                let pushed = local || self.relay.forward_elsewhere(sender, env).await;
+                if receipt {
+                    let counter = if pushed {
+                        &inner.stats.confirmations_forwarded
+                    } else {
+                        &inner.stats.confirmations_kept
+                    };
+                    counter.fetch_add(1, Relaxed);
                 }
-            },
+            }
             Ok(false) => {
                 tracing::debug!(peer = %who.short(), what, "confirmation or reset for an unknown message ignored")
             }

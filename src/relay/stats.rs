@@ -21,9 +21,9 @@ pub struct Stats {
     pub delivered: AtomicU64,
     /// Messages removed by expiry.
     pub expired: AtomicU64,
-    /// Confirmations pushed to a connected sender.
+    /// Confirmations pushed to a connected sender (also kept until it acknowledges them).
     pub confirmations_forwarded: AtomicU64,
-    /// Confirmations kept for an absent sender.
+    /// Confirmations only kept, for an absent sender.
     pub confirmations_kept: AtomicU64,
     /// Connections accepted by the relay service.
     pub connections_total: AtomicU64,

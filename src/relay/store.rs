@@ -137,6 +137,8 @@ enum Op {
         delivered_to: IdentityKey,
         sender: IdentityKey,
         message_id: u64,
+        /// Kept for the sender in the same batch that deletes the message.
+        keep: Option<DeliveryConfirmation>,
         reply: Reply<bool>,
     },
     KeepConfirmation(DeliveryConfirmation),
@@ -282,6 +284,27 @@ impl RelayStore {
             delivered_to,
             sender,
             message_id,
+            keep: None,
+            reply,
+        })
+        .await
+    }
+
+    /// [`RelayStore::confirm`] that also keeps `keep` for its sender, in the same atomic batch
+    /// that deletes the message: the message is gone only if the receipt is kept. Nothing is
+    /// kept when there was no such message.
+    pub async fn confirm_keeping(
+        &self,
+        delivered_to: IdentityKey,
+        sender: IdentityKey,
+        message_id: u64,
+        keep: DeliveryConfirmation,
+    ) -> Result<bool, RelayStoreError> {
+        self.call(|reply| Op::Confirm {
+            delivered_to,
+            sender,
+            message_id,
+            keep: Some(keep),
             reply,
         })
         .await
@@ -632,6 +655,7 @@ impl Committer {
                 delivered_to,
                 sender,
                 message_id,
+                keep,
                 reply,
             } => {
                 let key = message_key(&delivered_to.0, &sender.0, message_id);
@@ -651,6 +675,14 @@ impl Committer {
                             g.written.remove(&key);
                             self.quotas.remove(&delivered_to, len);
                             g.undo.push((delivered_to, len, false));
+                            if let Some(c) = keep {
+                                let k = confirmation_key(&c.sender, &c.delivered_to, c.message_id);
+                                g.batch.put(
+                                    Tree::RelayConfirmations,
+                                    k.to_vec(),
+                                    msgpack::encode(&c),
+                                );
+                            }
                             g.done.push(Done::Confirm(reply, true));
                         }
                     },
@@ -711,7 +743,40 @@ impl Committer {
             }
         }
         self.stats.expired.fetch_add(removed, Relaxed);
+        self.expire_receipts(cutoff)?;
         Ok(removed)
+    }
+
+    /// Forgets kept receipts older than `cutoff` (by the recipient's signed `timestamp`) that
+    /// their sender never acknowledged, as the NATS backend's `max_age` does: a sender that
+    /// stays away longer than the retention loses receipts, not messages. One paged scan per
+    /// expiry pass; an undecodable entry is left for the corruption check to report.
+    fn expire_receipts(&mut self, cutoff: Timestamp) -> Result<(), StoreError> {
+        let mut after: Option<Vec<u8>> = None;
+        // Bounded: each page moves `after` forward through a finite tree.
+        loop {
+            let page = self.store.scan(
+                Tree::RelayConfirmations,
+                b"",
+                after.as_deref(),
+                EXPIRE_PAGE,
+            )?;
+            let mut batch = Batch::new();
+            for (k, v) in &page {
+                if let Ok(c) = msgpack::decode::<DeliveryConfirmation>(v) {
+                    if c.timestamp < cutoff {
+                        batch.delete(Tree::RelayConfirmations, k.clone());
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.store.apply(batch)?;
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == EXPIRE_PAGE => after = Some(k.clone()),
+                _ => return Ok(()),
+            }
+        }
     }
 
     fn commit(&mut self, mut g: Group) {
@@ -897,6 +962,68 @@ mod tests {
             rs.store(msg(1, 4, 2, 600, 5)).await.unwrap(),
             StoreOutcome::Refused(RelayErrorCode::QuotaFull)
         );
+    }
+
+    fn receipt(delivered_to: u8, sender: u8, id: u64) -> DeliveryConfirmation {
+        DeliveryConfirmation {
+            message_id: id,
+            sender: [sender; 32],
+            delivered_to: [delivered_to; 32],
+            timestamp: Timestamp(1),
+            signature: [3; 64],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_message_leaves_its_receipt_kept_durably_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let rs = open(dir.path(), RelayConfig::default());
+        rs.store(msg(1, 2, 10, 100, 5)).await.unwrap();
+        // No message, no receipt: a recipient cannot make us keep receipts for nothing.
+        assert!(!rs
+            .confirm_keeping(IdentityKey([1; 32]), IdentityKey([2; 32]), 11, receipt(1, 2, 11))
+            .await
+            .unwrap());
+        assert!(rs
+            .confirm_keeping(IdentityKey([1; 32]), IdentityKey([2; 32]), 10, receipt(1, 2, 10))
+            .await
+            .unwrap());
+        // The delete and the receipt were one batch; both survive a reopen.
+        rs.close().await.unwrap();
+        drop(rs);
+        let rs = open(dir.path(), RelayConfig::default());
+        let (left, _) = rs
+            .retrieve(IdentityKey([1; 32]), None, None, 10)
+            .await
+            .unwrap();
+        assert!(left.is_empty());
+        let kept = rs.kept_confirmations(IdentityKey([2; 32]), 10).await.unwrap();
+        assert_eq!(kept, vec![receipt(1, 2, 10)]);
+        rs.ack_confirmation(&IdentityKey([2; 32]), &[1; 32], 10)
+            .await
+            .unwrap();
+        rs.flush().await.unwrap();
+        assert!(rs
+            .kept_confirmations(IdentityKey([2; 32]), 10)
+            .await
+            .unwrap()
+            .is_empty());
+        // A receipt its sender never acknowledges goes with the retention, like a message.
+        rs.store(msg(1, 2, 12, 100, 5)).await.unwrap();
+        let mut old = receipt(1, 2, 12);
+        old.timestamp = Timestamp(50);
+        rs.confirm_keeping(IdentityKey([1; 32]), IdentityKey([2; 32]), 12, old)
+            .await
+            .unwrap();
+        rs.store(msg(1, 2, 13, 100, 5)).await.unwrap();
+        let mut recent = receipt(1, 2, 13);
+        recent.timestamp = Timestamp(500);
+        rs.confirm_keeping(IdentityKey([1; 32]), IdentityKey([2; 32]), 13, recent.clone())
+            .await
+            .unwrap();
+        rs.expire(Timestamp(400)).await.unwrap();
+        let kept = rs.kept_confirmations(IdentityKey([2; 32]), 10).await.unwrap();
+        assert_eq!(kept, vec![recent]);
     }
 
     /// A store that keeps what is durable apart from what was applied, and whose flush can be

@@ -134,6 +134,18 @@ pub trait RelayBackend: Send + Sync + 'static {
         sender: IdentityKey,
         message_id: u64,
     ) -> BoxFut<'_, bool>;
+    /// [`RelayBackend::confirm`] for a delivered message whose receipt `keep` must reach its
+    /// sender at least once: if the message is stored, `keep` is kept durably no later than the
+    /// message is deleted (so no crash between the two can lose the receipt), and stays kept
+    /// until the sender acknowledges it ([`RelayBackend::ack_confirmation`]). Nothing is kept
+    /// for a message that is not stored. True if this call deleted the message.
+    fn confirm_keeping(
+        &self,
+        delivered_to: IdentityKey,
+        sender: IdentityKey,
+        message_id: u64,
+        keep: DeliveryConfirmation,
+    ) -> BoxFut<'_, bool>;
     /// Keeps a confirmation for its absent sender.
     fn keep_confirmation(&self, c: DeliveryConfirmation) -> BoxFut<'_, ()>;
     /// Forgets a kept confirmation the sender acknowledged.
@@ -270,6 +282,23 @@ impl Records {
     ) -> Result<bool, RelayStoreError> {
         let started = Instant::now();
         let r = self.backend.confirm(delivered_to, sender, message_id).await;
+        self.metrics.observe_confirm(started.elapsed());
+        r
+    }
+
+    /// See [`RelayBackend::confirm_keeping`].
+    pub async fn confirm_keeping(
+        &self,
+        delivered_to: IdentityKey,
+        sender: IdentityKey,
+        message_id: u64,
+        keep: DeliveryConfirmation,
+    ) -> Result<bool, RelayStoreError> {
+        let started = Instant::now();
+        let r = self
+            .backend
+            .confirm_keeping(delivered_to, sender, message_id, keep)
+            .await;
         self.metrics.observe_confirm(started.elapsed());
         r
     }

@@ -556,6 +556,36 @@ impl RelayBackend for NatsBackend {
         })
     }
 
+    fn confirm_keeping(
+        &self,
+        delivered_to: IdentityKey,
+        sender: IdentityKey,
+        message_id: u64,
+        keep: DeliveryConfirmation,
+    ) -> BoxFut<'_, bool> {
+        // JetStream has no transaction across streams: keep the receipt (acknowledged by the
+        // cluster) before the purge, and only for a message that is stored. If a concurrent
+        // confirmation purges it first, the receipt stays kept all the same: it is true (the
+        // recipient has the message) and the sender's acknowledgement removes it.
+        Box::pin(async move {
+            if self.closed.load(Relaxed) {
+                return Err(RelayStoreError::Closed);
+            }
+            let subject = self.message_subject(&delivered_to.0, &sender.0, message_id);
+            if self.stored_at(&delivered_to.0, &subject).await?.is_none() {
+                return Ok(false);
+            }
+            self.keep_confirmation(keep).await?;
+            let deleted = self
+                .purge(&self.mailbox_name(&delivered_to.0), subject)
+                .await?;
+            if deleted {
+                self.stats.delivered.fetch_add(1, Relaxed);
+            }
+            Ok(deleted)
+        })
+    }
+
     fn keep_confirmation(&self, c: DeliveryConfirmation) -> BoxFut<'_, ()> {
         Box::pin(async move {
             let subject = self.confirmation_subject(&c.sender, &c.delivered_to, c.message_id);

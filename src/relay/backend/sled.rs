@@ -32,6 +32,22 @@ impl RelayBackend for RelayStore {
         Box::pin(RelayStore::confirm(self, delivered_to, sender, message_id))
     }
 
+    fn confirm_keeping(
+        &self,
+        delivered_to: IdentityKey,
+        sender: IdentityKey,
+        message_id: u64,
+        keep: DeliveryConfirmation,
+    ) -> BoxFut<'_, bool> {
+        Box::pin(RelayStore::confirm_keeping(
+            self,
+            delivered_to,
+            sender,
+            message_id,
+            keep,
+        ))
+    }
+
     fn keep_confirmation(&self, c: DeliveryConfirmation) -> BoxFut<'_, ()> {
         Box::pin(RelayStore::keep_confirmation(self, c))
     }
