@@ -1,5 +1,6 @@
 //! Known-answer vectors for group chats (`tests/vectors/group.json`): a signed membership, three
-//! messages of one sender-key chain, and the control envelopes, from fixed keys.
+//! messages of one sender-key chain, and the control envelopes (the receipt, type 10,
+//! included), from fixed keys.
 //!
 //! The test re-derives every message from the byte-exact description in docs/PROTOCOL.md
 //! ("Groups") with the primitives alone (hmac, chacha20poly1305, ed25519-dalek), compares with
@@ -14,7 +15,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use sremp::group::control::{ForwardRequest, Forwarded, SignedInner};
+use sremp::group::control::{Delivered, ForwardRequest, Forwarded, SignedInner};
 use sremp::group::{
     Control, GroupId, Invite, Member, Membership, ReceiverKey, SenderKey, SenderKeyDistribution,
 };
@@ -146,6 +147,22 @@ fn vectors() -> Value {
         inner,
     })
     .encode(gid);
+    // A receipt (type 10) from the member 0xc3 for message id 0x5a x16 of the member 0xb2.
+    // Spec: [10, bin(16) group_id, bin(body)], body = [bin(32) author, bin(16) message_id].
+    let delivered = Control::Delivered(Delivered {
+        author: Member(ik(&members[0]).0),
+        message_id: [0x5a; 16],
+    })
+    .encode(gid);
+    let mut body = vec![0x92, 0xc4, 0x20];
+    body.extend_from_slice(&ik(&members[0]).0);
+    body.extend_from_slice(&[0xc4, 0x10]);
+    body.extend_from_slice(&[0x5a; 16]);
+    let mut by_hand = vec![0x93, 0x0a, 0xc4, 0x10];
+    by_hand.extend_from_slice(&gid.0);
+    by_hand.extend_from_slice(&[0xc4, u8::try_from(body.len()).unwrap()]);
+    by_hand.extend_from_slice(&body);
+    assert_eq!(delivered, by_hand);
     json!({
         "creator_seed": hex::encode([0xa1u8; 32]),
         "member_seeds": [hex::encode([0xb2u8; 32]), hex::encode([0xc3u8; 32])],
@@ -163,6 +180,7 @@ fn vectors() -> Value {
             "close": hex::encode(Control::Close.encode(gid)),
             "forward": hex::encode(forward),
             "forwarded": hex::encode(forwarded),
+            "delivered": hex::encode(delivered),
         }
     })
 }

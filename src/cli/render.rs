@@ -55,7 +55,27 @@ pub(super) fn format_entry(e: &HistoryEntry) -> String {
     // A group entry names its group (first 8 hex) and, for a control, what it was.
     let arrow = match &e.group {
         Some(g) if g.kind == "message" => {
-            format!("{arrow} (group {})", g.group.get(..8).unwrap_or("?"))
+            // Our copy to the creator: the members it forwards it to, each with `delivered`
+            // once its signed receipt came back.
+            let far = match &g.forwarded_to {
+                Some(far) if !far.is_empty() => {
+                    let done = g.delivered_to.as_deref().unwrap_or_default();
+                    let each: Vec<String> = far
+                        .iter()
+                        .map(|f| {
+                            let word = if done.contains(f) {
+                                "delivered"
+                            } else {
+                                "forwarded"
+                            };
+                            format!("{} {word}", f.get(..8).unwrap_or("?"))
+                        })
+                        .collect();
+                    format!(" (+{})", each.join(", "))
+                }
+                _ => String::new(),
+            };
+            format!("{arrow} (group {}){far}", g.group.get(..8).unwrap_or("?"))
         }
         Some(g) => format!(
             "{arrow} (group {} {})",

@@ -13,7 +13,10 @@
 //! type 7 message     body = GroupMessage (see `sender_key`)
 //! type 8 forward     body = [to: [bin(32), ...], inner: SignedInner]   (member -> creator)
 //! type 9 forwarded   body = [from: bin(32), inner: SignedInner]        (creator -> member)
-//! SignedInner        = [envelope: bin (a type 2, 3, 4, 5 or 7 envelope of the same group),
+//! type 10 delivered  body = [author: bin(32), message_id: bin(16)]
+//!                    (a receipt for a message that reached us through the creator; travels
+//!                    only inside a forward, signed by the member who received the message)
+//! SignedInner        = [envelope: bin (a type 2, 3, 4, 5, 7 or 10 envelope of the same group),
 //!                       signature: bin(64)]
 //! signature          = Ed25519(author, "SREMP-1 group-forward\0" || envelope bytes)
 //! ```
@@ -82,15 +85,23 @@ impl SignedInner {
                 "forwarded envelope names another group",
             ));
         }
-        match c {
-            Control::Accept(_)
-            | Control::Decline
-            | Control::SenderKey(_)
-            | Control::Leave
-            | Control::Message(_) => Ok(c),
-            _ => Err(GroupError::Malformed("envelope type may not be forwarded")),
+        if c.forwardable() {
+            Ok(c)
+        } else {
+            Err(GroupError::Malformed("envelope type may not be forwarded"))
         }
     }
+}
+
+/// Type 10: a signed receipt, from the member that signs the [`SignedInner`] carrying it, that
+/// the group message `message_id` of `author` reached it through the creator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    /// The message's author (to whom the creator forwards the receipt).
+    pub author: Member,
+    /// The 16-byte message id inside the group message's plaintext.
+    #[serde(with = "crate::wire::bytes::fixed")]
+    pub message_id: [u8; 16],
 }
 
 /// Type 8: a member asks the creator to forward `inner` to members it cannot reach (the
@@ -133,6 +144,8 @@ pub enum Control {
     Forward(ForwardRequest),
     /// Type 9.
     Forwarded(Forwarded),
+    /// Type 10.
+    Delivered(Delivered),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -156,6 +169,7 @@ impl Control {
             Control::Message(_) => 7,
             Control::Forward(_) => 8,
             Control::Forwarded(_) => 9,
+            Control::Delivered(_) => 10,
         }
     }
 
@@ -171,7 +185,21 @@ impl Control {
             Control::Message(_) => "message",
             Control::Forward(_) => "forward",
             Control::Forwarded(_) => "forwarded",
+            Control::Delivered(_) => "delivered",
         }
+    }
+
+    /// Whether the envelope may travel inside a forward (types 2, 3, 4, 5, 7 and 10).
+    pub fn forwardable(&self) -> bool {
+        matches!(
+            self,
+            Control::Accept(_)
+                | Control::Decline
+                | Control::SenderKey(_)
+                | Control::Leave
+                | Control::Message(_)
+                | Control::Delivered(_)
+        )
     }
 
     /// The group message this envelope carries, directly (type 7) or inside a forward (types
@@ -200,6 +228,7 @@ impl Control {
             Control::Message(m) => m.encode(),
             Control::Forward(f) => msgpack::encode(f),
             Control::Forwarded(f) => msgpack::encode(f),
+            Control::Delivered(d) => msgpack::encode(d),
         };
         msgpack::encode(&Raw {
             kind: self.type_number(),
@@ -235,6 +264,7 @@ impl Control {
             }
             8 => Control::Forward(msgpack::decode(&raw.body)?),
             9 => Control::Forwarded(msgpack::decode(&raw.body)?),
+            10 => Control::Delivered(msgpack::decode(&raw.body)?),
             _ => return Err(GroupError::Malformed("unknown group envelope type")),
         };
         Ok((raw.group_id, c))
@@ -259,6 +289,10 @@ mod tests {
             Control::SenderKey(k),
             Control::Leave,
             Control::Close,
+            Control::Delivered(Delivered {
+                author: Member([8; 32]),
+                message_id: [9; 16],
+            }),
         ] {
             let g = GroupId([3; 16]);
             assert_eq!(Control::decode(&c.encode(g)).unwrap(), (g, c));

@@ -8,7 +8,7 @@
 //! messages gone). Envelopes go to every member other than us that has not declined or left
 //! ([`Group::recipients`]).
 
-use super::control::{Control, ForwardRequest, Forwarded, Invite, SignedInner};
+use super::control::{Control, Delivered, ForwardRequest, Forwarded, Invite, SignedInner};
 use super::membership::{Member, Membership, SignedMembership};
 use super::sender_key::{GroupMessage, ReceiverKey, SenderKey};
 use super::{GroupError, GroupId, MAX_BUFFERED, MAX_PENDING};
@@ -70,6 +70,9 @@ pub struct Shown {
     /// [`GroupMessage::digest`] of the message (kept by the node to recognise a different
     /// ciphertext at the same number later).
     pub digest: [u8; super::sender_key::DIGEST_LEN],
+    /// It reached us through the creator (a `forwarded` envelope): its author learns of the
+    /// delivery only from our signed receipt ([`Group::receipts`]).
+    pub forwarded: bool,
 }
 
 /// What a call wants done.
@@ -83,12 +86,18 @@ pub struct Effects {
     pub refused: Vec<GroupError>,
     /// The group was closed: delete its messages.
     pub closed: bool,
+    /// Signed receipts for our messages (type 10, through the creator): the member whose
+    /// node received the message, and the message id.
+    pub delivered: Vec<(IdentityKey, [u8; 16])>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Held {
     #[serde(with = "serde_bytes")]
     message: Vec<u8>,
+    /// It came through the creator (a receipt is owed once it opens).
+    #[serde(default)]
+    forwarded: bool,
 }
 
 /// One group.
@@ -413,17 +422,7 @@ impl Group {
         }
         let mut out = Vec::new();
         for (env, tos) in by_env {
-            let forwardable = matches!(
-                Control::decode(&env),
-                Ok((
-                    _,
-                    Control::Accept(_)
-                        | Control::Decline
-                        | Control::SenderKey(_)
-                        | Control::Leave
-                        | Control::Message(_)
-                ))
-            );
+            let forwardable = Control::decode(&env).is_ok_and(|(_, c)| c.forwardable());
             let far: Vec<Member> = tos
                 .iter()
                 .filter(|k| **k != creator && !reachable(k))
@@ -446,6 +445,33 @@ impl Group {
             }
         }
         out
+    }
+
+    /// Receipts owed for messages that reached us through the creator (`shown` with
+    /// `forwarded`): for each, one `forward` to the creator naming the author, carrying a
+    /// `delivered` envelope signed by us, so the author learns its message reached us and the
+    /// creator can neither forge nor alter the receipt.
+    pub fn receipts(&self, signer: &SigningKey, shown: &[Shown]) -> Vec<(IdentityKey, Vec<u8>)> {
+        if self.is_creator() {
+            return Vec::new();
+        }
+        let creator = IdentityKey(self.membership.creator);
+        shown
+            .iter()
+            .filter(|s| s.forwarded && s.sender != creator && s.sender.0 != self.me)
+            .map(|s| {
+                let receipt = Control::Delivered(Delivered {
+                    author: Member(s.sender.0),
+                    message_id: s.id.0,
+                })
+                .encode(self.id());
+                let req = Control::Forward(ForwardRequest {
+                    to: vec![Member(s.sender.0)],
+                    inner: SignedInner::sign(signer, receipt),
+                });
+                (creator, req.encode(self.id()))
+            })
+            .collect()
     }
 
     fn rotate<R: CryptoRngCore + ?Sized>(&mut self, rng: &mut R) -> Vec<(IdentityKey, Vec<u8>)> {
@@ -509,6 +535,18 @@ impl Group {
         rng: &mut R,
         from: IdentityKey,
         c: Control,
+    ) -> Result<Effects, GroupError> {
+        self.handle_from(rng, from, c, false)
+    }
+
+    /// [`Group::handle`]; `forwarded`: `c` is the inner envelope of a `forwarded` from the
+    /// creator, authored by `from`.
+    fn handle_from<R: CryptoRngCore + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        from: IdentityKey,
+        c: Control,
+        forwarded: bool,
     ) -> Result<Effects, GroupError> {
         if self.closed {
             return Err(GroupError::Closed);
@@ -630,7 +668,19 @@ impl Group {
                     ));
                 }
                 let inner = f.inner.open(&author, self.id())?;
-                self.handle(rng, author, inner)
+                self.handle_from(rng, author, inner, true)
+            }
+            Control::Delivered(d) => {
+                // A receipt only means something to the author it names; the creator, which
+                // handles every forwarded envelope as its own copy, just passes it on.
+                if !theirs.active() {
+                    return Err(GroupError::Inactive);
+                }
+                let mut fx = Effects::default();
+                if d.author.0 == self.me {
+                    fx.delivered.push((from, d.message_id));
+                }
+                Ok(fx)
             }
             Control::Message(m) => {
                 if m.sender != from.0 {
@@ -644,7 +694,7 @@ impl Group {
                 }
                 m.verify()?;
                 let mut fx = Effects::default();
-                match self.try_open(&m) {
+                match self.try_open(&m, forwarded) {
                     Ok(Some(s)) => fx.shown.push(s),
                     Ok(None) => {
                         if self.held.len() >= MAX_BUFFERED {
@@ -652,6 +702,7 @@ impl Group {
                         }
                         self.held.push(Held {
                             message: m.encode(),
+                            forwarded,
                         });
                     }
                     Err(e) => return Err(e),
@@ -662,7 +713,11 @@ impl Group {
     }
 
     /// Ok(None): cannot open yet (we have not accepted, or no key of that generation yet).
-    fn try_open(&mut self, m: &GroupMessage) -> Result<Option<Shown>, GroupError> {
+    fn try_open(
+        &mut self,
+        m: &GroupMessage,
+        forwarded: bool,
+    ) -> Result<Option<Shown>, GroupError> {
         if self.my_state() != MemberState::Accepted {
             return Ok(None);
         }
@@ -697,6 +752,7 @@ impl Group {
             seq: m.seq,
             gap: opened.gap,
             digest: m.digest(),
+            forwarded,
         }))
     }
 
@@ -710,7 +766,7 @@ impl Group {
                     continue;
                 }
             };
-            match self.try_open(&m) {
+            match self.try_open(&m, h.forwarded) {
                 Ok(Some(s)) => fx.shown.push(s),
                 Ok(None) => self.held.push(h),
                 Err(e) => fx.refused.push(e),
@@ -940,8 +996,22 @@ mod tests {
         rng: &mut rand::rngs::StdRng,
         ps: &mut [P],
         far: &dyn Fn(IdentityKey, IdentityKey) -> bool,
-        mut q: Vec<(IdentityKey, IdentityKey, Vec<u8>)>,
+        q: Vec<(IdentityKey, IdentityKey, Vec<u8>)>,
     ) -> Vec<Vec<String>> {
+        pump_receipts(rng, ps, far, q).0
+    }
+
+    type Receipts = Vec<Vec<(IdentityKey, [u8; 16])>>;
+
+    /// [`pump_routed`], with the receipts members owe for forwarded messages sent too; also
+    /// returns the receipts each member got.
+    fn pump_receipts(
+        rng: &mut rand::rngs::StdRng,
+        ps: &mut [P],
+        far: &dyn Fn(IdentityKey, IdentityKey) -> bool,
+        mut q: Vec<(IdentityKey, IdentityKey, Vec<u8>)>,
+    ) -> (Vec<Vec<String>>, Receipts) {
+        let mut delivered = vec![Vec::new(); ps.len()];
         let mut shown = vec![Vec::new(); ps.len()];
         let mut n = 0;
         while let Some((from, to, env)) = (!q.is_empty()).then(|| q.remove(0)) {
@@ -968,11 +1038,14 @@ mod tests {
                 },
             };
             shown[i].extend(fx.shown.iter().map(|s| s.text.clone()));
+            delivered[i].extend(fx.delivered.iter().copied());
             let g = ps[i].g.as_ref().unwrap();
-            let routed = g.route(&sk, fx.send, |k| !far(to, *k));
+            let mut send = fx.send;
+            send.extend(g.receipts(&sk, &fx.shown));
+            let routed = g.route(&sk, send, |k| !far(to, *k));
             q.extend(routed.into_iter().map(|(k, e)| (to, k, e)));
         }
-        shown
+        (shown, delivered)
     }
 
     #[test]
@@ -1186,6 +1259,78 @@ mod tests {
         pump(&mut rng, &mut ps, fx.send.into_iter().map(|(k, e)| (b, k, e)).collect());
         let q = send(&mut ps, 1, "second", &mut rng);
         assert_eq!(pump(&mut rng, &mut ps, q)[0], vec!["second"]);
+    }
+
+    /// A member that got a message through the creator sends its author a receipt signed by
+    /// itself, through the creator; the author learns which forwarded member has it. The
+    /// creator cannot make one up.
+    #[test]
+    fn receipts_for_forwarded_messages_come_back_signed_by_the_recipient() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        let mut ps: Vec<P> = (1..=4u8)
+            .map(|i| P {
+                sk: SigningKey::from_bytes(&[i; 32]),
+                g: None,
+            })
+            .collect();
+        let (a, b, c, d) = (ps[0].key(), ps[1].key(), ps[2].key(), ps[3].key());
+        let far = move |x: IdentityKey, y: IdentityKey| (x == b && y == c) || (x == c && y == b);
+        let (g, fx) = Group::create(&mut rng, &ps[0].sk, "team", &[b, c, d], Timestamp(0)).unwrap();
+        ps[0].g = Some(g);
+        let q: Vec<_> = fx.send.into_iter().map(|(k, e)| (a, k, e)).collect();
+        pump_receipts(&mut rng, &mut ps, &far, q);
+        let mut q = Vec::new();
+        for p in ps.iter_mut().skip(1) {
+            let me = p.key();
+            let sk = p.sk.clone();
+            let g = p.g.as_mut().unwrap();
+            let fx = g.accept(&mut rng).unwrap();
+            q.extend(
+                g.route(&sk, fx.send, |k| !far(me, *k))
+                    .into_iter()
+                    .map(|(k, e)| (me, k, e)),
+            );
+        }
+        pump_receipts(&mut rng, &mut ps, &far, q);
+        // b writes: d directly, c through a; c's receipt comes back to b (and only to b).
+        let sk = ps[1].sk.clone();
+        let p = Payload::text(&mut rng, Timestamp(1), "from b");
+        let g = ps[1].g.as_mut().unwrap();
+        let (env, to) = g.encrypt(&sk, &p).unwrap();
+        let sends = to.into_iter().map(|k| (k, env.clone())).collect();
+        let q: Vec<_> = g
+            .route(&sk, sends, |k| !far(b, *k))
+            .into_iter()
+            .map(|(k, e)| (b, k, e))
+            .collect();
+        let (shown, delivered) = pump_receipts(&mut rng, &mut ps, &far, q);
+        assert_eq!(shown[2], vec!["from b"]);
+        assert_eq!(delivered[1], vec![(c, p.id.0)], "{delivered:?}");
+        assert!(delivered[0].is_empty() && delivered[2].is_empty() && delivered[3].is_empty());
+        // The creator forging c's receipt (signed with its own key) is refused.
+        let receipt = Control::Delivered(Delivered {
+            author: Member(b.0),
+            message_id: [0x77; 16],
+        })
+        .encode(ps[0].g.as_ref().unwrap().id());
+        let forged = Control::Forwarded(Forwarded {
+            from: Member(c.0),
+            inner: SignedInner::sign(&ps[0].sk, receipt.clone()),
+        });
+        // And a receipt is not a thing anyone but the creator forwards.
+        let direct = Control::Forwarded(Forwarded {
+            from: Member(c.0),
+            inner: SignedInner::sign(&ps[2].sk, receipt),
+        });
+        let gb = ps[1].g.as_mut().unwrap();
+        assert_eq!(
+            gb.handle(&mut rng, a, forged).err(),
+            Some(GroupError::BadSignature)
+        );
+        assert_eq!(
+            gb.handle(&mut rng, d, direct).err(),
+            Some(GroupError::NotCreator)
+        );
     }
 
     fn q_to(_env: &[u8], _ps: &[P]) -> IdentityKey {

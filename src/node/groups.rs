@@ -78,6 +78,66 @@ fn hkey(id: &GroupId, seq: u64) -> Vec<u8> {
     k
 }
 
+fn mprefix(id: &GroupId) -> Vec<u8> {
+    let mut k = b"group/m/".to_vec();
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// Where the history seq of our copy to the creator of message `mid` (low 64 bits of its
+/// id) is kept when the creator forwards it: `group/m/<id16><mid u64 BE>`.
+fn mkey(id: &GroupId, mid: u64) -> Vec<u8> {
+    let mut k = mprefix(id);
+    k.extend_from_slice(&mid.to_be_bytes());
+    k
+}
+
+/// A signed receipt from `member` for our message `mid`: adds it to `delivered_to` of our
+/// copy to the creator (when the copy names it in `forwarded_to`). `updated` holds the
+/// entries changed earlier in the same batch. Returns the changed entry.
+fn mark_delivered(
+    inner: &Inner,
+    g: &Group,
+    member: &IdentityKey,
+    mid: &[u8; 16],
+    updated: &mut BTreeMap<u64, HistoryEntry>,
+    batch: &mut Batch,
+) -> Result<Option<HistoryEntry>, NodeError> {
+    let Some(seq) = inner
+        .store
+        .get(Tree::Meta, &mkey(&g.id(), low64(&MessageId(*mid))))?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes)
+    else {
+        tracing::debug!(group = %g.id(), member = %member.short(), "receipt for a message we have no forwarded copy of");
+        return Ok(None);
+    };
+    let entry = match updated.get(&seq) {
+        Some(e) => Some(e.clone()),
+        None => inner.history.get(seq)?,
+    };
+    let Some(mut e) = entry else {
+        return Ok(None);
+    };
+    let id = member.to_string();
+    let Some(tag) = e.group.as_mut() else {
+        return Ok(None);
+    };
+    if !tag.forwarded_to.as_ref().is_some_and(|f| f.contains(&id)) {
+        tracing::warn!(group = %g.id(), member = %member.short(), "receipt from a member our copy was not forwarded to; ignored");
+        return Ok(None);
+    }
+    let done = tag.delivered_to.get_or_insert_with(Vec::new);
+    if done.contains(&id) {
+        return Ok(None);
+    }
+    done.push(id);
+    batch.extend(inner.history.update(&e));
+    updated.insert(seq, e.clone());
+    tracing::debug!(group = %g.id(), member = %member.short(), seq, "forwarded group message delivered (signed receipt)");
+    Ok(Some(e))
+}
+
 fn sprefix(id: &GroupId) -> Vec<u8> {
     let mut k = b"group/s/".to_vec();
     k.extend_from_slice(&id.0);
@@ -134,6 +194,10 @@ pub struct GroupTag {
     /// that must never repeat for one author); null otherwise.
     #[serde(default)]
     pub generation: Option<u32>,
+    /// On a copy with `forwarded_to`: those of its members whose signed receipt (type 10,
+    /// forwarded back by the creator) says the message reached them; null otherwise.
+    #[serde(default)]
+    pub delivered_to: Option<Vec<String>>,
 }
 
 /// One member in [`GroupView`].
@@ -397,6 +461,7 @@ fn control_tag(g: &Group, envelope: &[u8]) -> (GroupTag, String) {
             gap: None,
             forwarded_to,
             generation: None,
+            delivered_to: None,
         },
         format!("[group {}: {kind}]", g.membership.name),
     )
@@ -474,16 +539,17 @@ fn delete_history(inner: &Inner, id: &GroupId, batch: &mut Batch) -> Result<usiz
         }
         after = page.last().map(|(k, _)| k.clone());
     }
-    let prefix = sprefix(id);
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = inner
-            .store
-            .scan(Tree::Meta, &prefix, after.as_deref(), 1000)?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.clone());
-        for (k, _) in &page {
-            batch.delete(Tree::Meta, k.clone());
+    for prefix in [sprefix(id), mprefix(id)] {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = inner
+                .store
+                .scan(Tree::Meta, &prefix, after.as_deref(), 1000)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (k, _) in &page {
+                batch.delete(Tree::Meta, k.clone());
+            }
         }
     }
     Ok(n)
@@ -520,6 +586,7 @@ fn record_shown(
         gap: Some(s.gap),
         forwarded_to: None,
         generation: Some(s.generation),
+        delivered_to: None,
     });
     batch.extend(inner.history.update(&entry));
     batch.put(Tree::Meta, hkey(&g.id(), entry.seq), Vec::new());
@@ -559,6 +626,7 @@ fn notice(
         gap: None,
         forwarded_to: None,
         generation: None,
+        delivered_to: None,
     });
     batch.extend(inner.history.update(&entry));
     entry
@@ -639,6 +707,8 @@ pub(crate) fn on_envelope(
     let mut entries = Vec::new();
     let mut sends = Vec::new();
     let mut rng = rand::rngs::OsRng;
+    let mut updated = BTreeMap::new();
+    let signer = inner.me();
     for (from, c) in replay {
         let kind = c.name();
         let carried = c.message();
@@ -649,6 +719,10 @@ pub(crate) fn on_envelope(
                     entries.push(record_shown(inner, &g, s, Some(path), batch)?);
                 }
                 sends.extend(fx.send);
+                sends.extend(g.receipts(signer.signing_key(), &fx.shown));
+                for (member, mid) in &fx.delivered {
+                    entries.extend(mark_delivered(inner, &g, member, mid, &mut updated, batch)?);
+                }
                 if fx.closed {
                     let n = delete_history(inner, &gid, batch)?;
                     entries.clear();
@@ -926,7 +1000,9 @@ impl Node {
         for s in &fx.shown {
             entries.push(record_shown(inner, &g, s, None, &mut batch)?);
         }
-        let (sent, later) = seal_all(inner, &g, fx.send, None, &mut batch)?;
+        let mut send = fx.send;
+        send.extend(g.receipts(inner.me().signing_key(), &fx.shown));
+        let (sent, later) = seal_all(inner, &g, send, None, &mut batch)?;
         entries.extend(sent);
         put(&mut batch, &g);
         commit(&inner.store, batch).await?;
@@ -1009,10 +1085,20 @@ impl Node {
                 message_id: Some(message_id.clone()),
                 seq: None,
                 gap: None,
+                delivered_to: control.forwarded_to.as_ref().map(|_| Vec::new()),
                 forwarded_to: control.forwarded_to,
                 generation: None,
             };
-            entries.extend(seal(inner, &g, k, &env, tag, text.to_string(), &mut batch)?);
+            let forwarded = tag.forwarded_to.is_some();
+            let sealed = seal(inner, &g, k, &env, tag, text.to_string(), &mut batch)?;
+            if let (true, Some(e)) = (forwarded, &sealed) {
+                batch.put(
+                    Tree::Meta,
+                    mkey(&g.id(), low64(&payload.id)),
+                    e.seq.to_be_bytes().to_vec(),
+                );
+            }
+            entries.extend(sealed);
         }
         put(&mut batch, &g);
         commit(&inner.store, batch).await?;

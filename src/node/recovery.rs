@@ -285,6 +285,7 @@ mod tests {
             gap: None,
             forwarded_to: None,
             generation: None,
+            delivered_to: None,
         };
         // Our copies of group messages 0x100..0x103 (pairwise ids 1..4) to bob.
         for i in 0..4u64 {

@@ -181,6 +181,8 @@ pub enum Action {
         /// Told to the sender.
         reason: Option<String>,
     },
+    /// `/group ...`: create a group, answer an invitation, leave ([`super::group_cmd`]).
+    Group(super::group_cmd::GroupAction),
     /// Leave the client.
     Quit,
 }
@@ -248,6 +250,15 @@ impl Conversation {
                 // A status never goes back (queued -> stored at relay -> delivered): a stale
                 // copy (a backlog page read before a live update) must not undo a newer one.
                 if let Some(slot) = self.messages.get_mut(i) {
+                    // Receipts for forwarded members only accumulate too.
+                    let mut m = m;
+                    if let (Some(new), Some(old)) = (m.group.as_mut(), slot.group.as_ref()) {
+                        for d in &old.delivered_to {
+                            if !new.delivered_to.contains(d) {
+                                new.delivered_to.push(d.clone());
+                            }
+                        }
+                    }
                     if m.status >= slot.status {
                         *slot = m;
                     }
@@ -831,6 +842,9 @@ impl App {
             None => (cmd, ""),
         };
         if let Some(actions) = super::files::command(self, name, arg) {
+            return actions;
+        }
+        if let Some(actions) = super::group_cmd::command(self, name, arg) {
             return actions;
         }
         let needs_node = |app: &mut App| {

@@ -32,6 +32,8 @@ pub struct GroupRef {
     pub message_id: Option<String>,
     /// On our copy to the creator: the members it forwards it to (not our contacts).
     pub forwarded_to: Vec<String>,
+    /// Of those, the members whose signed receipt came back (the message reached them).
+    pub delivered_to: Vec<String>,
 }
 
 /// One member of a group.
@@ -155,6 +157,8 @@ pub struct Copy {
     pub path: Option<DeliveryPath>,
     /// Members the creator forwards this copy to.
     pub forwarded_to: Vec<String>,
+    /// Of those, the members whose signed receipt came back.
+    pub delivered_to: Vec<String>,
 }
 
 /// One line of a group conversation.
@@ -195,6 +199,11 @@ pub fn lines(conv: &Conversation) -> Vec<GroupLine> {
                 .as_ref()
                 .map(|g| g.forwarded_to.clone())
                 .unwrap_or_default(),
+            delivered_to: m
+                .group
+                .as_ref()
+                .map(|g| g.delivered_to.clone())
+                .unwrap_or_default(),
         });
         if let (Some(c), Some(mid)) = (&copy, &mid) {
             if let Some(line) = by_id.get(mid).and_then(|&i| out.get_mut(i)) {
@@ -229,7 +238,8 @@ pub fn copy_word(s: Status) -> &'static str {
 }
 
 /// Our message's per-member tag: `[bob delivered, carol at relay]`; a copy the creator
-/// forwards reads `[alice delivered (+dave via alice)]`.
+/// forwards reads `[alice delivered (+dave via alice)]`, and once dave's signed receipt came
+/// back `[alice delivered (+dave delivered via alice)]`.
 pub fn copies_tag(info: Option<&GroupInfo>, copies: &[Copy]) -> String {
     let name = |id: &str| match info {
         Some(g) => g.member_name(id),
@@ -240,7 +250,17 @@ pub fn copies_tag(info: Option<&GroupInfo>, copies: &[Copy]) -> String {
         .map(|c| {
             let mut s = format!("{} {}", name(&c.peer), copy_word(c.status));
             if !c.forwarded_to.is_empty() {
-                let far: Vec<String> = c.forwarded_to.iter().map(|f| name(f)).collect();
+                let far: Vec<String> = c
+                    .forwarded_to
+                    .iter()
+                    .map(|f| {
+                        if c.delivered_to.contains(f) {
+                            format!("{} delivered", name(f))
+                        } else {
+                            name(f)
+                        }
+                    })
+                    .collect();
                 s.push_str(&format!(" (+{} via {})", far.join(", "), name(&c.peer)));
             }
             s
@@ -310,6 +330,7 @@ pub(crate) mod tests {
                 kind: "message".into(),
                 message_id: Some(message_id.into()),
                 forwarded_to: Vec::new(),
+                delivered_to: Vec::new(),
             }),
         }
     }
@@ -329,8 +350,14 @@ pub(crate) mod tests {
             g.forwarded_to = vec!["d".repeat(64)];
         }
         conv.messages.push(fwd);
+        let mut fwd = gmsg(5, 'c', true, "once more", Status::Delivered, "m4");
+        if let Some(g) = fwd.group.as_mut() {
+            g.forwarded_to = vec!["d".repeat(64), "e".repeat(64)];
+            g.delivered_to = vec!["e".repeat(64)];
+        }
+        conv.messages.push(fwd);
         let l = lines(&conv);
-        assert_eq!(l.len(), 3);
+        assert_eq!(l.len(), 4);
         assert_eq!(l[0].direction, Direction::In);
         assert_eq!(l[1].copies.len(), 2);
         assert_eq!(least(&l[1].copies), Status::StoredAtRelay);
@@ -342,6 +369,10 @@ pub(crate) mod tests {
         assert_eq!(
             copies_tag(Some(&g), &l[2].copies),
             "[carol queued (+dddddddd via carol)]"
+        );
+        assert_eq!(
+            copies_tag(Some(&g), &l[3].copies),
+            "[carol delivered (+dddddddd, eeeeeeee delivered via carol)]"
         );
     }
 

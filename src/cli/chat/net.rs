@@ -48,12 +48,13 @@ pub fn msg_of(e: HistoryEntry) -> Msg {
             kind: g.kind,
             message_id: g.message_id,
             forwarded_to: g.forwarded_to.unwrap_or_default(),
+            delivered_to: g.delivered_to.unwrap_or_default(),
         }),
     }
 }
 
 /// The group list, or None from a node without groups (or a refusal).
-async fn group_list(ctl: &mut Client) -> Result<Option<Vec<GroupInfo>>, ControlError> {
+pub(super) async fn group_list(ctl: &mut Client) -> Result<Option<Vec<GroupInfo>>, ControlError> {
     let r = ctl
         .call(&group_request(GroupOp::List, None, None), CLIENT_TIMEOUT)
         .await?;
@@ -419,6 +420,7 @@ async fn act(path: &Path, a: Action, tx: &UnboundedSender<NetEvent>) {
             let r = call(path, &Request::FilesReject { id, reason }).await;
             report(r.map(|r| transfer_events(r, "declined")));
         }
+        Action::Group(g) => super::group_cmd::act(path, g, tx).await,
         Action::Quit => {}
     }
 }
