@@ -288,10 +288,11 @@ fn chat_client_sends_and_shows_delivery_in_a_real_terminal() {
     let _ = bob_id;
 }
 
-/// A group conversation in the real client (issue 16): the group is listed beside the
-/// contacts, Tab opens it, a typed line goes to the group (bob's node shows it as a group
-/// message), our line shows bob's copy turn to delivered, and bob's group message appears with
-/// his name.
+/// A group conversation in the real client (issue 16): alice creates the group with
+/// `/group new` and bob accepts the invitation with `/group accept`, each in a chat client
+/// (issue 14); the group is listed beside the contacts, Tab opens it, a typed line goes to the
+/// group (bob's node shows it as a group message), our line shows bob's copy turn to
+/// delivered, and bob's group message appears with his name.
 #[test]
 fn chat_client_group_conversation_in_a_real_terminal() {
     if !tmux_available() {
@@ -304,28 +305,65 @@ fn chat_client_group_conversation_in_a_real_terminal() {
     alice.start();
     bob.start();
     introduce(&alice, &bob);
-    let created = alice.json(&["group", "create", "crew", "--members", "bob"]);
-    let g = created["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !bob.cmd(&["group", "show", &g]).status.success() {
-        assert!(
-            Instant::now() < deadline,
-            "no invitation at bob:\n{}",
-            bob.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(bob.json(&["group", "accept", &g])["state"], "accepted");
+    let type_line = |t: &Tmux, line: &str| {
+        assert!(t
+            .cmd(&["send-keys", "-t", "chat", "-l", line])
+            .status
+            .success());
+        assert!(t
+            .cmd(&["send-keys", "-t", "chat", "Enter"])
+            .status
+            .success());
+    };
 
     let t = start_chat(dir.path(), &alice.config);
     let (ok, screen) = t.wait_for(Duration::from_secs(20), |s| {
+        s.contains("connected") && s.contains("bob")
+    });
+    assert!(ok, "alice's client did not connect:\n{screen}");
+    type_line(&t, "/group new crew bob");
+    let (ok, screen) = t.wait_for(Duration::from_secs(20), |s| {
+        s.contains("group crew created") && s.contains("#crew")
+    });
+    assert!(
+        ok,
+        "the group was not created from the chat:\n{screen}\n--- alice:\n{}",
+        alice.logs()
+    );
+    let list = alice.json(&["group", "list"]);
+    assert_eq!(list[0]["name"], "crew", "{list}");
+    let g = list[0]["id"].as_str().unwrap().to_string();
+
+    // Bob's own client: the invitation is listed; `/group accept` answers it.
+    let bob_dir = dir.path().join("bob-chat");
+    std::fs::create_dir_all(&bob_dir).unwrap();
+    let tb = start_chat(&bob_dir, &bob.config);
+    let (ok, screen) = tb.wait_for(Duration::from_secs(30), |s| {
         s.contains("connected") && s.contains("#crew")
     });
     assert!(
         ok,
-        "the group is not listed:\n{screen}\n--- alice:\n{}",
-        alice.logs()
+        "bob's client does not list the invitation:\n{screen}\n--- bob:\n{}",
+        bob.logs()
     );
+    type_line(&tb, "/group accept");
+    let (ok, screen) = tb.wait_for(Duration::from_secs(20), |s| {
+        s.contains("group crew: accepted")
+    });
+    assert!(ok, "bob's client did not accept:\n{screen}");
+    assert_eq!(bob.json(&["group", "show", &g])["state"], "accepted");
+    drop(tb);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alice.json(&["group", "show", &g])["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["state"] != "accepted")
+    {
+        assert!(Instant::now() < deadline, "alice never saw bob accept");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Tab until the group is open (bounded).
     for _ in 0..4 {
         if t.screen().contains("Message #crew") {

@@ -23,6 +23,7 @@
 
 pub mod app;
 pub mod files;
+pub mod group_cmd;
 pub mod groups;
 pub mod net;
 pub mod ui;
