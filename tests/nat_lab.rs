@@ -12,7 +12,9 @@
 //! - a MITM on the public network terminating QUIC cannot authenticate as the relay it fronts.
 //!
 //! Needs root, `ip`, `iptables` and permission to create network namespaces; otherwise each
-//! test prints why it skips and passes. Every wait is bounded.
+//! test prints why it skips and passes. Every wait is bounded. `NAT_LAB_DUMP=DIR` makes each
+//! cone trial write both nodes' debug logs to `DIR/t<i>-{a,b}.log` (the first line of the `a`
+//! log is the wall-clock time of the first send), for timing a punch.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -137,6 +139,7 @@ fn cone_trial(lab: &Lab, dir: &Path, r: &(BinRelay, BinRelay), i: u16) -> Option
     );
     wait_status(&b, "bob's mapping", 20, mapping_is("endpoint-independent"));
     let t0 = Instant::now();
+    let t0_wall = std::time::SystemTime::now();
     let first = a.json(&[
         "send",
         &b_id,
@@ -192,6 +195,21 @@ fn cone_trial(lab: &Lab, dir: &Path, r: &(BinRelay, BinRelay), i: u16) -> Option
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = a_id;
+    if let Some(d) = std::env::var("NAT_LAB_DUMP").ok().filter(|d| !d.is_empty()) {
+        let _ = std::fs::create_dir_all(&d);
+        let _ = std::fs::write(
+            format!("{d}/t{i}-a.log"),
+            format!(
+                "first send at unix {:.3}\n{}",
+                t0_wall
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+                a.logs()
+            ),
+        );
+        let _ = std::fs::write(format!("{d}/t{i}-b.log"), b.logs());
+    }
     punched
 }
 

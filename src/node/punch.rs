@@ -34,7 +34,12 @@ use crate::transport::Transport;
 use crate::wire::relay::PunchRelay;
 use crate::wire::Endpoint;
 use serde::Serialize;
-use std::collections::HashMap;
+use crate::noise::stream::HandshakeLimits;
+use crate::relay::RelayEvent;
+use crate::transport::punch::DIAL_WINDOW_MS;
+use crate::wire::relay::RelayCapabilities;
+use std::collections::{HashMap, HashSet};
+use tokio::task::JoinSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -293,7 +298,11 @@ pub(crate) fn maybe_start(node: &Node, peer: IdentityKey) {
         }
         let now = node.inner.punch.now_ms();
         let (attempt, first) = Attempt::initiate(id, mapping(&node), now);
-        run(node, peer, attempt, clients, vec![first]).await;
+        let (tx, rx) = mpsc::channel::<Punch>(8);
+        if let Ok(mut t) = node.inner.punch.tables.lock() {
+            t.attempts.insert(id, (peer, tx));
+        }
+        run(node, peer, attempt, clients, vec![first], rx).await;
     });
 }
 
@@ -331,6 +340,7 @@ pub(crate) async fn on_message(node: &Node, client: &Arc<RelayClient>, p: PunchR
         if inner.quic.endpoint().is_none() {
             return;
         }
+        let tx_rx = mpsc::channel::<Punch>(8);
         {
             let Ok(mut t) = inner.punch.tables.lock() else {
                 return;
@@ -351,7 +361,11 @@ pub(crate) async fn on_message(node: &Node, client: &Arc<RelayClient>, p: PunchR
             if t.attempts.len() >= MAX_TRACKED {
                 return;
             }
+            // Registered before this message is answered, so the copy arriving through the
+            // initiator's other relay goes to this attempt (which drops it), not to a second
+            // responder.
             t.busy.insert(peer, msg.attempt);
+            t.attempts.insert(msg.attempt, (peer, tx_rx.0.clone()));
         }
         let (attempt, steps) = Attempt::respond(&msg, mapping(node), now);
         tokio::spawn(run(
@@ -360,6 +374,7 @@ pub(crate) async fn on_message(node: &Node, client: &Arc<RelayClient>, p: PunchR
             attempt,
             vec![client.clone()],
             steps,
+            tx_rx.1,
         ));
         return;
     }
@@ -414,22 +429,21 @@ fn finish(node: &Node, peer: IdentityKey, id: u64, r: Result<Endpoint, Failure>)
     }
 }
 
-/// Drives one attempt to its end.
+/// Drives one attempt to its end; `rx` gets its messages (the caller registered it).
 async fn run(
     node: Node,
     peer: IdentityKey,
     mut attempt: Attempt,
     clients: Vec<Arc<RelayClient>>,
     first: Vec<Step>,
+    mut rx: mpsc::Receiver<Punch>,
 ) {
     let id = attempt.id;
-    let (tx, mut rx) = mpsc::channel::<Punch>(8);
-    if let Ok(mut t) = node.inner.punch.tables.lock() {
-        t.attempts.insert(id, (peer, tx));
-    }
     let mut steps: std::collections::VecDeque<Step> = first.into();
-    let (dial_tx, mut dial_rx) = mpsc::channel::<Endpoint>(1);
-    let mut dialling: Option<tokio::task::JoinHandle<()>> = None;
+    // One task per address being dialled; a Dial step skips addresses still in flight, so a
+    // retry never tears down a handshake that may be about to complete.
+    let mut dials: JoinSet<(SocketAddr, Option<Dialled>)> = JoinSet::new();
+    let mut in_flight: HashSet<SocketAddr> = HashSet::new();
     // The task holds the node: it must end with it (shutdown releases the store).
     let mut stop = node.inner.stop.clone();
     let result = loop {
@@ -446,19 +460,35 @@ async fn run(
                         }
                     }
                 }
-                Step::Dial { at_ms, addrs } => {
-                    if let Some(h) = dialling.take() {
-                        h.abort();
-                    }
+                Step::Dial {
+                    at_ms,
+                    addrs,
+                    initial_rtt_ms,
+                } => {
                     let wait = at_ms.saturating_sub(node.inner.punch.now_ms());
-                    tracing::debug!(peer = %peer.short(), ?addrs, wait_ms = wait, "punching");
-                    dialling = Some(tokio::spawn(dial(
-                        node.clone(),
-                        peer,
-                        addrs,
-                        Duration::from_millis(wait),
-                        dial_tx.clone(),
-                    )));
+                    let fresh: Vec<SocketAddr> = addrs
+                        .into_iter()
+                        .filter(|a| !in_flight.contains(a))
+                        .take(MAX_DIAL.saturating_sub(in_flight.len()))
+                        .collect();
+                    tracing::debug!(
+                        peer = %peer.short(),
+                        addrs = ?fresh,
+                        still_dialling = in_flight.len(),
+                        wait_ms = wait,
+                        initial_rtt_ms,
+                        "punching"
+                    );
+                    for a in fresh {
+                        in_flight.insert(a);
+                        dials.spawn(dial(
+                            node.clone(),
+                            peer,
+                            a,
+                            Duration::from_millis(wait),
+                            Duration::from_millis(initial_rtt_ms),
+                        ));
+                    }
                 }
                 Step::Failed(_) => break,
             }
@@ -471,17 +501,33 @@ async fn run(
             .unwrap_or_else(|| node.inner.punch.now_ms());
         let wait = Duration::from_millis(deadline.saturating_sub(node.inner.punch.now_ms()));
         tokio::select! {
-            got = dial_rx.recv() => {
-                if let Some(ep) = got {
-                    attempt.connected();
-                    break Ok(ep);
+            Some(done) = dials.join_next(), if !dials.is_empty() => {
+                match done {
+                    Ok((addr, Some((ep, client, events)))) => {
+                        if let Some(a) = client.observed_address() {
+                            node.inner.quic.observe(peer, &ep, a, Timestamp::now());
+                        }
+                        node.inner.pool.adopt(&node, &ep, peer, client, events);
+                        attempt.connected();
+                        tracing::debug!(peer = %peer.short(), %addr, "punch dial connected");
+                        break Ok(ep);
+                    }
+                    Ok((addr, None)) => {
+                        in_flight.remove(&addr);
+                    }
+                    Err(_) => {}
+                }
+                if dials.is_empty() {
+                    in_flight.clear();
+                    let now = node.inner.punch.now_ms();
+                    steps.extend(attempt.dials_failed(now));
                 }
             }
             m = rx.recv() => {
                 if let Some(m) = m {
                     let now = node.inner.punch.now_ms();
                     steps.extend(attempt.handle(&m, now));
-                    if let Some(rtt) = attempt.rtt_ms {
+                    if let Some(rtt) = attempt.rtt_ms.filter(|_| attempt.initiator) {
                         node.inner.punch.info(peer, |i| i.last_rtt_ms = Some(rtt));
                     }
                 }
@@ -493,58 +539,59 @@ async fn run(
             _ = super::stopped(&mut stop) => break Err(Failure::NoReply),
         }
     };
-    if let Some(h) = dialling.take() {
-        h.abort();
-    }
+    dials.abort_all();
     finish(&node, peer, id, result);
+}
+
+/// A punched connection: its endpoint, the registered client and its events.
+type Dialled = (Endpoint, RelayClient, mpsc::Receiver<RelayEvent>);
+
+/// Dials `addr` after `wait`, as a relay client of `peer`'s integrated relay (QUIC + bound
+/// Noise expecting `peer`, then registration), for up to the dial window, with QUIC's
+/// initial round-trip estimate set to `initial_rtt`.
+async fn dial(
+    node: Node,
+    peer: IdentityKey,
+    addr: SocketAddr,
+    wait: Duration,
+    initial_rtt: Duration,
+) -> (SocketAddr, Option<Dialled>) {
+    tokio::time::sleep(wait).await;
+    let ep = Endpoint::from_socket_addr(addr).with_transport(Transport::Quic);
+    let Some(q) = node.inner.quic.endpoint() else {
+        return (addr, None);
+    };
+    // The dial lasts as long as the try may: a punch dial's first packet is normally dropped
+    // (the peer's NAT has no mapping yet) and only a retransmission gets through, so the
+    // node's `direct_timeout_ms` (made for reachable peers) would cut it short.
+    let limits = HandshakeLimits {
+        timeout: Duration::from_millis(DIAL_WINDOW_MS),
+        ..node.inner.handshake.clone()
+    };
+    let me = node.inner.me();
+    let r = async {
+        let conn =
+            crate::noise::quic::connect_with_rtt(q, addr, &me, Some(peer), limits, initial_rtt)
+                .await?;
+        // Zeros: whatever the peer's integrated relay offers (as any relay dial).
+        let asked = RelayCapabilities {
+            max_message_size: 0,
+            max_storage_duration: 0,
+            quota_messages: 0,
+            quota_bytes: 0,
+        };
+        RelayClient::register(conn, &me, asked).await
+    }
+    .await;
+    match r {
+        Ok((client, events)) => (addr, Some((ep, client, events))),
+        Err(e) => {
+            tracing::debug!(peer = %peer.short(), endpoint = %ep, error = %e, "punch dial failed");
+            (addr, None)
+        }
+    }
 }
 
 fn last_failure(a: &Attempt) -> Failure {
     a.failure().unwrap_or(Failure::NoConnection)
-}
-
-/// Dials every address at once after `wait`; sends the endpoint of the first that proves
-/// `peer` and registers.
-async fn dial(
-    node: Node,
-    peer: IdentityKey,
-    addrs: Vec<SocketAddr>,
-    wait: Duration,
-    done: mpsc::Sender<Endpoint>,
-) {
-    tokio::time::sleep(wait).await;
-    let inner = &node.inner;
-    let mut set = tokio::task::JoinSet::new();
-    for a in addrs.into_iter().take(MAX_DIAL) {
-        let node = node.clone();
-        set.spawn(async move {
-            let ep = Endpoint::from_socket_addr(a).with_transport(Transport::Quic);
-            let r = RelayClient::connect_endpoint(
-                &ep,
-                &node.inner.me(),
-                Some(peer),
-                node.inner.handshake.clone(),
-                node.inner.quic.endpoint(),
-            )
-            .await;
-            (ep, r)
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok((ep, Ok((client, events)))) => {
-                if let Some(a) = client.observed_address() {
-                    inner.quic.observe(peer, &ep, a, Timestamp::now());
-                }
-                inner.pool.adopt(&node, &ep, peer, client, events);
-                set.abort_all();
-                let _ = done.send(ep).await;
-                return;
-            }
-            Ok((ep, Err(e))) => {
-                tracing::debug!(peer = %peer.short(), endpoint = %ep, error = %e, "punch dial failed")
-            }
-            Err(_) => {}
-        }
-    }
 }

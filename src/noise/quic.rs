@@ -35,9 +35,36 @@ pub async fn connect(
     expected: Option<IdentityKey>,
     limits: HandshakeLimits,
 ) -> Result<PeerConnection, ConnectionError> {
+    connect_inner(endpoint, addr, local, expected, limits, None).await
+}
+
+/// [`connect`] with QUIC's initial round-trip estimate set to `initial_rtt`
+/// ([`QuicEndpoint::connect_raw_with_rtt`]; a hole punch's dial).
+pub async fn connect_with_rtt(
+    endpoint: &QuicEndpoint,
+    addr: SocketAddr,
+    local: &UserIdentity,
+    expected: Option<IdentityKey>,
+    limits: HandshakeLimits,
+    initial_rtt: std::time::Duration,
+) -> Result<PeerConnection, ConnectionError> {
+    connect_inner(endpoint, addr, local, expected, limits, Some(initial_rtt)).await
+}
+
+async fn connect_inner(
+    endpoint: &QuicEndpoint,
+    addr: SocketAddr,
+    local: &UserIdentity,
+    expected: Option<IdentityKey>,
+    limits: HandshakeLimits,
+    initial_rtt: Option<std::time::Duration>,
+) -> Result<PeerConnection, ConnectionError> {
     let timeout = limits.timeout;
     let fut = async {
-        let conn = endpoint.connect_raw(addr).await?;
+        let conn = match initial_rtt {
+            Some(rtt) => endpoint.connect_raw_with_rtt(addr, rtt).await?,
+            None => endpoint.connect_raw(addr).await?,
+        };
         let r = initiate(&conn, local, expected, limits).await;
         if r.is_err() {
             conn.close(CLOSE_PROTOCOL.into(), b"handshake failed");

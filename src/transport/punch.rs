@@ -46,6 +46,13 @@ pub const REPLY_TIMEOUT_MS: u64 = 3_000;
 pub const DIAL_WINDOW_MS: u64 = 5_000;
 /// Longest wait before dialling (half the measured round trip, capped), in milliseconds.
 pub const MAX_SYNC_DELAY_MS: u64 = 1_000;
+/// Smallest initial round-trip estimate given to a punch dial, in milliseconds.
+pub const MIN_DIAL_RTT_MS: u64 = 10;
+/// Largest initial round-trip estimate given to a punch dial, in milliseconds: QUIC's own
+/// default (RFC 9002 `kInitialRtt`), used when nothing was measured.
+pub const MAX_DIAL_RTT_MS: u64 = 333;
+/// Messages of an attempt remembered to drop the copy that arrives through a second relay.
+const SEEN: usize = 8;
 /// A message whose timestamp is further than this from our clock is refused, in milliseconds.
 pub const MAX_AGE_MS: u64 = 60_000;
 /// Punch messages admitted from one peer per minute.
@@ -308,6 +315,7 @@ impl PunchMessage {
             kind,
             attempt: m.attempt,
             peer: m.sender,
+            timestamp: m.timestamp,
             mapping: Mapping::from_u8(m.mapping),
             candidates,
         })
@@ -323,6 +331,9 @@ pub struct Punch {
     pub attempt: u64,
     /// Its sender.
     pub peer: [u8; 32],
+    /// When its sender made it (its clock, ms since the epoch). One message sent through two
+    /// relays arrives twice with the same timestamp; a retry is a new message.
+    pub timestamp: u64,
     /// The sender's mapping guess.
     pub mapping: Mapping,
     /// The sender's candidates, unfiltered.
@@ -390,12 +401,19 @@ impl Failure {
 pub enum Step {
     /// Send this message (kind, with our candidates when it carries them) to the peer.
     Send(PunchKind),
-    /// Dial these addresses at `at_ms` (monotonic), all at once.
+    /// Dial these addresses at `at_ms` (monotonic), all at once, each until the attempt ends.
+    /// An address still being dialled from an earlier step is not dialled again.
     Dial {
         /// When.
         at_ms: u64,
         /// Where (filtered, at most [`MAX_DIAL`]).
         addrs: Vec<SocketAddr>,
+        /// The QUIC initial round-trip estimate for these dials, in milliseconds: the measured
+        /// round trip through the relay, clamped to [`MIN_DIAL_RTT_MS`]..=[`MAX_DIAL_RTT_MS`].
+        /// One side's first packet is always dropped by the other side's NAT (it arrives
+        /// before that side has sent anything), so the dial only succeeds with QUIC's first
+        /// retransmission, which comes after about three times this estimate.
+        initial_rtt_ms: u64,
     },
     /// The attempt is over without a connection.
     Failed(Failure),
@@ -407,8 +425,9 @@ enum Phase {
     AwaitReply {
         sent_ms: u64,
     },
-    /// Responder: CONNECT_REPLY sent; waiting for SYNC.
+    /// Responder: CONNECT_REPLY sent at `sent_ms`; waiting for SYNC.
     AwaitSync {
+        sent_ms: u64,
         until_ms: u64,
     },
     /// Dialling until `until_ms`.
@@ -430,8 +449,16 @@ pub struct Attempt {
     remote: Vec<SocketAddr>,
     phase: Phase,
     failure: Option<Failure>,
-    /// The measured round trip of the last CONNECT exchange (initiator only).
+    /// `(kind, timestamp)` of the last messages handled, newest last (at most [`SEEN`]).
+    seen: VecDeque<(PunchKind, u64)>,
+    /// The measured round trip through the relay: CONNECT → CONNECT_REPLY on the initiator,
+    /// CONNECT_REPLY → SYNC on the responder.
     pub rtt_ms: Option<u64>,
+}
+
+/// The initial round-trip estimate for a dial after a measured round trip of `rtt_ms`.
+pub fn dial_rtt_ms(rtt_ms: Option<u64>) -> u64 {
+    rtt_ms.map_or(MAX_DIAL_RTT_MS, |r| r.clamp(MIN_DIAL_RTT_MS, MAX_DIAL_RTT_MS))
 }
 
 impl Attempt {
@@ -445,6 +472,7 @@ impl Attempt {
             remote: Vec::new(),
             phase: Phase::AwaitReply { sent_ms: now_ms },
             failure: None,
+            seen: VecDeque::new(),
             rtt_ms: None,
         };
         (a, Step::Send(PunchKind::Connect))
@@ -461,8 +489,10 @@ impl Attempt {
             remote: Vec::new(),
             phase: Phase::Done,
             failure: None,
+            seen: VecDeque::new(),
             rtt_ms: None,
         };
+        a.first_time(connect);
         let steps = a.answer(connect, now_ms);
         (a, steps)
     }
@@ -471,6 +501,7 @@ impl Attempt {
     fn answer(&mut self, connect: &Punch, now_ms: u64) -> Vec<Step> {
         self.remote = filter_candidates(&connect.candidates, MAX_DIAL);
         self.phase = Phase::AwaitSync {
+            sent_ms: now_ms,
             until_ms: now_ms + REPLY_TIMEOUT_MS + DIAL_WINDOW_MS,
         };
         let mut steps = vec![Step::Send(PunchKind::ConnectReply)];
@@ -505,8 +536,27 @@ impl Attempt {
         self.tries
     }
 
-    /// Handles a verified message of this attempt (`p.attempt == self.id`).
+    /// True the first time `p` is seen (remembers it); false for a copy of a message already
+    /// handled, e.g. the same `CONNECT` or `SYNC` arriving through the second relay.
+    fn first_time(&mut self, p: &Punch) -> bool {
+        let key = (p.kind, p.timestamp);
+        if self.seen.contains(&key) {
+            return false;
+        }
+        if self.seen.len() >= SEEN {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(key);
+        true
+    }
+
+    /// Handles a verified message of this attempt (`p.attempt == self.id`). A copy of a
+    /// message already handled (the same message relayed twice) does nothing: it must not
+    /// restart a dial that is under way.
     pub fn handle(&mut self, p: &Punch, now_ms: u64) -> Vec<Step> {
+        if !self.first_time(p) {
+            return Vec::new();
+        }
         match (&self.phase, p.kind) {
             (Phase::AwaitReply { sent_ms }, PunchKind::ConnectReply) if self.initiator => {
                 let rtt = now_ms.saturating_sub(*sent_ms);
@@ -530,16 +580,19 @@ impl Attempt {
                     Step::Dial {
                         at_ms,
                         addrs: self.remote.clone(),
+                        initial_rtt_ms: dial_rtt_ms(self.rtt_ms),
                     },
                 ]
             }
-            (Phase::AwaitSync { .. }, PunchKind::Sync) if !self.initiator => {
+            (Phase::AwaitSync { sent_ms, .. }, PunchKind::Sync) if !self.initiator => {
+                self.rtt_ms = Some(now_ms.saturating_sub(*sent_ms));
                 self.phase = Phase::Dialling {
                     until_ms: now_ms + DIAL_WINDOW_MS,
                 };
                 vec![Step::Dial {
                     at_ms: now_ms,
                     addrs: self.remote.clone(),
+                    initial_rtt_ms: dial_rtt_ms(self.rtt_ms),
                 }]
             }
             (Phase::AwaitSync { .. } | Phase::Dialling { .. }, PunchKind::Connect)
@@ -556,7 +609,7 @@ impl Attempt {
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.phase {
             Phase::AwaitReply { sent_ms } => Some(sent_ms + REPLY_TIMEOUT_MS),
-            Phase::AwaitSync { until_ms } | Phase::Dialling { until_ms } => Some(until_ms),
+            Phase::AwaitSync { until_ms, .. } | Phase::Dialling { until_ms } => Some(until_ms),
             Phase::Done => None,
         }
     }
@@ -579,6 +632,21 @@ impl Attempt {
             return vec![Step::Send(PunchKind::Connect)];
         }
         vec![self.fail(failure)]
+    }
+
+    /// Every dial of the current try ended without a connection before the dial window did:
+    /// the initiator retries at once (a new `CONNECT`) instead of idling to the window's end,
+    /// or gives up after [`MAX_TRIES`]; the responder keeps waiting for the initiator's retry.
+    pub fn dials_failed(&mut self, now_ms: u64) -> Vec<Step> {
+        if !self.initiator || !matches!(self.phase, Phase::Dialling { .. }) {
+            return Vec::new();
+        }
+        if self.tries < MAX_TRIES {
+            self.tries += 1;
+            self.phase = Phase::AwaitReply { sent_ms: now_ms };
+            return vec![Step::Send(PunchKind::Connect)];
+        }
+        vec![self.fail(Failure::NoConnection)]
     }
 
     /// A dial proved the peer's identity: the attempt succeeded.
@@ -800,11 +868,14 @@ mod tests {
         );
     }
 
+    /// A new message (each has its own timestamp, as a re-signed one would).
     fn punch(kind: PunchKind, mapping: Mapping, cands: &[SocketAddr]) -> Punch {
+        static STAMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Punch {
             kind,
             attempt: 5,
             peer: [2; 32],
+            timestamp: STAMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             mapping,
             candidates: cands.to_vec(),
         }
@@ -835,16 +906,19 @@ mod tests {
                 Step::Send(PunchKind::Sync),
                 Step::Dial {
                     at_ms: 1060,
-                    addrs: vec![addr("198.18.0.3:5000")]
+                    addrs: vec![addr("198.18.0.3:5000")],
+                    initial_rtt_ms: 40,
                 }
             ]
         );
         let steps = r.handle(&punch(PunchKind::Sync, Mapping::Unknown, &[]), 1060);
         assert_eq!(
             steps,
+            // The responder measured CONNECT_REPLY (1010) → SYNC (1060).
             vec![Step::Dial {
                 at_ms: 1060,
-                addrs: vec![addr("198.18.0.2:4000")]
+                addrs: vec![addr("198.18.0.2:4000")],
+                initial_rtt_ms: 50,
             }]
         );
         // A repeated SYNC does nothing.
@@ -854,6 +928,130 @@ mod tests {
         i.connected();
         assert!(i.is_done());
         assert_eq!(i.poll_timeout(), None);
+    }
+
+    /// The initiator sends each message through every coordinating relay, so the responder
+    /// gets two copies of `CONNECT` and of `SYNC`. A copy must not re-answer or dial again:
+    /// a second `Dial` restarted the responder's dial that was under way (the NAT lab's slow
+    /// mode: the aborted handshake and a lost try).
+    #[test]
+    fn a_copy_through_the_second_relay_does_not_dial_again() {
+        let connect = punch(
+            PunchKind::Connect,
+            Mapping::EndpointIndependent,
+            &[addr("198.18.0.2:4000")],
+        );
+        let sync = punch(PunchKind::Sync, Mapping::Unknown, &[]);
+        let (mut r, _) = Attempt::respond(&connect, Mapping::EndpointIndependent, 0);
+        // Relay 2's copy of CONNECT arrives before relay 1's SYNC.
+        assert!(r.handle(&connect, 5).is_empty());
+        let dials = |steps: Vec<Step>| {
+            steps
+                .iter()
+                .filter(|s| matches!(s, Step::Dial { .. }))
+                .count()
+        };
+        assert_eq!(dials(r.handle(&sync, 60)), 1);
+        // Then the copies of CONNECT and SYNC (in either order): nothing.
+        assert!(r.handle(&connect, 62).is_empty());
+        assert!(r.handle(&sync, 63).is_empty());
+        assert_eq!(r.poll_timeout(), Some(60 + DIAL_WINDOW_MS));
+        // The initiator's retry is a new message: answered, and its SYNC dials again.
+        let retry = punch(
+            PunchKind::Connect,
+            Mapping::EndpointIndependent,
+            &[addr("198.18.0.2:4000")],
+        );
+        assert_eq!(
+            r.handle(&retry, 5_000),
+            vec![Step::Send(PunchKind::ConnectReply)]
+        );
+        let sync2 = punch(PunchKind::Sync, Mapping::Unknown, &[]);
+        assert_eq!(dials(r.handle(&sync2, 5_030)), 1);
+        // The initiator ignores a second CONNECT_REPLY the same way.
+        let (mut i, _) = Attempt::initiate(5, Mapping::EndpointIndependent, 0);
+        let reply = punch(
+            PunchKind::ConnectReply,
+            Mapping::EndpointIndependent,
+            &[addr("198.18.0.3:5000")],
+        );
+        assert_eq!(dials(i.handle(&reply, 30)), 1);
+        assert!(i.handle(&reply, 31).is_empty());
+    }
+
+    /// A dial starts with the measured round trip as QUIC's initial estimate, so the
+    /// retransmission that gets through once the peer's NAT mapping exists comes after about
+    /// 3 × rtt rather than QUIC's default 1 s; nothing measured: the default.
+    #[test]
+    fn dials_use_the_measured_round_trip() {
+        assert_eq!(dial_rtt_ms(None), MAX_DIAL_RTT_MS);
+        assert_eq!(dial_rtt_ms(Some(0)), MIN_DIAL_RTT_MS);
+        assert_eq!(dial_rtt_ms(Some(120)), 120);
+        assert_eq!(dial_rtt_ms(Some(5_000)), MAX_DIAL_RTT_MS);
+        let (mut i, _) = Attempt::initiate(5, Mapping::EndpointIndependent, 0);
+        let steps = i.handle(
+            &punch(
+                PunchKind::ConnectReply,
+                Mapping::EndpointIndependent,
+                &[addr("198.18.0.3:5000")],
+            ),
+            90,
+        );
+        assert!(steps.contains(&Step::Dial {
+            at_ms: 135,
+            addrs: vec![addr("198.18.0.3:5000")],
+            initial_rtt_ms: 90
+        }));
+    }
+
+    /// When every dial of a try has failed the initiator retries at once instead of idling
+    /// until the dial window ends; the tries stay bounded.
+    #[test]
+    fn failed_dials_retry_at_once_and_stay_bounded() {
+        let (mut i, _) = Attempt::initiate(5, Mapping::EndpointIndependent, 0);
+        let mut now = 0;
+        let mut connects = 1;
+        let mut end = None;
+        for _ in 0..10 {
+            now += 40;
+            let reply = punch(
+                PunchKind::ConnectReply,
+                Mapping::EndpointIndependent,
+                &[addr("198.18.0.3:5000")],
+            );
+            assert!(i
+                .handle(&reply, now)
+                .iter()
+                .any(|s| matches!(s, Step::Dial { .. })));
+            now += 100;
+            assert!(now < i.poll_timeout().unwrap_or(0), "well inside the window");
+            for s in i.dials_failed(now) {
+                match s {
+                    Step::Send(PunchKind::Connect) => connects += 1,
+                    Step::Failed(f) => end = Some(f),
+                    other => panic!("{other:?}"),
+                }
+            }
+            if i.is_done() {
+                break;
+            }
+        }
+        assert_eq!(connects, MAX_TRIES as usize);
+        assert_eq!(end, Some(Failure::NoConnection));
+        assert!(i.dials_failed(now + 1).is_empty());
+        // The responder has nothing to do: it waits for the initiator's retry.
+        let (mut r, _) = Attempt::respond(
+            &punch(
+                PunchKind::Connect,
+                Mapping::EndpointIndependent,
+                &[addr("198.18.0.2:4000")],
+            ),
+            Mapping::EndpointIndependent,
+            0,
+        );
+        r.handle(&punch(PunchKind::Sync, Mapping::Unknown, &[]), 10);
+        assert!(r.dials_failed(20).is_empty());
+        assert!(!r.is_done());
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub enum QuicError {
 #[derive(Clone, Debug)]
 pub struct QuicEndpoint {
     endpoint: quinn::Endpoint,
+    settings: QuicSettings,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -182,7 +183,12 @@ fn server_config(s: QuicSettings) -> Result<quinn::ServerConfig, QuicError> {
     Ok(cfg)
 }
 
-fn client_config(s: QuicSettings) -> Result<quinn::ClientConfig, QuicError> {
+/// The dialler's configuration; `initial_rtt` replaces QUIC's default initial round-trip
+/// estimate (333 ms, so a lost first packet is resent after about 1 s).
+fn client_config(
+    s: QuicSettings,
+    initial_rtt: Option<Duration>,
+) -> Result<quinn::ClientConfig, QuicError> {
     let p = provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(p.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -193,7 +199,11 @@ fn client_config(s: QuicSettings) -> Result<quinn::ClientConfig, QuicError> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(tls_err)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(Arc::new(transport_config(s)?));
+    let mut t = transport_config(s)?;
+    if let Some(rtt) = initial_rtt {
+        t.initial_rtt(rtt);
+    }
+    cfg.transport_config(Arc::new(t));
     Ok(cfg)
 }
 
@@ -210,8 +220,8 @@ impl QuicEndpoint {
     pub fn bind(addr: SocketAddr, settings: QuicSettings) -> Result<QuicEndpoint, QuicError> {
         let mut endpoint = quinn::Endpoint::server(server_config(settings)?, addr)
             .map_err(|source| QuicError::Bind { addr, source })?;
-        endpoint.set_default_client_config(client_config(settings)?);
-        Ok(QuicEndpoint { endpoint })
+        endpoint.set_default_client_config(client_config(settings, None)?);
+        Ok(QuicEndpoint { endpoint, settings })
     }
 
     /// The bound UDP address.
@@ -234,5 +244,18 @@ impl QuicEndpoint {
     /// alone.
     pub async fn connect_raw(&self, addr: SocketAddr) -> Result<quinn::Connection, QuicError> {
         Ok(self.endpoint.connect(addr, SERVER_NAME)?.await?)
+    }
+
+    /// [`connect_raw`](Self::connect_raw) with QUIC's initial round-trip estimate set to
+    /// `initial_rtt`: a hole punch measured the round trip, and its first packet is usually
+    /// dropped by the peer's NAT, so the retransmission should come after about 3 × that
+    /// rather than after QUIC's default 1 s.
+    pub async fn connect_raw_with_rtt(
+        &self,
+        addr: SocketAddr,
+        initial_rtt: Duration,
+    ) -> Result<quinn::Connection, QuicError> {
+        let cfg = client_config(self.settings, Some(initial_rtt))?;
+        Ok(self.endpoint.connect_with(cfg, addr, SERVER_NAME)?.await?)
     }
 }
