@@ -9,7 +9,9 @@
 //!   after one attempt (the symmetric side says so);
 //! - the direct path dropped mid-conversation: relay fallback, nothing lost, and back to direct
 //!   once it returns;
-//! - a MITM on the public network terminating QUIC cannot authenticate as the relay it fronts.
+//! - a MITM on the public network terminating QUIC cannot authenticate as the relay it fronts;
+//! - roaming: home A's router gets a new public address while both directions are direct;
+//!   each direction falls back to the relay and returns to `direct-quic`, nothing lost.
 //!
 //! Needs root, `ip`, `iptables` and permission to create network namespaces; otherwise each
 //! test prints why it skips and passes. Every wait is bounded. `NAT_LAB_DUMP=DIR` makes each
@@ -413,6 +415,133 @@ fn dropped_direct_path_falls_back_to_the_relay_and_returns() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `sremp send --wait`: `(id, path)`.
+fn send_wait(from: &BinNode, to: &str, text: &str) -> (String, String) {
+    let e = from.json(&["send", to, text, "--wait", "--timeout-secs", "30"]);
+    (
+        e["id"].as_str().unwrap().to_string(),
+        e["path"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// With `NAT_LAB_DUMP=DIR`, writes both nodes' logs to `DIR/<tag>-{a,b}.log`.
+fn dump(tag: &str, a: &BinNode, b: &BinNode) {
+    if let Some(d) = std::env::var("NAT_LAB_DUMP").ok().filter(|d| !d.is_empty()) {
+        let _ = std::fs::create_dir_all(&d);
+        let _ = std::fs::write(format!("{d}/{tag}-a.log"), a.logs());
+        let _ = std::fs::write(format!("{d}/{tag}-b.log"), b.logs());
+    }
+}
+
+/// Waits (bounded) until `n` has every id of `ids` exactly once as a received message and no
+/// other received message.
+fn all_once(n: &BinNode, ids: &[String], secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got: Vec<Value> = n
+            .messages()
+            .into_iter()
+            .filter(|e| e["direction"] == "in" && e["status"] == "received")
+            .collect();
+        let once = ids
+            .iter()
+            .all(|id| got.iter().filter(|e| e["id"] == id.as_str()).count() == 1);
+        if once && got.len() == ids.len() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} inbound of {}: {got:?}",
+            got.len(),
+            ids.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Roaming: home A's public address changes (the router is renumbered, so every NAT mapping
+/// of home A changes) while both directions use the punched QUIC paths. Neither punched
+/// connection survives: QUIC migration cannot carry Alice's (Bob's NAT drops packets from her
+/// new address) and Bob's goes to her old one. So both directions fall back to the relay
+/// until a new punch carries Alice's new address, which she learns by asking her relays
+/// again; then both are direct again. Nothing is lost or doubled. (Without that refresh
+/// Alice offers her stale address forever and neither direction comes back.)
+#[test]
+fn roaming_home_keeps_or_regains_the_direct_path() {
+    let Some(lab) = lab_or_skip(
+        "roaming_home_keeps_or_regains_the_direct_path",
+        Nat::Cone,
+        Nat::Cone,
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let r = relays(&lab, dir.path());
+    let a = node(dir.path(), "alice", &lab.home_a(), natlab::HA, 7100, &r);
+    let b = node(dir.path(), "bob", &lab.home_b(), natlab::HB, 7100, &r);
+    let (a_id, b_id) = introduce(&a, &b);
+    wait_status(
+        &a,
+        "alice's mapping",
+        20,
+        mapping_is("endpoint-independent"),
+    );
+    wait_status(&b, "bob's mapping", 20, mapping_is("endpoint-independent"));
+    let (mut to_b, mut to_a) = (Vec::new(), Vec::new());
+    to_b.push(a.send(&b_id, "warm-up"));
+    // One punch gives both sides a path (the responder's dial too).
+    for (n, peer, who) in [(&a, &b_id, "alice"), (&b, &a_id, "bob")] {
+        wait_status(n, &format!("{who}'s punched path"), 30, |s| {
+            punch_row(s, peer).is_some_and(|r| r["punched"].is_string())
+        });
+    }
+    let (id, path) = send_wait(&a, &b_id, "a->b direct");
+    to_b.push(id);
+    assert_eq!(path, "direct-quic");
+    let (id, path) = send_wait(&b, &a_id, "b->a direct");
+    to_a.push(id);
+    assert_eq!(path, "direct-quic");
+
+    lab.renumber_a();
+
+    // Both keep talking; each direction must come back to (or stay on) a direct QUIC path.
+    let (mut a_direct, mut b_direct) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut i = 0;
+    while !(a_direct && b_direct) {
+        assert!(
+            Instant::now() < deadline,
+            "not direct again in both directions (alice {a_direct}, bob {b_direct})\n--- alice:\n{}\n--- bob:\n{}",
+            a.logs(),
+            b.logs()
+        );
+        let (id, path) = send_wait(&a, &b_id, &format!("a->b after {i}"));
+        to_b.push(id);
+        a_direct |= path == "direct-quic";
+        let (id, path) = send_wait(&b, &a_id, &format!("b->a after {i}"));
+        to_a.push(id);
+        b_direct |= path == "direct-quic";
+        eprintln!("roaming: round {i}: alice direct {a_direct}, bob direct {b_direct}");
+        i += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    dump("roaming", &a, &b);
+    // Alice's candidates now carry her new public address.
+    let s = a.json(&["status"]);
+    assert!(
+        s["observed_addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["address"]
+                .as_str()
+                .is_some_and(|x| x.starts_with(natlab::RA_WAN2))),
+        "{s:#}"
+    );
+    all_once(&b, &to_b, 30, "bob");
+    all_once(&a, &to_a, 30, "alice");
 }
 
 /// Runs `f` on a thread inside network namespace `ns` (its sockets live there).

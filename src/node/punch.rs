@@ -18,6 +18,11 @@
 //!   proven, and [`punched`] gives the endpoint to the send path, which tries it first.
 //! - When a store over the punched path fails, [`lost`] forgets it (the send path falls back to
 //!   the relay as for any direct failure) and the next message may punch again.
+//! - Roaming: every attempt (either side) also asks the home relays again where they see us
+//!   ([`refresh_observed`], at most every [`REFRESH_INTERVAL_MS`]), because our own QUIC
+//!   connections follow a changed public address silently (connection migration) and the
+//!   relays' first observation would stay stale; a later try of the attempt, or the next
+//!   attempt, then offers the current address.
 //!
 //! Bounded: one attempt per contact at a time, tables capped at [`MAX_TRACKED`] peers.
 
@@ -49,6 +54,13 @@ use tokio::sync::mpsc;
 pub const MAX_TRACKED: usize = 1024;
 /// Relays of a contact tried per attempt to coordinate.
 pub const MAX_COORDINATORS: usize = 2;
+/// Home relays asked again for our address when an attempt starts.
+pub const MAX_REFRESH: usize = 4;
+/// Shortest time between two such refreshes, in milliseconds.
+pub const REFRESH_INTERVAL_MS: u64 = 5_000;
+/// Shortest time between two refreshes while our mapping looks endpoint-dependent (no
+/// attempt starts then), in milliseconds.
+pub const DEPENDENT_REFRESH_MS: u64 = 60_000;
 
 /// One contact's punch state (an entry of `punch` in `sremp status --json`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -87,6 +99,8 @@ pub(crate) struct PunchState {
     policy: Mutex<Policy>,
     tables: Mutex<Tables>,
     epoch: Instant,
+    /// When our observed addresses were last refreshed (`now_ms`), if ever.
+    refreshed: Mutex<Option<u64>>,
 }
 
 impl Default for PunchState {
@@ -95,6 +109,7 @@ impl Default for PunchState {
             policy: Mutex::default(),
             tables: Mutex::default(),
             epoch: Instant::now(),
+            refreshed: Mutex::default(),
         }
     }
 }
@@ -232,10 +247,85 @@ fn sign(node: &Node, kind: PunchKind, attempt: u64, peer: IdentityKey) -> Vec<u8
     .encode()
 }
 
+/// Asks our home relays again where they see us, in the background (at most once per
+/// [`REFRESH_INTERVAL_MS`]): a fresh QUIC connection to each of the first [`MAX_REFRESH`]
+/// QUIC home relays, closed once it has registered. The answers replace every observation.
+///
+/// Why: the relays tell a client its address only when a connection is set up, and our
+/// connections follow a changed address silently (QUIC connection migration), so after
+/// roaming our candidates would stay stale. Each attempt (either side) starts one, so an
+/// attempt's later tries, or the next attempt, carry the current address.
+fn refresh_observed(node: &Node, interval_ms: u64) {
+    let inner = &node.inner;
+    let Some(q) = inner.quic.endpoint().cloned() else {
+        return;
+    };
+    let now = inner.punch.now_ms();
+    {
+        let Ok(mut last) = inner.punch.refreshed.lock() else {
+            return;
+        };
+        if last.is_some_and(|t| now.saturating_sub(t) < interval_ms) {
+            return;
+        }
+        *last = Some(now);
+    }
+    let hints: Vec<_> = inner
+        .my_relays
+        .iter()
+        .filter(|h| h.endpoint.transport() == Transport::Quic)
+        .take(MAX_REFRESH)
+        .cloned()
+        .collect();
+    if hints.is_empty() {
+        return;
+    }
+    let node = node.clone();
+    tokio::spawn(async move {
+        let inner = &node.inner;
+        let me = inner.me();
+        let mut set = JoinSet::new();
+        for h in hints {
+            let (me, q, limits) = (me.clone(), q.clone(), inner.handshake.clone());
+            set.spawn(async move {
+                let key = IdentityKey(h.relay_key);
+                let r = RelayClient::connect_endpoint(&h.endpoint, &me, Some(key), limits, Some(&q))
+                    .await;
+                match r {
+                    Ok((client, _events)) => client.observed_address().map(|a| (key, h.endpoint, a)),
+                    Err(e) => {
+                        tracing::debug!(relay = %key.short(), error = %e, "cannot ask a relay for our address");
+                        None
+                    }
+                }
+            });
+        }
+        let mut stop = inner.stop.clone();
+        let mut fresh = Vec::new();
+        loop {
+            tokio::select! {
+                r = set.join_next() => match r {
+                    Some(Ok(Some(o))) => fresh.push(o),
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = super::stopped(&mut stop) => return,
+            }
+        }
+        inner.quic.replace_observed(fresh, Timestamp::now());
+    });
+}
+
 /// Starts an attempt with `peer` in the background if allowed (see the module docs).
 pub(crate) fn maybe_start(node: &Node, peer: IdentityKey) {
     let inner = &node.inner;
-    if inner.quic.endpoint().is_none() || mapping(node) == Mapping::EndpointDependent {
+    if inner.quic.endpoint().is_none() {
+        return;
+    }
+    if mapping(node) == Mapping::EndpointDependent {
+        // No punching through a symmetric NAT; but the guess may come from observations
+        // made on both sides of an address change we have not noticed: ask again now and then.
+        refresh_observed(node, DEPENDENT_REFRESH_MS);
         return;
     }
     let Ok(Some(contact)) = inner.contacts.get(&peer) else {
@@ -264,6 +354,7 @@ pub(crate) fn maybe_start(node: &Node, peer: IdentityKey) {
         }
         t.busy.insert(peer, id);
     }
+    refresh_observed(node, REFRESH_INTERVAL_MS);
     let node = node.clone();
     let relays: Vec<_> = contact
         .relays
@@ -367,6 +458,7 @@ pub(crate) async fn on_message(node: &Node, client: &Arc<RelayClient>, p: PunchR
             t.busy.insert(peer, msg.attempt);
             t.attempts.insert(msg.attempt, (peer, tx_rx.0.clone()));
         }
+        refresh_observed(node, REFRESH_INTERVAL_MS);
         let (attempt, steps) = Attempt::respond(&msg, mapping(node), now);
         tokio::spawn(run(
             node.clone(),

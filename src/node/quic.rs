@@ -8,7 +8,10 @@
 //! destination (hole punching can work); different ports mean it does (symmetric NAT).
 //!
 //! Bounded: at most [`MAX_OBSERVERS`] relays are remembered (the oldest observation is
-//! forgotten first). Nothing here decides a route yet; hole punching will read it.
+//! forgotten first). Hole punching (`node::punch`) reads the observations as its candidates
+//! and replaces them all when it asks the home relays again. Roaming: a relay that reports a
+//! different address than it did before means we moved, so the other (older) observations
+//! are forgotten rather than read as a symmetric NAT.
 
 use crate::identity::IdentityKey;
 use crate::time::Timestamp;
@@ -72,6 +75,11 @@ impl QuicState {
     }
 
     /// Records what `relay` (dialled at `endpoint`) observed.
+    ///
+    /// A relay that now sees another address than it saw before means our own address changed
+    /// (roaming), not that our NAT maps per destination: every other observation predates the
+    /// change and is forgotten, or one stale entry beside the new one would make the mapping
+    /// guess say endpoint-dependent (and stop hole punching).
     pub(crate) fn observe(
         &self,
         relay: IdentityKey,
@@ -82,8 +90,15 @@ impl QuicState {
         let Ok(mut m) = self.observed.lock() else {
             return;
         };
-        if m.get(&relay).is_none_or(|(a, _, _)| *a != addr) {
-            tracing::info!(relay = %relay.short(), observed = %addr, "relay observed our QUIC address");
+        match m.get(&relay) {
+            Some((old, _, _)) if *old != addr => {
+                tracing::info!(relay = %relay.short(), old = %old, observed = %addr, "our QUIC address changed; older observations forgotten");
+                m.clear();
+            }
+            Some(_) => {}
+            None => {
+                tracing::info!(relay = %relay.short(), observed = %addr, "relay observed our QUIC address")
+            }
         }
         m.insert(relay, (addr, endpoint.to_string(), now));
         while m.len() > MAX_OBSERVERS {
@@ -92,6 +107,31 @@ impl QuicState {
                 Some(k) => m.remove(&k),
                 None => break,
             };
+        }
+    }
+
+    /// Replaces every observation with `fresh` (what relays asked again just now said): an
+    /// older one may predate a change of our public address (roaming), and one stale entry
+    /// beside fresh ones would also make the mapping guess say endpoint-dependent. Nothing
+    /// changes when `fresh` is empty.
+    pub(crate) fn replace_observed(
+        &self,
+        fresh: Vec<(IdentityKey, crate::wire::Endpoint, SocketAddr)>,
+        now: Timestamp,
+    ) {
+        if fresh.is_empty() {
+            return;
+        }
+        let Ok(mut m) = self.observed.lock() else {
+            return;
+        };
+        let before: Vec<SocketAddr> = m.values().map(|(a, _, _)| *a).collect();
+        m.clear();
+        for (relay, endpoint, addr) in fresh.into_iter().take(MAX_OBSERVERS) {
+            if !before.contains(&addr) {
+                tracing::info!(relay = %relay.short(), observed = %addr, "relay observed a new QUIC address for us");
+            }
+            m.insert(relay, (addr, endpoint.to_string(), now));
         }
     }
 
@@ -178,5 +218,59 @@ mod tests {
         assert_eq!(v.len(), MAX_OBSERVERS);
         assert_eq!(v.first().map(|o| o.seen_ms), Some(MAX_OBSERVERS as u64 + 4));
         assert_eq!(s.mapping(), NatMapping::EndpointIndependent);
+    }
+
+    #[test]
+    fn a_relay_seeing_a_new_address_means_we_moved() {
+        let s = QuicState::new(None);
+        let ep: crate::wire::Endpoint = "quic://198.18.0.10:7000".parse().unwrap();
+        let old: SocketAddr = "198.18.0.2:7100".parse().unwrap();
+        let new: SocketAddr = "198.18.0.4:7100".parse().unwrap();
+        s.observe(IdentityKey([1; 32]), &ep, old, Timestamp(1));
+        s.observe(IdentityKey([2; 32]), &ep, old, Timestamp(2));
+        assert_eq!(s.mapping(), NatMapping::EndpointIndependent);
+        // Relay 1 reconnects after we roamed: not a symmetric NAT, the old view is stale.
+        s.observe(IdentityKey([1; 32]), &ep, new, Timestamp(3));
+        let v = s.observed();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].address, new.to_string());
+        assert_eq!(s.mapping(), NatMapping::Unknown);
+        s.observe(IdentityKey([2; 32]), &ep, new, Timestamp(4));
+        assert_eq!(s.mapping(), NatMapping::EndpointIndependent);
+        // Two different relays seeing different ports is still endpoint-dependent.
+        s.observe(
+            IdentityKey([3; 32]),
+            &ep,
+            "198.18.0.4:7101".parse().unwrap(),
+            Timestamp(5),
+        );
+        assert_eq!(s.mapping(), NatMapping::EndpointDependent);
+    }
+
+    #[test]
+    fn a_refresh_forgets_stale_observations() {
+        let s = QuicState::new(None);
+        let ep: crate::wire::Endpoint = "quic://198.18.0.10:7000".parse().unwrap();
+        let old: SocketAddr = "198.18.0.2:7100".parse().unwrap();
+        let new: SocketAddr = "198.18.0.4:7100".parse().unwrap();
+        for k in 1..=3u8 {
+            s.observe(IdentityKey([k; 32]), &ep, old, Timestamp(1));
+        }
+        // Two relays asked again see the new address; the third (a contact's node met while
+        // punching) is not asked and must not make the guess endpoint-dependent.
+        s.replace_observed(
+            vec![
+                (IdentityKey([1; 32]), ep.clone(), new),
+                (IdentityKey([2; 32]), ep.clone(), new),
+            ],
+            Timestamp(2),
+        );
+        let v = s.observed();
+        assert_eq!(v.len(), 2);
+        assert!(v.iter().all(|o| o.address == new.to_string()));
+        assert_eq!(s.mapping(), NatMapping::EndpointIndependent);
+        // Nobody answered: the old view stays.
+        s.replace_observed(Vec::new(), Timestamp(3));
+        assert_eq!(s.observed().len(), 2);
     }
 }

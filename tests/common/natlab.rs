@@ -93,6 +93,8 @@ pub const RB_WAN: &str = "198.18.0.3";
 pub const RELAY1: &str = "198.18.0.10";
 /// See [`RELAY1`].
 pub const RELAY2: &str = "198.18.0.11";
+/// Router A's public address after [`Lab::renumber_a`].
+pub const RA_WAN2: &str = "198.18.0.4";
 /// The MITM's public address.
 pub const MITM: &str = "198.18.0.66";
 /// Home A's host address.
@@ -298,5 +300,51 @@ impl Lab {
         ] {
             ns_exec(&ra, &["iptables", op, chain, dir, RB_WAN, "-j", "DROP"]).unwrap();
         }
+    }
+
+    /// Router A gets a new public address ([`RA_WAN2`] instead of [`RA_WAN`]), as when an ISP
+    /// renumbers a home line. Removing the old address makes the kernel drop every connection
+    /// MASQUERADE had mapped to it (its address notifier flushes them from conntrack), so every
+    /// flow of home A leaves from the new address from its next packet on, and packets sent
+    /// to the old address go nowhere.
+    pub fn renumber_a(&self) {
+        let ra = self.router_a();
+        // Without this, deleting the primary address deletes the new (secondary) one too.
+        ns_exec(
+            &ra,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.conf.wan.promote_secondaries=1",
+            ],
+        )
+        .unwrap();
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ra,
+                "addr",
+                "add",
+                &format!("{RA_WAN2}/24"),
+                "dev",
+                "wan",
+            ],
+        )
+        .unwrap();
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ra,
+                "addr",
+                "del",
+                &format!("{RA_WAN}/24"),
+                "dev",
+                "wan",
+            ],
+        )
+        .unwrap();
     }
 }
