@@ -381,3 +381,79 @@ async fn confirmation_kept_at_the_relay_reaches_a_restarted_sender() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Issue 12, one durable point on the receiving node: a contact's direct messages are
+/// verified, decrypted and committed by the recipient before its integrated relay acknowledges
+/// them, so the relay stores no record of them (before, each was stored, pushed, recorded and
+/// confirmed over loopback). A stranger's message still takes the relay-record path and is
+/// recorded by the collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_are_recorded_before_the_integrated_relay_acknowledges() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(&config(dir.path(), "alice", "", &[], 0))
+        .await
+        .unwrap();
+    let b = Node::start(&config(dir.path(), "bob", "", &[], 0))
+        .await
+        .unwrap();
+    exchange(&a, &b);
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(a.node.send("bob", &format!("burst {i}")).await.unwrap());
+    }
+    for s in &sent {
+        let done = a
+            .node
+            .wait_delivered(s.id, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(done.path, Some(DeliveryPath::Direct));
+    }
+    let h = wait_for(&b.node, "bob receives 20", Duration::from_secs(10), |h| {
+        (0..20).all(|i| received(h, &format!("burst {i}")).len() == 1)
+    })
+    .await;
+    for s in &sent {
+        let got: Vec<_> = h
+            .iter()
+            .filter(|e| e.direction == Direction::In && e.id == s.id)
+            .collect();
+        assert_eq!(got.len(), 1, "exactly once: {s:?}");
+        assert_eq!(got[0].path, Some(DeliveryPath::Direct));
+    }
+    let stats = b.relay_stats();
+    assert_eq!(
+        stats.stored, 0,
+        "a contact's direct messages must not be stored as relay records: {stats:?}"
+    );
+    assert!(
+        stats.confirmations_forwarded + stats.confirmations_kept >= 20,
+        "every recorded message is confirmed to the sender: {stats:?}"
+    );
+    // A stranger (bob does not know carol) still goes through a relay record and the
+    // collector.
+    let c = Node::start(&config(dir.path(), "carol", "", &[], 0))
+        .await
+        .unwrap();
+    c.node.add_contact(&b.node.card().to_text()).unwrap();
+    let from_carol = c.node.send("bob", "hello from a stranger").await.unwrap();
+    c.node
+        .wait_delivered(from_carol.id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    wait_for(
+        &b.node,
+        "bob receives carol's",
+        Duration::from_secs(10),
+        |h| received(h, "hello from a stranger").len() == 1,
+    )
+    .await;
+    assert_eq!(
+        b.relay_stats().stored,
+        1,
+        "the stranger's message was a relay record"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
+}

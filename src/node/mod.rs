@@ -9,6 +9,8 @@
 //!   workers, and the pool of outgoing relay-protocol connections.
 //! - [`inbox`]: the receive path — collecting from the integrated relay and home relays,
 //!   decrypting, recording, confirming.
+//! - [`owner_inbox`]: a contact's message arriving at the integrated relay is recorded before
+//!   the relay acknowledges it (one durable point on the receiving node).
 //! - [`control`]: the local control socket the CLI talks to.
 //! - [`strangers`]: peers met that are not contacts (bounded, expiring, in memory).
 //!
@@ -46,6 +48,7 @@ pub mod history;
 pub mod inbox;
 pub mod locks;
 pub mod outbox;
+pub mod owner_inbox;
 pub mod punch;
 pub mod quic;
 pub mod recovery;
@@ -358,6 +361,13 @@ impl std::fmt::Debug for NodeHandle {
 }
 
 impl NodeHandle {
+    /// The integrated relay's counters (messages it stored as relay records, confirmations it
+    /// forwarded or kept, ...). With the owner inbox (docs/PROTOCOL.md, "One durable point on
+    /// the receiving node") a contact's direct message is recorded without a relay record.
+    pub fn relay_stats(&self) -> crate::relay::stats::StatsSnapshot {
+        self.relay.stats().snapshot()
+    }
+
     /// Stops accepting and sending, withdraws from rendezvous, finishes in-flight relay commits
     /// and closes the store (flush and commit marker). Every step runs; the error is the
     /// close's, which means writes applied since the last commit may not be on disk (`sremp
@@ -554,6 +564,9 @@ impl Node {
             punch: punch::PunchState::default(),
         });
         let node = Node { inner };
+        // One durable point: a contact's direct messages are recorded before the integrated
+        // relay acknowledges them.
+        relay.set_owner_inbox(Arc::new(owner_inbox::Inbox::new(&node.inner)));
         tracing::info!(
             id = %identity.key(),
             listen = %local_addr,

@@ -28,6 +28,7 @@
 //! - [`backend`] — the relay-level storage trait: the embedded store ([`store`]), or NATS
 //!   JetStream shared by several relay processes (`[relay] store = "nats"`).
 //! - [`metrics`] — the Prometheus endpoint (`[metrics] listen`).
+//! - [`owner`] — the integrated relay's hand-off to its node (one durable point).
 //! - [`client`] — [`client::RelayClient`].
 //! - [`read_ahead`] — a read buffer that is freed while a connection idles.
 //! - [`stats`] — operator counters.
@@ -62,6 +63,7 @@ pub mod backend;
 pub mod client;
 pub mod conn;
 pub mod metrics;
+pub mod owner;
 pub mod policy;
 pub mod read_ahead;
 pub mod service;

@@ -140,6 +140,8 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     idle: Notify,
     maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Integrated relay: the node that records its messages itself ([`super::owner`]).
+    owner_inbox: std::sync::OnceLock<Arc<dyn super::owner::OwnerInbox>>,
 }
 
 /// A running relay. Cheap to clone; see the module docs of [`crate::relay`].
@@ -203,6 +205,7 @@ impl Relay {
                 shutdown,
                 idle: Notify::new(),
                 maintenance: Mutex::new(None),
+                owner_inbox: std::sync::OnceLock::new(),
             }),
         };
         if let Some(cluster) = relay.inner.store.cluster() {
@@ -229,6 +232,15 @@ impl Relay {
                 .saturating_sub(self.inner.opts.policy.retention_secs.saturating_mul(1000)),
         );
         Ok(self.inner.store.expire(cutoff).await?)
+    }
+
+    /// Integrated relay: from now on, `STORE_MESSAGE`s for the owner are handed to `inbox`
+    /// first (see [`super::owner`]). Ignored by a relay that serves everyone, and when one is
+    /// installed already.
+    pub fn set_owner_inbox(&self, inbox: Arc<dyn super::owner::OwnerInbox>) {
+        if matches!(self.inner.opts.mode, RelayMode::Integrated { .. }) {
+            let _ = self.inner.owner_inbox.set(inbox);
+        }
     }
 
     /// The counters.
@@ -677,6 +689,11 @@ impl ConnState {
     /// queued because the connection is closing).
     async fn execute(&mut self, actions: Vec<Action>) -> Flow {
         let inner = self.relay.inner.clone();
+        // Stores for the owner of an integrated relay with an owner inbox: handed over
+        // together once the other actions ran (their sender is this connection's identity).
+        let owner = inner.owner_inbox.get().cloned();
+        let mut to_owner: Vec<StoreMessage> = Vec::new();
+        let mut flow = Flow::Continue;
         for action in actions {
             match action {
                 Action::Send(env) => self.send(env).await,
@@ -716,8 +733,12 @@ impl ConnState {
                     message,
                     now,
                 } => {
-                    if let Flow::Close(why) = self.commit_store(sender, message, now).await {
-                        return Flow::Close(why);
+                    if owner.is_some() && sender == self.peer {
+                        to_owner.push(message);
+                    } else if let Flow::Close(why) = self.commit_store(sender, message, now).await
+                    {
+                        flow = Flow::Close(why);
+                        break;
                     }
                 }
                 Action::Retrieve {
@@ -776,10 +797,85 @@ impl ConnState {
                 Action::SignaturesBatched(n) => {
                     inner.stats.signatures_batched.fetch_add(n, Relaxed);
                 }
-                Action::Close(why) => return Flow::Close(why),
+                Action::Close(why) => {
+                    flow = Flow::Close(why);
+                    break;
+                }
+            }
+        }
+        if let (Some(owner), false) = (owner, to_owner.is_empty()) {
+            if let Flow::Close(why) = self.hand_to_owner(owner, to_owner).await {
+                return Flow::Close(why);
+            }
+        }
+        flow
+    }
+
+    /// Hands checked stores for the owner to its inbox and answers each when it returned:
+    /// recorded ones with success and the owner's confirmation (routed like any confirmation),
+    /// the others by storing them as relay records (see [`super::owner`]).
+    async fn hand_to_owner(
+        &mut self,
+        owner: Arc<dyn super::owner::OwnerInbox>,
+        messages: Vec<StoreMessage>,
+    ) -> Flow {
+        use super::owner::Verdict;
+        let messages: Arc<[StoreMessage]> = messages.into();
+        let mut verdicts = owner.receive(self.peer, messages.clone()).await.into_iter();
+        let now = Timestamp::now();
+        for m in messages.iter() {
+            match verdicts.next().unwrap_or(Verdict::Store) {
+                Verdict::Recorded(c) => {
+                    self.send(Envelope::StoreResponse(StoreResponse {
+                        success: true,
+                        stored_at: now,
+                        message_id: m.message_id,
+                        error: None,
+                    }))
+                    .await;
+                    self.forward_confirmation(*c).await;
+                }
+                Verdict::Store => {
+                    if let Flow::Close(why) = self.commit_store(self.peer, m.clone(), now).await {
+                        return Flow::Close(why);
+                    }
+                }
             }
         }
         Flow::Continue
+    }
+
+    /// The owner path ([`super::owner`]): pushes the owner's confirmation of a message it
+    /// recorded to the sender's connection (here or, in a cluster, at another process), else
+    /// keeps it for the sender. Not kept before the push, unlike [`ConnState::confirm`]'s
+    /// receipts: there is no relay record whose deletion it must accompany, and a confirmation
+    /// lost with this process is sent again when the sender stores the message again (the
+    /// owner answers the duplicate with a new confirmation).
+    async fn forward_confirmation(&self, c: DeliveryConfirmation) {
+        let inner = &self.relay.inner;
+        let sender = IdentityKey(c.sender);
+        match self.relay.confirmation_target(&sender) {
+            Some(out)
+                if out
+                    .try_send(Box::new(Envelope::DeliveryConfirmation(c.clone())))
+                    .is_ok() =>
+            {
+                inner.stats.confirmations_forwarded.fetch_add(1, Relaxed);
+            }
+            _ if self
+                .relay
+                .forward_elsewhere(sender, Envelope::DeliveryConfirmation(c.clone()))
+                .await =>
+            {
+                inner.stats.confirmations_forwarded.fetch_add(1, Relaxed);
+            }
+            _ => {
+                inner.stats.confirmations_kept.fetch_add(1, Relaxed);
+                if let Err(e) = inner.store.keep_confirmation(c).await {
+                    tracing::error!(error = %e, "keeping a confirmation failed");
+                }
+            }
+        }
     }
 
     /// Deletes `who`'s message `(sender, message_id)`. If it existed: a delivery confirmation
