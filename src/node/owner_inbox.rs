@@ -71,7 +71,7 @@ impl OwnerInbox for Inbox {
 /// What [`record_all`] did with one message.
 enum Outcome {
     /// Recorded in this hand-over (with its entry) or earlier (a duplicate, `None`).
-    Recorded(Option<HistoryEntry>),
+    Recorded(Option<Box<HistoryEntry>>),
     /// Back to the relay's store path.
     Store,
 }
@@ -111,7 +111,7 @@ async fn receive(
     for (verdict, entry) in done {
         if let Some(entry) = entry {
             tracing::info!(peer = %sender.short(), id = %format_id(entry.id), path = ?DeliveryPath::Direct, "message received");
-            let _ = inner.events.send(entry);
+            let _ = inner.events.send(*entry);
         }
         verdicts.push(verdict);
     }
@@ -150,7 +150,7 @@ fn record_all(
                     None,
                 );
                 store.apply(batch)?;
-                Outcome::Recorded(Some(entry))
+                Outcome::Recorded(Some(Box::new(entry)))
             }
             Err(ReceiveError::Rejected(DecryptError::Duplicate))
             | Err(ReceiveError::Rejected(DecryptError::Replayed { .. })) => {
@@ -185,7 +185,7 @@ fn confirm_all(
     sender: IdentityKey,
     messages: &[StoreMessage],
     outcomes: Vec<Outcome>,
-) -> Vec<(Verdict, Option<HistoryEntry>)> {
+) -> Vec<(Verdict, Option<Box<HistoryEntry>>)> {
     let now = Timestamp::now();
     messages
         .iter()
