@@ -84,7 +84,10 @@ fn receiver_killed_at_random_during_a_burst_gets_every_message_exactly_once() {
     let mut b = BinNode::new(dir.path(), &BinNodeOptions::loopback("bob"));
     a.start();
     b.start();
-    let (_, b_id) = introduce(&a, &b);
+    let (a_id, b_id) = introduce(&a, &b);
+    // Bob trusts alice: her burst is charged to the integrated relay's trusted budget, not
+    // throttled to the stranger limit (issue 12 item 4).
+    b.json(&["contacts", "trust", &a_id]);
 
     // The burst: one control connection, each send returns once the message is durable in
     // alice's outbox (acknowledged to the user).

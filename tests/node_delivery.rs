@@ -457,3 +457,63 @@ async fn direct_messages_are_recorded_before_the_integrated_relay_acknowledges()
     b.shutdown().await.unwrap();
     c.shutdown().await.unwrap();
 }
+
+/// Issue 12 item 4: the integrated relay's per-sender rate limit does not throttle a burst
+/// from a contact the owner marked Trusted (charged to `[relay] trusted_rate_*` instead),
+/// while a contact that is not Trusted keeps the ordinary limit. Bob's ordinary limit is tiny
+/// here (burst 4, 1/s), so a 30-message burst is refused without the trusted budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_contacts_burst_is_not_rate_limited_by_the_integrated_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bob_cfg = config(dir.path(), "bob", "", &[], 0);
+    bob_cfg.relay.rate_per_sec = 1;
+    bob_cfg.relay.rate_burst = 4;
+    let a = Node::start(&config(dir.path(), "alice", "", &[], 0))
+        .await
+        .unwrap();
+    let b = Node::start(&bob_cfg).await.unwrap();
+    let c = Node::start(&config(dir.path(), "carol", "", &[], 0))
+        .await
+        .unwrap();
+    exchange(&a, &b);
+    exchange(&c, &b);
+    b.node.set_trust("alice", Trust::Trusted).unwrap();
+    let limited = |b: &NodeHandle| {
+        b.relay_stats()
+            .rejected
+            .get("rate_limited")
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        sent.push(a.node.send("bob", &format!("trusted {i}")).await.unwrap());
+    }
+    for s in &sent {
+        a.node
+            .wait_delivered(s.id, Duration::from_secs(20))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        limited(&b),
+        0,
+        "the trusted contact's burst was rate-limited"
+    );
+    // Carol is a contact but not Trusted: her burst meets the ordinary limit (and is retried,
+    // so a few arrive; they are not what this checks).
+    for i in 0..30 {
+        c.node.send("bob", &format!("ordinary {i}")).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while limited(&b) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the ordinary limit never applied to a contact that is not Trusted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
+}

@@ -447,6 +447,55 @@ async fn forged_oversized_quota_and_rate_are_refused_with_their_codes() {
 }
 
 #[tokio::test]
+async fn integrated_relay_lets_trusted_contacts_exceed_the_sender_limit() {
+    let owner = user("owner");
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let ok = owner.key();
+    let policy = RelayConfig {
+        rate_per_sec: 1,
+        rate_burst: 4,
+        trusted_rate_per_sec: 1,
+        trusted_rate_burst: 100,
+        ..RelayConfig::default()
+    };
+    let r = TestRelay::start_on(store, policy, move |_| RelayMode::Integrated { owner: ok }).await;
+    let (friend, stranger) = (user("friend"), user("stranger"));
+    let fk = friend.key();
+    r.relay
+        .set_trusted(Arc::new(move |k: &IdentityKey| *k == fk));
+    let (cf, _) = r.client(&friend).await;
+    let (cs, _) = r.client(&stranger).await;
+    // A burst of 40 from the trusted contact: far past the stranger limit (burst 4), all stored.
+    for i in 0..40u64 {
+        cf.store(owner.key(), vec![1], 1 + i)
+            .await
+            .unwrap_or_else(|e| panic!("trusted store {i} refused: {e}"));
+    }
+    // Anyone else keeps the ordinary limit.
+    let mut limited = false;
+    for i in 0..10u64 {
+        if let Err(e) = cs.store(owner.key(), vec![2], 100 + i).await {
+            assert_eq!(e.code(), Some(RelayErrorCode::RateLimited));
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the stranger was never limited");
+    // The trusted budget is bounded as well (100 here): it ends too.
+    let mut limited = false;
+    for i in 0..100u64 {
+        if let Err(e) = cf.store(owner.key(), vec![3], 1000 + i).await {
+            assert_eq!(e.code(), Some(RelayErrorCode::RateLimited));
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the trusted budget never ended");
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn integrated_relay_serves_only_its_owner() {
     let owner = user("owner");
     let dir = tempfile::tempdir().unwrap();

@@ -509,6 +509,17 @@ impl Node {
             },
         )
         .await?;
+        {
+            // A Trusted contact's burst (file chunks, a backlog) is not held to the stranger
+            // limit of the integrated relay (`[relay] trusted_rate_*`).
+            let book = contacts.clone();
+            relay.set_trusted(Arc::new(move |k: &IdentityKey| {
+                book.get(k)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|c| c.trust == Trust::Trusted)
+            }));
+        }
         let (tx, rx) = watch::channel(false);
         let keys = {
             let mut prev = PreviousNoiseKeys::load(&dir)?;

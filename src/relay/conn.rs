@@ -20,8 +20,9 @@
 //!    and `SESSION_RESET` (charged, for the registered identity only, signed), and
 //!    `CONFIRMATION_ACK`; refusals answer and keep the connection open.
 //!
-//! An integrated relay never rate-limits its owner. The rate limiter is shared by all of an
-//! identity's connections, so it is passed in behind a lock.
+//! An integrated relay never rate-limits its owner, and charges a sender the owner marked
+//! Trusted to a larger budget of its own ([`RateLimiter::set_trusted`]). The rate limiter is
+//! shared by all of an identity's connections, so it is passed in behind a lock.
 
 use super::auth::{self, SessionBinding};
 use super::policy::{RateLimiter, RelayConfig};
@@ -245,8 +246,12 @@ impl RelayConn {
         if matches!(self.mode, RelayMode::Integrated { owner } if owner == who) {
             return Ok(());
         }
+        // An integrated relay's trust check reads the owner's contact book: outside the lock
+        // every connection shares.
+        let check = self.rate.lock().ok().and_then(|rl| rl.trust_check());
+        let trusted = check.is_some_and(|f| f(&who));
         match self.rate.lock() {
-            Ok(mut rl) => rl.charge(who, now.mono_ms),
+            Ok(mut rl) => rl.charge_as(who, now.mono_ms, trusted),
             Err(_) => Err(RelayErrorCode::RateLimited),
         }
     }

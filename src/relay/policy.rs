@@ -32,6 +32,12 @@ pub struct RelayConfig {
     pub rate_per_sec: u32,
     /// Requests an identity may make in a burst (token bucket size). Default 500.
     pub rate_burst: u32,
+    /// Integrated relay only: sustained requests per second of a sender the owner marked
+    /// Trusted, charged to a bucket of its own instead of `rate_per_sec` (see
+    /// [`RateLimiter::set_trusted`]). Default 2000.
+    pub trusted_rate_per_sec: u32,
+    /// Integrated relay only: burst of a sender the owner marked Trusted. Default 20000.
+    pub trusted_rate_burst: u32,
     /// Most messages in one `MESSAGE_BATCH`. Default 100.
     pub batch_messages: u32,
     /// How often the counters are logged and `relay-stats.json` rewritten, in seconds.
@@ -70,6 +76,8 @@ impl Default for RelayConfig {
             expiry_interval_secs: 600,
             rate_per_sec: 50,
             rate_burst: 500,
+            trusted_rate_per_sec: 2000,
+            trusted_rate_burst: 20_000,
             batch_messages: 100,
             stats_interval_secs: 60,
             store: super::backend::StoreKind::Sled,
@@ -118,6 +126,9 @@ impl RelayConfig {
         }
         if self.rate_per_sec == 0 || self.rate_burst == 0 {
             return bad("relay.rate_*", "must be at least 1");
+        }
+        if self.trusted_rate_per_sec == 0 || self.trusted_rate_burst == 0 {
+            return bad("relay.trusted_rate_*", "must be at least 1");
         }
         if self.batch_messages == 0 || self.batch_messages > crate::wire::relay::MAX_BATCH_MESSAGES
         {
@@ -227,8 +238,29 @@ impl Quotas {
 /// Per-identity token buckets shared by all of an identity's connections, so opening more
 /// connections does not buy more rate (`rate_per_sec`, `rate_burst`; full buckets are pruned
 /// once more than 4096 identities are held).
-#[derive(Debug)]
-pub struct RateLimiter(TokenBuckets<IdentityKey>);
+///
+/// An integrated relay also knows its owner's contacts ([`RateLimiter::set_trusted`]): a sender
+/// the owner marked **Trusted** is charged to a separate, larger bucket of its own
+/// (`trusted_rate_per_sec`, `trusted_rate_burst`) instead, so a trusted contact's legitimate
+/// burst (a file's chunks, a backlog after being offline) is not throttled to the stranger
+/// limit; every other sender, including a contact not marked Trusted, keeps the ordinary one.
+pub struct RateLimiter {
+    all: TokenBuckets<IdentityKey>,
+    trusted: TokenBuckets<IdentityKey>,
+    is_trusted: Option<IsTrusted>,
+}
+
+/// Tells whether a sender is a contact the owner marked Trusted (installed by the node).
+pub type IsTrusted = std::sync::Arc<dyn Fn(&IdentityKey) -> bool + Send + Sync>;
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("buckets", &self.all.len())
+            .field("trusted_buckets", &self.trusted.len())
+            .finish_non_exhaustive()
+    }
+}
 
 /// Buckets kept before full ones are pruned.
 const PRUNE_THRESHOLD: usize = 4096;
@@ -236,36 +268,106 @@ const PRUNE_THRESHOLD: usize = 4096;
 impl RateLimiter {
     /// The limiter for `cfg`'s rate and burst.
     pub fn new(cfg: &RelayConfig) -> Self {
-        RateLimiter(TokenBuckets::new(
-            cfg.rate_per_sec,
-            cfg.rate_burst,
-            usize::MAX,
-            PRUNE_THRESHOLD,
-        ))
+        RateLimiter {
+            all: TokenBuckets::new(
+                cfg.rate_per_sec,
+                cfg.rate_burst,
+                usize::MAX,
+                PRUNE_THRESHOLD,
+            ),
+            trusted: TokenBuckets::new(
+                cfg.trusted_rate_per_sec,
+                cfg.trusted_rate_burst,
+                usize::MAX,
+                PRUNE_THRESHOLD,
+            ),
+            is_trusted: None,
+        }
     }
 
-    /// Charges one request to `who` at `now_ms` (a monotonic clock). `Err(RateLimited)` when
-    /// its bucket is empty.
+    /// Integrated relay: senders for which `check` is true are charged to the trusted budget.
+    pub fn set_trusted(&mut self, check: IsTrusted) {
+        self.is_trusted = Some(check);
+    }
+
+    /// The installed trust check, if any (to be run outside the limiter's lock: it reads the
+    /// owner's contact book).
+    pub fn trust_check(&self) -> Option<IsTrusted> {
+        self.is_trusted.clone()
+    }
+
+    /// Charges one request to `who` at `now_ms` (a monotonic clock), to the trusted budget if
+    /// the installed check says so. `Err(RateLimited)` when its bucket is empty.
     pub fn charge(&mut self, who: IdentityKey, now_ms: u64) -> Result<(), RelayErrorCode> {
-        self.0
+        let trusted = self.is_trusted.as_ref().is_some_and(|f| f(&who));
+        self.charge_as(who, now_ms, trusted)
+    }
+
+    /// [`RateLimiter::charge`] with the trust check already run (`trusted`).
+    pub fn charge_as(
+        &mut self,
+        who: IdentityKey,
+        now_ms: u64,
+        trusted: bool,
+    ) -> Result<(), RelayErrorCode> {
+        let buckets = if trusted {
+            &mut self.trusted
+        } else {
+            &mut self.all
+        };
+        buckets
             .take(who, now_ms)
             .map_err(|_| RelayErrorCode::RateLimited)
     }
 
     /// Buckets held.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.all.len() + self.trusted.len()
     }
 
     /// True when no bucket is held.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_senders_get_their_own_larger_budget() {
+        let cfg = RelayConfig {
+            rate_per_sec: 1,
+            rate_burst: 2,
+            trusted_rate_per_sec: 1,
+            trusted_rate_burst: 10,
+            ..RelayConfig::default()
+        };
+        let mut rl = RateLimiter::new(&cfg);
+        let (friend, stranger) = (IdentityKey([1; 32]), IdentityKey([2; 32]));
+        // No check installed: everyone has the ordinary limit.
+        rl.charge(friend, 0).unwrap();
+        rl.charge(friend, 0).unwrap();
+        assert_eq!(rl.charge(friend, 0), Err(RelayErrorCode::RateLimited));
+        rl.set_trusted(std::sync::Arc::new(move |k: &IdentityKey| *k == friend));
+        for i in 0..10 {
+            assert_eq!(rl.charge(friend, 0), Ok(()), "trusted request {i}");
+        }
+        assert_eq!(
+            rl.charge(friend, 0),
+            Err(RelayErrorCode::RateLimited),
+            "the trusted budget is bounded too"
+        );
+        rl.charge(stranger, 0).unwrap();
+        rl.charge(stranger, 0).unwrap();
+        assert_eq!(rl.charge(stranger, 0), Err(RelayErrorCode::RateLimited));
+        let bad = RelayConfig {
+            trusted_rate_burst: 0,
+            ..RelayConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -224,6 +224,15 @@ impl Relay {
         Ok(relay)
     }
 
+    /// Integrated relay: tells it which senders the owner marked Trusted; they are charged to
+    /// `trusted_rate_per_sec` / `trusted_rate_burst` instead of the per-identity limit (see
+    /// [`RateLimiter`]).
+    pub fn set_trusted(&self, check: super::policy::IsTrusted) {
+        if let Ok(mut r) = self.inner.rate.lock() {
+            r.set_trusted(check);
+        }
+    }
+
     /// Removes messages older than the retention period now; returns how many.
     pub async fn expire_now(&self) -> Result<u64, RelayError> {
         let cutoff = Timestamp(
