@@ -156,6 +156,8 @@ impl ListenConfig {
                 verified: None,
             },
             refusal_log_interval: Duration::from_secs(self.refusal_log_interval_secs),
+            // The node sets its contacts' addresses.
+            contact_addrs: None,
         }
     }
 }

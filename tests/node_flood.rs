@@ -266,6 +266,14 @@ fn identity_flood_neither_blocks_nor_becomes_contacts() {
 /// wait and fails here; one that closes the oldest silent handshake to make room lets her in.
 /// The flood is paced (20 ms between opens per worker) so that the test measures admission,
 /// not how fast two loaded cores can accept.
+///
+/// Alice connects from 127.0.0.1, the flood's address, far over its handshake rate (20 a
+/// second) and before any contact ever authenticated from it. Bob lets her in because her
+/// card names 127.0.0.1 (contact addresses count as known). Before that, her connections were
+/// refused at accept together with the flood's, and she got in only by winning one of the
+/// rate's tokens against hundreds of flood connections a second: a race whose odds depended
+/// on the machine's load, which is why this test (and `unauthenticated_flood_does_not_block_contacts`
+/// before it) failed now and then.
 #[test]
 fn silent_flood_does_not_hold_a_contacts_slot() {
     let _one = one_flood();

@@ -35,6 +35,8 @@ pub enum ContactError {
 pub struct ContactBook {
     store: Arc<dyn Store>,
     verified: VerifiedCache,
+    /// Notified after every write (see [`ContactBook::changes`]).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for ContactBook {
@@ -50,7 +52,11 @@ impl ContactBook {
     /// A book over `store`. Stored identities are verified again when read, through
     /// `verified` (the node's cache), so a record is trusted only as far as its signature.
     pub fn new(store: Arc<dyn Store>, verified: VerifiedCache) -> Self {
-        ContactBook { store, verified }
+        ContactBook {
+            store,
+            verified,
+            changed: Arc::new(tokio::sync::Notify::new()),
+        }
     }
 
     /// The pinned contact for `key`.
@@ -133,7 +139,14 @@ impl ContactBook {
             msgpack::encode(c),
         );
         self.store.commit(b)?;
+        self.changed.notify_one();
         Ok(())
+    }
+
+    /// Notified after every committed write (one stored permit: a burst of writes wakes a
+    /// waiter once). Clones of this book share it.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
     }
 
     /// Decodes a stored contact, verifying its identity through the cache.

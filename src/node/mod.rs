@@ -3,6 +3,8 @@
 //!
 //! Layout:
 //! - [`contacts`]: the TOFU contact book persisted in the store.
+//! - [`contact_addrs`]: the addresses contacts advertise, handed to the listener's handshake
+//!   rate.
 //! - [`history`]: every message sent or received, with status and path.
 //! - [`outbox`]: durable queue of signed, encrypted messages nobody accepted yet.
 //! - [`delivery`]: the send path — direct-vs-relay decision core (pure), the racing delivery
@@ -37,6 +39,7 @@
 //! ratchet state is answered with a session-reset notice, never confirmed. Messages from
 //! contacts marked Rejected are refused.
 
+pub mod contact_addrs;
 pub mod contacts;
 pub mod control;
 pub mod delivery;
@@ -599,6 +602,14 @@ impl Node {
         // The listener: relay-protocol connections go to the integrated relay.
         let mut lcfg = cfg.listen.listener();
         lcfg.handshake.verified = Some(verified);
+        // The addresses contacts advertise count as known to the handshake rate.
+        let (addrs_tx, addrs_rx) = contact_addrs::channel(&contacts);
+        lcfg.contact_addrs = Some(addrs_rx);
+        tasks.push(tokio::spawn(contact_addrs::run(
+            contacts.clone(),
+            addrs_tx,
+            rx.clone(),
+        )));
         let idle = cfg.listen.idle_timeout();
         let stranger_idle = cfg.listen.stranger_idle_timeout();
         {

@@ -31,14 +31,18 @@
 //!      admitted by identity whatever the rate of its address.
 //!
 //!    Addresses become known when a [`Class::Known`] peer authenticates from them; at most
-//!    [`MAX_KNOWN_ADDRS`] are remembered (connected ones always).
+//!    [`MAX_KNOWN_ADDRS`] are remembered (connected ones always). The shell may also name the
+//!    addresses its contacts advertise ([`Admission::set_contact_addrs`]): those are known for
+//!    as long as they are named, so a contact that shares a flooder's address and has been
+//!    away longer than [`KNOWN_ADDR_TTL_MS`] still gets in when it connects from an address it
+//!    advertises.
 //!
 //! Invariants: the counts never exceed their budgets after [`Admission::accept`] or
 //! [`Admission::authenticated`] returns (counting the evictions as done); every id is
 //! forgotten by [`Admission::closed`], which is idempotent.
 
 use crate::limit::TokenBuckets;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 /// Budgets. See the module docs.
@@ -153,6 +157,9 @@ pub const KNOWN_ADDR_TTL_MS: u64 = 3_600_000;
 /// first to make room).
 pub const MAX_KNOWN_ADDRS: usize = 4096;
 
+/// Most contact addresses kept by [`Admission::set_contact_addrs`].
+pub const MAX_CONTACT_ADDRS: usize = 4096;
+
 /// An address a known peer used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct KnownAddr {
@@ -178,6 +185,8 @@ pub struct Admission {
     known: usize,
     /// Addresses known peers use (see the module docs).
     known_addrs: HashMap<IpAddr, KnownAddr>,
+    /// Addresses the node's contacts advertise (canonical form; see the module docs).
+    contact_addrs: HashSet<IpAddr>,
 }
 
 impl Admission {
@@ -206,6 +215,7 @@ impl Admission {
             strangers_per_ip: HashMap::new(),
             known: 0,
             known_addrs: HashMap::new(),
+            contact_addrs: HashSet::new(),
         }
     }
 
@@ -267,11 +277,29 @@ impl Admission {
     }
 
     /// Whether a known peer uses `ip` (connected now, or authenticated within
-    /// [`KNOWN_ADDR_TTL_MS`] of `now_ms`).
+    /// [`KNOWN_ADDR_TTL_MS`] of `now_ms`), or a contact advertises it.
     pub fn is_known_addr(&self, ip: IpAddr, now_ms: u64) -> bool {
-        self.known_addrs.get(&ip).is_some_and(|k| {
-            k.connected > 0 || now_ms.saturating_sub(k.last_ms) <= KNOWN_ADDR_TTL_MS
-        })
+        self.contact_addrs.contains(&ip.to_canonical())
+            || self.known_addrs.get(&ip).is_some_and(|k| {
+                k.connected > 0 || now_ms.saturating_sub(k.last_ms) <= KNOWN_ADDR_TTL_MS
+            })
+    }
+
+    /// Replaces the addresses the node's contacts advertise (IP literals of their endpoints):
+    /// each counts as an address a known peer uses, with no expiry, until the next call. At
+    /// most [`MAX_CONTACT_ADDRS`] are kept (the first ones given); unspecified, multicast and
+    /// broadcast addresses are ignored (no peer connects from them).
+    pub fn set_contact_addrs(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        self.contact_addrs = addrs
+            .into_iter()
+            .map(|ip| ip.to_canonical())
+            .filter(|ip| {
+                !ip.is_unspecified()
+                    && !ip.is_multicast()
+                    && !matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+            })
+            .take(MAX_CONTACT_ADDRS)
+            .collect();
     }
 
     /// A known peer authenticated from `ip` (accepted at `at_ms`).
@@ -529,6 +557,51 @@ mod tests {
         }
         assert!(a.known_addrs.len() <= MAX_KNOWN_ADDRS);
         assert_eq!(a.counts(), (0, 0));
+    }
+
+    /// Issue 9: an address a contact advertises is known without expiry (a contact away for
+    /// longer than the TTL, sharing a flooder's address, is let in over the rate), until the
+    /// shell names other addresses; IPv4-mapped IPv6 counts as the IPv4 address; unspecified
+    /// addresses are ignored and the set is bounded.
+    #[test]
+    fn contact_addresses_are_known_without_expiry() {
+        let mut a = Admission::new(Limits {
+            handshakes_per_ip_per_sec: 1,
+            ..Limits::default()
+        });
+        let mapped = IpAddr::V6(std::net::Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped());
+        let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        a.set_contact_addrs([mapped, unspecified]);
+        let late = 100 * KNOWN_ADDR_TTL_MS;
+        assert!(a.is_known_addr(B, late));
+        assert!(!a.is_known_addr(unspecified, late));
+        assert!(!a.is_known_addr(A, late));
+        // Over the rate (burst 2), B is still let in; A is refused before the handshake.
+        for _ in 0..5 {
+            let (id, _) = a.accept(B, late).unwrap();
+            a.closed(id);
+        }
+        for _ in 0..2 {
+            let (id, _) = a.accept(A, late).unwrap();
+            a.closed(id);
+        }
+        assert_eq!(a.accept(A, late), Err(Reason::HandshakeRate));
+        // Over the rate, a stranger from B is still refused after its handshake; a contact
+        // is admitted.
+        let (s, _) = a.accept(B, late).unwrap();
+        assert_eq!(a.authenticated(s, Class::Stranger), Err(Reason::HandshakeRate));
+        let (k, _) = a.accept(B, late).unwrap();
+        assert!(a.authenticated(k, Class::Known).is_ok());
+        a.closed(k);
+        // Replaced: B is known only through the contact that just authenticated (TTL).
+        a.set_contact_addrs([]);
+        assert!(a.is_known_addr(B, late + KNOWN_ADDR_TTL_MS));
+        assert!(!a.is_known_addr(B, late + KNOWN_ADDR_TTL_MS + 1));
+        // Bounded.
+        a.set_contact_addrs(
+            (0..MAX_CONTACT_ADDRS as u32 + 10).map(|n| IpAddr::V4((0x0b00_0000 + n).into())),
+        );
+        assert_eq!(a.contact_addrs.len(), MAX_CONTACT_ADDRS);
     }
 
     #[test]

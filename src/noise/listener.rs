@@ -45,6 +45,10 @@ pub struct ListenerConfig {
     pub handshake: HandshakeLimits,
     /// How often the summary of refused connections is logged.
     pub refusal_log_interval: Duration,
+    /// The addresses the node's contacts advertise, kept current by the node: handed to the
+    /// admission core ([`Admission::set_contact_addrs`]) at start and whenever they change,
+    /// so that the handshake rate treats them as addresses a known peer uses.
+    pub contact_addrs: Option<watch::Receiver<Arc<Vec<std::net::IpAddr>>>>,
 }
 
 impl Default for ListenerConfig {
@@ -53,6 +57,7 @@ impl Default for ListenerConfig {
             limits: Limits::default(),
             handshake: HandshakeLimits::default(),
             refusal_log_interval: Duration::from_secs(10),
+            contact_addrs: None,
         }
     }
 }
@@ -201,8 +206,13 @@ pub async fn serve_classified<C, H, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let sources: Sources = listener.into();
+    let mut admission = Admission::new(cfg.limits);
+    let mut contact_addrs = cfg.contact_addrs.clone();
+    if let Some(rx) = contact_addrs.as_mut() {
+        admission.set_contact_addrs(rx.borrow_and_update().iter().copied());
+    }
     let shared: SharedRef = Arc::new(Mutex::new(Shared {
-        admission: Admission::new(cfg.limits),
+        admission,
         handles: HashMap::new(),
     }));
     let interval = cfg.refusal_log_interval.max(Duration::from_millis(100));
@@ -246,6 +256,12 @@ pub async fn serve_classified<C, H, Fut>(
         // lock, so no other task can evict this one before its handle is known.
         let evicted = {
             let Ok(mut s) = shared.lock() else { break };
+            if let Some(rx) = contact_addrs.as_mut() {
+                if rx.has_changed().unwrap_or(false) {
+                    let addrs = rx.borrow_and_update().clone();
+                    s.admission.set_contact_addrs(addrs.iter().copied());
+                }
+            }
             let now_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let (id, evicted) = match s.admission.accept(addr.ip(), now_ms) {
                 Ok(x) => x,
