@@ -5,9 +5,10 @@
 use super::{Node, NodeError};
 use super::files::Files;
 use crate::identity::{ContactIdentity, IdentityKey};
-use crate::noise::stream::HandshakeLimits;
+use crate::noise::stream::{ConnectionError, HandshakeLimits, PeerConnection, TcpConnection};
 use crate::ratchet::Content;
 use crate::relay::{RelayClient, RelayClientError};
+use crate::transport::{QuicError, Transport};
 use crate::wire::Endpoint;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,5 +67,38 @@ impl Node {
         client: &Arc<RelayClient>,
     ) {
         self.inner.pool.forget(endpoint, &key, client);
+    }
+
+    /// Dials a contact's direct endpoint over its transport and runs the Noise handshake
+    /// expecting `peer`: TCP for `host:port`, a new connection of the node's QUIC endpoint
+    /// for `quic://host:port` (so a file stream never shares a stream with messages).
+    pub(crate) async fn dial_direct(
+        &self,
+        ep: &Endpoint,
+        peer: IdentityKey,
+    ) -> Result<PeerConnection, ConnectionError> {
+        let me = self.inner.me();
+        let limits = self.handshake_limits();
+        match ep.transport() {
+            Transport::Tcp => {
+                TcpConnection::connect(&ep.to_connect_string(), &me, Some(peer), limits).await
+            }
+            Transport::Quic => {
+                let q = self
+                    .inner
+                    .quic
+                    .endpoint()
+                    .ok_or(ConnectionError::Quic(QuicError::Disabled))?;
+                let timeout = limits.timeout;
+                let addr =
+                    tokio::time::timeout(timeout, tokio::net::lookup_host(ep.to_connect_string()))
+                        .await
+                        .map_err(|_| ConnectionError::Timeout(timeout))?
+                        .map_err(ConnectionError::Io)?
+                        .next()
+                        .ok_or(ConnectionError::Quic(QuicError::NoAddress))?;
+                crate::noise::quic::connect(q, addr, &me, Some(peer), limits).await
+            }
+        }
     }
 }

@@ -27,7 +27,7 @@ use crate::time::Timestamp;
 use crate::wire::envelope::ErrorMsg;
 use crate::wire::file::{FileAck, FileData, FileNeed, FileOpen, FileSent};
 use crate::wire::relay::RelayErrorCode;
-use crate::wire::Envelope;
+use crate::wire::{Endpoint, Envelope};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -127,6 +127,10 @@ pub struct View {
     pub dir: Option<String>,
     /// Why it failed, was rejected, or is waiting (a relay too small, a full disk…).
     pub error: Option<String>,
+    /// The path the chunks last took in this node process: `direct-tcp`, `direct-quic` or
+    /// `relay` (null before the first chunk moved).
+    #[serde(default)]
+    pub via: Option<String>,
     /// Created, ms since the epoch.
     pub created_at: u64,
     /// Last state change, ms since the epoch.
@@ -154,6 +158,8 @@ struct Entry {
     last_need: Option<Instant>,
     wake: Arc<Notify>,
     task: bool,
+    /// The path chunks last took (`View::via`).
+    via: Option<&'static str>,
 }
 
 impl Entry {
@@ -178,6 +184,7 @@ impl Entry {
             last_need: None,
             wake: Arc::new(Notify::new()),
             task: false,
+            via: None,
         }
     }
 
@@ -234,6 +241,7 @@ impl Entry {
             path: r.path.as_ref().map(|p| p.display().to_string()),
             dir: r.dir.as_ref().map(|p| p.display().to_string()),
             error: r.error.clone(),
+            via: self.via.map(str::to_string),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -1001,6 +1009,11 @@ pub async fn on_relay_chunk(
     let r = tokio::task::spawn_blocking(move || {
         let files = n.files();
         let (id, _) = files.store_chunk(&me, &sender, &blob)?;
+        files.with(|t| {
+            if let Some(e) = t.get_mut(&id) {
+                e.via = Some("relay");
+            }
+        });
         let synced = files.sync(&id)?;
         Ok::<_, FileError>((id, synced))
     })
@@ -1045,6 +1058,12 @@ pub async fn serve_stream(node: Node, mut conn: TcpConnection, open: FileOpen) {
             .await;
         return;
     }
+    let via = conn.transport.direct_path();
+    files.with(|t| {
+        if let Some(e) = t.get_mut(&id) {
+            e.via = Some(via);
+        }
+    });
     let mut rounds = 0u32;
     let mut need = files.missing(&id);
     if conn
@@ -1231,7 +1250,7 @@ async fn sender(node: &Node, id: TransferId) {
         // Direct first.
         let mut round = Round::Failed;
         for ep in contact.endpoints.iter().take(4) {
-            match send_direct(node, &rec, &path, &ep.to_string(), contact.identity.key()).await {
+            match send_direct(node, &rec, &path, ep, contact.identity.key()).await {
                 Ok(r) => {
                     round = r;
                     break;
@@ -1355,21 +1374,29 @@ async fn send_direct(
     node: &Node,
     rec: &Record,
     path: &Path,
-    endpoint: &str,
+    ep: &Endpoint,
     peer: IdentityKey,
 ) -> Result<Round, TransferError> {
+    let endpoint = ep.to_string();
     let files = node.files();
     let id = rec.id;
     let me = node.identity();
     let key = files
         .with(|t| t.get_mut(&id).and_then(|e| e.key(&me.key())))
         .ok_or_else(|| FileError::Corrupt("transfer secret".into()))?;
-    let conn = TcpConnection::connect(endpoint, &me, Some(peer), node.handshake_limits())
+    let conn = node
+        .dial_direct(ep, peer)
         .await
         .map_err(|e| FileError::Io {
             context: format!("connecting to {endpoint}"),
             source: std::io::Error::other(e.to_string()),
         })?;
+    let via = conn.transport.direct_path();
+    files.with(|t| {
+        if let Some(e) = t.get_mut(&id) {
+            e.via = Some(via);
+        }
+    });
     let (_, mut reader, mut writer) = conn.split();
     let io = |e: crate::noise::stream::ConnectionError| FileError::Io {
         context: format!("file stream to {endpoint}"),
@@ -1545,6 +1572,11 @@ async fn send_relay(
             });
             continue;
         }
+        files.with(|t| {
+            if let Some(e) = t.get_mut(&id) {
+                e.via = Some("relay");
+            }
+        });
         let mut pace = Pace {
             rate: files.cfg.max_send_rate,
             start: Instant::now(),

@@ -459,6 +459,7 @@ mod tests {
             path: None,
             dir: None,
             error: None,
+            via: None,
             created_at: 1_700_000_000_000,
             updated_at: 1_700_000_000_000,
         }
