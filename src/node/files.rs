@@ -48,6 +48,9 @@ pub const STALL_MAX: Duration = Duration::from_secs(600);
 pub const MAX_ROUNDS: u32 = 16;
 /// The sender reads this many chunks from disk at a time.
 const READ_BATCH: u64 = 8;
+/// Chunks the recipient's stream decrypts ahead of its disk: what it holds unwritten is lost
+/// (and sent again) when it is killed, so this stays small.
+const RECV_QUEUE: usize = 2;
 /// Most time a direct stream waits for the next envelope.
 const STREAM_IDLE: Duration = Duration::from_secs(60);
 
@@ -884,14 +887,15 @@ impl Files {
     /// them in the `have` bitmap (saved atomically). Returns (stored chunks, complete).
     /// Blocking IO.
     pub fn sync(&self, id: &TransferId) -> Result<(u64, bool), FileError> {
-        let Some((part, written)) = self.with(|t| {
+        // The snapshot and its count are taken together: chunks written after it wait for
+        // the next sync.
+        let Some((part, written, unsynced)) = self.with(|t| {
             t.get(id)
-                .and_then(|e| e.part.clone().map(|p| (p, e.written.clone())))
+                .and_then(|e| e.part.clone().map(|p| (p, e.written.clone(), e.unsynced)))
         }) else {
             let done = self.with(|t| t.get(id).map(|e| (e.have.count(), e.have.is_full())));
             return done.ok_or_else(|| FileError::UnknownTransfer(id.to_string()));
         };
-        let unsynced = self.with(|t| t.get(id).map_or(0, |e| e.unsynced));
         if unsynced > 0 {
             part.sync()?;
             self.dir.save_bitmap(id, "have", &written)?;
@@ -1037,7 +1041,7 @@ pub async fn on_relay_chunk(
 // The direct stream, recipient side.
 
 /// Serves a direct stream opened by `FILE_OPEN` on an inbound connection.
-pub async fn serve_stream(node: Node, mut conn: TcpConnection, open: FileOpen) {
+pub async fn serve_stream(node: Node, conn: TcpConnection, open: FileOpen) {
     let files = node.files();
     let peer = conn.peer.key();
     let id = TransferId(open.transfer_id);
@@ -1049,6 +1053,11 @@ pub async fn serve_stream(node: Node, mut conn: TcpConnection, open: FileOpen) {
                 && e.record.state == State::Receiving
         })
     });
+    let chunk_size = files
+        .with(|t| t.get(&id).map(|e| e.record.chunk_size))
+        .unwrap_or(crate::files::chunk::MAX_CHUNK_SIZE);
+    let via = conn.transport.direct_path();
+    let (_, reader, mut conn) = conn.split();
     if !ok {
         let _ = conn
             .send(&Envelope::ErrorMsg(ErrorMsg {
@@ -1058,7 +1067,6 @@ pub async fn serve_stream(node: Node, mut conn: TcpConnection, open: FileOpen) {
             .await;
         return;
     }
-    let via = conn.transport.direct_path();
     files.with(|t| {
         if let Some(e) = t.get_mut(&id) {
             e.via = Some(via);
@@ -1076,11 +1084,18 @@ pub async fn serve_stream(node: Node, mut conn: TcpConnection, open: FileOpen) {
     {
         return;
     }
-    loop {
-        let env = match tokio::time::timeout(STREAM_IDLE, conn.recv()).await {
-            Ok(Ok(env)) => env,
-            _ => break,
-        };
+    // Envelopes are read and decrypted by their own task, a short queue ahead of the chunk
+    // writes and syncs below (both cores work).
+    let mut reader = reader;
+    let (tx, mut rx) = mpsc::channel(queue_len(chunk_size).min(RECV_QUEUE));
+    let _reading = AbortOnDrop(tokio::spawn(async move {
+        while let Ok(Ok(env)) = tokio::time::timeout(STREAM_IDLE, reader.recv()).await {
+            if tx.send(env).await.is_err() {
+                return;
+            }
+        }
+    }));
+    while let Some(env) = rx.recv().await {
         match env {
             Envelope::FileData(FileData { blob }) => {
                 let f = node.clone();
@@ -1305,6 +1320,47 @@ async fn sender(node: &Node, id: TransferId) {
     }
 }
 
+/// Bytes of sealed chunks the sender reads ahead of its socket per transfer (at least
+/// [`MIN_QUEUE`] chunks).
+pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// The smallest read-ahead queue, in chunks.
+const MIN_QUEUE: usize = 2;
+
+/// Chunks in a read-ahead queue of a transfer with `chunk_size`.
+fn queue_len(chunk_size: u32) -> usize {
+    (QUEUE_BYTES / (chunk_size as usize).max(1)).max(MIN_QUEUE)
+}
+
+/// Reads and seals `indexes` on a blocking thread, [`READ_BATCH`] at a time, into a bounded
+/// queue; an error ends the queue. Dropping the receiver stops the reader.
+fn read_ahead(
+    path: &Path,
+    rec: &Record,
+    key: &ChunkKey,
+    indexes: Vec<u64>,
+) -> mpsc::Receiver<Result<Vec<u8>, FileError>> {
+    let (tx, rx) = mpsc::channel(queue_len(rec.chunk_size));
+    let (p, r, k) = (path.to_path_buf(), rec.clone(), key.clone());
+    tokio::task::spawn_blocking(move || {
+        for batch in indexes.chunks(READ_BATCH as usize) {
+            match read_chunks(&p, &r, &k, batch) {
+                Ok(blobs) => {
+                    for (_, b) in blobs {
+                        if tx.blocking_send(Ok(b)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// Reads and seals chunks `indexes` of the source file (blocking IO).
 fn read_chunks(
     path: &Path,
@@ -1457,26 +1513,29 @@ async fn send_direct(
                     rec.total,
                     &Bitmap::new(0),
                 );
-                for batch in all.chunks(READ_BATCH as usize) {
-                    let (p, r, k, b) =
-                        (path.to_path_buf(), rec.clone(), key.clone(), batch.to_vec());
-                    let blobs = tokio::task::spawn_blocking(move || read_chunks(&p, &r, &k, &b))
+                // Chunks are read and sealed on a blocking thread ahead of the socket, a
+                // bounded queue apart, so disk, chunk AEAD and Noise overlap.
+                let mut blobs = read_ahead(path, rec, &key, all);
+                let mut n_sent = 0u64;
+                while let Some(blob) = blobs.recv().await {
+                    let blob = blob?;
+                    let n = blob.len();
+                    writer
+                        .send(&Envelope::FileData(FileData { blob }))
                         .await
-                        .map_err(|_| NodeError::ShuttingDown)??;
-                    for (_, blob) in blobs {
-                        let n = blob.len();
-                        writer
-                            .send(&Envelope::FileData(FileData { blob }))
-                            .await
-                            .map_err(io)?;
-                        files.with(|t| {
-                            if let Some(e) = t.get_mut(&id) {
-                                e.sent_run += 1;
-                            }
-                        });
-                        pace.sent(n).await;
-                    }
-                    if files.with(|t| t.get(&id).is_none_or(|e| e.record.state != State::Sending)) {
+                        .map_err(io)?;
+                    files.with(|t| {
+                        if let Some(e) = t.get_mut(&id) {
+                            e.sent_run += 1;
+                        }
+                    });
+                    pace.sent(n).await;
+                    n_sent += 1;
+                    if n_sent % READ_BATCH == 0
+                        && files.with(|t| {
+                            t.get(&id).is_none_or(|e| e.record.state != State::Sending)
+                        })
+                    {
                         return Ok(Round::Finished);
                     }
                 }
