@@ -98,11 +98,17 @@ pub enum Command {
     /// Offer a file to a contact through the running node, then show its progress (a bar
     /// with rate and ETA on a terminal; one JSON object per change with --json) until the
     /// recipient has it, refused it, or it failed. Ctrl-C stops watching, not the transfer.
+    ///
+    /// `sremp send-file --group G PATH` offers it to every accepted member of group G that
+    /// is a contact, one transfer each (docs/FILES.md).
     SendFile {
-        /// The contact: 64-hex contact id or a unique username.
-        contact: String,
-        /// The file.
-        path: PathBuf,
+        /// CONTACT PATH: the contact (64-hex contact id or a unique username) and the file;
+        /// with --group, PATH alone.
+        #[arg(value_name = "[CONTACT] PATH", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Send to every member of this group (id or unique name) instead of one contact.
+        #[arg(long)]
+        group: Option<String>,
         /// Print the transfer and return at once instead of following it.
         #[arg(long)]
         no_wait: bool,

@@ -32,7 +32,7 @@ where
     }
 }
 
-fn out_json<T: serde::Serialize>(v: &T) -> Result<(), ControlError> {
+pub(super) fn out_json<T: serde::Serialize>(v: &T) -> Result<(), ControlError> {
     let s = serde_json::to_string(v).map_err(|e| ControlError::BadResponse(e.to_string()))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{s}")
@@ -40,7 +40,7 @@ fn out_json<T: serde::Serialize>(v: &T) -> Result<(), ControlError> {
         .map_err(ControlError::Output)
 }
 
-fn out_line(s: &str) -> Result<(), ControlError> {
+pub(super) fn out_line(s: &str) -> Result<(), ControlError> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{s}")
         .and_then(|()| out.flush())
@@ -53,7 +53,7 @@ fn transfer(r: Response) -> Result<View, ControlError> {
         .ok_or_else(|| ControlError::BadResponse("the response has no transfer".into()))
 }
 
-fn human_size(n: u64) -> String {
+pub(super) fn human_size(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
 }
 

@@ -9,6 +9,7 @@
 //! - [`rendezvous`]: `sremp rendezvous` and `sremp certs`;
 //! - [`backup`]: `sremp backup --relay` (a stopped relay's store) and `sremp restore`;
 //! - [`files`]: `send-file` (with its progress bar) and `files [list|accept|reject]`;
+//!   [`group_files`]: `send-file --group`;
 //! - [`control`]: `contacts`, `send`, `messages`, `status`, `discover`, `backup` (of the
 //!   running node), the commands that talk
 //!   to a running node over its control socket ([`crate::node::control`]);
@@ -28,6 +29,7 @@ pub mod chat;
 pub mod control;
 pub mod files;
 pub mod group;
+pub mod group_files;
 pub mod id;
 pub mod node;
 pub mod relay;
@@ -142,12 +144,33 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         | Command::Status
         | Command::Discover { .. }) => Ok(control::run(&cfg, &cli.global, cmd)?),
         Command::SendFile {
-            contact,
-            path,
+            args,
+            group,
             no_wait,
-        } => Ok(files::run(&cfg, |socket| async move {
-            files::send_file(&socket, json, &contact, &path, no_wait).await
-        })?),
+        } => {
+            let (contact, path) = match (group.is_some(), args.as_slice()) {
+                (false, [c, p]) => (c.clone(), std::path::PathBuf::from(p)),
+                (true, [p]) => (String::new(), std::path::PathBuf::from(p)),
+                (false, _) => {
+                    return Err(ControlError::Refused(
+                        "send-file needs CONTACT PATH (or --group G PATH)".into(),
+                    )
+                    .into())
+                }
+                (true, _) => {
+                    return Err(ControlError::Refused(
+                        "send-file --group G takes PATH alone".into(),
+                    )
+                    .into())
+                }
+            };
+            Ok(files::run(&cfg, |socket| async move {
+                match group {
+                    Some(g) => group_files::send_file(&socket, json, &g, &path, no_wait).await,
+                    None => files::send_file(&socket, json, &contact, &path, no_wait).await,
+                }
+            })?)
+        }
         Command::Files { command } => Ok(files::run(&cfg, |socket| async move {
             files::files(&socket, json, command).await
         })?),

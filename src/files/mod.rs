@@ -186,6 +186,9 @@ pub enum FileError {
     /// A path that must be a regular file is not.
     #[error("{} is not a regular file", .0.display())]
     NotAFile(PathBuf),
+    /// A file cannot go to the group asked for (not a member, nobody to send it to).
+    #[error("{0}")]
+    Group(String),
     /// The received file's length is not the declared size.
     #[error("received {got} bytes, the offer declared {declared}")]
     SizeMismatch {

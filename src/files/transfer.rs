@@ -215,6 +215,10 @@ pub struct Record {
     /// Incoming: chunks refused because they failed authentication (never written).
     #[serde(default)]
     pub refused: u64,
+    /// Outgoing: the group (32 hex) it was offered to as one member's copy
+    /// (`send-file --group`); null otherwise.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 impl Record {
@@ -245,6 +249,7 @@ impl Record {
             updated_at: now_ms,
             duplicates: 0,
             refused: 0,
+            group: None,
         }
     }
 

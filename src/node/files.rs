@@ -134,6 +134,9 @@ pub struct View {
     /// `relay` (null before the first chunk moved).
     #[serde(default)]
     pub via: Option<String>,
+    /// Outgoing: the group (32 hex) this is one member's copy for (`send-file --group`).
+    #[serde(default)]
+    pub group: Option<String>,
     /// Created, ms since the epoch.
     pub created_at: u64,
     /// Last state change, ms since the epoch.
@@ -245,6 +248,7 @@ impl Entry {
             dir: r.dir.as_ref().map(|p| p.display().to_string()),
             error: r.error.clone(),
             via: self.via.map(str::to_string),
+            group: r.group.clone(),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -442,20 +446,17 @@ pub async fn send_message(
 // ---------------------------------------------------------------------------------------------
 // Operations of the control API.
 
-/// `send-file`: hashes `path`, records the transfer and queues the offer.
-pub async fn send_file(
-    node: &Node,
-    contact: &str,
-    path: &Path,
-) -> Result<View, TransferError> {
-    let files = node.files();
-    let c = node.resolve(contact)?;
-    if c.trust == Trust::Rejected {
-        return Err(NodeError::RejectedContact(c.identity.key()).into());
-    }
-    if c.identity.key() == node.id() {
-        return Err(NodeError::SelfContact.into());
-    }
+/// A source file checked and hashed, ready to be offered (once, or to each member of a group).
+#[derive(Clone, Debug)]
+pub struct Source {
+    path: PathBuf,
+    name: String,
+    sha256: [u8; 32],
+    size: u64,
+}
+
+/// Checks that `path` is a regular file with an acceptable name and size, and hashes it.
+pub async fn hash_source(path: &Path) -> Result<Source, TransferError> {
     let path = std::path::absolute(path)
         .map_err(|e| FileError::from_io(format!("resolving {}", path.display()), e))?;
     let meta = std::fs::metadata(&path)
@@ -471,6 +472,46 @@ pub async fn send_file(
     if size > crate::files::offer::MAX_FILE_SIZE {
         return Err(FileError::from(crate::files::offer::OfferError::TooLarge(size)).into());
     }
+    Ok(Source {
+        path,
+        name,
+        sha256,
+        size,
+    })
+}
+
+/// `send-file`: hashes `path`, records the transfer and queues the offer.
+pub async fn send_file(
+    node: &Node,
+    contact: &str,
+    path: &Path,
+) -> Result<View, TransferError> {
+    let c = node.resolve(contact)?;
+    if c.trust == Trust::Rejected {
+        return Err(NodeError::RejectedContact(c.identity.key()).into());
+    }
+    if c.identity.key() == node.id() {
+        return Err(NodeError::SelfContact.into());
+    }
+    let src = hash_source(path).await?;
+    offer_source(node, &c, &src, None).await
+}
+
+/// Records an outgoing transfer of `src` to contact `c` (one member's copy when `group` is
+/// set) and queues its offer.
+pub async fn offer_source(
+    node: &Node,
+    c: &ContactIdentity,
+    src: &Source,
+    group: Option<String>,
+) -> Result<View, TransferError> {
+    let files = node.files();
+    let Source {
+        path,
+        name,
+        sha256,
+        size,
+    } = src.clone();
     let chunk_size = files.cfg.chunk_size;
     let offer = Offer {
         id: TransferId::random(),
@@ -490,6 +531,7 @@ pub async fn send_file(
         now_ms(),
     );
     record.path = Some(path);
+    record.group = group;
     files.dir.save(&record)?;
     let id = offer.id;
     let total = record.total;

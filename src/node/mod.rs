@@ -44,6 +44,7 @@ pub mod contacts;
 pub mod control;
 pub mod delivery;
 pub mod events;
+pub mod file_group;
 mod file_hooks;
 pub mod files;
 pub mod groups;

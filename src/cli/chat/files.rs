@@ -460,6 +460,7 @@ mod tests {
             dir: None,
             error: None,
             via: None,
+            group: None,
             created_at: 1_700_000_000_000,
             updated_at: 1_700_000_000_000,
         }

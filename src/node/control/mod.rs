@@ -24,6 +24,7 @@
 //! {"cmd":"id_rotate_noise_key"}
 //! {"cmd":"group","op":"create"|"accept"|...,...}   (group chats: see [`group`])
 //! {"cmd":"send_file","contact":"<id or username>","path":"/absolute/path"}
+//! {"cmd":"send_file_group","group":"<id or name>","path":"/absolute/path"}
 //! {"cmd":"files"}
 //! {"cmd":"files_accept","id":"<32-hex transfer id>","to":"/absolute/dir"}
 //! {"cmd":"files_reject","id":"<32-hex transfer id>","reason":"too big"}
@@ -311,6 +312,13 @@ pub enum Request {
     SendFile {
         /// 64-hex id or unique username.
         contact: String,
+        /// Absolute path of the file (as the node sees it).
+        path: String,
+    },
+    /// Offer a file to every member of a group (docs/FILES.md).
+    SendFileGroup {
+        /// Group id or unique name.
+        group: String,
         /// Absolute path of the file (as the node sees it).
         path: String,
     },

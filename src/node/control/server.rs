@@ -307,6 +307,19 @@ pub async fn execute(node: &Node, req: Request) -> Response {
         Request::SendFile { contact, path } => {
             transfer_response(crate::node::files::send_file(node, &contact, Path::new(&path)).await)
         }
+        Request::SendFileGroup { group, path } => {
+            match node.send_file_group(&group, Path::new(&path)).await {
+                Ok(g) => Response {
+                    group: serde_json::to_value(g).ok(),
+                    ok: true,
+                    ..Response::default()
+                },
+                Err(e) => Response {
+                    code: e.is_disk_full().then(|| super::DISK_FULL.to_string()),
+                    ..Response::error(e.to_string())
+                },
+            }
+        }
         Request::Files => Response {
             transfers: Some(node.files().list()),
             ok: true,
