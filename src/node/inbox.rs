@@ -272,9 +272,26 @@ pub(crate) async fn handle(
     path: DeliveryPath,
     recent: &mut Recent,
 ) -> bool {
+    let key = (m.sender, m.message_id);
     if crate::files::chunk::ChunkBlob::is_chunk(&m.encrypted_blob) {
         // A file chunk stored at a relay: not a ratchet message (docs/PROTOCOL.md, "File
-        // transfer"). Confirmed once stored durably (or refused for good).
+        // transfer"). Confirmed once stored durably (or refused for good). A pushed copy of
+        // one a drain just handled is confirmed again without being counted twice. Chunk
+        // message ids repeat by design (a re-sent chunk has the same id and a fresh nonce), so
+        // the blob's own digest is part of the key: a re-sent chunk is always handled.
+        let key = {
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(&m.encrypted_blob);
+            let mut low = [0u8; 8];
+            low.copy_from_slice(&d[..8]);
+            (m.sender, m.message_id ^ u64::from_be_bytes(low))
+        };
+        if recent.contains(&key) {
+            if let Err(e) = client.confirm(IdentityKey(m.sender), m.message_id).await {
+                tracing::debug!(error = %e, "confirmation not sent");
+            }
+            return true;
+        }
         return match crate::node::files::on_relay_chunk(
             node,
             IdentityKey(m.sender),
@@ -283,6 +300,7 @@ pub(crate) async fn handle(
         .await
         {
             Ok(()) => {
+                recent.insert(key);
                 if let Err(e) = client.confirm(IdentityKey(m.sender), m.message_id).await {
                     tracing::debug!(error = %e, "confirmation not sent");
                 }
@@ -296,7 +314,6 @@ pub(crate) async fn handle(
             }
         };
     }
-    let key = (m.sender, m.message_id);
     if recent.contains(&key) {
         // Handled (and committed) moments ago: a pushed copy of a message a drain already
         // read, or one whose confirmation was lost. Confirm again, without decrypting.
