@@ -5,10 +5,9 @@
 use super::{Node, NodeError};
 use super::files::Files;
 use crate::identity::{ContactIdentity, IdentityKey};
-use crate::noise::stream::{ConnectionError, HandshakeLimits, PeerConnection, TcpConnection};
+use crate::noise::stream::{ConnectionError, HandshakeLimits, PeerConnection};
 use crate::ratchet::Content;
 use crate::relay::{RelayClient, RelayClientError};
-use crate::transport::{QuicError, Transport};
 use crate::wire::Endpoint;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,26 +78,6 @@ impl Node {
     ) -> Result<PeerConnection, ConnectionError> {
         let me = self.inner.me();
         let limits = self.handshake_limits();
-        match ep.transport() {
-            Transport::Tcp => {
-                TcpConnection::connect(&ep.to_connect_string(), &me, Some(peer), limits).await
-            }
-            Transport::Quic => {
-                let q = self
-                    .inner
-                    .quic
-                    .endpoint()
-                    .ok_or(ConnectionError::Quic(QuicError::Disabled))?;
-                let timeout = limits.timeout;
-                let addr =
-                    tokio::time::timeout(timeout, tokio::net::lookup_host(ep.to_connect_string()))
-                        .await
-                        .map_err(|_| ConnectionError::Timeout(timeout))?
-                        .map_err(ConnectionError::Io)?
-                        .next()
-                        .ok_or(ConnectionError::Quic(QuicError::NoAddress))?;
-                crate::noise::quic::connect(q, addr, &me, Some(peer), limits).await
-            }
-        }
+        crate::noise::quic::dial(ep, self.inner.quic.endpoint(), &me, Some(peer), limits).await
     }
 }

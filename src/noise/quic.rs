@@ -26,6 +26,36 @@ fn boxed(send: quinn::SendStream, recv: quinn::RecvStream) -> (BoxRead, BoxWrite
     (BoxRead::new(recv), BoxWrite::new(send))
 }
 
+/// Dials `ep` over its own transport and runs the Noise handshake expecting `expected`: TCP
+/// for `host:port`, a new connection of `quic` for `quic://host:port` (refused with
+/// [`QuicError::Disabled`] when the node runs no QUIC endpoint). The name is resolved within
+/// the handshake timeout.
+pub async fn dial(
+    ep: &crate::wire::Endpoint,
+    quic: Option<&QuicEndpoint>,
+    local: &UserIdentity,
+    expected: Option<IdentityKey>,
+    limits: HandshakeLimits,
+) -> Result<PeerConnection, ConnectionError> {
+    match ep.transport() {
+        Transport::Tcp => {
+            super::stream::TcpConnection::connect(&ep.to_connect_string(), local, expected, limits)
+                .await
+        }
+        Transport::Quic => {
+            let q = quic.ok_or(ConnectionError::Quic(QuicError::Disabled))?;
+            let timeout = limits.timeout;
+            let addr = tokio::time::timeout(timeout, tokio::net::lookup_host(ep.to_connect_string()))
+                .await
+                .map_err(|_| ConnectionError::Timeout(timeout))?
+                .map_err(ConnectionError::Io)?
+                .next()
+                .ok_or(ConnectionError::Quic(QuicError::NoAddress))?;
+            connect(q, addr, local, expected, limits).await
+        }
+    }
+}
+
 /// Dials `addr` from `endpoint` over QUIC and runs the bound Noise handshake as initiator, all
 /// within `limits.timeout`.
 pub async fn connect(

@@ -172,24 +172,7 @@ impl RelayClient {
         limits: HandshakeLimits,
         quic: Option<&crate::transport::QuicEndpoint>,
     ) -> Result<(RelayClient, mpsc::Receiver<RelayEvent>), RelayClientError> {
-        use crate::transport::{QuicError, Transport};
-        let conn = match ep.transport() {
-            Transport::Tcp => {
-                TcpConnection::connect(&ep.to_connect_string(), me, relay, limits).await?
-            }
-            Transport::Quic => {
-                let q = quic.ok_or(ConnectionError::Quic(QuicError::Disabled))?;
-                let timeout = limits.timeout;
-                let addr =
-                    tokio::time::timeout(timeout, tokio::net::lookup_host(ep.to_connect_string()))
-                        .await
-                        .map_err(|_| ConnectionError::Timeout(timeout))?
-                        .map_err(ConnectionError::Io)?
-                        .next()
-                        .ok_or(ConnectionError::Quic(QuicError::NoAddress))?;
-                crate::noise::quic::connect(q, addr, me, relay, limits).await?
-            }
-        };
+        let conn = crate::noise::quic::dial(ep, quic, me, relay, limits).await?;
         Self::register(
             conn,
             me,
