@@ -30,7 +30,7 @@ use crate::ratchet::{DecryptError, ReceiveError, SessionManager};
 use crate::relay::owner::{OwnerInbox, Verdict, Verdicts};
 use crate::store::{Store, StoreError};
 use crate::time::Timestamp;
-use crate::wire::relay::{DeliveryConfirmation, StoreMessage};
+use crate::wire::relay::StoreMessage;
 use std::sync::{Arc, Weak};
 
 /// The node's [`OwnerInbox`], installed on its integrated relay.
@@ -192,14 +192,12 @@ fn confirm_all(
         .zip(outcomes)
         .map(|(m, o)| match o {
             Outcome::Recorded(entry) => {
-                let mut c = DeliveryConfirmation {
-                    message_id: m.message_id,
-                    sender: sender.0,
-                    delivered_to: [0; 32],
-                    timestamp: now,
-                    signature: [0; 64],
-                };
-                crate::relay::auth::sign_confirmation(me.signing_key(), &mut c);
+                let c = crate::relay::auth::confirmation(
+                    me.signing_key(),
+                    &sender.0,
+                    m.message_id,
+                    now,
+                );
                 (Verdict::Recorded(Box::new(c)), entry)
             }
             Outcome::Store => (Verdict::Store, None),

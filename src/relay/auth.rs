@@ -14,6 +14,7 @@
 //! unique per session) and `nonce` the relay's fresh challenge, so a registration or retrieval
 //! signature is worthless on any other connection.
 
+use crate::time::Timestamp;
 use crate::sig::{self, SigContext};
 use crate::wire::relay::{DeliveryConfirmation, RetrieveMessages, SessionReset, StoreMessage};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -197,6 +198,25 @@ fn confirmation_bytes(c: &DeliveryConfirmation) -> Vec<u8> {
 }
 
 /// Fills in `c.delivered_to` and `c.signature`.
+/// The `DELIVERY_CONFIRMATION` a recipient (`key`) sends for `sender`'s message `message_id`,
+/// dated `timestamp` and signed ([`sign_confirmation`]).
+pub fn confirmation(
+    key: &SigningKey,
+    sender: &[u8; 32],
+    message_id: u64,
+    timestamp: Timestamp,
+) -> DeliveryConfirmation {
+    let mut c = DeliveryConfirmation {
+        message_id,
+        sender: *sender,
+        delivered_to: [0; 32],
+        timestamp,
+        signature: [0; 64],
+    };
+    sign_confirmation(key, &mut c);
+    c
+}
+
 pub fn sign_confirmation(key: &SigningKey, c: &mut DeliveryConfirmation) {
     c.delivered_to = key.verifying_key().to_bytes();
     c.signature = sig::sign(

@@ -470,14 +470,7 @@ impl RelayClient {
         sender: IdentityKey,
         message_id: u64,
     ) -> Result<(), RelayClientError> {
-        let mut c = DeliveryConfirmation {
-            message_id,
-            sender: sender.0,
-            delivered_to: [0; 32],
-            timestamp: Timestamp::now(),
-            signature: [0; 64],
-        };
-        auth::sign_confirmation(&self.key, &mut c);
+        let c = auth::confirmation(&self.key, &sender.0, message_id, Timestamp::now());
         self.send(Envelope::DeliveryConfirmation(c)).await
     }
 
