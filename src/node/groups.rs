@@ -37,7 +37,7 @@ use super::{commit, Inner, Node, NodeError};
 use crate::group::{Control, Group, GroupError, GroupId, Pending, Shown, MAX_GROUPS};
 use crate::identity::{IdentityKey, Trust};
 use crate::ratchet::{Content, MessageId, Payload, PeerKeys};
-use crate::store::{Batch, Tree};
+use crate::store::{Batch, Store, Tree};
 use crate::time::Timestamp;
 use crate::wire::msgpack;
 use serde::{Deserialize, Serialize};
@@ -595,7 +595,61 @@ fn record_shown(
         skey(&g.id(), &s.sender, s.generation, s.seq),
         s.digest.to_vec(),
     );
+    prune_digests(&*inner.store, &g.id(), &s.sender, s.generation, s.seq, batch)?;
     Ok(entry)
+}
+
+/// How many message numbers behind a sender's newest read message its digests are kept.
+/// Twice the skipped keys a receiver holds: a copy of anything older is refused as `replayed`
+/// by the chain alone; only the key-reuse diagnosis (`conflicting_replay`) needs the digest.
+pub const DIGEST_WINDOW: u32 = 2 * crate::group::MAX_SKIPPED_KEYS as u32;
+
+/// At most this many old digests are deleted per message read: each message adds one, so
+/// the store keeps pace while no single commit grows without bound.
+const PRUNE_PER_MESSAGE: usize = 16;
+
+/// True when the digest kept for `(generation, seq)` is no longer needed once `(cur_gen,
+/// cur_seq)` was read from the same sender: its generation is older than the previous one
+/// (those messages are refused as `stale_generation` before any digest is consulted), or it
+/// is the current generation's and more than [`DIGEST_WINDOW`] numbers behind.
+fn digest_expired(generation: u32, seq: u32, cur_gen: u32, cur_seq: u32) -> bool {
+    generation.saturating_add(1) < cur_gen
+        || (generation == cur_gen && seq.saturating_add(DIGEST_WINDOW) < cur_seq)
+}
+
+/// Deletes (into `batch`) a sender's digests that [`digest_expired`] says are unneeded,
+/// oldest first, at most [`PRUNE_PER_MESSAGE`] per call. Two bounded scans in key order
+/// (generation, then seq): the generations before the previous one, then the current
+/// generation's numbers behind the window. Each stops at the first key it keeps.
+fn prune_digests(
+    store: &dyn Store,
+    gid: &GroupId,
+    sender: &IdentityKey,
+    cur_gen: u32,
+    cur_seq: u32,
+    batch: &mut Batch,
+) -> Result<(), NodeError> {
+    let mut by_sender = sprefix(gid);
+    by_sender.extend_from_slice(&sender.0);
+    let mut current = by_sender.clone();
+    current.extend_from_slice(&cur_gen.to_be_bytes());
+    for prefix in [by_sender, current] {
+        let page = store.scan(Tree::Meta, &prefix, None, PRUNE_PER_MESSAGE)?;
+        for (k, _) in page {
+            // The key ends in generation (u32 BE) || seq (u32 BE).
+            let tail = k.get(k.len().saturating_sub(8)..).unwrap_or_default();
+            let Ok(t) = <[u8; 8]>::try_from(tail) else {
+                break;
+            };
+            let generation = u32::from_be_bytes([t[0], t[1], t[2], t[3]]);
+            let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+            if !digest_expired(generation, seq, cur_gen, cur_seq) {
+                break;
+            }
+            batch.delete(Tree::Meta, k);
+        }
+    }
+    Ok(())
 }
 
 fn notice(
@@ -1143,5 +1197,62 @@ impl Node {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::SledStore;
+
+    #[test]
+    fn digests_expire_behind_the_window_and_before_the_previous_generation() {
+        assert!(!digest_expired(5, 10, 5, 10));
+        assert!(!digest_expired(5, 0, 5, DIGEST_WINDOW));
+        assert!(digest_expired(5, 0, 5, DIGEST_WINDOW + 1));
+        // The previous generation is kept whole (messages in flight still open).
+        assert!(!digest_expired(4, 0, 5, u32::MAX));
+        assert!(digest_expired(3, u32::MAX, 5, 0));
+        // A later generation (a held message read out of order) is never pruned.
+        assert!(!digest_expired(6, 0, 5, u32::MAX));
+    }
+
+    #[test]
+    fn reading_a_long_run_keeps_a_bounded_window_of_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let gid = GroupId([7; 16]);
+        let bob = IdentityKey([1; 32]);
+        let carol = IdentityKey([2; 32]);
+        let count = |who: &IdentityKey| {
+            let mut p = sprefix(&gid);
+            p.extend_from_slice(&who.0);
+            store.scan(Tree::Meta, &p, None, usize::MAX).unwrap()
+        };
+        // Generation 1, then 2 and 3: what `record_shown` does for each message read.
+        for (generation, n) in [(1u32, 3 * DIGEST_WINDOW), (2, 40), (3, 3 * DIGEST_WINDOW)] {
+            for seq in 0..n {
+                let mut b = Batch::new();
+                b.put(Tree::Meta, skey(&gid, &bob, generation, seq), vec![0; 16]);
+                prune_digests(&store, &gid, &bob, generation, seq, &mut b).unwrap();
+                store.apply(b).unwrap();
+            }
+        }
+        // Carol's digests are another sender's: untouched.
+        let mut b = Batch::new();
+        b.put(Tree::Meta, skey(&gid, &carol, 1, 0), vec![0; 16]);
+        store.apply(b).unwrap();
+        let kept = count(&bob);
+        // Generation 1 is gone, generation 2 (the previous) is whole, generation 3 holds
+        // the window (plus the newest).
+        let gens: Vec<u32> = kept
+            .iter()
+            .map(|(k, _)| u32::from_be_bytes(k[k.len() - 8..k.len() - 4].try_into().unwrap()))
+            .collect();
+        assert!(!gens.contains(&1), "generation 1 digests left: {}", gens.iter().filter(|g| **g == 1).count());
+        assert_eq!(gens.iter().filter(|g| **g == 2).count(), 40);
+        assert_eq!(gens.iter().filter(|g| **g == 3).count() as u32, DIGEST_WINDOW + 1);
+        assert_eq!(count(&carol).len(), 1);
     }
 }
