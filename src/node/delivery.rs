@@ -370,15 +370,38 @@ async fn learn_update(
 }
 
 /// Events on an outgoing connection: confirmations of our messages. Ends when it closes.
+///
+/// Confirmations that arrived together are recorded together ([`confirmed_all`]).
 async fn outbound_events(
     node: Node,
     k: String,
     client: Arc<RelayClient>,
     mut events: mpsc::Receiver<RelayEvent>,
 ) {
-    while let Some(ev) = events.recv().await {
+    let mut next = None;
+    loop {
+        let ev = match next.take() {
+            Some(ev) => ev,
+            None => match events.recv().await {
+                Some(ev) => ev,
+                None => break,
+            },
+        };
         match ev {
-            RelayEvent::Confirmation(c) => confirmed(&node, &client, c).await,
+            RelayEvent::Confirmation(c) => {
+                let mut all = vec![c];
+                while all.len() < MAX_CONFIRM_BATCH {
+                    match events.try_recv() {
+                        Ok(RelayEvent::Confirmation(c)) => all.push(c),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                confirmed_all(&node, &client, all).await
+            }
             RelayEvent::SessionReset(n) => session_reset(&node, n).await,
             RelayEvent::Message(_) => {}
             RelayEvent::Punch(p) => super::punch::on_message(&node, &client, p).await,
@@ -388,29 +411,60 @@ async fn outbound_events(
     node.inner.pool.remove(&k, &client);
 }
 
+/// Most confirmations recorded with one commit.
+pub const MAX_CONFIRM_BATCH: usize = 256;
+
 /// A recipient confirmed one of our messages (routed back by a relay).
 pub(crate) async fn confirmed(node: &Node, client: &RelayClient, c: DeliveryConfirmation) {
-    if c.sender != node.inner.me().key().0 {
+    confirmed_all(node, client, vec![c]).await
+}
+
+/// Recipients confirmed some of our messages (routed back by one relay): each recipient's are
+/// recorded with one commit ([`upgrade_all`]), then all are acknowledged to the relay in one
+/// write.
+pub(crate) async fn confirmed_all(
+    node: &Node,
+    client: &RelayClient,
+    all: Vec<DeliveryConfirmation>,
+) {
+    let me = node.inner.me().key().0;
+    // Per recipient, in arrival order.
+    let mut by_peer: Vec<(IdentityKey, Vec<DeliveryConfirmation>)> = Vec::new();
+    for c in all {
+        if c.sender != me {
+            continue;
+        }
+        let peer = IdentityKey(c.delivered_to);
+        match by_peer.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, v)) => v.push(c),
+            None => by_peer.push((peer, vec![c])),
+        }
+    }
+    let mut acks = Vec::new();
+    for (peer, cs) in by_peer {
+        // A confirmation comes back through the relay that held the message: the recipient's
+        // own node (the direct path) or a relay. It can overtake that store's acceptance
+        // (another task), so it names the path when the entry has none yet.
+        let path = if client.relay_key() == peer {
+            DeliveryPath::direct(client.transport())
+        } else {
+            DeliveryPath::Relay
+        };
+        let ids: Vec<u64> = cs.iter().map(|c| c.message_id).collect();
+        match upgrade_all(&node.inner, &peer, &ids, Some(path)).await {
+            Ok(()) => acks.extend(cs),
+            Err(e) => {
+                tracing::debug!(error = %e, "confirmation not recorded; the relay will hand it over again")
+            }
+        }
+    }
+    if acks.is_empty() {
         return;
     }
-    let peer = IdentityKey(c.delivered_to);
-    // A confirmation comes back through the relay that held the message: the recipient's own
-    // node (the direct path) or a relay. It can overtake that store's acceptance (another
-    // task), so it names the path when the entry has none yet.
-    let path = if client.relay_key() == peer {
-        DeliveryPath::direct(client.transport())
-    } else {
-        DeliveryPath::Relay
-    };
-    if upgrade(&node.inner, &peer, c.message_id, Some(path))
-        .await
-        .is_ok()
-    {
-        // Unacknowledged, the relay keeps the confirmation and hands it over again on the
-        // next registration (the upgrade above is idempotent), so nothing is lost.
-        if let Err(e) = client.ack_confirmation(&c).await {
-            tracing::debug!(error = %e, "confirmation ack not sent; the relay will hand it over again");
-        }
+    // Unacknowledged, the relay keeps a confirmation and hands it over again on the next
+    // registration (the upgrade above is idempotent), so nothing is lost.
+    if let Err(e) = client.ack_confirmations(&acks).await {
+        tracing::debug!(error = %e, "confirmation ack not sent; the relay will hand it over again");
     }
 }
 
@@ -635,40 +689,63 @@ async fn reset(
     Ok(Some(resent))
 }
 
-/// Marks an outgoing message delivered (if it is not already).
-///
-/// Under the peer's lock, like the acceptance it may overtake ([`finalize`]): a confirmation
-/// can arrive while that store's acceptance is between its reads and its commit, and an
-/// acceptance committed after this would write `stored_at_relay` over `delivered` (and keep
-/// the message for a needless re-store).
+/// Marks an outgoing message delivered (if it is not already). See [`upgrade_all`].
+#[cfg(test)]
 async fn upgrade(
     inner: &Arc<Inner>,
     peer: &IdentityKey,
     id: u64,
     path: Option<DeliveryPath>,
 ) -> Result<(), NodeError> {
+    upgrade_all(inner, peer, &[id], path).await
+}
+
+/// Marks outgoing messages to `peer` delivered (those that are not already), with one commit.
+///
+/// Under the peer's lock, like the acceptance it may overtake ([`finalize_all`]): a
+/// confirmation can arrive while that store's acceptance is between its reads and its commit,
+/// and an acceptance committed after this would write `stored_at_relay` over `delivered` (and
+/// keep the message for a needless re-store).
+async fn upgrade_all(
+    inner: &Arc<Inner>,
+    peer: &IdentityKey,
+    ids: &[u64],
+    path: Option<DeliveryPath>,
+) -> Result<(), NodeError> {
     let _one = inner.locks.peer(peer).await;
-    let Some(mut e) = inner.history.find(Direction::Out, peer, id)? else {
-        return Ok(());
-    };
-    if e.status == Status::Delivered {
+    let mut batch = crate::store::Batch::new();
+    let mut done = Vec::new();
+    for &id in ids {
+        let Some(mut e) = inner.history.find(Direction::Out, peer, id)? else {
+            continue;
+        };
+        if e.status == Status::Delivered || done.iter().any(|d: &HistoryEntry| d.seq == e.seq) {
+            continue;
+        }
+        e.status = Status::Delivered;
+        if e.path.is_none() {
+            e.path = path;
+        }
+        batch.extend(inner.history.update(&e));
+        batch.delete(Tree::Awaiting, e.seq.to_be_bytes().to_vec());
+        // A copy re-queued for a re-store (or after a session reset) is no longer needed.
+        let mut key = peer.0.to_vec();
+        key.extend_from_slice(&e.seq.to_be_bytes());
+        batch.delete(Tree::Outbox, key);
+        done.push(e);
+    }
+    if done.is_empty() {
         return Ok(());
     }
-    e.status = Status::Delivered;
-    if e.path.is_none() {
-        e.path = path;
-    }
-    let mut batch = inner.history.update(&e);
-    batch.delete(Tree::Awaiting, e.seq.to_be_bytes().to_vec());
-    // A copy re-queued for a re-store (or after a session reset) is no longer needed.
-    let mut key = peer.0.to_vec();
-    key.extend_from_slice(&e.seq.to_be_bytes());
-    batch.delete(Tree::Outbox, key);
     commit(&inner.store, batch).await?;
     if let Ok(mut r) = inner.restore.lock() {
-        r.remove(&e.seq);
+        for e in &done {
+            r.remove(&e.seq);
+        }
     }
-    let _ = inner.events.send(e);
+    for e in done {
+        let _ = inner.events.send(e);
+    }
     Ok(())
 }
 
@@ -831,17 +908,7 @@ pub(crate) async fn confirmations(node: Node) {
     }
 }
 
-/// Encrypts and queues a message (the `send` path). Holds the peer's ratchet lock across the
-/// commit.
-///
-/// Commit before send: the advanced ratchet session, the history entry and the outbox entry
-/// are one batch, and the delivery worker reads the outbox only under the same peer lock, so it
-/// never sees (and sends) a message whose commit has not returned. Encryption and the commit
-/// run on the blocking pool (off the async workers), and the lock guard moves there with
-/// them, so a cancelled `send` cannot release it early. Other peers are not held back: their
-/// commits share the flush (group commit). If the commit fails (a full disk), the store rolls
-/// its in-memory state back to what is on disk: the session is not advanced, no outbox entry
-/// exists, nothing is sent, and the next message reuses no key.
+/// Encrypts and queues a message (the `send` path). See [`enqueue_content`].
 pub(crate) async fn enqueue(
     inner: &Arc<Inner>,
     c: &ContactIdentity,
@@ -850,8 +917,76 @@ pub(crate) async fn enqueue(
     enqueue_content(inner, c, Content::Text(text.to_string()), text).await
 }
 
+/// Most sends to one peer encrypted and committed together by [`enqueue_content`].
+pub const MAX_SEND_BATCH: usize = 256;
+
+/// One `send` waiting for its peer's ratchet lock (see [`enqueue_content`]).
+pub(crate) struct QueuedSend {
+    peer: PeerKeys,
+    username: String,
+    content: Content,
+    text: String,
+    done: tokio::sync::oneshot::Sender<Result<HistoryEntry, NodeError>>,
+}
+
+/// Sends waiting for their peer's ratchet lock, per peer (see [`enqueue_content`]).
+#[derive(Default)]
+pub(crate) struct SendQueue(Mutex<HashMap<IdentityKey, Vec<QueuedSend>>>);
+
+impl SendQueue {
+    fn push(&self, peer: IdentityKey, q: QueuedSend) -> Result<(), NodeError> {
+        let mut m = self.0.lock().map_err(|_| crate::store::StoreError::Poisoned)?;
+        m.entry(peer).or_default().push(q);
+        Ok(())
+    }
+
+    /// Sends waiting for `peer` (tests).
+    #[cfg(test)]
+    fn queued(&self, peer: &IdentityKey) -> usize {
+        self.0
+            .lock()
+            .map(|m| m.get(peer).map_or(0, |v| v.len()))
+            .unwrap_or(0)
+    }
+
+    /// Up to [`MAX_SEND_BATCH`] of `peer`'s waiting sends, oldest first.
+    fn take(&self, peer: &IdentityKey) -> Vec<QueuedSend> {
+        let Ok(mut m) = self.0.lock() else {
+            return Vec::new();
+        };
+        let Some(v) = m.get_mut(peer) else {
+            return Vec::new();
+        };
+        if v.len() <= MAX_SEND_BATCH {
+            let all = std::mem::take(v);
+            m.remove(peer);
+            all
+        } else {
+            v.drain(..MAX_SEND_BATCH).collect()
+        }
+    }
+}
+
 /// [`enqueue`] for any payload content; `text` is what the history entry shows (for a file
-/// message, a one-line description).
+/// message, a one-line description). Returns once the message is durable.
+///
+/// Commit before send: the advanced ratchet session, the history entry and the outbox entry
+/// of a message are one atomic batch, applied under the peer's ratchet lock, and the delivery
+/// worker reads the outbox only under the same lock, so it never sees (and sends) a message
+/// whose flush has not returned.
+///
+/// Sends to one peer are combined: each call queues its message, then takes the peer's lock;
+/// whoever holds it takes every send queued for that peer by then (at most
+/// [`MAX_SEND_BATCH`]), encrypts them in order (each batch applied before the next encrypt
+/// reads the session) and makes all of them durable with **one** flush; a call whose message
+/// was taken by an earlier holder just waits for its answer. So many sends in flight from one
+/// sender share a flush, and a lone send costs what it did. Encryption and the commit run on
+/// the blocking pool (off the async workers), and the lock guard moves there with them, so a
+/// cancelled `send` cannot release it early (a cancelled send still queued is skipped). Other
+/// peers are not held back: their commits share the flush (group commit). If an apply or the
+/// flush fails (a full disk), the store rolls its in-memory state back to what is on disk:
+/// no session is advanced, no outbox entry exists, nothing is sent, every send of the batch
+/// gets the error, and the next message reuses no key.
 pub(crate) async fn enqueue_content(
     inner: &Arc<Inner>,
     c: &ContactIdentity,
@@ -859,35 +994,89 @@ pub(crate) async fn enqueue_content(
     text: &str,
 ) -> Result<HistoryEntry, NodeError> {
     let key = c.identity.key();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    inner.sends.push(
+        key,
+        QueuedSend {
+            peer: PeerKeys {
+                identity_key: key.0,
+                noise_key: c.identity.noise_key().0,
+            },
+            username: c.identity.username().to_string(),
+            content,
+            text: text.to_string(),
+            done: tx,
+        },
+    )?;
     let one = inner.locks.peer(&key).await;
-    let sessions = inner.sessions();
-    let store = inner.store.clone();
-    let history = inner.history.clone();
-    let username = c.identity.username().to_string();
-    let text = text.to_string();
-    let peer = PeerKeys {
-        identity_key: key.0,
-        noise_key: c.identity.noise_key().0,
-    };
-    tokio::task::spawn_blocking(move || {
-        let r = (|| -> Result<HistoryEntry, NodeError> {
+    let items = inner.sends.take(&key);
+    if items.is_empty() {
+        // An earlier holder of the lock took ours: its answer is on the way.
+        drop(one);
+    } else {
+        let sessions = inner.sessions();
+        let store = inner.store.clone();
+        let history = inner.history.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            encrypt_all(&sessions, &*store, &history, key, items);
+            // Released only once the flush returned.
+            drop(one);
+        })
+        .await;
+        if let Err(e) = joined {
+            return Err(crate::store::StoreError::TaskFailed {
+                task: "commit",
+                detail: e.to_string(),
+            }
+            .into());
+        }
+    }
+    rx.await.map_err(|_| crate::store::StoreError::TaskFailed {
+        task: "commit",
+        detail: "the send batch ended without an answer".into(),
+    })?
+}
+
+/// The blocking part of [`enqueue_content`]: encrypts and applies each send in order, flushes
+/// once, then answers each. The caller holds `key`'s ratchet lock.
+fn encrypt_all(
+    sessions: &crate::ratchet::SessionManager,
+    store: &dyn crate::store::Store,
+    history: &super::history::History,
+    key: IdentityKey,
+    items: Vec<QueuedSend>,
+) {
+    let generation = store.generation();
+    let mut applied: Vec<(HistoryEntry, tokio::sync::oneshot::Sender<_>)> =
+        Vec::with_capacity(items.len());
+    let mut store_failed: Option<crate::store::StoreError> = None;
+    for q in items {
+        if let Some(e) = &store_failed {
+            let _ = q.done.send(Err(e.clone().into()));
+            continue;
+        }
+        if q.done.is_closed() {
+            // Its caller gave up before it was encrypted: not sent.
+            continue;
+        }
+        let one = (|| -> Result<(HistoryEntry, crate::store::Batch), NodeError> {
             let now = Timestamp::now();
             let payload = Payload {
                 id: MessageId::random(&mut rand::rngs::OsRng),
                 sent_at: now,
-                content,
+                content: q.content,
             };
             let mut id8 = [0u8; 8];
             id8.copy_from_slice(&payload.id.0[..8]);
             let id = u64::from_be_bytes(id8);
-            let out = sessions.encrypt(&*store, &mut rand::rngs::OsRng, &peer, &payload)?;
+            let out = sessions.encrypt(store, &mut rand::rngs::OsRng, &q.peer, &payload)?;
             let (mut batch, wire) = out.into_parts();
             let (entry, hb) = history.record(NewEntry {
                 direction: Direction::Out,
                 peer: key,
-                peer_name: Some(username),
+                peer_name: Some(q.username),
                 id,
-                text,
+                text: q.text,
                 sent_at: now,
                 recorded_at: now,
                 status: Status::Queued,
@@ -905,17 +1094,40 @@ pub(crate) async fn enqueue_content(
                 }
                 .put(),
             );
-            store.commit(batch)?;
-            Ok(entry)
+            Ok((entry, batch))
         })();
-        drop(one);
-        r
-    })
-    .await
-    .map_err(|e| crate::store::StoreError::TaskFailed {
-        task: "commit",
-        detail: e.to_string(),
-    })?
+        match one {
+            Ok((entry, batch)) => match store.apply(batch) {
+                Ok(()) => applied.push((entry, q.done)),
+                Err(e) => {
+                    // Rolled back to what is on disk: every earlier apply of this batch too.
+                    let _ = q.done.send(Err(e.clone().into()));
+                    store_failed = Some(e);
+                }
+            },
+            Err(e) => {
+                let _ = q.done.send(Err(e));
+            }
+        }
+    }
+    let flushed = match (store_failed, applied.is_empty()) {
+        (Some(e), _) => Err(e),
+        (None, true) => Ok(()),
+        (None, false) => store.flush().and_then(|()| {
+            if store.generation() == generation {
+                Ok(())
+            } else {
+                // A failed flush elsewhere threw away applied writes, maybe ours.
+                Err(crate::store::StoreError::RolledBack)
+            }
+        }),
+    };
+    for (entry, done) in applied {
+        let _ = done.send(match &flushed {
+            Ok(()) => Ok(entry),
+            Err(e) => Err(e.clone().into()),
+        });
+    }
 }
 
 /// How often the engine re-reads the whole outbox as a safety net (a worker that stopped on a
@@ -1059,10 +1271,22 @@ async fn worker(node: Node, recipient: IdentityKey, reg: super::wake::Registrati
         }
         tokio::select! {
             done = set.join_next() => {
-                let Some(Ok((e, r))) = done else { continue };
-                in_flight.remove(&e.history_seq);
-                match r {
-                    Some((status, path, hint)) => match finalize(&inner, &e, status, path, hint).await {
+                let Some(first) = done else { continue };
+                // Every attempt that completed by now is recorded with one commit.
+                let mut accepted: Vec<Accepted> = Vec::new();
+                let mut next = Some(first);
+                while let Some(r) = next {
+                    if let Ok((e, r)) = r {
+                        in_flight.remove(&e.history_seq);
+                        match r {
+                            Some((status, path, hint)) => accepted.push((e, status, path, hint)),
+                            None => failed = true,
+                        }
+                    }
+                    next = set.try_join_next();
+                }
+                if !accepted.is_empty() {
+                    match finalize_all(&inner, &recipient, accepted).await {
                         Ok(()) => backoff = initial,
                         Err(err) => {
                             if let Some(repeats) = inner.record_errors.due() {
@@ -1070,8 +1294,7 @@ async fn worker(node: Node, recipient: IdentityKey, reg: super::wake::Registrati
                             }
                             failed = true;
                         }
-                    },
-                    None => failed = true,
+                    }
                 }
             }
             _ = reg.waker().woken() => {}
@@ -1137,6 +1360,7 @@ pub(crate) async fn lookup(inner: &Arc<Inner>, recipient: &IdentityKey) {
 
 /// Records a store's acceptance of an outbox entry (under the recipient's lock, see
 /// [`upgrade`]).
+#[cfg(test)]
 async fn finalize(
     inner: &Arc<Inner>,
     e: &OutboxEntry,
@@ -1144,19 +1368,50 @@ async fn finalize(
     path: DeliveryPath,
     hint: RelayHint,
 ) -> Result<(), NodeError> {
-    let _one = inner.locks.peer(&IdentityKey(e.recipient)).await;
-    let Some((batch, entry)) = acceptance(inner, e, status, path, hint)? else {
+    finalize_all(
+        inner,
+        &IdentityKey(e.recipient),
+        vec![(e.clone(), status, path, hint)],
+    )
+    .await
+}
+
+/// A store's acceptance of one outbox entry: the entry, its status, path and where its
+/// confirmation comes from.
+type Accepted = (OutboxEntry, Status, DeliveryPath, RelayHint);
+
+/// Records the acceptances of several of `recipient`'s outbox entries (all the stores of a
+/// worker that completed together) under the recipient's lock (see [`upgrade`]), as one batch
+/// with one flush.
+async fn finalize_all(
+    inner: &Arc<Inner>,
+    recipient: &IdentityKey,
+    accepted: Vec<Accepted>,
+) -> Result<(), NodeError> {
+    let _one = inner.locks.peer(recipient).await;
+    let mut batch = crate::store::Batch::new();
+    let mut announce = Vec::new();
+    for (e, status, path, hint) in accepted {
+        let Some((b, entry)) = acceptance(inner, &e, status, path, hint)? else {
+            continue;
+        };
+        batch.extend(b);
+        if let Some(h) = entry {
+            tracing::debug!(id = %format_id(h.id), ?status, ?path, "message accepted");
+            announce.push(h);
+        }
+    }
+    if batch.is_empty() {
         return Ok(());
-    };
+    }
     commit(&inner.store, batch).await?;
-    if let Some(h) = entry {
-        tracing::debug!(id = %format_id(h.id), ?status, ?path, "message accepted");
+    for h in announce {
         let _ = inner.events.send(h);
     }
     Ok(())
 }
 
-/// The reads of [`finalize`]: the batch that records the acceptance, and the history entry to
+/// The reads of [`finalize_all`] for one entry: the batch that records the acceptance, and the history entry to
 /// announce (`None`: nothing changed that a subscriber must see). `None` when there is nothing
 /// to record. The caller holds the recipient's lock from here until the batch is committed.
 ///
@@ -1607,6 +1862,51 @@ mod tests {
         assert_eq!(h.path, Some(DeliveryPath::Relay));
         assert!(inner.store.get(Tree::Awaiting, &seq.to_be_bytes()).unwrap().is_none());
         assert!(inner.store.get(Tree::Outbox, &e.key()).unwrap().is_none());
+        a.shutdown().await.unwrap();
+    }
+
+    /// Issue 12 item 2: sends to one peer that are in flight together are encrypted in order
+    /// and made durable with one flush (not one flush each, in turn, under the peer's lock),
+    /// and each caller gets its own entry. The old code took one flush per send.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_sends_to_one_peer_share_one_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, bob, _) = one_queued(dir.path()).await;
+        let inner = a.node.inner.clone();
+        const N: usize = 64;
+        // Held while the sends queue up, so that they all wait for the same holder.
+        let guard = inner.locks.peer(&bob).await;
+        let mut tasks = Vec::new();
+        for i in 0..N {
+            let node = a.node.clone();
+            tasks.push(tokio::spawn(async move {
+                node.send("bob", &format!("message {i}")).await
+            }));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while inner.sends.queued(&bob) < N {
+            assert!(Instant::now() < deadline, "the sends never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let flushes = inner.store.flushes().unwrap();
+        drop(guard);
+        let mut seqs = std::collections::HashSet::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let e = t.await.unwrap().unwrap();
+            assert_eq!(e.text, format!("message {i}"));
+            assert_eq!(e.status, Status::Queued);
+            assert!(seqs.insert(e.seq));
+        }
+        let used = inner.store.flushes().unwrap() - flushes;
+        assert!(used <= 2, "{N} concurrent sends took {used} flushes");
+        // Every one is durable in the outbox with its own ciphertext (one ratchet step each).
+        let queued = outbox::for_recipient(&*inner.store, &bob, 1000).unwrap();
+        assert_eq!(queued.len(), N + 1);
+        let wires: std::collections::HashSet<&Vec<u8>> = queued.iter().map(|e| &e.wire).collect();
+        assert_eq!(wires.len(), N + 1);
+        for e in &queued {
+            assert!(seqs.contains(&e.history_seq) || e.history_seq < *seqs.iter().min().unwrap());
+        }
         a.shutdown().await.unwrap();
     }
 

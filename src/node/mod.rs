@@ -270,6 +270,8 @@ pub(crate) struct Inner {
     /// One ratchet operation per peer at a time (load → compute → commit must not
     /// interleave); different peers run at once.
     locks: locks::RatchetLocks,
+    /// Sends waiting for their peer's ratchet lock, committed together.
+    sends: delivery::SendQueue,
     events: broadcast::Sender<HistoryEntry>,
     /// Contact events for control clients (`follow` with `"events":true`).
     node_events: events::Events,
@@ -548,6 +550,7 @@ impl Node {
             updating: tokio::sync::Mutex::new(()),
             keys_changed: Notify::new(),
             locks: Default::default(),
+            sends: Default::default(),
             events,
             node_events: events::Events::new(),
             cfg: cfg.node.clone(),

@@ -352,10 +352,18 @@ impl RelayClient {
     }
 
     async fn send(&self, env: Envelope) -> Result<(), RelayClientError> {
+        self.send_many(std::iter::once(env)).await
+    }
+
+    /// Queues `envs` and sends everything queued with one write (see `outbox`).
+    async fn send_many(
+        &self,
+        envs: impl IntoIterator<Item = Envelope>,
+    ) -> Result<(), RelayClientError> {
         self.outbox
             .lock()
             .map_err(|_| RelayClientError::Closed)?
-            .push(env);
+            .extend(envs);
         let mut w = self.writer.lock().await;
         let batch = std::mem::take(&mut *self.outbox.lock().map_err(|_| RelayClientError::Closed)?);
         // Empty: an earlier holder of the writer already sent ours.
@@ -499,6 +507,33 @@ impl RelayClient {
         };
         auth::sign_session_reset(&self.key, &mut n);
         self.send(Envelope::SessionReset(n)).await
+    }
+
+    /// Confirms several delivered messages (`(sender, message_id)`, see
+    /// [`RelayClient::confirm`]) with one write.
+    pub async fn confirm_many(
+        &self,
+        delivered: &[(IdentityKey, u64)],
+    ) -> Result<(), RelayClientError> {
+        let now = Timestamp::now();
+        self.send_many(delivered.iter().map(|(sender, id)| {
+            Envelope::DeliveryConfirmation(auth::confirmation(&self.key, &sender.0, *id, now))
+        }))
+        .await
+    }
+
+    /// [`RelayClient::ack_confirmation`] for several confirmations, with one write.
+    pub async fn ack_confirmations(
+        &self,
+        cs: &[DeliveryConfirmation],
+    ) -> Result<(), RelayClientError> {
+        self.send_many(cs.iter().map(|c| {
+            Envelope::ConfirmationAck(ConfirmationAck {
+                delivered_to: c.delivered_to,
+                message_id: c.message_id,
+            })
+        }))
+        .await
     }
 
     /// Tells the relay we received a forwarded confirmation, so it can forget it.
