@@ -517,3 +517,88 @@ async fn a_trusted_contacts_burst_is_not_rate_limited_by_the_integrated_relay() 
     b.shutdown().await.unwrap();
     c.shutdown().await.unwrap();
 }
+
+/// Issue 12 item 2: one sender with 64 `send()` calls in flight at once (they are encrypted
+/// and committed together, stored in batches, recorded by the recipient in batches and
+/// confirmed in batches), through the recipient's relay and with the direct path too (racing
+/// the relay until it is proven): every
+/// message arrives exactly once with its own text, and the sender sees each delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_of_concurrent_sends_arrives_once_each_direct_and_via_relay() {
+    // Within the test relay's default burst (500 requests: stores and acknowledgements).
+    const N: usize = 200;
+    const WINDOW: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    for via_relay in [true, false] {
+        let tag = if via_relay { "relay" } else { "direct" };
+        let a = Node::start(&config(dir.path(), &format!("alice-{tag}"), "", &[], 0))
+            .await
+            .unwrap();
+        let b = Node::start(&config(
+            dir.path(),
+            &format!("bob-{tag}"),
+            "",
+            &[&relay.hint],
+            0,
+        ))
+        .await
+        .unwrap();
+        let mut card = b.node.card();
+        if via_relay {
+            // The sender knows only the relay.
+            card.endpoints.clear();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !b.node.status().relays.first().is_some_and(|r| r.connected) {
+                assert!(
+                    Instant::now() < deadline,
+                    "bob never connected to the relay"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        a.node.add_contact(&card.to_text()).unwrap();
+        b.node.add_contact(&a.node.card().to_text()).unwrap();
+        let bob = format!("bob-{tag}");
+        let mut set = tokio::task::JoinSet::new();
+        let mut ids = Vec::with_capacity(N);
+        for i in 0..N {
+            if set.len() >= WINDOW {
+                ids.push(set.join_next().await.unwrap().unwrap());
+            }
+            let node = a.node.clone();
+            let bob = bob.clone();
+            set.spawn(async move { node.send(&bob, &format!("{tag} {i:03}")).await.unwrap().id });
+        }
+        while let Some(id) = set.join_next().await {
+            ids.push(id.unwrap());
+        }
+        let h = wait_for(
+            &b.node,
+            "every message at bob",
+            Duration::from_secs(60),
+            |h| h.iter().filter(|e| e.direction == Direction::In).count() >= N,
+        )
+        .await;
+        for i in 0..N {
+            let text = format!("{tag} {i:03}");
+            let got = received(&h, &text);
+            assert_eq!(got.len(), 1, "{text} arrived {} times", got.len());
+            if via_relay {
+                assert_eq!(got[0].path, Some(DeliveryPath::Relay));
+            }
+        }
+        for id in ids {
+            a.node
+                .wait_delivered(id, Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+        // Nothing arrives twice later on.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let h = b.node.messages(None, 1000).unwrap();
+        assert_eq!(h.iter().filter(|e| e.direction == Direction::In).count(), N);
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}

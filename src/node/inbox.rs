@@ -139,14 +139,28 @@ pub(crate) async fn collect(node: Node, source: Source) {
                             ev = events.recv() => match ev {
                                 Some(RelayEvent::Message(m)) => {
                                     pushed = true;
-                                    if !handle(&node, &client, m, path, &mut recent).await {
+                                    // With every push already queued behind it: recorded
+                                    // together (one flush per sender's run).
+                                    let mut all = vec![m];
+                                    let mut after = None;
+                                    while all.len() < MAX_RECEIVE_BATCH {
+                                        match events.try_recv() {
+                                            Ok(RelayEvent::Message(m)) => all.push(m),
+                                            Ok(other) => {
+                                                after = Some(other);
+                                                break;
+                                            }
+                                            Err(_) => break,
+                                        }
+                                    }
+                                    if !handle_many(&node, &client, all, path, &mut recent).await {
                                         drained = Drained::Stalled;
                                     }
+                                    if let Some(ev) = after {
+                                        on_event(&node, &client, ev, &addr).await;
+                                    }
                                 }
-                                Some(RelayEvent::Confirmation(c)) => super::delivery::confirmed(&node, &client, c).await,
-                                Some(RelayEvent::SessionReset(n)) => super::delivery::session_reset(&node, n).await,
-                                Some(RelayEvent::Punch(p)) => super::punch::on_message(&node, &client, p).await,
-                                Some(RelayEvent::Error(e)) => tracing::debug!(source = %addr, code = e.code, "relay error"),
+                                Some(ev) => on_event(&node, &client, ev, &addr).await,
                                 None => break,
                             },
                             _ = super::stopped(&mut stop) => {
@@ -176,6 +190,26 @@ pub(crate) async fn collect(node: Node, source: Source) {
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
+
+/// An event other than a pushed message.
+async fn on_event(
+    node: &Node,
+    client: &std::sync::Arc<RelayClient>,
+    ev: RelayEvent,
+    addr: &str,
+) {
+    match ev {
+        RelayEvent::Confirmation(c) => super::delivery::confirmed(node, client, c).await,
+        RelayEvent::SessionReset(n) => super::delivery::session_reset(node, n).await,
+        RelayEvent::Punch(p) => super::punch::on_message(node, client, p).await,
+        RelayEvent::Error(e) => tracing::debug!(source = %addr, code = e.code, "relay error"),
+        // Pushed messages are gathered by the caller.
+        RelayEvent::Message(_) => {}
+    }
+}
+
+/// Most pushed messages a collector records together.
+pub const MAX_RECEIVE_BATCH: usize = 256;
 
 /// How long a collector waits before it retries messages it could not record (full disk).
 pub const STALL_RETRY: Duration = Duration::from_secs(1);
@@ -262,6 +296,130 @@ impl Recent {
 
 /// Most pages one drain reads.
 pub const DRAIN_PAGES: usize = 10_000;
+
+/// Handles stored messages (in order), recording each run of ordinary messages from one
+/// contact with one flush ([`handle_run`]); the rest one by one ([`handle`]). False when one
+/// could not be recorded (a local failure): it stays at the source, unconfirmed.
+pub(crate) async fn handle_many(
+    node: &Node,
+    client: &RelayClient,
+    all: Vec<StoredMessage>,
+    path: DeliveryPath,
+    recent: &mut Recent,
+) -> bool {
+    let mut ok = true;
+    let mut run: Vec<StoredMessage> = Vec::new();
+    for m in all {
+        let plain = !crate::files::chunk::ChunkBlob::is_chunk(&m.encrypted_blob)
+            && !recent.contains(&(m.sender, m.message_id));
+        if plain && run.first().is_none_or(|r| r.sender == m.sender) {
+            run.push(m);
+            continue;
+        }
+        if !run.is_empty() {
+            ok &= handle_run(node, client, std::mem::take(&mut run), path, recent).await;
+        }
+        if plain {
+            run.push(m);
+        } else {
+            ok &= handle(node, client, m, path, recent).await;
+        }
+    }
+    if !run.is_empty() {
+        ok &= handle_run(node, client, run, path, recent).await;
+    }
+    ok
+}
+
+/// Ordinary messages from one sender (no file chunks, none handled lately), in order: for a
+/// contact not marked Rejected, each is verified, decrypted and applied under the sender's
+/// ratchet lock, then **one** flush makes all of them durable, and only then are they confirmed
+/// to the source (in one write). What that path does not take (group envelopes, file messages,
+/// undecryptable ones, and everything after the first of those) and runs of one message go
+/// through [`handle`], one by one, in order. False on a local failure: nothing of the run was
+/// confirmed, it stays at the source.
+async fn handle_run(
+    node: &Node,
+    client: &RelayClient,
+    run: Vec<StoredMessage>,
+    path: DeliveryPath,
+    recent: &mut Recent,
+) -> bool {
+    let inner = &node.inner;
+    let Some(sender) = run.first().map(|m| IdentityKey(m.sender)) else {
+        return true;
+    };
+    let contact = match inner.contacts.get(&sender) {
+        Ok(Some(c)) if run.len() > 1 && c.trust != Trust::Rejected && c.identity.key() == sender => c,
+        // One message, a stranger, a rejected contact, or an unreadable book: one by one.
+        _ => {
+            let mut ok = true;
+            for m in run {
+                ok &= handle(node, client, m, path, recent).await;
+            }
+            return ok;
+        }
+    };
+    let username = Some(contact.identity.username().to_string());
+    let one = inner.locks.peer(&sender).await;
+    let sessions = inner.sessions();
+    let store = inner.store.clone();
+    let history = inner.history.clone();
+    let (done, run) = match tokio::task::spawn_blocking(move || {
+        let r = super::owner_inbox::record_all(
+            &sessions,
+            &*store,
+            &history,
+            sender,
+            username,
+            run.iter().map(|m| m.encrypted_blob.as_slice()),
+            path,
+        );
+        // Released only once the flush returned.
+        drop(one);
+        (r, run)
+    })
+    .await
+    {
+        Ok((Ok(outcomes), run)) => (outcomes, run),
+        Ok((Err(e), _)) => {
+            if let Some(repeats) = inner.receive_errors.due() {
+                tracing::error!(error = %e, repeats, "cannot record received messages; will retry");
+            }
+            return false;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "receive task failed");
+            return false;
+        }
+    };
+    let mut confirms = Vec::new();
+    let mut alone = Vec::new();
+    let mut outcomes = done.into_iter();
+    for m in run {
+        match outcomes.next() {
+            Some(super::owner_inbox::Outcome::Recorded(entry)) => {
+                recent.insert((m.sender, m.message_id));
+                confirms.push((sender, m.message_id));
+                if let Some(entry) = entry {
+                    tracing::info!(peer = %sender.short(), id = %format_id(entry.id), ?path, "message received");
+                    let _ = inner.events.send(*entry);
+                }
+            }
+            Some(super::owner_inbox::Outcome::Store) | None => alone.push(m),
+        }
+    }
+    if !confirms.is_empty() {
+        if let Err(e) = client.confirm_many(&confirms).await {
+            tracing::debug!(error = %e, "confirmations not sent");
+        }
+    }
+    let mut ok = true;
+    for m in alone {
+        ok &= handle(node, client, m, path, recent).await;
+    }
+    ok
+}
 
 /// Decrypts, records and confirms one stored message. False when it could not be recorded
 /// (a local failure such as a full disk): it stays at the source, unconfirmed.

@@ -69,7 +69,7 @@ impl OwnerInbox for Inbox {
 }
 
 /// What [`record_all`] did with one message.
-enum Outcome {
+pub(super) enum Outcome {
     /// Recorded in this hand-over (with its entry) or earlier (a duplicate, `None`).
     Recorded(Option<Box<HistoryEntry>>),
     /// Back to the relay's store path.
@@ -96,7 +96,15 @@ async fn receive(
     let history = inner.history.clone();
     let me = inner.me();
     let done = tokio::task::spawn_blocking(move || {
-        let r = record_all(&sessions, &*store, &history, sender, username, &messages);
+        let r = record_all(
+            &sessions,
+            &*store,
+            &history,
+            sender,
+            username,
+            messages.iter().map(|m| m.encrypted_blob.as_slice()),
+            DeliveryPath::Direct,
+        );
         // Released only once the flush returned: the next operation on this contact reads
         // durable state.
         drop(one);
@@ -119,36 +127,34 @@ async fn receive(
 }
 
 /// Decrypts and applies each message's batch in order, then flushes once. Blocking; the caller
-/// holds `sender`'s ratchet lock. Err: a local failure, nothing may be acknowledged.
-fn record_all(
+/// holds `sender`'s ratchet lock. Err: a local failure, nothing may be acknowledged. Also the
+/// relay path's batch ([`super::inbox`]: pushed messages of one sender, `path` Relay), whose
+/// [`Outcome::Store`] means "handle it alone".
+pub(super) fn record_all<'a>(
     sessions: &SessionManager,
     store: &dyn Store,
     history: &super::history::History,
     sender: IdentityKey,
     username: Option<String>,
-    messages: &[StoreMessage],
+    messages: impl IntoIterator<Item = &'a [u8]>,
+    path: DeliveryPath,
 ) -> Result<Vec<Outcome>, NodeError> {
     let generation = store.generation();
-    let mut out = Vec::with_capacity(messages.len());
+    let mut out = Vec::new();
     let mut fell_back = false;
-    for m in messages {
+    for blob in messages {
         if fell_back {
             out.push(Outcome::Store);
             continue;
         }
-        let outcome = match sessions.decrypt(store, &m.encrypted_blob) {
+        let outcome = match sessions.decrypt(store, blob) {
             Ok(incoming)
                 if incoming.sender == sender.0
                     && !super::inbox::is_group(&incoming)
                     && !super::inbox::is_file(&incoming) =>
             {
-                let (entry, batch) = super::inbox::entry_for(
-                    history,
-                    incoming,
-                    username.clone(),
-                    DeliveryPath::Direct,
-                    None,
-                );
+                let (entry, batch) =
+                    super::inbox::entry_for(history, incoming, username.clone(), path, None);
                 store.apply(batch)?;
                 Outcome::Recorded(Some(Box::new(entry)))
             }
