@@ -11,7 +11,8 @@
 //!   recipient's whole-file hash check and atomic save) and the data phase alone (from the
 //!   moment the sender's state is `sending` to `done`).
 //!
-//! Run: `cargo bench --bench files` (`FILES_BENCH_MIB=64` for a quicker run; default 256).
+//! Run: `cargo bench --bench files` (`FILES_BENCH_MIB=64` for a quicker run; default 256;
+//! `FILES_BENCH_CHUNK=N` sets the sender's chunk size, else the node's default).
 //! Target: sremp direct ≥ 0.7 × raw snow. Memory while sending 1 GiB: scripts/bench-files.sh.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -103,7 +104,12 @@ fn config(dir: &Path, name: &str, files: &str) -> Config {
 }
 
 async fn sremp_direct(dir: &Path, bytes: usize, runs: usize) -> Vec<(Duration, Duration)> {
-    let a = Node::start(&config(dir, "alice", "")).await.unwrap();
+    // The sender's chunk size: FILES_BENCH_CHUNK, else the node's default.
+    let chunk = std::env::var("FILES_BENCH_CHUNK")
+        .ok()
+        .map(|c| format!("chunk_size = {c}\n"))
+        .unwrap_or_default();
+    let a = Node::start(&config(dir, "alice", &chunk)).await.unwrap();
     let b = Node::start(&config(
         dir,
         "bob",

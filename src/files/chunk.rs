@@ -14,15 +14,21 @@
 //! moved to another index or another transfer. Random 24-byte nonces make a re-send of the same
 //! index safe even if the file changed in between (no nonce is ever reused under a key).
 //! A chunk that fails authentication is one coarse [`ChunkError::Decrypt`].
+//!
+//! XChaCha20-Poly1305 here is the construction of draft-irtf-cfrg-xchacha, built from two
+//! audited pieces: `subkey = HChaCha20(key, nonce[0..16])` (the `chacha20` crate), then the
+//! IETF ChaCha20-Poly1305 of `ring` under `subkey` with the 12-byte nonce
+//! `[0; 4] || nonce[16..24]`. Byte for byte what `chacha20poly1305::XChaCha20Poly1305` produces
+//! (tests/vectors/files.json holds the vector), at ring's speed, sealed and opened in place.
 
 use super::TransferId;
 use crate::wire::msgpack::Reader;
 use crate::wire::DecodeError;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20::cipher::consts::U10;
 use rand_core::CryptoRngCore;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use sha2::{Digest, Sha256};
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// The first element of every chunk blob ("F"); a ratchet `SignedMessage` starts with 1.
 pub const CHUNK_TAG: u8 = 0x46;
@@ -149,6 +155,81 @@ fn aad(id: &TransferId, index: u64, shape: &Shape) -> Vec<u8> {
     a
 }
 
+/// The ring key and 12-byte nonce of one seal: HChaCha20 of the transfer key and the first 16
+/// nonce bytes, then the last 8 nonce bytes behind 4 zero bytes.
+fn xchacha(key: &ChunkKey, nonce: &[u8; 24]) -> Option<(LessSafeKey, Nonce)> {
+    let mut head = [0u8; 16];
+    head.copy_from_slice(&nonce[..16]);
+    let sub = Zeroizing::new(<[u8; 32]>::from(chacha20::hchacha::<U10>(
+        (&key.0).into(),
+        (&head).into(),
+    )));
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&nonce[16..]);
+    // ring refuses only keys of the wrong length, and this one is 32 bytes by type.
+    let unbound = UnboundKey::new(&CHACHA20_POLY1305, &sub[..]).ok()?;
+    Some((LessSafeKey::new(unbound), Nonce::assume_unique_for_key(n)))
+}
+
+/// Seals `in_out` (plaintext, replaced by ciphertext) and returns the tag.
+fn seal_in_place(
+    key: &ChunkKey,
+    id: &TransferId,
+    shape: &Shape,
+    index: u64,
+    nonce: &[u8; 24],
+    in_out: &mut [u8],
+) -> [u8; TAG_LEN] {
+    let aad = aad(id, index, shape);
+    let mut out = [0u8; TAG_LEN];
+    // ring refuses only inputs over 256 GiB (a chunk is at most 1 MiB) and keys of the wrong
+    // length. Should it refuse anyway, no plaintext leaves: the buffer is zeroed and the
+    // all-zero tag fails at the recipient.
+    match xchacha(key, nonce)
+        .and_then(|(k, n)| k.seal_in_place_separate_tag(n, Aad::from(&aad[..]), in_out).ok())
+    {
+        Some(tag) => out.copy_from_slice(tag.as_ref()),
+        None => in_out.fill(0),
+    }
+    out
+}
+
+/// The MessagePack head of a blob whose ciphertext (with tag) is `ct_len` bytes: everything
+/// before the ciphertext.
+fn encode_head(id: &TransferId, index: u64, nonce: &[u8; 24], ct_len: usize, out: &mut Vec<u8>) {
+    let _ = rmp::encode::write_array_len(out, 5);
+    let _ = rmp::encode::write_uint(out, u64::from(CHUNK_TAG));
+    let _ = rmp::encode::write_bin(out, &id.0);
+    let _ = rmp::encode::write_uint(out, index);
+    let _ = rmp::encode::write_bin(out, nonce);
+    let _ = rmp::encode::write_bin_len(out, ct_len as u32);
+}
+
+/// Seals chunk `index` straight into its encoded blob: `fill` writes the plaintext (for
+/// instance from the file) into the blob's buffer, which is then encrypted in place. One pass
+/// over the bytes besides the read, no copy. What [`ChunkBlob::seal`] then
+/// [`ChunkBlob::encode`] produce, byte for byte.
+pub fn seal_encoded<R: CryptoRngCore + ?Sized, E>(
+    rng: &mut R,
+    key: &ChunkKey,
+    id: &TransferId,
+    shape: &Shape,
+    index: u64,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    let mut nonce = [0u8; 24];
+    rng.fill_bytes(&mut nonce);
+    let mut out = Vec::with_capacity(len + BLOB_OVERHEAD);
+    encode_head(id, index, &nonce, len + TAG_LEN, &mut out);
+    let start = out.len();
+    out.resize(start + len, 0);
+    fill(&mut out[start..])?;
+    let tag = seal_in_place(key, id, shape, index, &nonce, &mut out[start..]);
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
 /// A decoded chunk blob (still encrypted).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkBlob {
@@ -186,18 +267,10 @@ impl ChunkBlob {
         plaintext: &[u8],
         nonce: [u8; 24],
     ) -> ChunkBlob {
-        let cipher = XChaCha20Poly1305::new((&key.0).into());
-        let aad = aad(id, index, shape);
-        // Encryption of an in-memory buffer cannot fail (only over-long inputs, ~256 GiB).
-        let ciphertext = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
-            .unwrap_or_default();
+        let mut ciphertext = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        ciphertext.extend_from_slice(plaintext);
+        let tag = seal_in_place(key, id, shape, index, &nonce, &mut ciphertext);
+        ciphertext.extend_from_slice(&tag);
         ChunkBlob {
             transfer: *id,
             index,
@@ -209,6 +282,11 @@ impl ChunkBlob {
     /// Checks index and length against the declared shape, then authenticates and decrypts.
     /// Nothing is returned unless all of it holds.
     pub fn open(&self, key: &ChunkKey, shape: &Shape) -> Result<Vec<u8>, ChunkError> {
+        self.clone().open_owned(key, shape)
+    }
+
+    /// [`ChunkBlob::open`] decrypting the blob's own buffer in place (no copy, no allocation).
+    pub fn open_owned(self, key: &ChunkKey, shape: &Shape) -> Result<Vec<u8>, ChunkError> {
         let want = shape
             .chunk_len(self.index)
             .ok_or(ChunkError::IndexOutOfRange {
@@ -223,28 +301,28 @@ impl ChunkBlob {
                 want,
             });
         }
-        let cipher = XChaCha20Poly1305::new((&key.0).into());
+        let (k, n) = xchacha(key, &self.nonce).ok_or(ChunkError::Decrypt)?;
         let aad = aad(&self.transfer, self.index, shape);
-        cipher
-            .decrypt(
-                XNonce::from_slice(&self.nonce),
-                Payload {
-                    msg: &self.ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| ChunkError::Decrypt)
+        let mut buf = self.ciphertext;
+        let plain_len = k
+            .open_in_place(n, Aad::from(&aad[..]), &mut buf)
+            .map_err(|_| ChunkError::Decrypt)?
+            .len();
+        buf.truncate(plain_len);
+        Ok(buf)
     }
 
     /// The MessagePack encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.ciphertext.len() + BLOB_OVERHEAD);
-        let _ = rmp::encode::write_array_len(&mut out, 5);
-        let _ = rmp::encode::write_uint(&mut out, u64::from(CHUNK_TAG));
-        let _ = rmp::encode::write_bin(&mut out, &self.transfer.0);
-        let _ = rmp::encode::write_uint(&mut out, self.index);
-        let _ = rmp::encode::write_bin(&mut out, &self.nonce);
-        let _ = rmp::encode::write_bin(&mut out, &self.ciphertext);
+        encode_head(
+            &self.transfer,
+            self.index,
+            &self.nonce,
+            self.ciphertext.len(),
+            &mut out,
+        );
+        out.extend_from_slice(&self.ciphertext);
         out
     }
 
@@ -351,6 +429,25 @@ mod tests {
         ));
     }
 
+    /// Hands out one fixed 24-byte nonce.
+    struct FixedRng([u8; 24]);
+    impl rand_core::RngCore for FixedRng {
+        fn next_u32(&mut self) -> u32 {
+            0
+        }
+        fn next_u64(&mut self) -> u64 {
+            0
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            dest.copy_from_slice(&self.0[..dest.len()]);
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+    impl rand_core::CryptoRng for FixedRng {}
+
     #[test]
     fn shape_lengths() {
         let (_, _, shape) = setup();
@@ -362,7 +459,37 @@ mod tests {
         assert_eq!(chunk_count(1025, 1024), 2);
     }
 
+    /// The ring-based construction is XChaCha20-Poly1305 byte for byte (RustCrypto's is the
+    /// reference), and sealing into the encoded blob equals seal-then-encode.
+    fn reference_seal(key: &ChunkKey, id: &TransferId, shape: &Shape, i: u64, p: &[u8], n: [u8; 24]) -> Vec<u8> {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let c = chacha20poly1305::XChaCha20Poly1305::new((&key.0).into());
+        c.encrypt(
+            chacha20poly1305::XNonce::from_slice(&n),
+            Payload { msg: p, aad: &aad(id, i, shape) },
+        )
+        .unwrap()
+    }
+
     proptest! {
+        #[test]
+        fn ring_xchacha_matches_reference(len in 0usize..3000, nonce in any::<[u8; 24]>(), k in any::<[u8; 32]>()) {
+            let id = TransferId([3; 16]);
+            let key = ChunkKey(k);
+            let shape = Shape { size: len as u64, chunk_size: 4096, total: 1 };
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            let blob = ChunkBlob::seal_with_nonce(&key, &id, &shape, 0, &data, nonce);
+            prop_assert_eq!(&blob.ciphertext, &reference_seal(&key, &id, &shape, 0, &data, nonce));
+            prop_assert_eq!(blob.open(&key, &shape).unwrap(), data.clone());
+            let mut fixed = FixedRng(nonce);
+            let enc = seal_encoded(&mut fixed, &key, &id, &shape, 0, len, |b: &mut [u8]| {
+                b.copy_from_slice(&data);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            prop_assert_eq!(enc, blob.encode());
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = ChunkBlob::decode(&bytes);
