@@ -315,11 +315,11 @@ fn sender_then_receiver_killed_mid_transfer_resume() {
     });
     assert_eq!(sha_of(Path::new(got["path"].as_str().unwrap())), sha);
     // Alice's second run sent only what Bob lacked when she came back, plus at most the
-    // chunks Bob had written but not yet synced when he was killed (one sync interval) and
-    // one read batch.
+    // chunks Bob had written but not yet synced when he was killed (his background sync lets
+    // at most two sync intervals, 64 chunks, go unsynced; docs/FILES.md) and one read batch.
     let sent = done["chunks_sent"].as_u64().unwrap();
     assert!(
-        sent <= total - stored_at_kill + 32 + 8,
+        sent <= total - stored_at_kill + 64 + 8,
         "alice re-sent too much: {sent} sent after her restart, bob had {stored_at_kill} of {total}\n{done:#}"
     );
     assert!(sent < total, "started from zero: {done:#}");
