@@ -217,3 +217,116 @@ fn chat_offers_accepts_and_declines_files_in_real_terminals() {
     );
     let _ = alice_id;
 }
+
+/// `/file PATH` in a group conversation (issue 15): alice, bob and carol are in group "trio"
+/// (bob and carol are alice's contacts and trust her; both accept files from trusted contacts
+/// on their own). Alice opens the group in her client and types `/file minutes.bin`: the
+/// status line names who gets it, each member's copy shows under the group as `NAME: ...`,
+/// both lines reach `done`, and bob and carol each saved the same bytes.
+#[test]
+fn chat_file_to_a_group_conversation_reaches_every_member() {
+    if !tmux_available() {
+        eprintln!("SKIP chat_file_to_a_group_conversation_reaches_every_member: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<BinNode> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|n| BinNode::new(dir.path(), &BinNodeOptions::loopback(n)))
+        .collect();
+    for n in &nodes[1..] {
+        let mut text = std::fs::read_to_string(&n.config).unwrap();
+        text.push_str("[files]\nauto_accept_trusted_max_bytes = 104857600\n");
+        std::fs::write(&n.config, text).unwrap();
+    }
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let (a_id, _) = introduce(&nodes[0], &nodes[1]);
+    introduce(&nodes[0], &nodes[2]);
+    let [alice, bob, carol] = &nodes[..] else {
+        unreachable!()
+    };
+    for n in [bob, carol] {
+        n.json(&["contacts", "trust", &a_id]);
+    }
+    let created = alice.json(&["group", "create", "trio", "--members", "bob,carol"]);
+    let g = created["id"].as_str().unwrap().to_string();
+    let accepted = |n: &BinNode| {
+        let o = n.cmd(&["group", "show", &g, "--json"]);
+        o.status.success()
+    };
+    for n in [bob, carol] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !accepted(n) {
+            assert!(Instant::now() < deadline, "no invitation\n{}", n.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(n.json(&["group", "accept", &g])["state"], "accepted");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alice.json(&["group", "show", &g])["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["state"] != "accepted")
+    {
+        assert!(Instant::now() < deadline, "alice never saw both accept");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let data: Vec<u8> = (0..2 * 1024 * 1024 + 77u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(work.join("minutes.bin"), &data).unwrap();
+
+    let t = Tmux {
+        socket: dir.path().join("tmux.sock"),
+    };
+    t.start("alice", &alice.config, &work);
+    let (ok, screen) = t.wait_for("alice", Duration::from_secs(20), |s| {
+        s.contains("connected") && s.contains("#trio")
+    });
+    assert!(ok, "alice's client did not connect:\n{screen}");
+    // Tab until the group is open (bounded).
+    for _ in 0..4 {
+        if t.screen("alice").contains("Message #trio") {
+            break;
+        }
+        assert!(t.cmd(&["send-keys", "-t", "alice", "Tab"]).status.success());
+        t.wait_for("alice", Duration::from_secs(2), |s| {
+            s.contains("Message #trio")
+        });
+    }
+    let (ok, screen) = t.wait_for("alice", Duration::from_secs(5), |s| {
+        s.contains("Message #trio")
+    });
+    assert!(ok, "the group conversation did not open:\n{screen}");
+
+    t.type_line("alice", "/file minutes.bin");
+    let (ok, screen) = t.wait_for("alice", Duration::from_secs(60), |s| {
+        s.contains("bob: \u{2191} minutes.bin (2.00 MiB) done")
+            && s.contains("carol: \u{2191} minutes.bin (2.00 MiB) done")
+    });
+    assert!(
+        ok,
+        "alice's group conversation does not show both copies done:\n{screen}\n--- alice:\n{}",
+        alice.logs()
+    );
+    for (who, n) in [("bob", bob), ("carol", carol)] {
+        let got = transfers(n)
+            .into_iter()
+            .find(|t| t["name"] == "minutes.bin" && t["state"] == "done")
+            .unwrap_or_else(|| panic!("no finished transfer at {who}:\n{}", n.logs()));
+        let path = got["path"].as_str().unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), data, "{who}");
+    }
+    // Alice's node recorded both copies as the group's.
+    let copies: Vec<Value> = transfers(alice)
+        .into_iter()
+        .filter(|t| t["group"] == g.as_str())
+        .collect();
+    assert_eq!(copies.len(), 2, "{copies:?}");
+}

@@ -167,6 +167,14 @@ pub enum Action {
         /// The path (`~/` and relative paths are resolved by the shell).
         path: String,
     },
+    /// `/file PATH` in a group conversation: offer a file to every member of `group` (32-hex
+    /// id) that is our contact, one pairwise transfer each (`send-file --group`).
+    SendFileGroup {
+        /// Group id.
+        group: String,
+        /// The path as typed.
+        path: String,
+    },
     /// `/accept`: accept an incoming file offer (32-hex transfer id), into `dir` if given.
     AcceptFile {
         /// Transfer id.

@@ -1,4 +1,6 @@
-//! File transfer in `sremp chat`: `/file PATH` offers a file to the selected contact,
+//! File transfer in `sremp chat`: `/file PATH` offers a file to the selected contact (in a
+//! group conversation: to every member that is our contact, one transfer each, as
+//! `sremp send-file --group`),
 //! `/accept` and `/decline` answer an incoming offer, and the conversation shows each of its
 //! transfers with a progress bar, rate and ETA (docs/FILES.md, "In sremp chat").
 //!
@@ -8,6 +10,7 @@
 //! messages. At most [`MAX_TRANSFERS`] transfers are kept (finished ones go first).
 
 use super::app::{short, Action, App, Conn, Level};
+use super::groups;
 use super::ui::clean;
 use crate::files::{Direction, State};
 use crate::node::files::View;
@@ -20,6 +23,8 @@ use unicode_width::UnicodeWidthStr;
 pub const MAX_TRANSFERS: usize = 1000;
 /// Transfer lines shown under a conversation at most.
 pub const STRIP_LINES: usize = 3;
+/// Transfer lines shown under a group conversation at most (one per member's copy).
+pub const GROUP_STRIP_LINES: usize = 6;
 /// Cells of a progress bar.
 const BAR: usize = 12;
 
@@ -95,13 +100,21 @@ impl Transfers {
         }
     }
 
-    /// The transfers with `peer` to show: unfinished ones and those that finished while the
-    /// client watched, newest first, at most `max`.
-    pub fn shown(&self, peer: &str, max: usize) -> Vec<&Transfer> {
+    /// The transfers of a conversation to show: unfinished ones and those that finished while
+    /// the client watched, newest first, at most `max`. `key` is a contact id (the transfers
+    /// with that contact) or a group conversation key (each member's copy of the files sent to
+    /// that group).
+    pub fn shown(&self, key: &str, max: usize) -> Vec<&Transfer> {
+        let group = groups::group_id(key);
         let mut v: Vec<&Transfer> = self
             .by_id
             .values()
-            .filter(|t| t.view.peer == peer && (!t.view.state.is_final() || t.finished_live))
+            .filter(|t| match group {
+                Some(g) => t.view.group.as_deref() == Some(g),
+                // A member's copy of a group file shows under the group only.
+                None => t.view.peer == key && t.view.group.is_none(),
+            })
+            .filter(|t| !t.view.state.is_final() || t.finished_live)
             .collect();
         // Unfinished first, then the most recently changed.
         v.sort_by(|a, b| {
@@ -257,15 +270,27 @@ pub fn command(app: &mut App, name: &str, arg: &str) -> Option<Vec<Action>> {
             let Some(to) = app.selected.clone() else {
                 return refuse(app, "no conversation selected".into());
             };
+            let what = if groups::is_group_key(&to) {
+                "every member of"
+            } else {
+                ""
+            };
             app.notice = Some((
                 Level::Info,
                 format!(
-                    "offering {} to {}...",
+                    "offering {} to {what}{}{}...",
                     clean(&path),
+                    if what.is_empty() { "" } else { " " },
                     clean(&app.name_of(&to))
                 ),
             ));
-            Some(vec![Action::SendFile { to, path }])
+            match groups::group_id(&to) {
+                Some(group) => Some(vec![Action::SendFileGroup {
+                    group: group.to_string(),
+                    path,
+                }]),
+                None => Some(vec![Action::SendFile { to, path }]),
+            }
         }
         "accept" => match offer_and_rest(app, arg) {
             Ok((id, dir)) => {
@@ -394,14 +419,21 @@ fn eta(s: u64) -> String {
     }
 }
 
-/// The transfer lines under the selected conversation (at most [`STRIP_LINES`]), each cut to
+/// The transfer lines under the selected conversation (at most [`STRIP_LINES`]; in a group
+/// conversation one per member's copy, named, at most [`GROUP_STRIP_LINES`]), each cut to
 /// `width` columns.
 pub fn strip_lines(app: &App, width: usize) -> Vec<Line<'static>> {
     let Some(peer) = app.selected.as_deref() else {
         return Vec::new();
     };
+    let group = groups::is_group_key(peer);
+    let max = if group {
+        GROUP_STRIP_LINES
+    } else {
+        STRIP_LINES
+    };
     app.transfers
-        .shown(peer, STRIP_LINES)
+        .shown(peer, max)
         .into_iter()
         .map(|t| {
             let style = match t.view.state {
@@ -415,6 +447,15 @@ pub fn strip_lines(app: &App, width: usize) -> Vec<Line<'static>> {
                 _ => Style::default().fg(Color::Cyan),
             };
             let mut text = describe(t);
+            if group {
+                // One line per member's copy: say whose.
+                let who = t
+                    .view
+                    .peer_name
+                    .clone()
+                    .unwrap_or_else(|| app.name_of(&t.view.peer));
+                text = format!("{}: {text}", clean(&who));
+            }
             if text.width() > width {
                 text = super::ui::fit(&text, width);
             }
@@ -464,6 +505,71 @@ mod tests {
             created_at: 1_700_000_000_000,
             updated_at: 1_700_000_000_000,
         }
+    }
+
+    #[test]
+    fn file_command_in_a_group_offers_to_the_group_and_shows_each_members_copy() {
+        use crate::cli::chat::groups::tests::{gid, info};
+        let bob = contact('b', "bob");
+        let carol = contact('c', "carol");
+        let mut app = connected(vec![bob.clone(), carol.clone()]);
+        app.handle_net(NetEvent::Groups(vec![info()]));
+        let gkey = info().key();
+        for _ in 0..8 {
+            if app.selected.as_deref() == Some(gkey.as_str()) {
+                break;
+            }
+            app.handle_key(key(KeyCode::Tab));
+        }
+        assert_eq!(app.selected.as_deref(), Some(gkey.as_str()));
+        assert_eq!(
+            typed(&mut app, "/file minutes.pdf"),
+            vec![Action::SendFileGroup {
+                group: gid(),
+                path: "minutes.pdf".into()
+            }]
+        );
+        assert!(
+            matches!(app.notice, Some((Level::Info, ref s)) if s.contains("every member of #team")),
+            "{:?}",
+            app.notice
+        );
+        // The node's answer: one copy per member, tagged with the group.
+        let mut to_bob = view('1', 'b', Direction::Out, State::Done);
+        to_bob.group = Some(gid());
+        let mut to_carol = view('2', 'c', Direction::Out, State::Offered);
+        to_carol.group = Some(gid());
+        // A transfer with bob outside the group stays in bob's conversation only.
+        let alone = view('3', 'b', Direction::Out, State::Offered);
+        app.handle_net(NetEvent::Transfer(Box::new(to_carol.clone())));
+        app.handle_net(NetEvent::Transfer(Box::new(alone)));
+        let mut sending = to_bob.clone();
+        sending.state = State::Sending;
+        app.handle_net(NetEvent::Transfer(Box::new(sending)));
+        app.handle_net(NetEvent::Transfer(Box::new(to_bob)));
+        let lines: Vec<String> = strip_lines(&app, 100)
+            .iter()
+            .map(|l| l.spans.iter().map(|s| s.content.to_string()).collect())
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("bob: ") && l.ends_with("done")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("carol: ") && l.contains("waiting for an answer")),
+            "{lines:?}"
+        );
+        // In bob's own conversation: only the transfer that is not the group's.
+        while app.selected.as_deref() != Some(bob.id.as_str()) {
+            app.handle_key(key(KeyCode::Tab));
+        }
+        let lines = strip_lines(&app, 100);
+        assert_eq!(lines.len(), 1);
     }
 
     #[test]

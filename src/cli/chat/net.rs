@@ -20,6 +20,7 @@ use crate::node::control::group::GroupOp;
 use crate::node::control::{
     Client, ContactView, ControlError, Request, Response, CLIENT_TIMEOUT, MAX_MESSAGES,
 };
+use crate::node::file_group::GroupFiles;
 use crate::node::history::HistoryEntry;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -404,6 +405,26 @@ async fn act(path: &Path, a: Action, tx: &UnboundedSender<NetEvent>) {
             };
             report(r.map(|r| transfer_events(r, "offered")));
         }
+        Action::SendFileGroup { group, path: typed } => {
+            let r = match super::files::absolute(&typed) {
+                Err(e) => Err(ControlError::BadArgument(e)),
+                Ok(abs) => {
+                    let req = Request::SendFileGroup {
+                        group,
+                        path: abs.to_string_lossy().into_owned(),
+                    };
+                    // The node hashes the whole file (once) before it answers.
+                    match Client::connect(path).await {
+                        Ok(mut c) => match c.call(&req, SEND_FILE_TIMEOUT).await {
+                            Ok(r) => r.into_result(),
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            report(r.and_then(group_transfer_events));
+        }
         Action::AcceptFile { id, dir } => {
             let to = match dir.as_deref().map(super::files::absolute) {
                 Some(Err(e)) => {
@@ -440,6 +461,47 @@ fn transfer_events(r: Response, what: &str) -> Vec<NetEvent> {
         }
         None => vec![NetEvent::Error("the node sent no transfer".into())],
     }
+}
+
+/// The member copies of a `/file` to a group (each then shows under the group conversation)
+/// and one line saying who gets it and who does not.
+fn group_transfer_events(r: Response) -> Result<Vec<NetEvent>, ControlError> {
+    let sent: GroupFiles = r
+        .group
+        .and_then(|g| serde_json::from_value(g).ok())
+        .ok_or_else(|| ControlError::BadResponse("the response has no group transfers".into()))?;
+    let clean = super::ui::clean;
+    let name = sent
+        .transfers
+        .first()
+        .map(|v| clean(&v.name))
+        .unwrap_or_default();
+    let to: Vec<String> = sent
+        .transfers
+        .iter()
+        .map(|v| {
+            clean(
+                v.peer_name
+                    .as_deref()
+                    .unwrap_or(&super::app::short(&v.peer)),
+            )
+        })
+        .collect();
+    let mut info = format!("{name}: offered to {}", to.join(", "));
+    for s in &sent.skipped {
+        let who = s
+            .name
+            .clone()
+            .unwrap_or_else(|| super::app::short(&s.member));
+        info.push_str(&format!("; not to {} ({})", clean(&who), clean(&s.reason)));
+    }
+    let mut out: Vec<NetEvent> = sent
+        .transfers
+        .into_iter()
+        .map(|v| NetEvent::Transfer(Box::new(v)))
+        .collect();
+    out.push(NetEvent::Info(info));
+    Ok(out)
 }
 
 fn contact_events(r: Response, what: &str) -> Vec<NetEvent> {

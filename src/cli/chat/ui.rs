@@ -45,7 +45,7 @@ pub const HELP: &[&str] = &[
     "/trust [NAME]    mark the contact trusted (default: selected)",
     "/reject [NAME]   mark the contact rejected (no more messages)",
     "/id              show your own card and its QR code",
-    "/file PATH       offer a file to the selected contact (progress shows below)",
+    "/file PATH       offer a file to the selected contact or group (progress below)",
     "/accept [ID] [DIR]      accept a file offer (default: the only one waiting)",
     "/decline [ID] [REASON]  refuse it (the sender sees the reason)",
     "/group new NAME CONTACT...  create a group and invite the contacts",
