@@ -7,12 +7,18 @@
 # Two `sremp run` nodes on 127.0.0.1 with temp data dirs; the recipient trusts the sender and
 # auto-accepts. Loopback only; bounded waits; everything is removed at the end.
 #
-# Usage: scripts/bench-files.sh [MiB=1024]
+# Usage: scripts/bench-files.sh [MiB=1024]   (SREMP_BIN=path: use that binary, no build;
+#        SKIP_SNOW=1: no cargo bench afterwards)
 set -euo pipefail
 MIB="${1:-1024}"
 cd "$(dirname "$0")/.."
-[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --bin sremp >/dev/null
-BIN=./target/release/sremp
+# SREMP_BIN: a release binary built elsewhere (e.g. with CARGO_TARGET_DIR); no build then.
+if [ -n "${SREMP_BIN:-}" ]; then
+  BIN="$SREMP_BIN"
+else
+  [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --bin sremp >/dev/null
+  BIN=./target/release/sremp
+fi
 DIR=$(mktemp -d "${FILES_BENCH_DIR:-/tmp}/sremp-files.XXXXXX")
 PIDS=()
 cleanup() {
