@@ -80,7 +80,7 @@ async fn authenticated_connection_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path(), 2000).await;
     let c = user("alice");
-    let conn = TcpConnection::connect(
+    let mut conn = TcpConnection::connect(
         &node.local_addr.to_string(),
         &c,
         Some(node.identity.key()),
@@ -89,6 +89,9 @@ async fn authenticated_connection_both_ways() {
     .await
     .unwrap();
     assert_eq!(conn.version, Version::CURRENT);
+    // Over TCP the frames always stay Noise-encrypted (only a QUIC-bound handshake drops it).
+    assert!(!conn.writer.transport().is_quic_bound());
+    assert!(!conn.reader.transport().is_quic_bound());
     // The node pinned us (TOFU) once the connection was served: as a stranger, not as a
     // contact (connecting makes nobody a contact).
     let deadline = Instant::now() + Duration::from_secs(5);

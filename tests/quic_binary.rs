@@ -3,7 +3,8 @@
 //!
 //! - two nodes whose only reachable endpoint is QUIC (the advertised TCP port is dead): the
 //!   message is delivered with path `direct-quic`, and garbage on a QUIC stream to the node is
-//!   closed without harming it;
+//!   closed without harming it, as are an oversized and a truncated `u32be(len) || envelope`
+//!   frame after a completed bound handshake (QUIC application code 1);
 //! - a relay reached over QUIC by both nodes: delivery through it, and each node records the
 //!   address the relay observed for it (`sremp status --json`, `observed_addresses`).
 //!
@@ -12,6 +13,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/quic_raw.rs"]
+mod quic_raw;
 
 use common::{free_port, introduce, BinNode, BinNodeOptions, BinRelay};
 use serde_json::Value;
@@ -91,6 +94,45 @@ fn garbage_over_quic(port: u16) {
     });
 }
 
+/// Completes the bound handshake with the node at `port` by hand (as a stranger), then sends
+/// `bytes` on the stream (and finishes it when `finish`): the node must close the QUIC
+/// connection with application code 1.
+fn bad_frame_after_handshake(port: u16, bytes: &[u8], finish: bool) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ep = sremp::transport::QuicEndpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            sremp::transport::QuicSettings::default(),
+        )
+        .unwrap();
+        let me = sremp::identity::UserIdentity::generate(
+            "mallory",
+            sremp::identity::Flags::default(),
+            sremp::time::Timestamp(1),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut raw = tokio::time::timeout(Duration::from_secs(15), quic_raw::dial(&ep, addr, &me))
+            .await
+            .expect("the bound handshake completes");
+        raw.send.write_all(bytes).await.unwrap();
+        if finish {
+            raw.send.finish().unwrap();
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(15), raw.conn.closed())
+            .await
+            .expect("the node closes a QUIC connection with a bad frame");
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == 1u32.into()),
+            "{closed:?}"
+        );
+    });
+}
+
 #[test]
 fn direct_delivery_over_quic_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,6 +147,13 @@ fn direct_delivery_over_quic_only() {
 
     // Bad bytes on a QUIC stream: closed, and the node goes on serving.
     garbage_over_quic(bob_udp);
+    // After a completed bound handshake: a frame declaring more than the 4 MiB limit, and a
+    // frame cut short by the end of the stream. Each is closed; the node goes on serving.
+    bad_frame_after_handshake(bob_udp, &u32::MAX.to_be_bytes(), false);
+    bad_frame_after_handshake(bob_udp, &((4u32 << 20) + 1).to_be_bytes(), false);
+    let mut cut = 1000u32.to_be_bytes().to_vec();
+    cut.extend_from_slice(&[0x93; 10]);
+    bad_frame_after_handshake(bob_udp, &cut, true);
 
     let out = a.json(&[
         "send",

@@ -1,5 +1,7 @@
 //! QUIC transport: the bound Noise handshake (known-answer vector), authenticated connections
-//! both ways, a man in the middle that terminates QUIC, and bad bytes on the stream.
+//! both ways, a man in the middle that terminates QUIC, and bad bytes on the stream; after the
+//! bound handshake, envelopes as plain `u32be(len) || envelope` frames (byte-exact, up to the
+//! 4 MiB limit) and bad frames closing only their connection with a typed error.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::{json, Value};
@@ -8,6 +10,7 @@ use sremp::identity::{
 };
 use sremp::noise::quic::{accept_incoming, connect};
 use sremp::noise::stream::HandshakeLimits;
+use sremp::noise::transport::TransportError;
 use sremp::noise::{ConnectionError, Handshake, HandshakeError};
 use sremp::time::Timestamp;
 use sremp::transport::binding::{self, Exporter};
@@ -15,6 +18,9 @@ use sremp::transport::quic::{QuicEndpoint, QuicSettings};
 use sremp::transport::Transport;
 use sremp::wire::{Envelope, Version, VersionHeader};
 use std::path::PathBuf;
+
+#[path = "common/quic_raw.rs"]
+mod quic_raw;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +93,9 @@ fn quic_binding_vector() {
     assert!(matches!(i2.read_message(&m2), Err(HandshakeError::Noise)));
 
     let computed = json!({
-        "description": "QUIC channel binding: Noise XX prologue = label || initiator header (1.0) || responder header (1.3) || TLS exporter (label EXPORTER-SREMP-1 quic-noise-binding, empty context, 32 bytes); identities as in handshake_xx.json",
+        "description": "QUIC channel binding (ALPN sremp/2): Noise XX prologue = label (SREMP-1 quic-bound-prologue\\0) || initiator header (1.0) || responder header (1.3) || TLS exporter (label EXPORTER-SREMP-1 quic-noise-binding, empty context, 32 bytes); identities as in handshake_xx.json. After the handshake: u32be(len) || envelope frames inside QUIC, no Noise transport encryption; frame_after_handshake is the frame of confirmation_ack(delivered_to 07*32, message_id 7)",
+        "alpn": String::from_utf8_lossy(sremp::transport::quic::ALPN),
+        "frame_after_handshake": hex::encode(quic_raw::frame(&ack(7))),
         "exporter_label": String::from_utf8_lossy(binding::EXPORTER_LABEL),
         "exporter_context": hex::encode(binding::EXPORTER_CONTEXT),
         "exporter": hex::encode(exporter.0),
@@ -279,4 +287,190 @@ async fn quic_bad_bytes_close_the_connection_and_serving_continues() {
         .unwrap();
     conn.send(&ack(1)).await.unwrap();
     assert_eq!(conn.recv().await.unwrap(), ack(1));
+}
+
+fn store(id: u64, blob: usize) -> Envelope {
+    Envelope::StoreMessage(sremp::wire::relay::StoreMessage {
+        recipient: [1; 32],
+        encrypted_blob: vec![(id % 251) as u8; blob],
+        sender_signature: [2; 64],
+        message_id: id,
+    })
+}
+
+/// A store envelope whose encoding is exactly `len` bytes.
+fn store_of_len(id: u64, len: usize) -> Envelope {
+    let overhead = store(id, 0).encode().len();
+    // msgpack's bin length field grows with the blob: step down until it fits exactly.
+    let mut blob = len - overhead;
+    while store(id, blob).encode().len() > len {
+        blob -= 1;
+    }
+    let e = store(id, blob);
+    assert_eq!(e.encode().len(), len);
+    e
+}
+
+/// A bound connection moves envelopes both ways as `u32be(len) || envelope` frames: a frame
+/// near 64 KiB and one at the 4 MiB limit are echoed intact; one byte over the limit is refused
+/// locally with a typed error and the connection goes on working. TCP halves stay Noise halves.
+#[tokio::test]
+async fn quic_bound_connection_moves_envelopes_up_to_the_limit() {
+    let (a, b) = (user("alice"), Arc::new(user("bob")));
+    let (ea, eb) = (endpoint(), endpoint());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    serve(eb.clone(), b.clone(), tx);
+    let mut conn = connect(&ea, eb.local_addr().unwrap(), &a, Some(b.key()), limits())
+        .await
+        .unwrap();
+    assert!(rx.recv().await.unwrap().is_ok());
+    assert!(conn.writer.transport().is_quic_bound());
+    assert!(conn.reader.transport().is_quic_bound());
+    let max = sremp::wire::chunk::Limits::default().max_message;
+    for env in [
+        store_of_len(1, 65_531),
+        ack(2),
+        store_of_len(3, 2 << 20),
+        store_of_len(4, max),
+        store_of_len(5, 65_540),
+    ] {
+        conn.send(&env).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(20), conn.recv())
+            .await
+            .expect("echo within 20 s")
+            .unwrap();
+        assert!(back == env, "echo differs");
+    }
+    let err = conn.send(&store_of_len(6, max + 1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectionError::Transport(TransportError::TooLarge { len, max: m }) if len == max + 1 && m == max
+        ),
+        "{err}"
+    );
+    conn.send(&ack(7)).await.unwrap();
+    assert_eq!(conn.recv().await.unwrap(), ack(7));
+}
+
+/// On the wire, after the bound handshake, the stream carries the envelope bytes themselves
+/// behind a u32be length: no Noise encryption, no chunking (checked against a handshake run by
+/// hand from the public cores).
+#[tokio::test]
+async fn quic_bound_frames_are_length_and_envelope_on_the_stream() {
+    let (a, b) = (user("alice"), Arc::new(user("bob")));
+    let (ea, eb) = (endpoint(), endpoint());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    serve(eb.clone(), b.clone(), tx);
+    let mut raw = quic_raw::dial(&ea, eb.local_addr().unwrap(), &a).await;
+    assert_eq!(raw.peer.key(), b.key());
+    assert_eq!(rx.recv().await.unwrap().unwrap(), a.key());
+    for env in [ack(9), store_of_len(10, 65_531), store_of_len(11, 300_000)] {
+        let f = quic_raw::frame(&env);
+        raw.send.write_all(&f).await.unwrap();
+        let back =
+            tokio::time::timeout(Duration::from_secs(10), quic_raw::read_frame(&mut raw.recv))
+                .await
+                .expect("echo within 10 s");
+        assert!(back == f, "the echoed frame is not u32be(len) || envelope");
+    }
+}
+
+/// Serves `ep` with `local`: every bound connection's first receive result is reported.
+fn serve_first_recv(
+    ep: QuicEndpoint,
+    local: Arc<UserIdentity>,
+    results: tokio::sync::mpsc::UnboundedSender<Result<Envelope, ConnectionError>>,
+) {
+    tokio::spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            let local = local.clone();
+            let results = results.clone();
+            tokio::spawn(async move {
+                if let Ok(mut conn) = accept_incoming(incoming, &local, limits(), || ()).await {
+                    let r = conn.recv().await;
+                    let ok = r.is_ok();
+                    let _ = results.send(r);
+                    if ok {
+                        let _ = conn.send(&ack(0)).await;
+                        let _ = conn.recv().await;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// After a completed bound handshake, a frame over the 4 MiB limit, a frame cut short by the
+/// end of the stream, an undecodable body and a `Chunk` envelope each end that connection with
+/// a typed error and QUIC application code 1; the endpoint goes on serving.
+#[tokio::test]
+async fn quic_bound_bad_frames_close_the_connection_with_a_typed_error() {
+    use sremp::wire::frame::FrameError;
+    let (a, b) = (user("alice"), Arc::new(user("bob")));
+    let (ea, eb) = (endpoint(), endpoint());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    serve_first_recv(eb.clone(), b.clone(), tx);
+    let addr = eb.local_addr().unwrap();
+    let max = sremp::wire::chunk::Limits::default().max_message;
+    let mut cut = 1000u32.to_be_bytes().to_vec();
+    cut.extend_from_slice(&[0x93; 10]);
+    let chunk = Envelope::Chunk(sremp::wire::chunk::split(1, &[0u8; 70_000]).next().unwrap());
+    let cases: Vec<(Vec<u8>, bool, &str)> = vec![
+        (
+            u32::MAX.to_be_bytes().to_vec(),
+            false,
+            "oversized (u32::MAX)",
+        ),
+        (
+            ((max + 1) as u32).to_be_bytes().to_vec(),
+            false,
+            "oversized (limit + 1)",
+        ),
+        (cut, true, "truncated"),
+        (vec![0, 0, 0, 3, 0xc1, 0xc1, 0xc1], false, "undecodable"),
+        (quic_raw::frame(&chunk), false, "chunk"),
+    ];
+    for (bytes, finish, what) in cases {
+        let mut raw = quic_raw::dial(&ea, addr, &a).await;
+        raw.send.write_all(&bytes).await.unwrap();
+        if finish {
+            raw.send.finish().unwrap();
+        }
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the server's receive ends")
+            .unwrap();
+        let err = got.expect_err(what);
+        let typed = match what {
+            "oversized (u32::MAX)" => matches!(
+                err,
+                ConnectionError::Frame(FrameError::TooLarge { len: 0xffff_ffff, max: m }) if m == max
+            ),
+            "oversized (limit + 1)" => matches!(
+                err,
+                ConnectionError::Frame(FrameError::TooLarge { len, max: m }) if len == max + 1 && m == max
+            ),
+            "truncated" => {
+                matches!(err, ConnectionError::Frame(FrameError::Io(ref e)) if e.kind() == std::io::ErrorKind::UnexpectedEof)
+            }
+            "undecodable" => matches!(err, ConnectionError::Transport(TransportError::Decode(_))),
+            _ => matches!(err, ConnectionError::Transport(TransportError::ChunkOnQuic)),
+        };
+        assert!(typed, "{what}: {err:?}");
+        let closed = tokio::time::timeout(Duration::from_secs(10), raw.conn.closed())
+            .await
+            .expect("the server closes the connection");
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == 1u32.into()),
+            "{what}: {closed:?}"
+        );
+    }
+    // A well-behaved peer is still served.
+    let mut conn = connect(&ea, addr, &a, Some(b.key()), limits())
+        .await
+        .unwrap();
+    conn.send(&ack(1)).await.unwrap();
+    assert!(rx.recv().await.unwrap().is_ok());
+    assert_eq!(conn.recv().await.unwrap(), ack(0));
 }

@@ -20,8 +20,9 @@
 //! - [`transport`]: send/receive cipher halves with explicit nonces (so reading and writing can
 //!   run in separate tasks), plus chunking and reassembly of envelopes.
 //! - [`stream`]: the async shell: dial/accept with a deadline, and framed envelope I/O.
-//! - [`quic`]: the same handshake and stream over a QUIC connection of the transport's
-//!   endpoint, with the prologue bound to its TLS exporter.
+//! - [`quic`]: the same handshake over a QUIC connection of the transport's endpoint, with the
+//!   prologue bound to its TLS exporter; after it the stream carries `u32be(len) || envelope`
+//!   frames without Noise encryption, inside QUIC's packet protection.
 //! - [`listener`]: the accept loop of TCP and QUIC, with admission control.
 //! - [`framed`]: the async frame reader and writer (the socket half of
 //!   [`crate::wire::frame`]), used by [`stream`] and by the rendezvous TLS connections.

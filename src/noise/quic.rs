@@ -7,6 +7,9 @@
 //! 3. The version exchange and Noise XX run on that stream exactly as over TCP, with the QUIC
 //!    prologue that binds the exporter value ([`crate::transport::binding`]), so a party that
 //!    terminates QUIC in the middle breaks the handshake.
+//! 4. The connection's halves are then QUIC-bound ([`super::transport`]): envelopes flow as
+//!    `u32be(len) || envelope` frames with no second encryption layer, QUIC's packet
+//!    protection (keys only the two authenticated ends hold) protecting them.
 //!
 //! The whole setup (QUIC handshake, stream, Noise) runs under the caller's handshake deadline;
 //! a failure closes the QUIC connection with [`CLOSE_PROTOCOL`].
@@ -119,6 +122,7 @@ pub async fn initiate(
     let mut c =
         Connection::handshake_bound(r, w, local, true, expected, limits, Some(binding)).await?;
     c.transport = Transport::Quic;
+    c.reader.close_on_violation(conn.clone());
     c.remote = Some(conn.remote_address());
     Ok(c)
 }
@@ -135,6 +139,7 @@ pub async fn respond(
     let mut c =
         Connection::handshake_bound(r, w, local, false, None, limits, Some(binding)).await?;
     c.transport = Transport::Quic;
+    c.reader.close_on_violation(conn.clone());
     c.remote = Some(conn.remote_address());
     Ok(c)
 }

@@ -4,10 +4,15 @@
 //! read/write halves under one deadline; [`Connection::connect`] dials TCP and does the same.
 //! After it, [`Reader::recv`] and [`Writer::send`] move envelopes; the two halves can be used
 //! from different tasks. Protocol decisions live in the cores; this file only moves bytes.
+//!
+//! A handshake bound to a QUIC connection ([`Connection::handshake_bound`] with an exporter)
+//! leaves QUIC-bound transport halves: the same reader and writer then move
+//! `u32be(len) || envelope` frames without Noise encryption ([`super::transport`]); a
+//! handshake without a binding (TCP) always leaves Noise-encrypted halves.
 
 use super::framed::{self, FrameReader};
 use super::handshake::{Handshake, HandshakeError};
-use super::transport::{RecvHalf, SendHalf, TransportError};
+use super::transport::{Framing, RecvHalf, SendHalf, TransportError};
 use crate::identity::{Identity, IdentityKey, UserIdentity, VerifiedCache};
 use crate::transport::binding::Exporter;
 use crate::transport::Transport;
@@ -79,6 +84,9 @@ impl ConnectionError {
 pub struct Reader<R> {
     frames: FrameReader<R>,
     recv: RecvHalf,
+    /// The QUIC connection under a QUIC-bound reader: a frame that breaks the protocol closes
+    /// it with [`crate::transport::quic::CLOSE_PROTOCOL`].
+    quic: Option<quinn::Connection>,
 }
 
 /// The sending side of an established connection.
@@ -263,7 +271,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
 
     /// [`Connection::handshake`] with the QUIC prologue binding `binding` (the QUIC
     /// connection's TLS exporter, [`crate::transport::binding`]); `None` is the TCP prologue.
-    pub async fn handshake_bound(
+    /// With a binding the halves left are QUIC-bound (no Noise encryption after the
+    /// handshake), so `r`/`w` must be the stream of the QUIC connection whose exporter it is:
+    /// only the QUIC shell ([`super::quic`]) calls it.
+    pub(crate) async fn handshake_bound(
         r: R,
         w: W,
         local: &UserIdentity,
@@ -334,12 +345,22 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
         }
         w.flush().await?;
         let handshake_hash = hs.handshake_hash();
-        let (send, recv, peer) = hs.finish()?;
+        let (mut send, mut recv, peer) = hs.finish()?;
+        if binding.is_some() {
+            // Bound to this QUIC connection's exporter: QUIC protects the frames from here on
+            // (docs/PROTOCOL.md, "QUIC transport").
+            send = send.into_quic_bound();
+            recv = recv.into_quic_bound();
+        }
         Ok(Connection {
             peer,
             version,
             handshake_hash,
-            reader: Reader { frames, recv },
+            reader: Reader {
+                frames,
+                recv,
+                quic: None,
+            },
             writer: Writer {
                 inner: w,
                 send,
@@ -367,10 +388,33 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
-    /// Receives the next complete envelope (reassembling chunks).
+    /// Receives the next complete envelope (reassembling chunks). On a QUIC-bound reader any
+    /// failure other than a clean close also closes the QUIC connection with application code
+    /// [`crate::transport::quic::CLOSE_PROTOCOL`] (the peer sees why the connection ended).
     pub async fn recv(&mut self) -> Result<Envelope, ConnectionError> {
+        let r = self.recv_inner().await;
+        if let (Err(e), Some(q)) = (&r, &self.quic) {
+            if !e.is_closed() {
+                q.close(
+                    crate::transport::quic::CLOSE_PROTOCOL.into(),
+                    b"bad frame",
+                );
+            }
+        }
+        r
+    }
+
+    /// Closes `conn` when a frame breaks the protocol (see [`Reader::recv`]).
+    pub(crate) fn close_on_violation(&mut self, conn: quinn::Connection) {
+        self.quic = Some(conn);
+    }
+
+    async fn recv_inner(&mut self) -> Result<Envelope, ConnectionError> {
         loop {
-            let frame = self.frames.read(MAX_FRAME).await?;
+            let frame = match self.recv.framing() {
+                Framing::Noise => self.frames.read(MAX_FRAME).await?,
+                Framing::Quic { max } => self.frames.read_long(max).await?,
+            };
             if let Some(env) = self.recv.open(frame, Instant::now())? {
                 return Ok(env);
             }
@@ -388,6 +432,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Reader {
             frames: FrameReader::new(f(self.frames.into_inner())),
             recv: self.recv,
+            quic: self.quic,
         }
     }
 }

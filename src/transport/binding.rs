@@ -1,8 +1,9 @@
 //! QUIC channel binding: the Noise prologue of a QUIC connection. Pure: no I/O, no clock.
 //!
 //! A QUIC connection is authenticated in two layers (docs/PROTOCOL.md, "QUIC transport"):
-//! 1. QUIC-TLS 1.3 with a throwaway self-signed certificate that nobody checks: it only gives
-//!    the connection its packet protection.
+//! 1. QUIC-TLS 1.3 with a throwaway self-signed certificate that nobody checks: it gives the
+//!    connection its packet protection, which after step 2 is the only encryption of the
+//!    relay-protocol frames.
 //! 2. Noise XX (the same handshake, identity checks and TOFU as over TCP) on the first
 //!    bidirectional stream, with a prologue that binds the TLS exporter value of *this* QUIC
 //!    connection ([`EXPORTER_LABEL`], [`EXPORTER_CONTEXT`], [`EXPORTER_LEN`] bytes, RFC 8446
@@ -12,9 +13,12 @@
 //! exporter values, so the two ends feed different prologues into Noise and the handshake fails
 //! with the Noise handshake's coarse decryption error at the first authenticated message.
 //!
-//! Prologue bytes: `"SREMP-1 quic-noise-prologue\0"` (28 bytes) || initiator version header
+//! Prologue bytes: `"SREMP-1 quic-bound-prologue\0"` (28 bytes) || initiator version header
 //! (7) || responder version header (7) || exporter value (32) = 74 bytes. The label differs
-//! from the TCP prologue's, so a transcript can never be moved between the two transports.
+//! from the TCP prologue's, so a transcript can never be moved between the two transports,
+//! and from the first QUIC label (`quic-noise-prologue`, ALPN `sremp/1`, Noise transport
+//! frames inside QUIC), so the handshake also commits both ends to the frame mode that
+//! follows it: unencrypted `u32be(len) || envelope` frames inside QUIC.
 
 use crate::wire::VersionHeader;
 
@@ -25,7 +29,7 @@ pub const EXPORTER_CONTEXT: &[u8] = b"";
 /// Bytes of exporter output bound into the prologue.
 pub const EXPORTER_LEN: usize = 32;
 /// Label that starts the QUIC prologue.
-pub const QUIC_PROLOGUE_LABEL: &[u8] = b"SREMP-1 quic-noise-prologue\0";
+pub const QUIC_PROLOGUE_LABEL: &[u8] = b"SREMP-1 quic-bound-prologue\0";
 /// Length of [`prologue`]'s output.
 pub const PROLOGUE_LEN: usize = QUIC_PROLOGUE_LABEL.len() + 7 + 7 + EXPORTER_LEN;
 

@@ -3,10 +3,11 @@
 //! channel sits on top of it and runs over either carrier (its QUIC shell is `noise::quic`).
 //!
 //! Both carriers carry the same thing: the version exchange, the Noise XX handshake with the
-//! same identity checks, and then Noise transport frames with relay-protocol and direct
-//! envelopes. QUIC adds a UDP endpoint (so NAT mappings can be learnt from relays, see
-//! [`crate::wire::relay`]'s observed-address message) and binds the Noise prologue to the QUIC
-//! connection's TLS exporter.
+//! same identity checks, and then relay-protocol and direct envelopes. QUIC adds a UDP endpoint
+//! (so NAT mappings can be learnt from relays, see [`crate::wire::relay`]'s observed-address
+//! message) and binds the Noise prologue to the QUIC connection's TLS exporter; that binding is
+//! why, after the handshake, QUIC carries the envelopes in `u32be(len) || envelope` frames under
+//! its own packet protection, where TCP carries Noise transport frames.
 //!
 //! - [`binding`]: the QUIC Noise prologue bytes (pure).
 //! - [`punch`]: hole punching coordinated through a relay (pure): signed candidate messages,

@@ -5,14 +5,18 @@
 //! Flow of one connection (docs/PROTOCOL.md, "QUIC transport"):
 //! 1. QUIC-TLS 1.3, ALPN [`ALPN`]. The server presents a throwaway self-signed certificate made
 //!    at start-up; the client accepts any certificate (it still checks the TLS handshake
-//!    signature, so the server holds the certificate's key). TLS here is only a pipe.
+//!    signature, so the server holds the certificate's key). The certificate authenticates
+//!    nobody; the bound Noise handshake (step 2) does, and from then on QUIC's packet
+//!    protection is the channel's only encryption.
 //! 2. Both ends compute the TLS exporter ([`exporter`], [`super::binding`]); the dialler opens
 //!    the one bidirectional stream and the version exchange and Noise XX run on it exactly as
 //!    over TCP, with the QUIC prologue that binds the exporter value. That step, which turns a
 //!    QUIC connection into an authenticated peer connection, is the Noise channel's QUIC shell
 //!    (`noise::quic`), above this module.
-//! 3. Relay-protocol and direct frames then flow on that stream inside the Noise transport
-//!    encryption, the same bytes as over TCP.
+//! 3. Relay-protocol and direct envelopes then flow on that stream as `u32be(len) || envelope`
+//!    frames, protected by QUIC's packet protection alone (no second Noise encryption layer):
+//!    the bound handshake proved that the two ends of this QUIC connection, the only holders
+//!    of its packet keys, are the two authenticated identities.
 //!
 //! Limits: a peer may open one bidirectional stream and no unidirectional ones (quinn's
 //! transport parameters refuse more); an idle connection closes after `idle_timeout`.
@@ -29,8 +33,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// ALPN protocol id of SREMP over QUIC.
-pub const ALPN: &[u8] = b"sremp/1";
+/// ALPN protocol id of SREMP over QUIC. `sremp/2`: after the bound Noise handshake, frames
+/// flow without Noise encryption (`u32be(len) || envelope`). Builds that spoke `sremp/1` (Noise
+/// transport frames inside QUIC) fail the TLS handshake with us instead of half-talking.
+pub const ALPN: &[u8] = b"sremp/2";
 /// The TLS server name the dialler sends (never checked).
 pub const SERVER_NAME: &str = "sremp";
 /// QUIC application close code: the connection is no longer used (normal close).
@@ -114,8 +120,9 @@ fn transport_config(s: QuicSettings) -> Result<quinn::TransportConfig, QuicError
     Ok(t)
 }
 
-/// Accepts any server certificate: the TLS layer is only a pipe; the peer is authenticated by
-/// the Noise handshake bound to this connection's exporter. The TLS handshake signature is
+/// Accepts any server certificate: the peer is authenticated by the Noise handshake bound to
+/// this connection's exporter, not by the certificate (a different certificate means a
+/// different TLS session, hence a different exporter, and that handshake fails). The TLS handshake signature is
 /// still verified, so the exporter is shared only with whoever holds the certificate's key.
 #[derive(Debug)]
 struct AnyCertificate(Arc<CryptoProvider>);

@@ -2,6 +2,8 @@
 //!
 //! On Noise connections the body is one Noise message (handshake or transport, at most 65535
 //! bytes as the Noise specification allows); on rendezvous TLS connections it is one envelope.
+//! The one other form: after the bound handshake on a QUIC stream, `u32be(len) || envelope`
+//! frames ([`LONG_HEADER`], [`long_body_len`]; docs/PROTOCOL.md, "QUIC transport").
 //! This file is the format without I/O: [`encode`] and the length check [`body_len`]. The async
 //! reader and writer that use them on a socket are the noise module's `framed` shell.
 
@@ -50,6 +52,19 @@ pub fn body_len(header: [u8; 2], max: usize) -> Result<usize, FrameError> {
     Ok(len)
 }
 
+/// Length-field bytes of a QUIC-bound frame: `u32be(len) || envelope`.
+pub const LONG_HEADER: usize = 4;
+
+/// The body length a QUIC-bound frame header declares, refused if it is over `max` (checked
+/// before the body is read).
+pub fn long_body_len(header: [u8; LONG_HEADER], max: usize) -> Result<usize, FrameError> {
+    let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +75,18 @@ mod tests {
         assert!(encode(&vec![0u8; MAX_FRAME + 1], &mut out).is_err());
         encode(&vec![0u8; MAX_FRAME], &mut out).unwrap();
         assert_eq!(&out[..2], &[0xff, 0xff]);
+    }
+
+    #[test]
+    fn declared_long_length_is_checked_against_the_limit() {
+        assert_eq!(long_body_len([0, 1, 0, 0], 65_536).unwrap(), 65_536);
+        assert!(matches!(
+            long_body_len([0xff; 4], 4 << 20),
+            Err(FrameError::TooLarge {
+                len: 0xffff_ffff,
+                max: 0x40_0000
+            })
+        ));
     }
 
     #[test]
