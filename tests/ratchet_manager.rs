@@ -342,6 +342,32 @@ fn same_message_id_twice_is_a_duplicate_unless_the_payload_differs() {
     ));
 }
 
+/// A copy of a message read long ago (a re-send through the relay after its direct
+/// confirmation was lost, arriving many round trips later) whose ratchet key the session has
+/// since forgotten: a quiet duplicate, not a state mismatch (which would reset the session).
+#[test]
+fn late_copy_from_a_forgotten_ratchet_round_is_a_duplicate() {
+    let mut r = rng(13);
+    let alice = node(1);
+    let bob = node(2);
+    let old = send_text(&alice, &bob, &mut r, "early");
+    assert_eq!(recv_text(&bob, &old).unwrap(), "early");
+    // Many turns: every change of direction is a new ratchet key on each side.
+    for i in 0..(2 * sremp::ratchet::MAX_OLD_RATCHET_KEYS + 4) {
+        let w = send_text(&bob, &alice, &mut r, &format!("b{i}"));
+        assert_eq!(recv_text(&alice, &w).unwrap(), format!("b{i}"));
+        let w = send_text(&alice, &bob, &mut r, &format!("a{i}"));
+        assert_eq!(recv_text(&bob, &w).unwrap(), format!("a{i}"));
+    }
+    assert!(matches!(
+        recv_text(&bob, &old),
+        Err(ReceiveError::Rejected(DecryptError::Duplicate))
+    ));
+    // The copy changed nothing: the conversation goes on.
+    let w = send_text(&alice, &bob, &mut r, "after");
+    assert_eq!(recv_text(&bob, &w).unwrap(), "after");
+}
+
 #[test]
 fn one_message_key_for_two_plaintexts_is_a_conflicting_replay() {
     let mut r = rng(11);

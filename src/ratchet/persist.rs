@@ -287,35 +287,49 @@ impl SessionManager {
         let sender_key = sig::verifying_key(&msg.sender).map_err(|_| DecryptError::BadSignature)?;
         msg.verify(&sender_key)?;
         let header = Header::decode(msg.header).map_err(DecryptError::from)?;
+        let digest = message_digest(bytes);
+        let used = used_key(&msg.sender, &header);
+        // A signed message the session cannot take may still be one this node already read:
+        // a late copy (another path, a re-send after a lost confirmation) whose session or
+        // ratchet key has since been forgotten (more than `MAX_OLD_RATCHET_KEYS` rounds ago,
+        // or an older session replaced) fails as `UnexpectedRatchetKey`, `Decrypt` or
+        // `NoSession`, not as a replay. The used-key record of that exact (session, ratchet key,
+        // counter) tells a quiet duplicate from a real mismatch, which would reset the session.
+        let known_copy = |e: DecryptError| -> ReceiveError {
+            let before = match store.get(Tree::Seen, &used) {
+                Ok(b) => b,
+                Err(err) => return SessionError::from(err).into(),
+            };
+            match before {
+                Some(d) if d.as_slice() != digest.as_slice() => DecryptError::ConflictingReplay,
+                Some(_) if !matches!(e, DecryptError::Replayed { .. }) => DecryptError::Duplicate,
+                _ => e,
+            }
+            .into()
+        };
 
         let mut sessions = self.sessions(store, &msg.sender)?;
         let (slot, mut session, first_contact) = match sessions.find(&header.session_id) {
             Some((slot, s)) => (Some(slot), s, None),
             None => {
-                let initial = header.initial.as_ref().ok_or(DecryptError::NoSession)?;
+                let initial = header
+                    .initial
+                    .as_ref()
+                    .ok_or_else(|| known_copy(DecryptError::NoSession))?;
                 let (noise, _) = self
                     .keys
                     .noise
                     .iter()
                     .find(|(_, public)| public == &initial.recipient_noise_key)
-                    .ok_or(DecryptError::UnknownNoiseKey)?;
-                let accepted = accept(&self.keys.identity_key, noise, &msg.sender, &header)?;
+                    .ok_or_else(|| known_copy(DecryptError::UnknownNoiseKey))?;
+                let accepted = accept(&self.keys.identity_key, noise, &msg.sender, &header)
+                    .map_err(known_copy)?;
                 (None, accepted.session, Some(accepted.remote_noise_key))
             }
         };
-        let digest = message_digest(bytes);
-        let used = used_key(&msg.sender, &header);
         let plaintext = match session.decrypt(&header, msg.header, msg.ciphertext) {
             Ok(p) => Zeroizing::new(p),
-            Err(e @ DecryptError::Replayed { .. }) => {
-                let before = store.get(Tree::Seen, &used).map_err(SessionError::from)?;
-                return Err(match before {
-                    Some(d) if d.as_slice() != digest.as_slice() => DecryptError::ConflictingReplay,
-                    _ => e,
-                }
-                .into());
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(known_copy(e)),
         };
         let payload = Payload::decode(&plaintext).map_err(DecryptError::Payload)?;
         // Under the id, the digest of the payload: the same payload re-encrypted (a re-send in
