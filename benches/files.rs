@@ -4,12 +4,14 @@
 //! - `raw_snow_tcp`: the floor. Noise XX (sremp's pattern) handshake in memory, then one task
 //!   encrypts 65 519-byte payloads into 2-byte-length-prefixed frames on a TCP loopback
 //!   connection and another reads and decrypts them. No file IO.
-//! - `sremp_direct`: two in-process nodes (`Node::start`, temp dirs on the machine's disk), the
+//! - `sremp_direct` / `sremp_quic`: two in-process nodes (`Node::start`, temp dirs on the machine's disk), the
 //!   recipient trusts the sender and auto-accepts; a file is offered with
 //!   `node::files::send_file` and timed until the sender sees `done`. Two figures: end to end
 //!   (hashing the source, the offer and accept round trip through the ratchet, the chunks, the
 //!   recipient's whole-file hash check and atomic save) and the data phase alone (from the
-//!   moment the sender's state is `sending` to `done`).
+//!   moment the sender's state is `sending` to `done`). `sremp_quic` is the same over a
+//!   direct QUIC path (bob's card lists only his QUIC endpoint): the chunk AEAD inside QUIC's
+//!   packet protection, without the Noise layer of the TCP path.
 //!
 //! Run: `cargo bench --bench files` (`FILES_BENCH_MIB=64` for a quicker run; default 256;
 //! `FILES_BENCH_CHUNK=N` sets the sender's chunk size, else the node's default).
@@ -20,6 +22,8 @@
 use sremp::config::Config;
 use sremp::files::State;
 use sremp::node::Node;
+use sremp::transport::Transport;
+use sremp::wire::Endpoint;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -103,7 +107,14 @@ fn config(dir: &Path, name: &str, files: &str) -> Config {
     Config::parse(&text, Path::new("bench")).unwrap()
 }
 
-async fn sremp_direct(dir: &Path, bytes: usize, runs: usize) -> Vec<(Duration, Duration)> {
+/// A transfer over the direct path: TCP, or QUIC only (`quic`: bob's card lists nothing but
+/// his QUIC endpoint, so the transfer dials it and runs on a QUIC stream).
+async fn sremp_direct(
+    dir: &Path,
+    bytes: usize,
+    runs: usize,
+    quic: bool,
+) -> Vec<(Duration, Duration)> {
     // The sender's chunk size: FILES_BENCH_CHUNK, else the node's default.
     let chunk = std::env::var("FILES_BENCH_CHUNK")
         .ok()
@@ -117,7 +128,14 @@ async fn sremp_direct(dir: &Path, bytes: usize, runs: usize) -> Vec<(Duration, D
     ))
     .await
     .unwrap();
-    a.node.add_contact(&b.node.card().to_text()).unwrap();
+    let mut card = b.node.card();
+    if quic {
+        let q = b
+            .quic_addr
+            .expect("the node runs a QUIC endpoint by default");
+        card.endpoints = vec![Endpoint::from_socket_addr(q).with_transport(Transport::Quic)];
+    }
+    a.node.add_contact(&card.to_text()).unwrap();
     b.node.add_contact(&a.node.card().to_text()).unwrap();
     b.node
         .set_trust(&a.node.id().to_string(), sremp::identity::Trust::Trusted)
@@ -192,29 +210,32 @@ fn main() {
         tempfile::tempdir_in(std::env::var("FILES_BENCH_DIR").unwrap_or_else(|_| "/tmp".into()))
             .unwrap();
     let mut snow = Vec::new();
-    let mut sremp = Vec::new();
-    // Interleaved so that both see the same machine load.
+    let mut tcp = Vec::new();
+    let mut quic = Vec::new();
+    // Interleaved so that all three see the same machine load; fresh nodes each time.
     for _ in 0..runs {
         snow.push(rt.block_on(raw_snow(bytes)));
-        sremp.extend(rt.block_on(sremp_direct(dir.path(), bytes, 1)));
-        // Fresh nodes each round: remove their data.
-        let _ = std::fs::remove_dir_all(dir.path().join("alice"));
-        let _ = std::fs::remove_dir_all(dir.path().join("bob"));
+        for (over_quic, out) in [(false, &mut tcp), (true, &mut quic)] {
+            out.extend(rt.block_on(sremp_direct(dir.path(), bytes, 1, over_quic)));
+            let _ = std::fs::remove_dir_all(dir.path().join("alice"));
+            let _ = std::fs::remove_dir_all(dir.path().join("bob"));
+        }
     }
     snow.sort();
-    let mut e2e: Vec<Duration> = sremp.iter().map(|x| x.0).collect();
-    let mut data: Vec<Duration> = sremp.iter().map(|x| x.1).collect();
-    e2e.sort();
-    data.sort();
-    let med = |v: &[Duration]| v[v.len() / 2];
-    let s = mbps(bytes, med(&snow));
-    let d = mbps(bytes, med(&data));
-    let e = mbps(bytes, med(&e2e));
+    let med = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let s = mbps(bytes, med(snow));
     println!("file size: {} MiB, {runs} runs each, medians", mib());
     println!("raw_snow_tcp:          {s:8.1} MB/s");
-    println!(
-        "sremp_direct (data):   {d:8.1} MB/s  ({:.2} x raw snow)",
-        d / s
-    );
-    println!("sremp_direct (e2e):    {e:8.1} MB/s  ({:.2} x raw snow; hashing, offer/accept, verify and save included)", e / s);
+    for (name, runs) in [("sremp_direct", tcp), ("sremp_quic", quic)] {
+        let d = mbps(bytes, med(runs.iter().map(|x| x.1).collect()));
+        let e = mbps(bytes, med(runs.iter().map(|x| x.0).collect()));
+        println!(
+            "{name:<12} (data):   {d:8.1} MB/s  ({:.2} x raw snow)",
+            d / s
+        );
+        println!("{name:<12} (e2e):    {e:8.1} MB/s  ({:.2} x raw snow; hashing, offer/accept, verify and save included)", e / s);
+    }
 }
