@@ -6,7 +6,9 @@
 use sremp::identity::{Flags, IdentityKey, UserIdentity};
 use sremp::noise::listener::{self, ListenerConfig};
 use sremp::noise::stream::{HandshakeLimits, TcpConnection};
-use sremp::relay::{Relay, RelayClient, RelayConfig, RelayEvent, RelayMode, RelayOptions};
+use sremp::relay::{
+    Relay, RelayClient, RelayClientError, RelayConfig, RelayEvent, RelayMode, RelayOptions,
+};
 use sremp::store::{Batch, Entries, SledStore, Store, StoreError, Tree};
 use sremp::time::Timestamp;
 use sremp::wire::relay::*;
@@ -932,4 +934,68 @@ async fn pushes_go_to_the_newest_collecting_connection_only() {
         other => panic!("expected a push, got {other:?}"),
     }
     r.stop().await;
+}
+
+/// Issue 12: the batched client calls. `store_many` sends several stores in one write and
+/// answers each (a repeated id in the same call is refused locally, a retry of a stored one
+/// is a duplicate with its first `stored_at`); `confirm_many` confirms several in one write
+/// (each routed back to the connected sender); `ack_confirmations` lets the relay forget them.
+#[tokio::test]
+async fn batched_store_confirm_and_ack() {
+    let r = TestRelay::start(RelayConfig::default(), |_| RelayMode::Open).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    let (ca, mut ea) = r.client(&alice).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let blobs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 40]).collect();
+    let mut items: Vec<(IdentityKey, &[u8], u64)> = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (bob.key(), b.as_slice(), i as u64))
+        .collect();
+    items.push((bob.key(), blobs[0].as_slice(), 0));
+    let got = ca.store_many(&items, deadline).await;
+    assert_eq!(got.len(), 6);
+    let t0 = match &got[0] {
+        Ok(t) => *t,
+        Err(e) => panic!("store 0 failed: {e}"),
+    };
+    assert!(got[1..5].iter().all(|r| r.is_ok()), "{got:?}");
+    assert!(matches!(
+        got[5],
+        Err(RelayClientError::DuplicateInFlight(0))
+    ));
+    let again = ca
+        .store_many(&[(bob.key(), blobs[0].as_slice(), 0)], deadline)
+        .await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(*again[0].as_ref().unwrap(), t0, "a retry is a duplicate");
+    let (cb, _eb) = r.client(&bob).await;
+    let all = cb.retrieve_all(10).await.unwrap();
+    assert_eq!(all.len(), 5);
+    let ids: Vec<(IdentityKey, u64)> = (0..5).map(|i| (alice.key(), i)).collect();
+    cb.confirm_many(&ids).await.unwrap();
+    let mut confirmed = Vec::new();
+    for _ in 0..5 {
+        match next_event(&mut ea).await {
+            RelayEvent::Confirmation(c) => {
+                sremp::relay::auth::verify_confirmation(&c).unwrap();
+                confirmed.push(c);
+            }
+            other => panic!("expected a confirmation, got {other:?}"),
+        }
+    }
+    let mut got_ids: Vec<u64> = confirmed.iter().map(|c| c.message_id).collect();
+    got_ids.sort_unstable();
+    assert_eq!(got_ids, vec![0, 1, 2, 3, 4]);
+    ca.ack_confirmations(&confirmed).await.unwrap();
+    assert!(cb.retrieve_all(10).await.unwrap().is_empty());
+    // Acknowledged: nothing is handed over again at the next registration.
+    ca.close().await;
+    let (_ca2, mut ea2) = r.client(&alice).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), ea2.recv())
+            .await
+            .is_err(),
+        "an acknowledged confirmation was handed over again"
+    );
 }

@@ -52,7 +52,7 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long a proven direct path gets before the relay is tried as well.
 pub const HEDGE: Duration = Duration::from_millis(250);
 /// Messages to one recipient in flight at once.
-pub const PIPELINE: usize = 32;
+pub const PIPELINE: usize = 128;
 /// Endpoints or relays tried per attempt.
 pub const MAX_ROUTES: usize = 4;
 /// How long a recipient's worker waits for more messages once its outbox is empty.
@@ -1186,8 +1186,10 @@ async fn worker(node: Node, recipient: IdentityKey, reg: super::wake::Registrati
     let mut backoff = initial;
     let mut refresh = false;
     let mut failed = false;
-    let mut set: JoinSet<(OutboxEntry, Outcome)> = JoinSet::new();
+    let mut set: JoinSet<Vec<(OutboxEntry, Outcome)>> = JoinSet::new();
     let mut in_flight: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    // The entries each attempt task carries (to forget them if the task fails).
+    let mut tasks: HashMap<tokio::task::Id, Vec<u64>> = HashMap::new();
     loop {
         if *stop.borrow() {
             return;
@@ -1233,15 +1235,13 @@ async fn worker(node: Node, recipient: IdentityKey, reg: super::wake::Registrati
                 }
                 match inner.peer(&recipient) {
                     Ok(Some(contact)) if contact.trust != Trust::Rejected => {
-                        for e in fresh {
-                            in_flight.insert(e.history_seq);
-                            let node = node.clone();
-                            let contact = contact.clone();
-                            set.spawn(async move {
-                                let r = attempt(&node, &e, &contact).await;
-                                (e, r)
-                            });
-                        }
+                        // One task for all of them: stored together (one write), see
+                        // `attempt_many`.
+                        let seqs: Vec<u64> = fresh.iter().map(|e| e.history_seq).collect();
+                        in_flight.extend(seqs.iter().copied());
+                        let node = node.clone();
+                        let h = set.spawn(async move { attempt_many(&node, fresh, &contact).await });
+                        tasks.insert(h.id(), seqs);
                     }
                     // Removed, rejected, or a stranger forgotten: messages stay queued until
                     // the user trusts (or adds) it again.
@@ -1270,20 +1270,32 @@ async fn worker(node: Node, recipient: IdentityKey, reg: super::wake::Registrati
             continue;
         }
         tokio::select! {
-            done = set.join_next() => {
+            done = set.join_next_with_id() => {
                 let Some(first) = done else { continue };
                 // Every attempt that completed by now is recorded with one commit.
                 let mut accepted: Vec<Accepted> = Vec::new();
                 let mut next = Some(first);
                 while let Some(r) = next {
-                    if let Ok((e, r)) = r {
-                        in_flight.remove(&e.history_seq);
-                        match r {
-                            Some((status, path, hint)) => accepted.push((e, status, path, hint)),
-                            None => failed = true,
+                    match r {
+                        Ok((id, results)) => {
+                            tasks.remove(&id);
+                            for (e, r) in results {
+                                in_flight.remove(&e.history_seq);
+                                match r {
+                                    Some((status, path, hint)) => accepted.push((e, status, path, hint)),
+                                    None => failed = true,
+                                }
+                            }
+                        }
+                        Err(err) => {
+                            // A failed task: its messages stay queued, to be attempted again.
+                            for seq in tasks.remove(&err.id()).unwrap_or_default() {
+                                in_flight.remove(&seq);
+                            }
+                            failed = true;
                         }
                     }
-                    next = set.try_join_next();
+                    next = set.try_join_next_with_id();
                 }
                 if !accepted.is_empty() {
                     match finalize_all(&inner, &recipient, accepted).await {
@@ -1547,20 +1559,7 @@ type Outcome = Option<(Status, DeliveryPath, RelayHint)>;
 async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Outcome {
     let inner = &node.inner;
     let peer = contact.identity.key();
-    // A punched QUIC path (docs/PROTOCOL.md, "Hole punching") is a direct path, tried first.
-    let punched = super::punch::punched(node, &peer);
-    let endpoints: Vec<Endpoint> = punched
-        .iter()
-        .chain(
-            contact
-                .endpoints
-                .iter()
-                .filter(|e| Some(*e) != punched.as_ref()),
-        )
-        .take(MAX_ROUTES)
-        .cloned()
-        .collect();
-    let relays: Vec<RelayHint> = contact.relays.iter().take(MAX_ROUTES).cloned().collect();
+    let (endpoints, relays) = routes(node, contact);
     if !path_state(inner, &peer).direct_proven {
         super::punch::maybe_start(node, peer);
     }
@@ -1648,6 +1647,173 @@ async fn attempt(node: &Node, e: &OutboxEntry, contact: &ContactIdentity) -> Out
             }
         }
     }
+}
+
+/// Delivers several of one recipient's messages (all the fresh ones a worker read at once).
+///
+/// On the hot paths — a proven direct path (plans [`Plan::Hedge`] and
+/// [`Plan::DirectOnly`]) or relays only ([`Plan::RelayOnly`]) — all of them are stored with
+/// one write on the first route and their acknowledgements awaited together (for a hedge,
+/// at most [`HEDGE`]; then the path is no longer proven). Each one that was not accepted
+/// there, and every message of any other plan, goes through [`attempt`] on its own (all at
+/// once, in this task), which tries every route.
+async fn attempt_many(
+    node: &Node,
+    entries: Vec<OutboxEntry>,
+    contact: &ContactIdentity,
+) -> Vec<(OutboxEntry, Outcome)> {
+    if entries.len() <= 1 {
+        let mut out = Vec::with_capacity(1);
+        for e in entries {
+            let r = attempt(node, &e, contact).await;
+            out.push((e, r));
+        }
+        return out;
+    }
+    let inner = &node.inner;
+    let peer = contact.identity.key();
+    let (endpoints, relays) = routes(node, contact);
+    let state = path_state(inner, &peer);
+    let p = plan(state, inner.cfg.delivery, !endpoints.is_empty(), !relays.is_empty());
+    if p == Plan::RelayOnly {
+        // As `attempt` does for a path that is not proven direct.
+        super::punch::maybe_start(node, peer);
+    }
+    let first = match p {
+        Plan::Hedge | Plan::DirectOnly if state.direct_proven => endpoints
+            .first()
+            .map(|ep| (ep.clone(), peer, p == Plan::Hedge, None)),
+        Plan::RelayOnly => relays
+            .first()
+            .map(|h| (h.endpoint.clone(), IdentityKey(h.relay_key), false, Some(h.clone()))),
+        _ => None,
+    };
+    let mut out: Vec<(OutboxEntry, Outcome)> = Vec::with_capacity(entries.len());
+    let mut rest: Vec<OutboxEntry> = Vec::new();
+    match first {
+        Some((ep, key, hedge, relay)) => {
+            tracing::debug!(peer = %peer.short(), messages = entries.len(), plan = ?p, "delivery plan");
+            let limit = if hedge {
+                HEDGE
+            } else {
+                Duration::from_millis(inner.cfg.ack_timeout_ms)
+            };
+            let stored = store_many_at(node, &entries, &ep, key, limit).await;
+            let mut any = false;
+            for (e, ok) in entries.into_iter().zip(stored) {
+                if !ok {
+                    rest.push(e);
+                    continue;
+                }
+                any = true;
+                let r = match &relay {
+                    Some(h) => Some((Status::StoredAtRelay, DeliveryPath::Relay, h.clone())),
+                    None => Some((
+                        Status::StoredAtRelay,
+                        DeliveryPath::direct(ep.transport()),
+                        RelayHint {
+                            endpoint: ep.clone(),
+                            relay_key: peer.0,
+                        },
+                    )),
+                };
+                out.push((e, r));
+            }
+            if relay.is_none() {
+                if any {
+                    super::punch::direct_used(node, peer, &ep);
+                }
+                if !rest.is_empty() {
+                    // Not acknowledged in time (or refused): the next messages race.
+                    set_proven(inner, &peer, false);
+                }
+            }
+        }
+        None => rest = entries,
+    }
+    let each = futures::future::join_all(rest.iter().map(|e| attempt(node, e, contact))).await;
+    out.extend(rest.into_iter().zip(each));
+    out
+}
+
+/// The endpoints (a punched path first) and relays to try for `contact`, at most
+/// [`MAX_ROUTES`] of each.
+fn routes(node: &Node, contact: &ContactIdentity) -> (Vec<Endpoint>, Vec<RelayHint>) {
+    let peer = contact.identity.key();
+    // A punched QUIC path (docs/PROTOCOL.md, "Hole punching") is a direct path, tried first.
+    let punched = super::punch::punched(node, &peer);
+    let endpoints: Vec<Endpoint> = punched
+        .iter()
+        .chain(
+            contact
+                .endpoints
+                .iter()
+                .filter(|e| Some(*e) != punched.as_ref()),
+        )
+        .take(MAX_ROUTES)
+        .cloned()
+        .collect();
+    let relays: Vec<RelayHint> = contact.relays.iter().take(MAX_ROUTES).cloned().collect();
+    (endpoints, relays)
+}
+
+/// Stores `entries` at `ep` (whose identity must be `key`) with one write; which of them it
+/// acknowledged within `limit`.
+async fn store_many_at(
+    node: &Node,
+    entries: &[OutboxEntry],
+    ep: &Endpoint,
+    key: IdentityKey,
+    limit: Duration,
+) -> Vec<bool> {
+    let inner = &node.inner;
+    let connect = tokio::time::timeout(
+        Duration::from_millis(inner.cfg.direct_timeout_ms),
+        inner.pool.get(node, ep, key),
+    )
+    .await;
+    let client = match connect {
+        Ok(Ok(c)) => c,
+        Ok(Err(err)) => {
+            tracing::debug!(endpoint = %ep, error = %err, "connection failed");
+            return vec![false; entries.len()];
+        }
+        Err(_) => {
+            tracing::debug!(endpoint = %ep, "connection timed out");
+            return vec![false; entries.len()];
+        }
+    };
+    let items: Vec<(IdentityKey, &[u8], u64)> = entries
+        .iter()
+        .map(|e| (IdentityKey(e.recipient), e.wire.as_slice(), e.message_id))
+        .collect();
+    let deadline = tokio::time::Instant::now() + limit;
+    let results = client.store_many(&items, deadline).await;
+    let whole_wait = limit >= Duration::from_millis(inner.cfg.ack_timeout_ms);
+    let mut broken = false;
+    let ok = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(_) => true,
+            Err(RelayClientError::DuplicateInFlight(_)) => false,
+            // Within a hedge, the direct path is only late; for the whole time of a store
+            // (like a connection failure) it is dead.
+            Err(RelayClientError::NoResponse) => {
+                broken |= whole_wait;
+                false
+            }
+            Err(err) => {
+                tracing::debug!(endpoint = %ep, error = %err, "store failed");
+                broken |= err.code().is_none();
+                false
+            }
+        })
+        .collect();
+    if broken {
+        tracing::debug!(endpoint = %ep, "connection dropped from the pool");
+        inner.pool.remove(&pool_key(ep, &key), &client);
+    }
+    ok
 }
 
 /// Stores `e` at the recipient's integrated relay (its own node), trying each endpoint.

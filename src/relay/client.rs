@@ -48,6 +48,9 @@ pub enum RelayClientError {
     /// The connection is gone.
     #[error("relay connection closed")]
     Closed,
+    /// No response arrived in time ([`RelayClient::store_many`]).
+    #[error("no response in time")]
+    NoResponse,
     /// A store with this message id is already waiting for its response.
     #[error("message id {0} already in flight")]
     DuplicateInFlight(u64),
@@ -416,6 +419,75 @@ impl RelayClient {
                 Err(RelayClientError::refused(raw, "store refused".into()))
             }
         }
+    }
+
+    /// Stores several messages (`(recipient, blob, message_id)`) with one write; returns each
+    /// one's result in order, once every response arrived or `deadline` passed
+    /// ([`RelayClientError::NoResponse`] for those still waiting; see [`RelayClient::store`]).
+    /// Those whose id is already in flight on this client are refused locally
+    /// ([`RelayClientError::DuplicateInFlight`]) without being sent.
+    pub async fn store_many(
+        &self,
+        items: &[(IdentityKey, &[u8], u64)],
+        deadline: tokio::time::Instant,
+    ) -> Vec<Result<Timestamp, RelayClientError>> {
+        let mut envs = Vec::with_capacity(items.len());
+        let mut waits = Vec::with_capacity(items.len());
+        {
+            let Ok(mut p) = self.stores.lock() else {
+                return items.iter().map(|_| Err(RelayClientError::Closed)).collect();
+            };
+            for (recipient, blob, id) in items {
+                if p.contains_key(id) {
+                    waits.push(Err(RelayClientError::DuplicateInFlight(*id)));
+                    continue;
+                }
+                let (tx, rx) = oneshot::channel();
+                p.insert(*id, tx);
+                envs.push(Envelope::StoreMessage(StoreMessage {
+                    recipient: recipient.0,
+                    encrypted_blob: blob.to_vec(),
+                    sender_signature: auth::sign_store(&self.key, &recipient.0, *id, blob),
+                    message_id: *id,
+                }));
+                waits.push(Ok((*id, rx)));
+            }
+        }
+        if let Err(e) = self.send_many(envs).await {
+            tracing::debug!(error = %e, "stores not sent");
+            if let Ok(mut p) = self.stores.lock() {
+                for (id, _) in waits.iter().flatten() {
+                    p.remove(id);
+                }
+            }
+            // The connection failed (the error is not `Clone`): each one is `Closed`.
+            return waits
+                .into_iter()
+                .map(|w| w.and(Err(RelayClientError::Closed)))
+                .collect();
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for w in waits {
+            out.push(match w {
+                Err(e) => Err(e),
+                Ok((id, rx)) => match tokio::time::timeout_at(deadline, rx).await {
+                    Err(_) => {
+                        // Forget it: a late response finds nobody waiting.
+                        if let Ok(mut p) = self.stores.lock() {
+                            p.remove(&id);
+                        }
+                        Err(RelayClientError::NoResponse)
+                    }
+                    Ok(Err(_)) => Err(RelayClientError::Closed),
+                    Ok(Ok(r)) if r.success => Ok(r.stored_at),
+                    Ok(Ok(r)) => Err(RelayClientError::refused(
+                        r.error.unwrap_or(0),
+                        "store refused".into(),
+                    )),
+                },
+            });
+        }
+        out
     }
 
     /// One page of messages for us: stored at or after `since`, after `after`.
