@@ -1767,21 +1767,8 @@ async fn store_many_at(
     limit: Duration,
 ) -> Vec<bool> {
     let inner = &node.inner;
-    let connect = tokio::time::timeout(
-        Duration::from_millis(inner.cfg.direct_timeout_ms),
-        inner.pool.get(node, ep, key),
-    )
-    .await;
-    let client = match connect {
-        Ok(Ok(c)) => c,
-        Ok(Err(err)) => {
-            tracing::debug!(endpoint = %ep, error = %err, "connection failed");
-            return vec![false; entries.len()];
-        }
-        Err(_) => {
-            tracing::debug!(endpoint = %ep, "connection timed out");
-            return vec![false; entries.len()];
-        }
+    let Some(client) = pooled_client(node, ep, key).await else {
+        return vec![false; entries.len()];
     };
     let items: Vec<(IdentityKey, &[u8], u64)> = entries
         .iter()
@@ -1839,23 +1826,32 @@ async fn try_relay(node: &Node, e: &OutboxEntry, relays: &[RelayHint]) -> Option
     None
 }
 
-async fn store_at(node: &Node, e: &OutboxEntry, ep: &Endpoint, key: IdentityKey) -> bool {
+/// The pooled connection to `ep` (whose identity must be `key`), dialled within
+/// `direct_timeout_ms` when there is none; `None` (logged) when it cannot be had.
+async fn pooled_client(node: &Node, ep: &Endpoint, key: IdentityKey) -> Option<Arc<RelayClient>> {
     let inner = &node.inner;
     let connect = tokio::time::timeout(
         Duration::from_millis(inner.cfg.direct_timeout_ms),
         inner.pool.get(node, ep, key),
     )
     .await;
-    let client = match connect {
-        Ok(Ok(c)) => c,
+    match connect {
+        Ok(Ok(c)) => Some(c),
         Ok(Err(err)) => {
             tracing::debug!(endpoint = %ep, error = %err, "connection failed");
-            return false;
+            None
         }
         Err(_) => {
             tracing::debug!(endpoint = %ep, "connection timed out");
-            return false;
+            None
         }
+    }
+}
+
+async fn store_at(node: &Node, e: &OutboxEntry, ep: &Endpoint, key: IdentityKey) -> bool {
+    let inner = &node.inner;
+    let Some(client) = pooled_client(node, ep, key).await else {
+        return false;
     };
     let stored = tokio::time::timeout(
         Duration::from_millis(inner.cfg.ack_timeout_ms),

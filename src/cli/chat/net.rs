@@ -142,6 +142,23 @@ pub async fn run(
     }
 }
 
+/// Offers the file the user typed (made absolute: the node resolves paths from its own
+/// directory) with the request `make` builds from it. The node hashes the whole file before it
+/// answers, hence the long timeout.
+async fn offer_file(
+    socket: &Path,
+    typed: &str,
+    make: impl FnOnce(String) -> Request,
+) -> Result<Response, ControlError> {
+    let abs = super::files::absolute(typed).map_err(ControlError::BadArgument)?;
+    let req = make(abs.to_string_lossy().into_owned());
+    Client::connect(socket)
+        .await?
+        .call(&req, SEND_FILE_TIMEOUT)
+        .await?
+        .into_result()
+}
+
 async fn call(path: &Path, req: &Request) -> Result<Response, ControlError> {
     let mut c = Client::connect(path).await?;
     c.call(req, CLIENT_TIMEOUT).await?.into_result()
@@ -386,43 +403,11 @@ async fn act(path: &Path, a: Action, tx: &UnboundedSender<NetEvent>) {
             }));
         }
         Action::SendFile { to, path: typed } => {
-            let r = match super::files::absolute(&typed) {
-                Err(e) => Err(ControlError::BadArgument(e)),
-                Ok(abs) => {
-                    let req = Request::SendFile {
-                        contact: to,
-                        path: abs.to_string_lossy().into_owned(),
-                    };
-                    // The node hashes the whole file before it answers.
-                    match Client::connect(path).await {
-                        Ok(mut c) => match c.call(&req, SEND_FILE_TIMEOUT).await {
-                            Ok(r) => r.into_result(),
-                            Err(e) => Err(e),
-                        },
-                        Err(e) => Err(e),
-                    }
-                }
-            };
+            let r = offer_file(path, &typed, |path| Request::SendFile { contact: to, path }).await;
             report(r.map(|r| transfer_events(r, "offered")));
         }
         Action::SendFileGroup { group, path: typed } => {
-            let r = match super::files::absolute(&typed) {
-                Err(e) => Err(ControlError::BadArgument(e)),
-                Ok(abs) => {
-                    let req = Request::SendFileGroup {
-                        group,
-                        path: abs.to_string_lossy().into_owned(),
-                    };
-                    // The node hashes the whole file (once) before it answers.
-                    match Client::connect(path).await {
-                        Ok(mut c) => match c.call(&req, SEND_FILE_TIMEOUT).await {
-                            Ok(r) => r.into_result(),
-                            Err(e) => Err(e),
-                        },
-                        Err(e) => Err(e),
-                    }
-                }
-            };
+            let r = offer_file(path, &typed, |path| Request::SendFileGroup { group, path }).await;
             report(r.and_then(group_transfer_events));
         }
         Action::AcceptFile { id, dir } => {
