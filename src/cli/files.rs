@@ -47,6 +47,15 @@ pub(super) fn out_line(s: &str) -> Result<(), ControlError> {
         .map_err(ControlError::Output)
 }
 
+/// The next event of a followed transfer; the node going away is a refusal the user can read.
+pub(super) async fn next_event(c: &mut Client) -> Result<Response, ControlError> {
+    match c.next().await {
+        Ok(r) => r.into_result(),
+        Err(ControlError::Closed) => Err(ControlError::Refused("the node stopped".into())),
+        Err(e) => Err(e),
+    }
+}
+
 fn transfer(r: Response) -> Result<View, ControlError> {
     r.into_result()?
         .transfer
@@ -152,13 +161,7 @@ async fn follow(socket: &Path, json: bool, id: &str) -> Result<(), ControlError>
         b
     });
     let v = loop {
-        let r = match c.next().await {
-            Ok(r) => r.into_result()?,
-            Err(ControlError::Closed) => {
-                return Err(ControlError::Refused("the node stopped".into()))
-            }
-            Err(e) => return Err(e),
-        };
+        let r = next_event(&mut c).await?;
         let Some(v) = r.transfer else { continue };
         if json {
             out_json(&v)?;

@@ -3,7 +3,7 @@
 //! bar per member on a terminal, one `TRANSFER` line per change with `--json`, the final line
 //! of each otherwise. Exits 0 only when every member has the file.
 
-use super::files::{human_size, line, out_json, out_line};
+use super::files::{human_size, line, next_event, out_json, out_line};
 use crate::files::State;
 use crate::node::control::{Client, ControlError, Request};
 use crate::node::file_group::GroupFiles;
@@ -93,13 +93,7 @@ async fn follow(socket: &Path, json: bool, sent: &GroupFiles) -> Result<(), Cont
         last.insert(v.id.clone(), v.clone());
     }
     while last.values().any(|v| !v.state.is_final()) {
-        let r = match c.next().await {
-            Ok(r) => r.into_result()?,
-            Err(ControlError::Closed) => {
-                return Err(ControlError::Refused("the node stopped".into()))
-            }
-            Err(e) => return Err(e),
-        };
+        let r = next_event(&mut c).await?;
         let Some(v) = r.transfer else { continue };
         if !last.contains_key(&v.id) {
             continue;
