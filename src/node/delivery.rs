@@ -949,7 +949,11 @@ impl SendQueue {
             .unwrap_or(0)
     }
 
-    /// Up to [`MAX_SEND_BATCH`] of `peer`'s waiting sends, oldest first.
+    /// Up to [`MAX_SEND_BATCH`] of `peer`'s waiting sends, oldest first. Sends whose caller
+    /// gave up are dropped first, so they never fill a batch: every send taken has a caller
+    /// waiting, and every send left behind has one that will take the lock after this holder
+    /// (cancelled stale sends once filled a whole batch and left a live one queued with nobody
+    /// to take it).
     fn take(&self, peer: &IdentityKey) -> Vec<QueuedSend> {
         let Ok(mut m) = self.0.lock() else {
             return Vec::new();
@@ -957,6 +961,7 @@ impl SendQueue {
         let Some(v) = m.get_mut(peer) else {
             return Vec::new();
         };
+        v.retain(|q| !q.done.is_closed());
         if v.len() <= MAX_SEND_BATCH {
             let all = std::mem::take(v);
             m.remove(peer);
@@ -1096,6 +1101,15 @@ fn encrypt_all(
             );
             Ok((entry, batch))
         })();
+        if store.generation() != generation {
+            // A failed flush elsewhere rolled the store back, taking our earlier applies with
+            // it: the rest must not land on the reloaded store and be sent while every caller
+            // of this batch is told it failed.
+            let e = crate::store::StoreError::RolledBack;
+            let _ = q.done.send(Err(e.clone().into()));
+            store_failed = Some(e);
+            continue;
+        }
         match one {
             Ok((entry, batch)) => match store.apply(batch) {
                 Ok(()) => applied.push((entry, q.done)),
@@ -2069,6 +2083,53 @@ mod tests {
         for e in &queued {
             assert!(seqs.contains(&e.history_seq) || e.history_seq < *seqs.iter().min().unwrap());
         }
+        a.shutdown().await.unwrap();
+    }
+
+    /// Sends whose callers gave up while waiting for the peer's lock must not fill the next
+    /// holder's batch: more than a batch of them once left a live send queued behind them
+    /// with nobody left to take it, and its caller waited forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_sends_do_not_strand_a_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, bob, _) = one_queued(dir.path()).await;
+        let inner = a.node.inner.clone();
+        let guard = inner.locks.peer(&bob).await;
+        let stale = MAX_SEND_BATCH + 8;
+        let mut tasks = Vec::new();
+        for i in 0..stale {
+            let node = a.node.clone();
+            tasks.push(tokio::spawn(async move {
+                node.send("bob", &format!("given up {i}")).await
+            }));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while inner.sends.queued(&bob) < stale {
+            assert!(Instant::now() < deadline, "the sends never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let live = {
+            let node = a.node.clone();
+            tokio::spawn(async move { node.send("bob", "still wanted").await })
+        };
+        while inner.sends.queued(&bob) < stale + 1 {
+            assert!(Instant::now() < deadline, "the live send never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(guard);
+        let e = tokio::time::timeout(Duration::from_secs(20), live)
+            .await
+            .expect("the live send was stranded behind cancelled ones")
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.text, "still wanted");
+        assert_eq!(inner.sends.queued(&bob), 0);
         a.shutdown().await.unwrap();
     }
 

@@ -453,7 +453,18 @@ impl RelayClient {
                 waits.push(Ok((*id, rx)));
             }
         }
-        if let Err(e) = self.send_many(envs).await {
+        // The write is bounded too: a peer that accepts but stops reading must not hold the
+        // worker (and this connection's writer) past the deadline.
+        let sent = match tokio::time::timeout_at(deadline, self.send_many(envs)).await {
+            Ok(r) => r,
+            Err(_) => {
+                // A frame may be half written: the stream cannot be used again. Each store
+                // comes back `Closed`, so the caller drops the connection from its pool.
+                self.reader.abort();
+                Err(RelayClientError::NoResponse)
+            }
+        };
+        if let Err(e) = sent {
             tracing::debug!(error = %e, "stores not sent");
             if let Ok(mut p) = self.stores.lock() {
                 for (id, _) in waits.iter().flatten() {
