@@ -275,6 +275,11 @@ pub struct Files {
     downloads: PathBuf,
     table: Mutex<HashMap<TransferId, Entry>>,
     events: broadcast::Sender<View>,
+    /// Held across a whole [`Files::sync`] (snapshot, fdatasync, bitmap save, update): a
+    /// direct stream's background sync and a relayed chunk's could otherwise overlap, the
+    /// older snapshot landing last would move `have` back and count chunks twice, and the
+    /// transfer would stall with chunks written but never recorded.
+    syncing: Mutex<()>,
 }
 
 impl std::fmt::Debug for Files {
@@ -342,6 +347,7 @@ impl Files {
             downloads,
             table: Mutex::new(table),
             events,
+            syncing: Mutex::new(()),
         })
     }
 
@@ -930,6 +936,7 @@ impl Files {
     /// them in the `have` bitmap (saved atomically). Returns (stored chunks, complete).
     /// Blocking IO.
     pub fn sync(&self, id: &TransferId) -> Result<(u64, bool), FileError> {
+        let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         // The snapshot and its count are taken together: chunks written after it wait for
         // the next sync.
         let Some((part, written, unsynced)) = self.with(|t| {
@@ -940,8 +947,22 @@ impl Files {
             return done.ok_or_else(|| FileError::UnknownTransfer(id.to_string()));
         };
         if unsynced > 0 {
-            part.sync()?;
-            self.dir.save_bitmap(id, "have", &written)?;
+            if let Err(e) = part
+                .sync()
+                .and_then(|()| self.dir.save_bitmap(id, "have", &written))
+            {
+                // Linux reports a failed fdatasync once: a retry would succeed and record
+                // chunks whose pages were lost. Everything since the last good sync counts as
+                // not written, so it is accepted (and asked for) again.
+                self.with(|t| {
+                    if let Some(en) = t.get_mut(id) {
+                        en.written = en.have.clone();
+                        en.unsynced = 0;
+                        en.record.error = Some(e.to_string());
+                    }
+                });
+                return Err(e);
+            }
             self.with(|t| {
                 if let Some(e) = t.get_mut(id) {
                     e.have = written;
